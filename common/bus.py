@@ -1,0 +1,74 @@
+"""NATS/JetStream: connect, make sure the stream exists, publish events with a dedup id."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from common.config import NatsSettings
+from common.events import Event
+from common.subjects import Subjects
+
+logger = logging.getLogger(__name__)
+
+
+class Bus:
+    """One NATS connection with its JetStream context and the subject naming for this cluster."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, subjects: Subjects, settings: NatsSettings) -> None:
+        self.nc = nc
+        self.js = js
+        self.subjects = subjects
+        self.settings = settings
+
+    async def ensure_stream(self) -> None:
+        config = StreamConfig(
+            name=self.subjects.stream,
+            subjects=self.subjects.stream_subjects(),
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_age=float(self.settings.stream_max_age_s),
+            duplicate_window=120.0,
+        )
+        try:
+            await self.js.stream_info(self.subjects.stream)
+            await self.js.update_stream(config)
+        except NotFoundError:
+            await self.js.add_stream(config)
+
+    async def publish_set_event(self, set_id: str, event: Event, image_id: str) -> None:
+        """Publish to JetStream with ``Nats-Msg-Id`` so a retried publish is stored once."""
+        await self.js.publish(
+            self.subjects.set_event(set_id, event.name),
+            event.to_json(),
+            headers={"Nats-Msg-Id": Subjects.msg_id(event.name, image_id)},
+        )
+
+    async def publish_core(self, subject: str, event: Event) -> None:
+        """Fire-and-forget (heartbeats): losing one is harmless, the next follows in seconds."""
+        await self.nc.publish(subject, event.to_json())
+
+
+@asynccontextmanager
+async def open_bus(settings: NatsSettings, name: str) -> AsyncIterator[Bus]:
+    async def on_error(exc: Exception) -> None:
+        logger.warning("nats: %s", exc)
+
+    nc = await nats.connect(
+        settings.url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
+        connect_timeout=5,
+    )
+    bus = Bus(nc, nc.jetstream(), Subjects(settings.subject_prefix, settings.stream), settings)
+    try:
+        await bus.ensure_stream()
+        yield bus
+    finally:
+        await nc.drain()

@@ -1,0 +1,310 @@
+"""Configuration: a TOML file, then ``MINICDN_<SECTION>_<KEY>`` env overrides, into frozen dataclasses.
+
+Every key has a default and help text (``field(metadata={"help": ...})``); the README table is checked
+against them by a test. Errors name the bad key. Secrets are wrapped in :class:`Secret` so they never
+reach a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # 20 MB
+DEFAULT_WIDTHS = (150, 300, 600, 1200, 2400)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+class Secret:
+    """A string that never shows itself in repr/str (so it cannot leak into logs)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: Secret = _help("Postgres connection URL (libpq form); may contain a password.", default=Secret(""))
+    pool_min: int = _help("Minimum connections kept open in the pool.", default=1)
+    pool_max: int = _help("Maximum connections in the pool.", default=10)
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    url: str = _help("NATS server URL (JetStream enabled).", default="nats://127.0.0.1:4222")
+    stream: str = _help("JetStream stream holding the replication events.", default="MINICDN")
+    subject_prefix: str = _help("Prefix of every minicdn subject.", default="minicdn")
+    stream_max_age_s: int = _help("How long events are kept: must cover the longest node outage.", default=7 * 86400)
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    keys: dict[str, Secret] = _help(
+        "HMAC keys by key id (TOML table, or env `kid:secret,kid2:secret2`). The active one signs, all verify.",
+        default_factory=dict,
+    )
+    active_kid: str = _help("Key id used to sign new URLs.", default="")
+    upload_ttl_s: int = _help("Lifetime of a signed upload URL.", default=3600)
+    peer_ttl_s: int = _help("Lifetime of a node-to-node request signature.", default=60)
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_upload_bytes: int = _help("Largest accepted upload.", default=DEFAULT_MAX_UPLOAD_BYTES)
+    widths: tuple[int, ...] = _help("Variant widths served without a signature.", default=DEFAULT_WIDTHS)
+    max_pixels: int = _help("Largest accepted image, in pixels (width x height).", default=100_000_000)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    node_id: str = _help("Unique id of this storage node.", default="")
+    region: str = _help("Region the node lives in (e.g. us-east).", default="")
+    lat: float = _help("Latitude of the node, degrees.", default=0.0)
+    lon: float = _help("Longitude of the node, degrees.", default=0.0)
+    set_id: str = _help("Replication set the node belongs to.", default="set-1")
+    base_url: str = _help("Public base URL of the node (what clients are sent to).", default="")
+    host: str = _help("Address the node listens on.", default="127.0.0.1")
+    port: int = _help("Port the node listens on.", default=8081)
+    data_dir: str = _help("Directory holding objects/ and tmp/ (one file system).", default="./data")
+    capacity_bytes: int = _help("Usable capacity; 0 means the size of the disk.", default=0)
+    heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
+    render_threads: int = _help("Threads building variants with libvips; 0 means the number of cores.", default=0)
+
+
+@dataclass(frozen=True)
+class ReplicatorSettings:
+    enabled: bool = _help("Run this node's replicator inside the storage-node process.", default=True)
+    sweep_interval_s: float = _help("Seconds between sweeps of this node's pending replica rows.", default=5.0)
+    sweep_age_s: float = _help("A pending row older than this is copied by the sweep.", default=5.0)
+    concurrency: int = _help("Images copied at once.", default=4)
+    fetch_timeout_s: float = _help("Timeout of one copy from a peer.", default=60.0)
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    host: str = _help("Address the query service listens on.", default="127.0.0.1")
+    port: int = _help("Port the query service listens on.", default=8080)
+    public_url: str = _help("Public base URL of the query service.", default="")
+    default_lat: float = _help("Latitude used for clients GeoIP cannot place.", default=39.0)
+    default_lon: float = _help("Longitude used for clients GeoIP cannot place.", default=-77.5)
+    node_refresh_s: float = _help("Seconds between reloads of the node table.", default=5.0)
+    location_cache_size: int = _help("Fully replicated images whose locations are kept in memory.", default=100_000)
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    heartbeat_timeout_s: float = _help("A node whose last heartbeat is older than this is unhealthy.", default=10.0)
+
+
+@dataclass(frozen=True)
+class GeoipSettings:
+    db: str = _help("GeoIP2/GeoLite2 City database; empty means the one shipped by maxminddb-geolite2.", default="")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = _help("Log level.", default="INFO")
+    format: str = _help("`text` or `json`.", default="text")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    signing: SigningSettings = field(default_factory=SigningSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
+    replicator: ReplicatorSettings = field(default_factory=ReplicatorSettings)
+    query: QuerySettings = field(default_factory=QuerySettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    geoip: GeoipSettings = field(default_factory=GeoipSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def signing_key(self, kid: str) -> bytes | None:
+        secret = self.signing.keys.get(kid)
+        return secret.reveal().encode() if secret else None
+
+
+_SECTION_TYPES = typing.get_type_hints(Settings)
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def iter_keys() -> list[tuple[str, str, str, Any]]:
+    """(section, key, help, default) for every setting: the documented surface."""
+    out = []
+    for section, cls in _SECTION_TYPES.items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out.append((section, f.name, f.metadata["help"], default))
+    return out
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    return int(value)
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _to_ints(value: Any) -> tuple[int, ...]:
+    items = value if isinstance(value, list | tuple) else [v for v in str(value).split(",") if v.strip()]
+    return tuple(_to_int(v) for v in items)
+
+
+def _to_secrets(value: Any) -> dict[str, Secret]:
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("{") else dict(
+            part.split(":", 1) for part in text.split(",") if part.strip()
+        )
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of key id -> secret")
+    return {str(k).strip(): Secret(str(v).strip()) for k, v in value.items()}
+
+
+_CONVERTERS: dict[Any, Any] = {
+    bool: _to_bool, int: _to_int, float: float, str: _to_str,
+    Secret: lambda v: v if isinstance(v, Secret) else Secret(str(v)),
+    tuple[int, ...]: _to_ints, dict[str, Secret]: _to_secrets,
+}
+
+
+def _coerce(key: str, typ: Any, value: Any) -> Any:
+    """Turn a TOML value or an env string into the field's type, or raise ConfigError naming the key."""
+    try:
+        return _CONVERTERS[typ](value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key}: invalid value ({exc})") from None
+
+
+def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown setting")
+    for key in known:
+        env_name = f"MINICDN_{name}_{key}".upper()
+        if env_name in env:
+            values[key] = _coerce(env_name, hints[key], env[env_name])
+        elif key in raw:
+            values[key] = _coerce(f"{name}.{key}", hints[key], raw[key])
+    return cls(**values)
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+    """Read ``path`` (TOML, optional), apply ``overrides`` then env vars, validate and return Settings."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    for section in raw:
+        if section not in _SECTION_TYPES:
+            raise ConfigError(f"{section}: unknown section")
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: must be a table")
+    built = {name: _build_section(name, cls, raw.get(name, {}), env) for name, cls in _SECTION_TYPES.items()}
+    settings = Settings(**built)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Checks that hold for every process; role-specific checks live in require_*()."""
+    lim = settings.limits
+    if lim.max_upload_bytes <= 0:
+        raise ConfigError("limits.max_upload_bytes: must be positive")
+    if not lim.widths or any(w <= 0 or w > 16384 for w in lim.widths):
+        raise ConfigError("limits.widths: need at least one width, each 1..16384")
+    if settings.log.format not in ("text", "json"):
+        raise ConfigError("log.format: must be `text` or `json`")
+    if settings.signing.active_kid and settings.signing.active_kid not in settings.signing.keys:
+        raise ConfigError("signing.active_kid: no key with that id in signing.keys")
+    for kid, secret in settings.signing.keys.items():
+        if len(secret.reveal()) < 16:
+            raise ConfigError(f"signing.keys.{kid}: secret must be at least 16 characters")
+
+
+def require_common(settings: Settings) -> None:
+    if not settings.database.url.reveal():
+        raise ConfigError("database.url: required (or MINICDN_DATABASE_URL)")
+    if not settings.signing.active_kid:
+        raise ConfigError("signing.active_kid: required, with its secret in signing.keys")
+
+
+def require_node(settings: Settings) -> None:
+    require_common(settings)
+    node = settings.node
+    for key in ("node_id", "region", "set_id"):
+        if not _ID_RE.match(getattr(node, key)):
+            raise ConfigError(f"node.{key}: required, lowercase letters, digits and '-'")
+    if not node.base_url.startswith(("http://", "https://")):
+        raise ConfigError("node.base_url: required, an http(s) URL")
+    if not -90 <= node.lat <= 90:
+        raise ConfigError("node.lat: must be within -90..90")
+    if not -180 <= node.lon <= 180:
+        raise ConfigError("node.lon: must be within -180..180")
+
+
+def require_query(settings: Settings) -> None:
+    require_common(settings)
+    if not -90 <= settings.query.default_lat <= 90:
+        raise ConfigError("query.default_lat: must be within -90..90")
+    if not -180 <= settings.query.default_lon <= 180:
+        raise ConfigError("query.default_lon: must be within -180..180")

@@ -1,0 +1,1 @@
+"""Postgres access: pool lifecycle, migrations and the SQL of each table, one module per table."""

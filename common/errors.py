@@ -1,0 +1,75 @@
+"""One error tree for every process; the single place where errors meet HTTP status codes and API.md codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MinicdnError(Exception):
+    """Base error: ``status`` is the HTTP status, ``code`` the API.md machine code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str = "internal error", *, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+class InvalidRequest(MinicdnError):
+    status, code = 400, "invalid_request"
+
+
+class SizeNotAllowed(MinicdnError):
+    status, code = 400, "size_not_allowed"
+
+
+class Unauthorized(MinicdnError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(MinicdnError):
+    status, code = 403, "forbidden"
+
+
+class SignatureInvalid(Forbidden):
+    code = "bad_signature"
+
+
+class SignatureExpired(Forbidden):
+    code = "expired"
+
+
+class NotFound(MinicdnError):
+    status, code = 404, "not_found"
+
+
+class Conflict(MinicdnError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(MinicdnError):
+    status, code = 413, "too_large"
+
+
+class UnsupportedImage(MinicdnError):
+    status, code = 415, "unsupported_type"
+
+
+class InvalidImage(MinicdnError):
+    status, code = 422, "invalid_image"
+
+
+class Unavailable(MinicdnError):
+    status, code = 503, "unavailable"

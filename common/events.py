@@ -1,0 +1,55 @@
+"""Versioned event dataclasses published on NATS. Each has a ``name`` (the subject suffix) and a ``version``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+
+@dataclass(frozen=True)
+class Event:
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    def to_json(self) -> bytes:
+        return json.dumps({"v": self.version, **dataclasses.asdict(self)}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self:
+        raw: dict[str, Any] = json.loads(data)
+        if raw.pop("v", None) != cls.version:
+            raise ValueError(f"{cls.name}: unsupported event version")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ImageUploaded(Event):
+    """An original is durable on ``origin_node``; every other member of ``set_id`` should copy it."""
+
+    name: ClassVar[str] = "uploaded"
+    image_id: str
+    set_id: str
+    origin_node: str
+    sha256: str
+    bytes: int
+    content_type: str
+
+
+@dataclass(frozen=True)
+class NodeHeartbeat(Event):
+    """A node is alive, with the usage of its data directory."""
+
+    name: ClassVar[str] = "heartbeat"
+    node_id: str
+    region: str
+    set_id: str
+    capacity_bytes: int
+    used_bytes: int
+    free_bytes: int
+    objects: int
+    in_flight: int
+    version_str: str
+    sent_at: float

@@ -1,0 +1,1 @@
+"""Query service: app-facing API (uploads, status, nearest-replica URLs) over Postgres and the node registry."""

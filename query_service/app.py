@@ -1,0 +1,56 @@
+"""Composition root of the query service: AppKeys, routes, middleware, resources opened in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from common.bus import open_bus
+from common.config import Settings, require_query
+from common.db.pool import open_pool
+from common.geo import GeoLocator, Point
+from common.httpkit import HttpMetrics, make_error_middleware
+from query_service import keys
+from query_service.auth import ApiKeyAuth
+from query_service.locations import LocationCache
+from query_service.registry import NodeRegistry
+from query_service.routes import add_routes
+
+
+def create_app(settings: Settings) -> web.Application:
+    require_query(settings)
+    metrics = HttpMetrics("query-service")
+    app = web.Application(middlewares=[make_error_middleware(metrics)], client_max_size=1024**2)
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics
+    app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s)
+    # Open the GeoIP database now so a bad path fails at start-up, not on the first request.
+    app[keys.GEO] = GeoLocator(settings.geoip.db, Point(settings.query.default_lat, settings.query.default_lon))
+    app.router.add_get("/metrics", metrics.handler)
+    add_routes(app)
+    app.cleanup_ctx.append(_resources)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(app[keys.GEO].close)
+        pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
+        bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, "query-service"))
+        app[keys.AUTH] = ApiKeyAuth(pool)
+        app[keys.LOCATIONS] = LocationCache(pool, settings.query.location_cache_size)
+        registry = app[keys.REGISTRY]
+        await registry.reload(pool)
+        task = asyncio.create_task(registry.run(pool, bus, settings.query.node_refresh_s), name="node-registry")
+        stack.push_async_callback(_cancel, task)
+        yield
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,63 @@
+"""POST /v1/uploads: create the image row (`requested`), place it, return a signed upload URL."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from common import signing
+from common.db import images as db_images
+from common.errors import Unavailable
+from common.httpkit import json_response
+from common.ids import new_image_id
+from query_service import keys
+from query_service.placement import place
+from query_service.requests import parse_upload_request
+
+
+def public_base(request: web.Request) -> str:
+    configured = request.app[keys.SETTINGS].query.public_url
+    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+async def create_upload(request: web.Request) -> web.Response:
+    app = request.app
+    settings, registry = app[keys.SETTINGS], app[keys.REGISTRY]
+    api_key = await app[keys.AUTH].required(request)
+    max_bytes = settings.limits.max_upload_bytes
+    body = await parse_upload_request(request, max_bytes)
+    uploader = app[keys.GEO].locate(body.client_ip or request.remote)
+    chosen = place(registry.nodes.values(), uploader, body.size or max_bytes, registry.healthy)
+    if chosen is None:
+        raise Unavailable("no healthy node with room can take this upload", code="no_capacity")
+    node = chosen.node
+    image_id = new_image_id()
+    await db_images.create_requested(app[keys.POOL], db_images.NewImage(
+        image_id=image_id, owner_key_id=api_key.key_id, set_id=node.set_id, origin_node=node.node_id,
+        max_bytes=max_bytes, visibility=body.visibility, filename=body.filename, tags=body.tags,
+        metadata=body.metadata, callback_url=body.callback_url,
+    ))
+    exp = int(time.time()) + settings.signing.upload_ttl_s
+    kid = settings.signing.active_kid
+    key = settings.signing_key(kid)
+    assert key is not None  # validated at start-up
+    claims = signing.Claims("upload", image_id, node.node_id, exp, max_bytes=max_bytes)
+    query = urlencode({"max": max_bytes, **signing.sign(claims, kid, key)})
+    return json_response({
+        "image_id": image_id,
+        "upload_url": f"{node.base_url.rstrip('/')}/upload/{image_id}?{query}",
+        "upload_method": "PUT",
+        "expires_at": rfc3339(exp),
+        "max_bytes": max_bytes,
+        "node_id": node.node_id,
+        "region": node.region,
+        "status": "requested",
+        "status_url": f"{public_base(request)}/v1/images/{image_id}",
+    }, status=201)

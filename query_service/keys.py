@@ -1,0 +1,23 @@
+"""Typed aiohttp AppKeys of the query service."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from common.bus import Bus
+from common.config import Settings
+from common.geo import GeoLocator
+from common.httpkit import HttpMetrics
+from query_service.auth import ApiKeyAuth
+from query_service.locations import LocationCache
+from query_service.registry import NodeRegistry
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", AsyncConnectionPool)
+BUS = web.AppKey("bus", Bus)
+GEO = web.AppKey("geo", GeoLocator)
+REGISTRY = web.AppKey("registry", NodeRegistry)
+LOCATIONS = web.AppKey("locations", LocationCache)
+AUTH = web.AppKey("auth", ApiKeyAuth)
+METRICS = web.AppKey("metrics", HttpMetrics)

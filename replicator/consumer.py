@@ -1,0 +1,133 @@
+"""The node's durable JetStream pull consumer plus the sweep of its own pending replica rows.
+
+Postgres is the source of truth and NATS the fast path: the consumer copies an image moments after
+its upload; the sweep copies whatever the stream lost or never carried (rows older than a few
+seconds, found through the partial index). Outcomes: a normal return acks (only once the bytes are
+durable and the row committed), Retry naks with a delay, Permanent terminates the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from common.bus import Bus
+from common.db import replicas as db_replicas
+from common.events import ImageUploaded
+from replicator.jobs import ReplicatorContext, Wanted, replicate
+from replicator.outcomes import Permanent, Retry
+
+logger = logging.getLogger(__name__)
+FETCH_BATCH = 16
+
+
+class Replicator:
+    def __init__(self, ctx: ReplicatorContext, bus: Bus) -> None:
+        self.ctx = ctx
+        self.bus = bus
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sem = asyncio.Semaphore(ctx.settings.replicator.concurrency)
+        self.swept = 0
+
+    async def start(self) -> None:
+        node = self.ctx.settings.node
+        subjects = self.bus.subjects
+        config = ConsumerConfig(
+            durable_name=subjects.durable(node.node_id),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=max(30.0, 2 * self.ctx.settings.replicator.fetch_timeout_s),
+            max_deliver=-1,
+            filter_subject=subjects.set_all(node.set_id),
+        )
+        sub = await self.bus.js.pull_subscribe(
+            subjects.set_all(node.set_id), durable=config.durable_name, stream=subjects.stream, config=config
+        )
+        self._tasks = [asyncio.create_task(self._consume(sub), name="replicator-consume"),
+                       asyncio.create_task(self._sweep_forever(), name="replicator-sweep")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # --- JetStream path -----------------------------------------------------------------------------
+    async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+                logger.warning("consumer: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            await asyncio.gather(*(self._handle(msg) for msg in msgs))
+
+    async def _handle(self, msg: Msg) -> None:
+        async with self._sem:
+            try:
+                await self._dispatch(msg)
+                await msg.ack_sync()
+            except Retry as exc:
+                logger.warning("%s (retry in %.1fs)", exc, exc.defer_s)
+                await msg.nak(delay=exc.defer_s)
+            except Permanent as exc:
+                logger.error("dropping %s: %s", msg.subject, exc)
+                await msg.term()
+            except Exception:
+                logger.exception("replication of %s failed", msg.subject)
+                await msg.nak(delay=5)
+
+    async def _dispatch(self, msg: Msg) -> None:
+        kind = msg.subject.rsplit(".", 1)[-1]
+        if kind != ImageUploaded.name:
+            return  # other set events belong to later jobs; acking keeps the consumer moving
+        try:
+            event = ImageUploaded.from_json(msg.data)
+        except (ValueError, TypeError) as exc:
+            raise Permanent(f"malformed event: {exc}") from None
+        if event.origin_node == self.ctx.node_id:
+            return
+        attempt = msg.metadata.num_delivered if msg.metadata else 1
+        await replicate(self.ctx, Wanted(event.image_id, event.sha256, event.bytes, event.content_type), attempt)
+
+    # --- Postgres path ------------------------------------------------------------------------------
+    async def sweep_once(self) -> int:
+        """Copy this node's pending rows older than ``sweep_age_s``; returns how many copies were made."""
+        cfg = self.ctx.settings.replicator
+        rows = await db_replicas.pending_for_node(self.ctx.pool, self.ctx.node_id, cfg.sweep_age_s)
+
+        async def one(row: dict[str, object]) -> bool:
+            async with self._sem:
+                want = Wanted(str(row["image_id"]), str(row["sha256"]), int(row["bytes"]),  # type: ignore[call-overload]
+                              str(row["content_type"]))
+                try:
+                    return await replicate(self.ctx, want)
+                except Retry as exc:
+                    logger.info("sweep: %s", exc)
+                    return False
+
+        done = sum(await asyncio.gather(*(one(row) for row in rows)))
+        self.swept += done
+        if done:
+            logger.info("sweep copied %d pending image(s)", done)
+        return done
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ctx.settings.replicator.sweep_interval_s)
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("sweep failed: %s", exc)

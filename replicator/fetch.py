@@ -1,0 +1,33 @@
+"""Copy an original from a peer over the signed node-to-node endpoint, verifying its SHA-256 on the way."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+
+from common.config import Settings
+from replicator.peers import Peer
+from storage_node.handlers_peer import peer_params
+from storage_node.ingest import Ingested, ingest
+
+
+class ChecksumMismatch(Exception):
+    """The peer's bytes do not hash to the SHA-256 recorded at upload: never stored."""
+
+
+async def fetch_original(session: aiohttp.ClientSession, settings: Settings, peer: Peer, image_id: str,
+                         expected_sha256: str, max_bytes: int, dest: Path) -> Ingested:
+    kid = settings.signing.active_kid
+    key = settings.signing_key(kid)
+    assert key is not None  # validated at start-up
+    params = peer_params(key, kid, image_id, settings.node.node_id, int(time.time()) + settings.signing.peer_ttl_s)
+    url = f"{peer.base_url.rstrip('/')}/peer/objects/{image_id}"
+    timeout = aiohttp.ClientTimeout(total=settings.replicator.fetch_timeout_s)
+    async with session.get(url, params=params, timeout=timeout) as resp:
+        resp.raise_for_status()
+        got = await ingest(resp.content.iter_chunked(256 * 1024), dest, max_bytes)
+    if got.sha256 != expected_sha256:
+        raise ChecksumMismatch(f"{peer.node_id} sent {got.sha256[:12]}, expected {expected_sha256[:12]}")
+    return got

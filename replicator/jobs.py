@@ -1,0 +1,92 @@
+"""The replication job: make this node hold a verified copy of one image, then record the replica `ok`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from psycopg_pool import AsyncConnectionPool
+
+from common.config import Settings
+from common.db import replicas as db_replicas
+from common.geo import Point
+from replicator.fetch import ChecksumMismatch, fetch_original
+from replicator.outcomes import Retry, backoff_s
+from replicator.peers import sources
+from storage_node.store import ObjectMeta, Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplicatorContext:
+    settings: Settings
+    pool: AsyncConnectionPool
+    store: Store
+    session: aiohttp.ClientSession
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    copied: int = 0
+
+    @property
+    def node_id(self) -> str:
+        return self.settings.node.node_id
+
+
+@dataclass(frozen=True)
+class Wanted:
+    image_id: str
+    sha256: str
+    bytes: int
+    content_type: str
+
+
+async def replicate(ctx: ReplicatorContext, want: Wanted, attempt: int = 1) -> bool:
+    """Idempotent: returns False when the image was already here (no copy made), True after a copy.
+
+    Raises Retry when no peer could supply verified bytes right now.
+    """
+    lock = ctx.locks.setdefault(want.image_id, asyncio.Lock())  # the consumer and the sweep may race
+    try:
+        async with lock:
+            return await _replicate_locked(ctx, want, attempt)
+    finally:
+        if not lock.locked() and ctx.locks.get(want.image_id) is lock:
+            del ctx.locks[want.image_id]
+
+
+async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) -> bool:
+    started = time.perf_counter()
+    have = await asyncio.to_thread(ctx.store.meta, want.image_id)
+    if have is not None and have.sha256 == want.sha256:
+        if await db_replicas.replica_state(ctx.pool, want.image_id, ctx.node_id) != "ok":
+            await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
+        return False
+    node = ctx.settings.node
+    peers = await sources(ctx.pool, want.image_id, ctx.node_id, Point(node.lat, node.lon),
+                          ctx.settings.health.heartbeat_timeout_s)
+    errors = []
+    for peer in peers:
+        tmp = ctx.store.new_tmp_path()
+        try:
+            await fetch_original(ctx.session, ctx.settings, peer, want.image_id, want.sha256, want.bytes, tmp)
+            meta = ObjectMeta(want.sha256, want.content_type, want.bytes)
+            await asyncio.to_thread(ctx.store.commit_original, tmp, want.image_id, meta)
+        except ChecksumMismatch as exc:
+            logger.error("replicate %s: bad checksum from %s, not stored: %s", want.image_id, peer.node_id, exc)
+            errors.append(f"{peer.node_id}: checksum mismatch")
+            continue
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            errors.append(f"{peer.node_id}: {exc!r}")
+            continue
+        finally:
+            await asyncio.to_thread(ctx.store.discard_tmp, tmp)
+        await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
+        ctx.copied += 1
+        logger.info("replicated %s from %s (%d bytes) in %.3fs", want.image_id, peer.node_id, want.bytes,
+                    time.perf_counter() - started)
+        return True
+    reason = "; ".join(errors) or "no healthy peer holds it yet"
+    raise Retry(f"replicate {want.image_id}: {reason}", backoff_s(attempt))

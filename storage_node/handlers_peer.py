@@ -1,0 +1,36 @@
+"""Signed node-to-node endpoints: a peer fetches an original to replicate it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from common import signing
+from common.errors import NotFound
+from common.ids import check_image_id
+from storage_node import keys
+from storage_node.store import ORIGINAL
+
+PEER_SHA_HEADER = "X-Minicdn-Sha256"
+
+
+def peer_params(settings_key: bytes, kid: str, image_id: str, requester: str, exp: int) -> dict[str, str]:
+    """Query parameters a node adds to a peer request: its own id, bound into the signature."""
+    params = signing.sign(signing.Claims("peer", image_id, requester, exp), kid, settings_key)
+    return {"node": requester, **params}
+
+
+async def get_original(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings, store = app[keys.SETTINGS], app[keys.STORE]
+    image_id = check_image_id(request.match_info["image_id"])
+    requester = request.query.get("node", "")
+    signing.verify(request.query, lambda exp: signing.Claims("peer", image_id, requester, exp), settings.signing_key)
+    meta = await asyncio.to_thread(store.meta, image_id)
+    if meta is None:
+        raise NotFound("no such image on this node")
+    return web.FileResponse(
+        store.path_for(image_id, ORIGINAL),
+        headers={"Content-Type": meta.content_type, PEER_SHA_HEADER: meta.sha256, "Cache-Control": "no-store"},
+    )

@@ -1,0 +1,95 @@
+"""PUT /upload/{image_id}: verify the signed URL, stream to disk, validate, commit with the outbox, publish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from common import signing
+from common.db import images as db_images
+from common.errors import Conflict, NotFound, PayloadTooLarge
+from common.events import ImageUploaded
+from common.ids import check_image_id
+from storage_node import keys
+from storage_node.ingest import Ingested, ingest
+from storage_node.store import ObjectMeta
+from storage_node.validate import ImageInfo, probe, sniff
+
+logger = logging.getLogger(__name__)
+
+
+def _verify_upload_url(request: web.Request, image_id: str) -> int:
+    """Check the URL's signature (bound to this node and image); return the signed max_bytes."""
+    settings = request.app[keys.SETTINGS]
+    params = request.query
+    try:
+        max_bytes = int(params.get("max", ""))
+    except ValueError:
+        max_bytes = -1
+
+    def claims(exp: int) -> signing.Claims:
+        return signing.Claims("upload", image_id, settings.node.node_id, exp, max_bytes=max_bytes)
+
+    signing.verify(params, claims, settings.signing_key)
+    return min(max_bytes, settings.limits.max_upload_bytes)
+
+
+async def put_upload(request: web.Request) -> web.Response:
+    app = request.app
+    settings, pool, store, metrics = app[keys.SETTINGS], app[keys.POOL], app[keys.STORE], app[keys.METRICS]
+    image_id = check_image_id(request.match_info["image_id"])
+    outcome = "error"
+    tmp = store.new_tmp_path()
+    try:
+        max_bytes = _verify_upload_url(request, image_id)
+        if request.content_length is not None and request.content_length > max_bytes:
+            raise PayloadTooLarge(f"upload is larger than {max_bytes} bytes")
+        state = await db_images.upload_state(pool, image_id)
+        if state is None or state["origin_node"] != settings.node.node_id:
+            raise NotFound("no upload is expected for this image on this node")
+        if state["status"] != "requested":
+            raise Conflict("this upload URL has already been used", code="already_uploaded")
+        got = await ingest(request.content.iter_chunked(256 * 1024), tmp, max_bytes)
+        info = await asyncio.to_thread(probe, tmp, sniff(got.head), settings.limits.max_pixels)
+        event = await _commit(request, image_id, got, info)
+        outcome = "ok"
+    except Exception as exc:
+        outcome = getattr(exc, "code", "error")
+        raise
+    finally:
+        metrics.uploads.labels(outcome).inc()
+        await asyncio.to_thread(store.discard_tmp, tmp)
+    try:
+        await app[keys.BUS].publish_set_event(event.set_id, event, image_id)
+    except Exception as exc:  # the replicators' sweep of pending rows copies it anyway
+        logger.warning("publish of %s failed (the sweep will replicate it): %s", image_id, exc)
+    return web.json_response(
+        {"image_id": image_id, "sha256": got.sha256, "bytes": got.size, "status": "uploaded"}, status=201
+    )
+
+
+async def _commit(request: web.Request, image_id: str, got: Ingested, info: ImageInfo) -> ImageUploaded:
+    """One transaction: lock the row (409 for a used URL, even when two PUTs race), move the file into
+    place, record this replica `ok` and the other members `pending`, image `uploaded`. If the
+    transaction does not commit, the file is removed again."""
+    app = request.app
+    settings, pool, store = app[keys.SETTINGS], app[keys.POOL], app[keys.STORE]
+    node_id = settings.node.node_id
+    moved = False
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            row = await db_images.lock_for_upload(conn, image_id, node_id)
+            meta = ObjectMeta(got.sha256, info.content_type, got.size)
+            await asyncio.to_thread(store.commit_original, got.path, image_id, meta)
+            moved = True
+            await db_images.mark_uploaded(conn, image_id, node_id, row["set_id"], sha256=got.sha256, size=got.size,
+                                          content_type=info.content_type, fmt=info.fmt, width=info.width,
+                                          height=info.height)
+    except BaseException:
+        if moved:
+            await asyncio.to_thread(store.remove_image, image_id)
+        raise
+    return ImageUploaded(image_id=image_id, set_id=row["set_id"], origin_node=node_id, sha256=got.sha256,
+                         bytes=got.size, content_type=info.content_type)

@@ -1,0 +1,73 @@
+"""Variant builds with libvips in a bounded thread pool, one build per (image, variant) however many ask."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyvips
+
+from common.variants import VariantSpec
+from storage_node.store import ORIGINAL, Store
+
+JPEG_QUALITY = 82
+WEBP_QUALITY = 80
+
+
+def build_variant(src: Path, spec: VariantSpec, dest: Path) -> None:
+    """Blocking: shrink-on-load thumbnail (auto-oriented, never upscaled), sRGB, metadata stripped."""
+    image = pyvips.Image.thumbnail(str(src), spec.width, height=10_000_000, size="down")
+    if image.interpretation not in ("srgb", "b-w"):
+        image = image.colourspace("srgb")
+    if spec.fmt == "jpg":
+        if image.hasalpha():
+            image = image.flatten(background=[255])
+        image.jpegsave(str(dest), Q=JPEG_QUALITY, keep="none", optimize_coding=True)
+    elif spec.fmt == "webp":
+        image.webpsave(str(dest), Q=WEBP_QUALITY, keep="none")
+    else:  # pragma: no cover - parse_variant only yields known formats
+        raise ValueError(spec.fmt)
+
+
+class Renderer:
+    def __init__(self, store: Store, threads: int) -> None:
+        self.store = store
+        self.pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2, thread_name_prefix="render")
+        self._inflight: dict[tuple[str, str], asyncio.Future[Path]] = {}
+        self.builds = 0
+
+    async def ensure(self, image_id: str, spec: VariantSpec) -> Path:
+        """The variant's path, building it first if it is not on disk yet (single-flight)."""
+        dest = self.store.path_for(image_id, spec.name)
+        key = (image_id, spec.name)
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        if await asyncio.to_thread(dest.exists):
+            return dest
+        future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            path = await asyncio.get_running_loop().run_in_executor(self.pool, self._build, image_id, spec)
+            future.set_result(path)
+            return path
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters (if any) re-raise it
+            raise
+        finally:
+            del self._inflight[key]
+
+    def _build(self, image_id: str, spec: VariantSpec) -> Path:
+        tmp = self.store.new_tmp_path().with_suffix("." + spec.fmt)
+        try:
+            build_variant(self.store.path_for(image_id, ORIGINAL), spec, tmp)
+            self.builds += 1
+            return self.store.commit(tmp, image_id, spec.name)
+        finally:
+            self.store.discard_tmp(tmp)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,179 @@
+"""Disk layout of a node: ``objects/<aa>/<bb>/<image_id>/{original,meta.json,<variant>}`` and ``tmp/``.
+
+Bytes are written once: streamed into ``tmp/`` (same file system), fsynced, then ``os.replace``d into
+place and the directory fsynced, so a crash leaves either the whole file or none. Every path is
+checked to stay inside the data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.ids import check_image_id, shard
+
+ORIGINAL = "original"
+META = "meta.json"
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What serving the original needs, kept beside it so reads never touch Postgres."""
+
+    sha256: str
+    content_type: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    capacity_bytes: int
+    used_bytes: int
+    free_bytes: int
+    objects: int
+
+
+class Store:
+    def __init__(self, data_dir: str | Path, capacity_bytes: int = 0, meta_cache_size: int = 65536) -> None:
+        self.root = Path(data_dir).absolute()
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        self.capacity_bytes = capacity_bytes
+        self._lock = threading.Lock()
+        self._used_bytes = 0
+        self._objects = 0
+        self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
+        self._meta_cache_size = meta_cache_size
+
+    # --- set-up -------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create the layout, drop leftovers of interrupted uploads, and count what is stored (blocking)."""
+        self.objects.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        used = objects = 0
+        for dirpath, _dirs, files in os.walk(self.objects):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    used += os.stat(os.path.join(dirpath, name)).st_size
+                if name == ORIGINAL:
+                    objects += 1
+        with self._lock:
+            self._used_bytes, self._objects = used, objects
+
+    # --- paths --------------------------------------------------------------------------------------
+    def image_dir(self, image_id: str) -> Path:
+        check_image_id(image_id)
+        aa, bb = shard(image_id)
+        path = self.objects / aa / bb / image_id
+        if os.path.commonpath([self.objects, path]) != str(self.objects):
+            raise ValueError("path escapes the data directory")
+        return path
+
+    def path_for(self, image_id: str, name: str) -> Path:
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError("bad object name")
+        return self.image_dir(image_id) / name
+
+    def new_tmp_path(self) -> Path:
+        return self.tmp / uuid.uuid4().hex
+
+    # --- writes (blocking: call through asyncio.to_thread) ------------------------------------------
+    def commit(self, tmp_path: Path, image_id: str, name: str) -> Path:
+        """fsync ``tmp_path``, rename it to ``name`` in the image's directory, fsync the directory."""
+        dest = self.path_for(image_id, name)
+        created = not dest.parent.exists()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        old_size = dest.stat().st_size if dest.exists() else None
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+        if created:
+            _fsync_dir(dest.parent.parent)
+        size = dest.stat().st_size
+        with self._lock:
+            self._used_bytes += size - (old_size or 0)
+            if name == ORIGINAL and old_size is None:
+                self._objects += 1
+        return dest
+
+    def commit_original(self, tmp_path: Path, image_id: str, meta: ObjectMeta) -> Path:
+        """Write the sidecar first, then the original: the original's presence marks a complete object."""
+        meta_tmp = self.new_tmp_path()
+        meta_tmp.write_text(json.dumps({"sha256": meta.sha256, "content_type": meta.content_type,
+                                        "bytes": meta.bytes}))
+        self.commit(meta_tmp, image_id, META)
+        dest = self.commit(tmp_path, image_id, ORIGINAL)
+        self._remember(image_id, meta)
+        return dest
+
+    def remove_image(self, image_id: str) -> None:
+        """Remove an image's directory (a rolled-back upload, later deletes)."""
+        folder = self.image_dir(image_id)
+        freed = had_original = 0
+        if folder.exists():
+            for entry in folder.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    freed += entry.stat().st_size
+                    had_original |= entry.name == ORIGINAL
+            shutil.rmtree(folder, ignore_errors=True)
+        with self._lock:
+            self._used_bytes -= freed
+            self._objects -= had_original
+            self._meta.pop(image_id, None)
+
+    def discard_tmp(self, tmp_path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+    # --- reads --------------------------------------------------------------------------------------
+    def meta(self, image_id: str) -> ObjectMeta | None:
+        """The object's metadata if its original is stored here (cached; the first read is blocking)."""
+        with self._lock:
+            cached = self._meta.get(image_id)
+            if cached is not None:
+                self._meta.move_to_end(image_id)
+                return cached
+        folder = self.image_dir(image_id)
+        if not (folder / ORIGINAL).exists():
+            return None
+        try:
+            raw = json.loads((folder / META).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        meta = ObjectMeta(raw["sha256"], raw["content_type"], int(raw["bytes"]))
+        self._remember(image_id, meta)
+        return meta
+
+    def _remember(self, image_id: str, meta: ObjectMeta) -> None:
+        with self._lock:
+            self._meta[image_id] = meta
+            if len(self._meta) > self._meta_cache_size:
+                self._meta.popitem(last=False)
+
+    def usage(self) -> Usage:
+        disk = shutil.disk_usage(self.root)
+        with self._lock:
+            used, objects = self._used_bytes, self._objects
+        capacity = self.capacity_bytes or disk.total
+        free = max(0, min(capacity - used, disk.free))
+        return Usage(capacity, used, free, objects)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
