@@ -64,7 +64,7 @@ async def open_bus(settings: NatsSettings, name: str) -> AsyncIterator[Bus]:
 
     nc = await nats.connect(
         settings.url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
-        connect_timeout=5,
+        connect_timeout=5, drain_timeout=5,
     )
     bus = Bus(nc, nc.jetstream(), Subjects(settings.subject_prefix, settings.stream), settings)
     try:

@@ -55,3 +55,12 @@ class GeoLocator:
 
     def close(self) -> None:
         self._reader.close()
+
+
+# The regions of the dev cluster (DESIGN.md): name -> where its nodes stand.
+REGIONS: dict[str, Point] = {
+    "us-east": Point(39.0, -77.5),
+    "us-west": Point(45.6, -121.2),
+    "eu-west": Point(53.3, -6.3),
+    "ap-southeast": Point(1.35, 103.8),
+}

@@ -50,7 +50,7 @@ def make_error_middleware(metrics: HttpMetrics) -> Callable[[web.Request, Handle
         except MinicdnError as exc:
             status = exc.status
             if exc.status >= 500:
-                logger.error("%s %s: %s", request.method, request.path, exc.message)
+                logger.warning("%s %s: %s", request.method, request.path, exc.message)
             return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
         except web.HTTPException as exc:
             status = exc.status

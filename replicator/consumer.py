@@ -33,6 +33,7 @@ class Replicator:
         self._tasks: list[asyncio.Task[None]] = []
         self._sem = asyncio.Semaphore(ctx.settings.replicator.concurrency)
         self.swept = 0
+        self._sub: nats.js.JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
         node = self.ctx.settings.node
@@ -48,6 +49,7 @@ class Replicator:
         sub = await self.bus.js.pull_subscribe(
             subjects.set_all(node.set_id), durable=config.durable_name, stream=subjects.stream, config=config
         )
+        self._sub = sub
         self._tasks = [asyncio.create_task(self._consume(sub), name="replicator-consume"),
                        asyncio.create_task(self._sweep_forever(), name="replicator-sweep")]
 
@@ -58,6 +60,11 @@ class Replicator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._sub is not None:
+            # Without this, draining the connection waits out a pull request that will never be answered.
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
 
     # --- JetStream path -----------------------------------------------------------------------------
     async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
@@ -66,8 +73,10 @@ class Replicator:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
-                logger.warning("consumer: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnecting, stream briefly unavailable...: the loop must live on
+                logger.warning("consumer fetch failed: %r", exc)
                 await asyncio.sleep(1)
                 continue
             await asyncio.gather(*(self._handle(msg) for msg in msgs))

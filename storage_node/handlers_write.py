@@ -53,7 +53,8 @@ async def put_upload(request: web.Request) -> web.Response:
             raise Conflict("this upload URL has already been used", code="already_uploaded")
         got = await ingest(request.content.iter_chunked(256 * 1024), tmp, max_bytes)
         info = await asyncio.to_thread(probe, tmp, sniff(got.head), settings.limits.max_pixels)
-        event = await _commit(request, image_id, got, info)
+        # Shielded: a client hanging up mid-commit must not split the file move from the transaction.
+        event = await asyncio.shield(asyncio.ensure_future(_commit(request, image_id, got, info)))
         outcome = "ok"
     except Exception as exc:
         outcome = getattr(exc, "code", "error")

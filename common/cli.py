@@ -1,0 +1,231 @@
+"""`minicdn` console script: run the dev cluster or one component, and client commands against a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from common.client import ClientError, find_cluster, get_json, upload_file
+from common.config import ConfigError, load_settings
+from common.logs import setup_logging
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--query-url", help="query service URL (else MINICDN_QUERY_URL, else cluster.json)")
+    p.add_argument("--api-key", help="API key (else MINICDN_API_KEY, else cluster.json)")
+    p.add_argument("--state-dir", default=".minicdn", help="where `minicdn dev` keeps cluster.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minicdn", description="Self-hosted mini-CDN for user-generated images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run a whole multi-region cluster on embedded Postgres and NATS")
+    dev.add_argument("--regions", default="us-east,eu-west,ap-southeast",
+                     help="comma-separated: any of us-east, us-west, eu-west, ap-southeast")
+    dev.add_argument("--nodes-per-region", type=int, default=1, help="N nodes per region = N replication sets")
+    dev.add_argument("--node-capacity", default="0", help="usable space per node, e.g. 20MB (0: the disk)")
+    dev.add_argument("--state-dir", default=".minicdn", help="database, stream, objects and cluster.json")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080, help="query service port; nodes use the next ones (0: free)")
+    dev.add_argument("--geoip-db", default="", help="GeoIP2 City database (default: the packaged GeoLite2)")
+
+    for name, text in (("storage-node", "run a storage node (with its replicator unless disabled)"),
+                       ("query-service", "run a query service instance"),
+                       ("replicator", "run a node's replicator as its own process")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="TOML file; MINICDN_<SECTION>_<KEY> env vars override it")
+
+    up = sub.add_parser("upload", help="upload files, with a progress bar; prints image ids")
+    up.add_argument("files", nargs="+", type=Path)
+    up.add_argument("--private", action="store_true")
+    _add_client_flags(up)
+
+    url = sub.add_parser("url", help="print the nearest URL of an image")
+    url.add_argument("image_id")
+    url.add_argument("--w", type=float)
+    url.add_argument("--h", type=float)
+    url.add_argument("--dpr", type=float)
+    url.add_argument("--fmt", default="auto")
+    url.add_argument("--client-ip")
+    _add_client_flags(url)
+
+    status = sub.add_parser("status", help="table of regions, sets, nodes, health and capacity")
+    _add_client_flags(status)
+
+    bench = sub.add_parser("bench", help="load a running cluster through the public API and print figures")
+    bench.add_argument("--uploads", type=int, default=300, help="uploads to time")
+    bench.add_argument("--concurrency", type=int, default=32)
+    bench.add_argument("--lookups", type=int, default=3000)
+    bench.add_argument("--gets", type=int, default=3000)
+    _add_client_flags(bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "dev":
+            return cmd_dev(args)
+        if args.command in ("storage-node", "query-service", "replicator"):
+            return cmd_component(args)
+        handler = {"upload": cmd_upload, "url": cmd_url, "status": cmd_status, "bench": cmd_bench}[args.command]
+        return asyncio.run(handler(args))
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        return 2
+    except ClientError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 1
+
+
+class _Shutdown(BaseException):
+    """Raised from the signal handler so start-up or the watch loop unwinds into the cleanup."""
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from common.devcluster import DevCluster, DevOptions, parse_size
+    from common.geo import REGIONS
+
+    regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
+    unknown = [r for r in regions if r not in REGIONS]
+    if unknown or not regions or len(set(regions)) != len(regions):
+        err_console.print(f"[red]--regions: pick distinct names among {', '.join(REGIONS)}[/red]")
+        return 2
+    options = DevOptions(state_dir=Path(args.state_dir), regions=regions, nodes_per_region=args.nodes_per_region,
+                         node_capacity_bytes=parse_size(args.node_capacity), host=args.host, port=args.port,
+                         geoip_db=args.geoip_db)
+    cluster = DevCluster(options)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise _Shutdown(signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with err_console.status("starting Postgres, NATS, storage nodes and the query service..."):
+            info = cluster.start()
+        _print_cluster(info)
+        cluster.watch(threading.Event())
+    except _Shutdown:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        err_console.print("stopping...")
+        cluster.stop()
+        err_console.print("stopped.")
+    return 0
+
+
+def _print_cluster(info: dict[str, Any]) -> None:
+    table = Table(title="minicdn dev cluster")
+    table.add_column("node")
+    table.add_column("region")
+    table.add_column("set")
+    table.add_column("url")
+    for node in info["nodes"]:
+        table.add_row(node["node_id"], node["region"], node["set_id"], node["url"])
+    console.print(table)
+    console.print(f"query service: [bold]{info['query_url']}[/bold]")
+    console.print(f"dashboard:     {info['dashboard_url']}")
+    console.print(f"API key:       [bold]{info['api_key']}[/bold] (admin scope)")
+    console.print("try:           minicdn upload photo.jpg   (Ctrl-C stops the cluster)")
+    sys.stdout.flush()
+
+
+def cmd_component(args: argparse.Namespace) -> int:
+    from common import runner
+
+    settings = load_settings(args.config)
+    component = args.command
+    setup_logging(settings.log, component)
+    {"storage-node": runner.run_storage_node, "query-service": runner.run_query_service,
+     "replicator": runner.run_replicator}[component](settings)
+    return 0
+
+
+async def cmd_upload(args: argparse.Namespace) -> int:
+    cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
+    failures = 0
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    async with aiohttp.ClientSession() as session:
+        with Progress(*columns, console=err_console) as progress:
+            for path in args.files:
+                if not path.is_file():
+                    err_console.print(f"[red]{path}: no such file[/red]")
+                    failures += 1
+                    continue
+                task = progress.add_task(path.name, total=path.stat().st_size)
+                try:
+                    result = await upload_file(session, cluster, path,
+                                               on_chunk=lambda n, t=task: progress.advance(t, n),
+                                               visibility="private" if args.private else "public")
+                except ClientError as exc:
+                    err_console.print(f"[red]{path}: {exc}[/red]")
+                    failures += 1
+                    continue
+                console.print(result["image_id"])
+    return 1 if failures else 0
+
+
+async def cmd_url(args: argparse.Namespace) -> int:
+    cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
+    params = {k: v for k, v in (("w", args.w), ("h", args.h), ("dpr", args.dpr), ("fmt", args.fmt),
+                                ("client_ip", args.client_ip)) if v is not None}
+    async with aiohttp.ClientSession() as session:
+        found = await get_json(session, cluster, f"/v1/images/{args.image_id}/url", params)
+    console.print(found["url"], highlight=False, soft_wrap=True)
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
+    async with aiohttp.ClientSession() as session:
+        data = await get_json(session, cluster, "/v1/nodes")
+    table = Table(title="minicdn nodes")
+    for col in ("region", "set", "node", "state", "health", "used", "free", "capacity", "objects", "heartbeat"):
+        table.add_column(col)
+    for n in data["nodes"]:
+        age = n["heartbeat_age_s"]
+        table.add_row(n["region"], f"{n['set_id']} ({n['set_state']})", n["node_id"], n["state"],
+                      "[green]healthy[/green]" if n["healthy"] else "[red]down[/red]", _human(n["used_bytes"]),
+                      _human(n["free_bytes"]), _human(n["capacity_bytes"]), str(n["objects"]),
+                      "never" if age is None else f"{age:.1f}s ago")
+    console.print(table)
+    return 0
+
+
+async def cmd_bench(args: argparse.Namespace) -> int:
+    from common.bench import run_bench
+
+    cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
+    await run_bench(cluster, uploads=args.uploads, concurrency=args.concurrency, lookups=args.lookups,
+                    gets=args.gets, console=console)
+    return 0
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return str(n)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Run one component in the foreground (`minicdn storage-node|query-service|replicator --config FILE`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import aiohttp
+from aiohttp import web
+
+from common.bus import open_bus
+from common.config import Settings, require_node
+from common.db.pool import open_pool
+
+logger = logging.getLogger(__name__)
+
+
+def run_storage_node(settings: Settings) -> None:
+    from storage_node.app import create_app
+
+    node = settings.node
+    web.run_app(create_app(settings), host=node.host, port=node.port, access_log=None, print=None,
+                shutdown_timeout=10, handler_cancellation=True)
+
+
+def run_query_service(settings: Settings) -> None:
+    from query_service.app import create_app
+
+    query = settings.query
+    web.run_app(create_app(settings), host=query.host, port=query.port, access_log=None, print=None,
+                shutdown_timeout=10, handler_cancellation=True)
+
+
+def run_replicator(settings: Settings) -> None:
+    """A replicator beside its node (sharing the node's data directory), until SIGINT/SIGTERM."""
+    require_node(settings)
+    asyncio.run(_replicator_main(settings))
+
+
+async def _replicator_main(settings: Settings) -> None:
+    from replicator.consumer import Replicator
+    from replicator.jobs import ReplicatorContext
+    from storage_node.store import Store
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    store = Store(settings.node.data_dir, settings.node.capacity_bytes)
+    await asyncio.to_thread(store.objects.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(store.tmp.mkdir, parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(settings.database))
+        bus = await stack.enter_async_context(open_bus(settings.nats, f"replicator-{settings.node.node_id}"))
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        replicator = Replicator(ReplicatorContext(settings, pool, store, session), bus)
+        await replicator.start()
+        stack.push_async_callback(replicator.stop)
+        logger.info("replicator for %s running", settings.node.node_id)
+        await stop.wait()

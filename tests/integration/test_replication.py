@@ -1,0 +1,104 @@
+"""An upload reaches every region byte-identical; outages and lost events are caught up."""
+
+from __future__ import annotations
+
+import hashlib
+
+from storage_node import keys as node_keys
+from tests.cluster import NODE_REGIONS, TestCluster, make_jpeg
+
+NODES = [f"{r}-1" for r in NODE_REGIONS]
+
+
+async def test_upload_is_replicated_byte_identical_to_every_region(cluster: TestCluster) -> None:
+    data = make_jpeg(seed=1)
+    up = await cluster.upload(data)
+    assert up["status"] == "uploaded"
+    assert up["sha256"] == hashlib.sha256(data).hexdigest()
+    assert up["bytes"] == len(data)
+    await cluster.wait_replicated(up["image_id"], timeout_s=5)
+    for node_id in NODES:
+        assert cluster.disk_sha256(node_id, up["image_id"]) == up["sha256"], node_id
+    status, body = await cluster.api("GET", f"/v1/images/{up['image_id']}")
+    assert status == 200
+    assert body["status"] == "uploaded" and body["format"] == "jpeg" and body["sha256"] == up["sha256"]
+    assert sorted(r["region"] for r in body["replicas"]) == sorted(NODE_REGIONS)
+    assert {r["state"] for r in body["replicas"]} == {"ok"}
+
+
+async def test_stopped_node_catches_up_after_restart_without_duplicates(cluster: TestCluster) -> None:
+    down = "eu-west-1"
+    await cluster.stop_node(down)
+    ids = [(await cluster.upload(make_jpeg(320, 240, seed=i), client_ip="3.0.1.10"))["image_id"] for i in range(5)]
+    for image_id in ids:
+        states = await cluster.replicas(image_id)
+        assert states[down] == "pending"
+    await cluster.start_node(down)
+    for image_id in ids:
+        await cluster.wait_replicated(image_id)
+    originals = [p for p in cluster.files_under(down, "objects") if p.name == "original"]
+    assert sorted(p.parent.name for p in originals) == sorted(ids)  # each exactly once
+    for image_id in ids:
+        assert cluster.disk_sha256(down, image_id) == cluster.disk_sha256("us-east-1", image_id)
+    assert cluster.files_under(down, "tmp") == []
+
+
+async def test_event_lost_by_jetstream_is_still_replicated_by_the_sweep(cluster: TestCluster) -> None:
+    origin = "us-east-1"
+    bus = cluster.apps[origin][node_keys.BUS]
+    stream = bus.subjects.stream
+    before = (await bus.js.stream_info(stream)).state.messages
+    dropped: list[str] = []
+
+    async def lose(set_id: str, event: object, image_id: str) -> None:  # JetStream "lost" this publish
+        dropped.append(image_id)
+
+    bus.publish_set_event = lose  # type: ignore[method-assign]
+    up = await cluster.upload(make_jpeg(seed=7), client_ip="3.0.1.10")
+    assert up["node_id"] == origin and dropped == [up["image_id"]]
+    assert (await bus.js.stream_info(stream)).state.messages == before  # nothing reached the stream
+    await cluster.wait_replicated(up["image_id"], timeout_s=10)
+    for node_id in NODES:
+        assert cluster.disk_sha256(node_id, up["image_id"]) == up["sha256"]
+
+
+async def test_same_event_twice_is_a_no_op(cluster: TestCluster) -> None:
+    from common.events import ImageUploaded
+    from replicator.jobs import Wanted, replicate
+    from storage_node.app import REPLICATOR
+
+    up = await cluster.upload(make_jpeg(seed=3))
+    await cluster.wait_replicated(up["image_id"])
+    target = next(n for n in NODES if n != up["node_id"])
+    replicator = cluster.apps[target][REPLICATOR]
+    before = replicator.ctx.copied
+    event = ImageUploaded(up["image_id"], "set-1", up["node_id"], up["sha256"], up["bytes"], "image/jpeg")
+    bus = cluster.apps[up["node_id"]][node_keys.BUS]
+    await bus.js.publish(bus.subjects.set_event("set-1", "uploaded"), event.to_json())  # a redelivery
+    copied = await replicate(replicator.ctx, Wanted(up["image_id"], up["sha256"], up["bytes"], "image/jpeg"))
+    assert copied is False
+    await cluster.wait_for(lambda: True, "settle")
+    assert replicator.ctx.copied == before
+    originals = [p for p in cluster.files_under(target, "objects") if p.name == "original"]
+    assert len(originals) == 1
+
+
+async def test_bad_checksum_from_a_peer_is_never_stored(cluster: TestCluster) -> None:
+    from replicator.outcomes import Retry
+    from replicator.jobs import Wanted, replicate
+    from storage_node.app import REPLICATOR
+
+    up = await cluster.upload(make_jpeg(seed=4), client_ip="3.0.1.10")
+    await cluster.wait_replicated(up["image_id"])
+    target = "ap-southeast-1"
+    replicator = cluster.apps[target][REPLICATOR]
+    cluster.apps[target][node_keys.STORE].remove_image(up["image_id"])
+    wrong = Wanted(up["image_id"], "0" * 64, up["bytes"], "image/jpeg")  # the hash the peers' bytes don't have
+    try:
+        await replicate(replicator.ctx, wrong)
+    except Retry as exc:
+        assert "checksum mismatch" in str(exc)
+    else:
+        raise AssertionError("a mismatching copy must not succeed")
+    assert cluster.disk_sha256(target, up["image_id"]) is None
+    assert cluster.files_under(target, "tmp") == []
