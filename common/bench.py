@@ -1,0 +1,167 @@
+"""`minicdn bench`: load a running cluster through its public API and print throughput and latency.
+
+Each figure sits beside a peer measured in the same run on the same server: the server's own
+`/healthz` (an empty handler), so the ratio shows what the real work costs over aiohttp itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from common.client import ClusterRef, get_json, put_bytes, request_upload
+
+TARGET_JPEG_BYTES = 100 * 1024
+
+
+@dataclass
+class Figures:
+    count: int
+    seconds: float
+    latencies_s: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def pct(self, p: float) -> float:
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
+
+
+def _noise_jpeg(side: int, seed: int) -> bytes:
+    import pyvips
+
+    base = pyvips.Image.gaussnoise(side, side, mean=128, sigma=30, seed=seed).cast("uchar")
+    return bytes(base.bandjoin([base.rot90(), base.rot180()]).copy(interpretation="srgb").jpegsave_buffer(Q=85))
+
+
+def make_jpegs(n: int) -> list[bytes]:
+    """n distinct ~100 KB JPEGs (noise compresses badly, so the size follows the pixel count)."""
+    side = 320
+    side = int(side * (TARGET_JPEG_BYTES / len(_noise_jpeg(side, 0))) ** 0.5)
+    return [_noise_jpeg(side, seed) for seed in range(n)]
+
+
+async def run_load(n: int, concurrency: int, one: Callable[[int], Awaitable[None]],
+                   progress: Progress | None = None, label: str = "") -> Figures:
+    latencies: list[float] = []
+    counter = iter(range(n))
+    task = progress.add_task(label, total=n) if progress else None
+
+    async def worker() -> None:
+        for i in counter:
+            started = time.perf_counter()
+            await one(i)
+            latencies.append(time.perf_counter() - started)
+            if progress is not None and task is not None:
+                progress.advance(task)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Figures(n, time.perf_counter() - started, latencies)
+
+
+async def _get_ok(session: aiohttp.ClientSession, url: str, **kw: Any) -> None:
+    async with session.get(url, **kw) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url}: {resp.status}")
+
+
+async def _replication_lags(session: aiohttp.ClientSession, cluster: ClusterRef,
+                            done_at: dict[str, float], poll_s: float) -> dict[str, float]:
+    """Poll image status until every region holds each image; lag = first poll that sees all `ok` - 201."""
+    lags: dict[str, float] = {}
+    pending = set(done_at)
+    deadline = time.perf_counter() + 120
+    while pending and time.perf_counter() < deadline:
+        for image_id in list(pending):
+            body = await get_json(session, cluster, f"/v1/images/{image_id}")
+            if body["replicas"] and all(r["state"] == "ok" for r in body["replicas"]):
+                lags[image_id] = time.perf_counter() - done_at[image_id]
+                pending.discard(image_id)
+        await asyncio.sleep(poll_s)
+    return lags
+
+
+async def run_bench(cluster: ClusterRef, *, uploads: int, concurrency: int, lookups: int, gets: int,
+                    console: Console) -> dict[str, Figures]:
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    results: dict[str, Figures] = {}
+    async with aiohttp.ClientSession(connector=connector) as session:
+        console.print(f"making {uploads} distinct ~100 KB JPEGs...")
+        bodies = await asyncio.to_thread(make_jpegs, uploads + 20)
+        image_ids: list[str] = []
+        done_at: dict[str, float] = {}
+        with Progress(console=console, transient=True) as progress:
+
+            async def upload(i: int) -> None:
+                ticket = await request_upload(session, cluster, size=len(bodies[i]))
+                await put_bytes(session, ticket["upload_url"], bodies[i], len(bodies[i]))
+                done_at[ticket["image_id"]] = time.perf_counter()
+                image_ids.append(ticket["image_id"])
+
+            results["uploads"] = await run_load(uploads, concurrency, upload, progress, "uploads")
+            loaded_lags = await _replication_lags(session, cluster, dict(done_at), 0.01)
+            results["replication_loaded"] = Figures(len(loaded_lags), 1, list(loaded_lags.values()))
+
+            idle_lags: list[float] = []
+            for i in range(uploads, uploads + 20):  # one at a time: the lag without a queue in front
+                ticket = await request_upload(session, cluster, size=len(bodies[i]))
+                await put_bytes(session, ticket["upload_url"], bodies[i], len(bodies[i]))
+                lag = await _replication_lags(session, cluster, {ticket["image_id"]: time.perf_counter()}, 0.002)
+                idle_lags.extend(lag.values())
+            results["replication_idle"] = Figures(len(idle_lags), 1, idle_lags)
+
+            rng = random.Random(1)
+            results["lookups"] = await run_load(lookups, concurrency, lambda i: get_json(
+                session, cluster, f"/v1/images/{rng.choice(image_ids)}/url", {"w": 600}), progress, "URL lookups")
+            results["query_peer"] = await run_load(lookups, concurrency, lambda i: _get_ok(
+                session, f"{cluster.query_url}/healthz"), progress, "query /healthz")
+
+            variant_urls = [
+                (await get_json(session, cluster, f"/v1/images/{image_id}/url", {"w": 600}))["url"]
+                for image_id in image_ids[:20]
+            ]
+            for url in variant_urls:  # build once; the timed GETs read stored variants
+                await _get_ok(session, url)
+            results["node_gets"] = await run_load(gets, concurrency, lambda i: _get_ok(
+                session, variant_urls[i % len(variant_urls)]), progress, "node GETs")
+            node_base = variant_urls[0].split("/i/")[0]
+            results["node_peer"] = await run_load(gets, concurrency, lambda i: _get_ok(
+                session, f"{node_base}/healthz"), progress, "node /healthz")
+    _print(results, concurrency, statistics.mean(len(b) for b in bodies), console)
+    return results
+
+
+def _print(r: dict[str, Figures], concurrency: int, mean_bytes: float, console: Console) -> None:
+    table = Table(title=f"minicdn bench (concurrency {concurrency}, JPEGs of {mean_bytes / 1024:.0f} KB)")
+    for col in ("figure", "rate", "p50", "p99", "vs peer"):
+        table.add_column(col)
+
+    def ms(x: float) -> str:
+        return f"{x * 1000:.1f} ms"
+
+    up = r["uploads"]
+    table.add_row("uploads (POST /v1/uploads + PUT)", f"{up.rate:.0f}/s", ms(up.pct(50)), ms(up.pct(99)), "")
+    for key, label in (("replication_loaded", "201 -> every region ok (under upload load)"),
+                       ("replication_idle", "201 -> every region ok (one at a time)")):
+        rep = r[key]
+        table.add_row(label, f"{rep.count} images", ms(rep.pct(50)), ms(rep.pct(99)), "")
+    for key, peer, label in (("lookups", "query_peer", "URL lookups (GET /v1/images/{id}/url)"),
+                             ("node_gets", "node_peer", "node GETs of a stored variant")):
+        f, p = r[key], r[peer]
+        table.add_row(label, f"{f.rate:.0f}/s", ms(f.pct(50)), ms(f.pct(99)),
+                      f"{f.rate / p.rate:.2f}x of /healthz ({p.rate:.0f}/s)")
+    console.print(table)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.errors import NotFound
+from storage_node.store import ORIGINAL, ObjectMeta, Store
+
+IMAGE_ID = "abcdefghijklmnopqrstuv"
+
+
+def test_commit_layout_meta_and_usage(tmp_path: Path) -> None:
+    store = Store(tmp_path, capacity_bytes=10_000)
+    store.prepare()
+    tmp = store.new_tmp_path()
+    tmp.write_bytes(b"x" * 1000)
+    dest = store.commit_original(tmp, IMAGE_ID, ObjectMeta("ab" * 32, "image/jpeg", 1000))
+    assert dest.read_bytes() == b"x" * 1000 and not tmp.exists()
+    assert dest.parent.parent.parent.parent == store.objects  # objects/aa/bb/<id>/original
+    usage = store.usage()
+    assert usage.objects == 1 and usage.used_bytes > 1000 and usage.capacity_bytes == 10_000
+    assert usage.free_bytes == 10_000 - usage.used_bytes
+    fresh = Store(tmp_path, capacity_bytes=10_000)  # a restart counts what is on disk
+    fresh.prepare()
+    assert fresh.usage() == usage
+    assert fresh.meta(IMAGE_ID) == ObjectMeta("ab" * 32, "image/jpeg", 1000)
+    fresh.remove_image(IMAGE_ID)
+    assert fresh.meta(IMAGE_ID) is None and fresh.usage().objects == 0 and fresh.usage().used_bytes == 0
+
+
+def test_prepare_drops_interrupted_uploads(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.prepare()
+    leftover = store.new_tmp_path()
+    leftover.write_bytes(b"half an upload")
+    Store(tmp_path).prepare()
+    assert not leftover.exists()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../original"])
+def test_names_cannot_escape(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError):
+        Store(tmp_path).path_for(IMAGE_ID, name)
+
+
+def test_bad_ids_never_reach_the_disk(tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        Store(tmp_path).path_for("../../../etc/passwd", ORIGINAL)
