@@ -14,7 +14,7 @@ from netaddr import IPSet
 from common.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.cluster import REGION_IPS, TestCluster
 
-TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
+TESTDATA = Path(__file__).resolve().parent / "images"  # copied from shared/testdata (see its README)
 
 
 @pytest.fixture(scope="session")
@@ -69,5 +69,5 @@ async def cluster(tmp_path: Path, database_url: str, nats_server: EmbeddedNats,
 
 @pytest.fixture
 def testdata() -> Path:
-    assert TESTDATA.is_dir(), f"shared test images expected at {TESTDATA}"
+    assert TESTDATA.is_dir(), f"test images expected at {TESTDATA}"
     return TESTDATA

@@ -1,4 +1,4 @@
-"""`minicdn dev` as a real subprocess: ready, cluster.json, an upload end to end, clean SIGTERM, restart keeps images."""
+"""`minicdn dev` as a real subprocess: ready, cluster.json, an upload end to end, clean stop, restart keeps images."""
 
 from __future__ import annotations
 

@@ -84,8 +84,8 @@ async def test_same_event_twice_is_a_no_op(cluster: TestCluster) -> None:
 
 
 async def test_bad_checksum_from_a_peer_is_never_stored(cluster: TestCluster) -> None:
-    from replicator.outcomes import Retry
     from replicator.jobs import Wanted, replicate
+    from replicator.outcomes import Retry
     from storage_node.app import REPLICATOR
 
     up = await cluster.upload(make_jpeg(seed=4), client_ip="3.0.1.10")
