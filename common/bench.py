@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -79,20 +80,34 @@ async def _get_ok(session: aiohttp.ClientSession, url: str, **kw: Any) -> None:
             raise RuntimeError(f"GET {url}: {resp.status}")
 
 
-async def _replication_lags(session: aiohttp.ClientSession, cluster: ClusterRef,
-                            done_at: dict[str, float], poll_s: float) -> dict[str, float]:
-    """Poll image status until every region holds each image; lag = first poll that sees all `ok` - 201."""
+def _lag_s(body: dict[str, Any]) -> float | None:
+    """201 -> last replica `ok`, from the server's own timestamps (no polling error in the figure)."""
+    replicas = body["replicas"]
+    if not replicas or any(r["state"] != "ok" or not r.get("verified_at") for r in replicas):
+        return None
+    last = max(datetime.fromisoformat(r["verified_at"]) for r in replicas)
+    return (last - datetime.fromisoformat(body["uploaded_at"])).total_seconds()
+
+
+async def replication_lags(session: aiohttp.ClientSession, cluster: ClusterRef, image_ids: list[str],
+                           timeout_s: float = 120) -> list[float]:
+    """Wait until every region holds each image; return each image's replication lag."""
     lags: dict[str, float] = {}
-    pending = set(done_at)
-    deadline = time.perf_counter() + 120
-    while pending and time.perf_counter() < deadline:
-        for image_id in list(pending):
-            body = await get_json(session, cluster, f"/v1/images/{image_id}")
-            if body["replicas"] and all(r["state"] == "ok" for r in body["replicas"]):
-                lags[image_id] = time.perf_counter() - done_at[image_id]
-                pending.discard(image_id)
-        await asyncio.sleep(poll_s)
-    return lags
+    sem = asyncio.Semaphore(8)
+    deadline = time.perf_counter() + timeout_s
+
+    async def check(image_id: str) -> None:
+        async with sem:
+            lag = _lag_s(await get_json(session, cluster, f"/v1/images/{image_id}"))
+        if lag is not None:
+            lags[image_id] = lag
+
+    while len(lags) < len(image_ids) and time.perf_counter() < deadline:
+        await asyncio.gather(*(check(i) for i in image_ids if i not in lags))
+        await asyncio.sleep(0.05)
+    if len(lags) < len(image_ids):
+        raise RuntimeError(f"{len(image_ids) - len(lags)} image(s) not replicated after {timeout_s}s")
+    return list(lags.values())
 
 
 async def run_bench(cluster: ClusterRef, *, uploads: int, concurrency: int, lookups: int, gets: int,
@@ -103,25 +118,22 @@ async def run_bench(cluster: ClusterRef, *, uploads: int, concurrency: int, look
         console.print(f"making {uploads} distinct ~100 KB JPEGs...")
         bodies = await asyncio.to_thread(make_jpegs, uploads + 20)
         image_ids: list[str] = []
-        done_at: dict[str, float] = {}
         with Progress(console=console, transient=True) as progress:
 
             async def upload(i: int) -> None:
                 ticket = await request_upload(session, cluster, size=len(bodies[i]))
                 await put_bytes(session, ticket["upload_url"], bodies[i], len(bodies[i]))
-                done_at[ticket["image_id"]] = time.perf_counter()
                 image_ids.append(ticket["image_id"])
 
             results["uploads"] = await run_load(uploads, concurrency, upload, progress, "uploads")
-            loaded_lags = await _replication_lags(session, cluster, dict(done_at), 0.01)
-            results["replication_loaded"] = Figures(len(loaded_lags), 1, list(loaded_lags.values()))
+            loaded_lags = await replication_lags(session, cluster, image_ids)
+            results["replication_loaded"] = Figures(len(loaded_lags), 1, loaded_lags)
 
             idle_lags: list[float] = []
             for i in range(uploads, uploads + 20):  # one at a time: the lag without a queue in front
                 ticket = await request_upload(session, cluster, size=len(bodies[i]))
                 await put_bytes(session, ticket["upload_url"], bodies[i], len(bodies[i]))
-                lag = await _replication_lags(session, cluster, {ticket["image_id"]: time.perf_counter()}, 0.002)
-                idle_lags.extend(lag.values())
+                idle_lags += await replication_lags(session, cluster, [ticket["image_id"]])
             results["replication_idle"] = Figures(len(idle_lags), 1, idle_lags)
 
             rng = random.Random(1)

@@ -17,6 +17,8 @@ from query_service.nearest import rank
 from query_service.requests import UrlQuery, parse_url_query
 
 SERVABLE = ("uploaded", "processing", "ready")
+IMAGE_FIELDS = ("image_id", "status", "reason", "visibility", "format", "width", "height", "bytes", "sha256",
+                "created_at", "uploaded_at", "ready_at", "tags", "metadata", "duplicate_of", "replicas")
 
 
 def _may_see(visibility: str, owner_key_id: str | None, key: ApiKey | None) -> bool:
@@ -32,13 +34,7 @@ async def get_image(request: web.Request) -> web.Response:
     row = await db_images.get_image(app[keys.POOL], image_id)
     if not _may_see(row["visibility"], row["owner_key_id"], key):
         raise NotFound("no such image")  # existence of another app's private image is not revealed
-    return json_response({
-        "image_id": row["image_id"], "status": row["status"], "reason": row["reason"],
-        "visibility": row["visibility"], "format": row["format"], "width": row["width"], "height": row["height"],
-        "bytes": row["bytes"], "sha256": row["sha256"], "created_at": row["created_at"],
-        "ready_at": row["ready_at"], "tags": row["tags"], "metadata": row["metadata"],
-        "duplicate_of": row["duplicate_of"], "replicas": row["replicas"],
-    })
+    return json_response({field: row[field] for field in IMAGE_FIELDS})
 
 
 async def resolve_url(request: web.Request, image_id: str, q: UrlQuery, key: ApiKey | None,

@@ -64,7 +64,7 @@ async def get_image(request: web.Request) -> web.StreamResponse:
         spec = parse_variant(name)
         if spec.width not in settings.limits.widths:
             raise SizeNotAllowed(f"width {spec.width} is not one of {list(settings.limits.widths)}")
-    meta = await asyncio.to_thread(store.meta, image_id)
+    meta = store.cached_meta(image_id) or await asyncio.to_thread(store.meta, image_id)
     if meta is None:
         raise NotFound("no such image on this node")
     etag = _etag_for(meta, name)

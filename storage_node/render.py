@@ -41,16 +41,20 @@ class Renderer:
     async def ensure(self, image_id: str, spec: VariantSpec) -> Path:
         """The variant's path, building it first if it is not on disk yet (single-flight)."""
         dest = self.store.path_for(image_id, spec.name)
+        if self.store.has_variant(image_id, spec.name):
+            return dest
         key = (image_id, spec.name)
         running = self._inflight.get(key)
         if running is not None:
             return await asyncio.shield(running)
         if await asyncio.to_thread(dest.exists):
+            self.store.note_variant(image_id, spec.name)
             return dest
         future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             path = await asyncio.get_running_loop().run_in_executor(self.pool, self._build, image_id, spec)
+            self.store.note_variant(image_id, spec.name)
             future.set_result(path)
             return path
         except BaseException as exc:

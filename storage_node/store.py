@@ -49,7 +49,8 @@ class Store:
         self._lock = threading.Lock()
         self._used_bytes = 0
         self._objects = 0
-        self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
+        # Hot-path cache: image id -> (its metadata, names of the variants known to be on disk).
+        self._cache: OrderedDict[str, tuple[ObjectMeta, set[str]]] = OrderedDict()
         self._meta_cache_size = meta_cache_size
 
     # --- set-up -------------------------------------------------------------------------------------
@@ -131,20 +132,39 @@ class Store:
         with self._lock:
             self._used_bytes -= freed
             self._objects -= had_original
-            self._meta.pop(image_id, None)
+            self._cache.pop(image_id, None)
 
     def discard_tmp(self, tmp_path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
 
     # --- reads --------------------------------------------------------------------------------------
+    def cached_meta(self, image_id: str) -> ObjectMeta | None:
+        """Memory only, no I/O: safe to call on the event loop."""
+        with self._lock:
+            cached = self._cache.get(image_id)
+            if cached is None:
+                return None
+            self._cache.move_to_end(image_id)
+            return cached[0]
+
+    def has_variant(self, image_id: str, name: str) -> bool:
+        """Memory only: True when ``name`` is known to be on disk (built or seen here)."""
+        with self._lock:
+            cached = self._cache.get(image_id)
+            return cached is not None and name in cached[1]
+
+    def note_variant(self, image_id: str, name: str) -> None:
+        with self._lock:
+            cached = self._cache.get(image_id)
+            if cached is not None:
+                cached[1].add(name)
+
     def meta(self, image_id: str) -> ObjectMeta | None:
         """The object's metadata if its original is stored here (cached; the first read is blocking)."""
-        with self._lock:
-            cached = self._meta.get(image_id)
-            if cached is not None:
-                self._meta.move_to_end(image_id)
-                return cached
+        cached = self.cached_meta(image_id)
+        if cached is not None:
+            return cached
         folder = self.image_dir(image_id)
         if not (folder / ORIGINAL).exists():
             return None
@@ -158,9 +178,9 @@ class Store:
 
     def _remember(self, image_id: str, meta: ObjectMeta) -> None:
         with self._lock:
-            self._meta[image_id] = meta
-            if len(self._meta) > self._meta_cache_size:
-                self._meta.popitem(last=False)
+            self._cache[image_id] = (meta, set())
+            if len(self._cache) > self._meta_cache_size:
+                self._cache.popitem(last=False)
 
     def usage(self) -> Usage:
         disk = shutil.disk_usage(self.root)

@@ -74,7 +74,7 @@ async def mark_uploaded(conn: AsyncConnection[Any], image_id: str, node_id: str,
 
 _IMAGE_COLUMNS = (
     "image_id, owner_key_id, status, reason, visibility, format, content_type, width, height, bytes, sha256,"
-    " set_id, tags, metadata, duplicate_of, created_at, ready_at"
+    " set_id, tags, metadata, duplicate_of, created_at, uploaded_at, ready_at"
 )
 
 
@@ -83,7 +83,8 @@ async def get_image(pool: AsyncConnectionPool, image_id: str) -> dict[str, Any]:
     async with pool.connection() as conn:
         cur = await conn.execute(
             f"SELECT {_IMAGE_COLUMNS}, coalesce((SELECT json_agg(json_build_object("
-            "  'node_id', r.node_id, 'region', n.region, 'state', r.state) ORDER BY n.region)"
+            "  'node_id', r.node_id, 'region', n.region, 'state', r.state, 'verified_at', r.verified_at)"
+            "  ORDER BY n.region)"
             "  FROM replicas r JOIN nodes n USING (node_id) WHERE r.image_id = i.image_id), '[]') AS replicas"
             " FROM images i WHERE image_id = %s",
             (image_id,),
