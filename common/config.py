@@ -107,7 +107,7 @@ class ReplicatorSettings:
     enabled: bool = _help("Run this node's replicator inside the storage-node process.", default=True)
     sweep_interval_s: float = _help("Seconds between sweeps of this node's pending replica rows.", default=5.0)
     sweep_age_s: float = _help("A pending row older than this is copied by the sweep.", default=5.0)
-    concurrency: int = _help("Images copied at once.", default=4)
+    concurrency: int = _help("Images copied at once.", default=8)
     fetch_timeout_s: float = _help("Timeout of one copy from a peer.", default=60.0)
 
 

@@ -8,6 +8,7 @@ checked to stay inside the data directory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -89,34 +90,47 @@ class Store:
     # --- writes (blocking: call through asyncio.to_thread) ------------------------------------------
     def commit(self, tmp_path: Path, image_id: str, name: str) -> Path:
         """fsync ``tmp_path``, rename it to ``name`` in the image's directory, fsync the directory."""
-        dest = self.path_for(image_id, name)
-        created = not dest.parent.exists()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        old_size = dest.stat().st_size if dest.exists() else None
-        os.replace(tmp_path, dest)
-        _fsync_dir(dest.parent)
-        if created:
-            _fsync_dir(dest.parent.parent)
-        size = dest.stat().st_size
-        with self._lock:
-            self._used_bytes += size - (old_size or 0)
-            if name == ORIGINAL and old_size is None:
-                self._objects += 1
-        return dest
+        return self._commit_files(image_id, [(tmp_path, name, True)])
 
     def commit_original(self, tmp_path: Path, image_id: str, meta: ObjectMeta) -> Path:
-        """Write the sidecar first, then the original: the original's presence marks a complete object."""
+        """Move the original and its sidecar into place with one directory fsync.
+
+        The sidecar is not fsynced itself: it is derived data, rebuilt from the original by ``meta``
+        if a crash leaves it missing or torn. The original's presence marks a complete object.
+        """
         meta_tmp = self.new_tmp_path()
-        meta_tmp.write_text(json.dumps({"sha256": meta.sha256, "content_type": meta.content_type,
-                                        "bytes": meta.bytes}))
-        self.commit(meta_tmp, image_id, META)
-        dest = self.commit(tmp_path, image_id, ORIGINAL)
+        meta_tmp.write_text(_meta_json(meta))
+        dest = self._commit_files(image_id, [(meta_tmp, META, False), (tmp_path, ORIGINAL, True)])
         self._remember(image_id, meta)
+        return dest
+
+    def _commit_files(self, image_id: str, files: list[tuple[Path, str, bool]]) -> Path:
+        """fsync the files flagged durable, rename each into the image's directory (in order), then fsync
+        the directory, and the parents of directories this created, so the renames survive a crash."""
+        folder = self.image_dir(image_id)
+        new_dirs = [d for d in (folder.parent.parent, folder.parent, folder) if not d.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        for tmp_path, _name, durable in files:
+            if durable:
+                fd = os.open(tmp_path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        grown = new_objects = 0
+        dest = folder
+        for tmp_path, name, _durable in files:
+            dest = self.path_for(image_id, name)
+            old_size = dest.stat().st_size if dest.exists() else None
+            os.replace(tmp_path, dest)
+            grown += dest.stat().st_size - (old_size or 0)
+            new_objects += name == ORIGINAL and old_size is None
+        _fsync_dir(folder)
+        for created in new_dirs:
+            _fsync_dir(created.parent)
+        with self._lock:
+            self._used_bytes += grown
+            self._objects += new_objects
         return dest
 
     def remove_image(self, image_id: str) -> None:
@@ -166,14 +180,35 @@ class Store:
         if cached is not None:
             return cached
         folder = self.image_dir(image_id)
-        if not (folder / ORIGINAL).exists():
+        try:
+            size = (folder / ORIGINAL).stat().st_size
+        except FileNotFoundError:
             return None
         try:
             raw = json.loads((folder / META).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        meta = ObjectMeta(raw["sha256"], raw["content_type"], int(raw["bytes"]))
+            meta = ObjectMeta(raw["sha256"], raw["content_type"], int(raw["bytes"]))
+            if meta.bytes != size:
+                raise ValueError("sidecar does not match the original")
+        except (OSError, ValueError, KeyError, TypeError):
+            meta = self._rebuild_meta(image_id)
         self._remember(image_id, meta)
+        return meta
+
+    def _rebuild_meta(self, image_id: str) -> ObjectMeta:
+        """Recompute a lost or torn sidecar from the original (hash and magic bytes)."""
+        from storage_node.validate import CONTENT_TYPES, sniff
+
+        path = self.path_for(image_id, ORIGINAL)
+        digest = hashlib.sha256()
+        with path.open("rb") as fobj:
+            head = fobj.read(64)
+            digest.update(head)
+            for block in iter(lambda: fobj.read(1024 * 1024), b""):
+                digest.update(block)
+        meta = ObjectMeta(digest.hexdigest(), CONTENT_TYPES[sniff(head)], path.stat().st_size)
+        tmp = self.new_tmp_path()
+        tmp.write_text(_meta_json(meta))
+        os.replace(tmp, self.path_for(image_id, META))
         return meta
 
     def _remember(self, image_id: str, meta: ObjectMeta) -> None:
@@ -189,6 +224,10 @@ class Store:
         capacity = self.capacity_bytes or disk.total
         free = max(0, min(capacity - used, disk.free))
         return Usage(capacity, used, free, objects)
+
+
+def _meta_json(meta: ObjectMeta) -> str:
+    return json.dumps({"sha256": meta.sha256, "content_type": meta.content_type, "bytes": meta.bytes})
 
 
 def _fsync_dir(path: Path) -> None:

@@ -47,3 +47,25 @@ def test_names_cannot_escape(tmp_path: Path, name: str) -> None:
 def test_bad_ids_never_reach_the_disk(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         Store(tmp_path).path_for("../../../etc/passwd", ORIGINAL)
+
+
+@pytest.mark.parametrize("damage", ["missing", "torn", "wrong"])
+def test_lost_sidecar_is_rebuilt_from_the_original(tmp_path: Path, testdata: Path, damage: str) -> None:
+    import hashlib
+
+    data = (testdata / "coins_gray.png").read_bytes()
+    store = Store(tmp_path)
+    store.prepare()
+    tmp = store.new_tmp_path()
+    tmp.write_bytes(data)
+    store.commit_original(tmp, IMAGE_ID, ObjectMeta(hashlib.sha256(data).hexdigest(), "image/png", len(data)))
+    sidecar = store.path_for(IMAGE_ID, "meta.json")
+    if damage == "missing":
+        sidecar.unlink()
+    elif damage == "torn":
+        sidecar.write_text('{"sha256": "ab')
+    else:
+        sidecar.write_text('{"sha256": "00", "content_type": "image/png", "bytes": 3}')
+    fresh = Store(tmp_path)  # as after a crash: nothing cached
+    assert fresh.meta(IMAGE_ID) == ObjectMeta(hashlib.sha256(data).hexdigest(), "image/png", len(data))
+    assert Store(tmp_path).meta(IMAGE_ID) == fresh.meta(IMAGE_ID)  # rewritten on disk
