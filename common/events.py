@@ -53,3 +53,12 @@ class NodeHeartbeat(Event):
     in_flight: int
     version_str: str
     sent_at: float
+
+
+@dataclass(frozen=True)
+class ImageDeleted(Event):
+    """An image was deleted (tombstoned in Postgres): every member of ``set_id`` removes its files."""
+
+    name: ClassVar[str] = "deleted"
+    image_id: str
+    set_id: str

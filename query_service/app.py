@@ -15,6 +15,7 @@ from common.geo import GeoLocator, Point
 from common.httpkit import HttpMetrics, make_error_middleware
 from query_service import keys
 from query_service.auth import ApiKeyAuth
+from query_service.handlers_deletes import watch_deletes
 from query_service.locations import LocationCache
 from query_service.registry import NodeRegistry
 from query_service.routes import add_routes
@@ -26,7 +27,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[make_error_middleware(metrics)], client_max_size=1024**2)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
-    app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s)
+    app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s, settings.health.recover_s)
     # Open the GeoIP database now so a bad path fails at start-up, not on the first request.
     app[keys.GEO] = GeoLocator(settings.geoip.db, Point(settings.query.default_lat, settings.query.default_lon))
     app.router.add_get("/metrics", metrics.handler)
@@ -47,6 +48,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await registry.reload(pool)
         task = asyncio.create_task(registry.run(pool, bus, settings.query.node_refresh_s), name="node-registry")
         stack.push_async_callback(_cancel, task)
+        deletes = asyncio.create_task(watch_deletes(bus, app[keys.LOCATIONS]), name="delete-watch")
+        stack.push_async_callback(_cancel, deletes)
         yield
 
 

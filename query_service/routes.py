@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from query_service import handlers_admin, handlers_images, handlers_uploads
+from query_service import handlers_admin, handlers_deletes, handlers_images, handlers_uploads
 
 IMAGE_ID = r"{image_id:[^/]{1,64}}"
 
@@ -14,5 +14,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"/v1/images/{IMAGE_ID}", handlers_images.get_image)
     app.router.add_get(f"/v1/images/{IMAGE_ID}/url", handlers_images.get_url)
     app.router.add_get(f"/img/{IMAGE_ID}", handlers_images.redirect)
+    app.router.add_delete(f"/v1/images/{IMAGE_ID}", handlers_deletes.delete_image)
     app.router.add_get("/v1/nodes", handlers_admin.list_nodes)
     app.router.add_get("/healthz", handlers_admin.healthz)

@@ -18,9 +18,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from common.bus import Bus
 from common.db import replicas as db_replicas
-from common.events import ImageUploaded
+from common.events import ImageDeleted, ImageUploaded
+from replicator.deletes import delete_local, sweep_deletions
 from replicator.jobs import ReplicatorContext, Wanted, replicate
 from replicator.outcomes import Permanent, Retry
+from replicator.ratelimit import ByteRate
 
 logger = logging.getLogger(__name__)
 FETCH_BATCH = 16
@@ -33,6 +35,8 @@ class Replicator:
         self._tasks: list[asyncio.Task[None]] = []
         self._sem = asyncio.Semaphore(ctx.settings.replicator.concurrency)
         self.swept = 0
+        self.last_batch = 0
+        self.rate = ByteRate(ctx.settings.replicator.max_bytes_per_s)
         self._sub: nats.js.JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
@@ -98,6 +102,13 @@ class Replicator:
 
     async def _dispatch(self, msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]
+        if kind == ImageDeleted.name:
+            try:
+                deleted = ImageDeleted.from_json(msg.data)
+            except (ValueError, TypeError) as exc:
+                raise Permanent(f"malformed event: {exc}") from None
+            await delete_local(self.ctx, deleted.image_id)
+            return
         if kind != ImageUploaded.name:
             return  # other set events belong to later jobs; acking keeps the consumer moving
         try:
@@ -111,14 +122,20 @@ class Replicator:
 
     # --- Postgres path ------------------------------------------------------------------------------
     async def sweep_once(self) -> int:
-        """Copy this node's pending rows older than ``sweep_age_s``; returns how many copies were made."""
+        """Copy this node's pending rows older than ``sweep_age_s`` and its `missing`/`corrupt` rows (repair,
+        backfill of a new member), and catch up on deletes; returns how many copies were made."""
         cfg = self.ctx.settings.replicator
+        self.last_batch = 0
+        await sweep_deletions(self.ctx)
         rows = await db_replicas.pending_for_node(self.ctx.pool, self.ctx.node_id, cfg.sweep_age_s)
+        rows += await db_replicas.needs_copy_for_node(self.ctx.pool, self.ctx.node_id)
+        self.last_batch = len(rows)
 
         async def one(row: dict[str, object]) -> bool:
             async with self._sem:
                 want = Wanted(str(row["image_id"]), str(row["sha256"]), int(row["bytes"]),  # type: ignore[call-overload]
                               str(row["content_type"]))
+                await self.rate.take(want.bytes)
                 try:
                     return await replicate(self.ctx, want)
                 except Retry as exc:
@@ -127,13 +144,15 @@ class Replicator:
 
         done = sum(await asyncio.gather(*(one(row) for row in rows)))
         self.swept += done
+        self.last_batch = len(rows) if done else 0
         if done:
-            logger.info("sweep copied %d pending image(s)", done)
+            logger.info("sweep copied %d image(s)", done)
         return done
 
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.ctx.settings.replicator.sweep_interval_s)
+            if self.last_batch < 200:  # a full, successful batch (a backfill): go on at once
+                await asyncio.sleep(self.ctx.settings.replicator.sweep_interval_s)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -43,27 +45,39 @@ class Wanted:
     content_type: str
 
 
+@contextlib.asynccontextmanager
+async def image_lock(ctx: ReplicatorContext, image_id: str) -> AsyncIterator[None]:
+    """One job per image at a time on this node (the consumer, the sweeps and read repair may race)."""
+    lock = ctx.locks.setdefault(image_id, asyncio.Lock())
+    try:
+        async with lock:
+            yield
+    finally:
+        if not lock.locked() and ctx.locks.get(image_id) is lock:
+            del ctx.locks[image_id]
+
+
 async def replicate(ctx: ReplicatorContext, want: Wanted, attempt: int = 1) -> bool:
     """Idempotent: returns False when the image was already here (no copy made), True after a copy.
 
     Raises Retry when no peer could supply verified bytes right now.
     """
-    lock = ctx.locks.setdefault(want.image_id, asyncio.Lock())  # the consumer and the sweep may race
-    try:
-        async with lock:
-            return await _replicate_locked(ctx, want, attempt)
-    finally:
-        if not lock.locked() and ctx.locks.get(want.image_id) is lock:
-            del ctx.locks[want.image_id]
+    async with image_lock(ctx, want.image_id):
+        return await _replicate_locked(ctx, want, attempt)
 
 
 async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) -> bool:
     started = time.perf_counter()
+    state = await db_replicas.replica_state(ctx.pool, want.image_id, ctx.node_id)
+    if state is None:
+        return False  # no longer wanted here: deleted meanwhile, or this node left the set
     have = await asyncio.to_thread(ctx.store.meta, want.image_id)
-    if have is not None and have.sha256 == want.sha256:
-        if await db_replicas.replica_state(ctx.pool, want.image_id, ctx.node_id) != "ok":
+    if have is not None and have.sha256 == want.sha256 and state in ("ok", "pending", "missing"):
+        if state != "ok":
             await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
         return False
+    if have is not None:  # a corrupt or stale copy: drop it (variants too) before fetching a good one
+        await asyncio.to_thread(ctx.store.remove_image, want.image_id)
     node = ctx.settings.node
     peers = await sources(ctx.pool, want.image_id, ctx.node_id, Point(node.lat, node.lon),
                           ctx.settings.health.heartbeat_timeout_s)
@@ -83,7 +97,9 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
             continue
         finally:
             await asyncio.to_thread(ctx.store.discard_tmp, tmp)
-        await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
+        if await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes) is False:
+            await asyncio.to_thread(ctx.store.remove_image, want.image_id)  # deleted while we copied
+            return False
         ctx.copied += 1
         logger.info("replicated %s from %s (%d bytes) in %.3fs", want.image_id, peer.node_id, want.bytes,
                     time.perf_counter() - started)

@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from common.errors import NotFound, SizeNotAllowed
+from common.errors import SizeNotAllowed
 from common.ids import check_image_id
 from common.variants import VariantSpec, parse_variant
-from storage_node import keys
+from storage_node import keys, misses
 from storage_node.store import ORIGINAL, ObjectMeta
 
 CACHE_PUBLIC = "public, max-age=31536000, immutable"
@@ -66,7 +66,7 @@ async def get_image(request: web.Request) -> web.StreamResponse:
             raise SizeNotAllowed(f"width {spec.width} is not one of {list(settings.limits.widths)}")
     meta = store.cached_meta(image_id) or await asyncio.to_thread(store.meta, image_id)
     if meta is None:
-        raise NotFound("no such image on this node")
+        return await misses.redirect_to_holder(request, image_id)  # 307 to a holder + read repair, or 404
     etag = _etag_for(meta, name)
     headers = {"Cache-Control": CACHE_PUBLIC, "X-Content-Type-Options": "nosniff"}
     if _not_modified(request, etag):

@@ -41,7 +41,7 @@ class TestCluster:
             "database": {"url": database_url, "pool_max": 6},
             "nats": {"url": nats_url, "stream": f"T{tag.upper()}", "subject_prefix": f"t{tag}"},
             "signing": {"keys": {"k1": secrets.token_urlsafe(24)}, "active_kid": "k1"},
-            "health": {"heartbeat_timeout_s": 1.5},
+            "health": {"heartbeat_timeout_s": 1.5, "recover_s": 0.6},
             "replicator": {"sweep_interval_s": 0.5, "sweep_age_s": 0.5, "fetch_timeout_s": 10},
             "geoip": {"db": geoip_db},
         }
