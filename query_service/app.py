@@ -17,6 +17,8 @@ from query_service import keys
 from query_service.auth import ApiKeyAuth
 from query_service.handlers_deletes import watch_deletes
 from query_service.locations import LocationCache
+from query_service.monitor import CapacityMonitor
+from query_service.provisioners import make_provisioner
 from query_service.registry import NodeRegistry
 from query_service.routes import add_routes
 
@@ -50,6 +52,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(_cancel, task)
         deletes = asyncio.create_task(watch_deletes(bus, app[keys.LOCATIONS]), name="delete-watch")
         stack.push_async_callback(_cancel, deletes)
+        monitor = app[keys.MONITOR] = CapacityMonitor(settings, pool, make_provisioner(settings), registry)
+        if settings.capacity.enabled:
+            watcher = asyncio.create_task(monitor.run(), name="capacity-monitor")
+            stack.push_async_callback(_cancel, watcher)
         yield
 
 

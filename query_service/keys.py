@@ -11,6 +11,7 @@ from common.geo import GeoLocator
 from common.httpkit import HttpMetrics
 from query_service.auth import ApiKeyAuth
 from query_service.locations import LocationCache
+from query_service.monitor import CapacityMonitor
 from query_service.registry import NodeRegistry
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,3 +22,4 @@ REGISTRY = web.AppKey("registry", NodeRegistry)
 LOCATIONS = web.AppKey("locations", LocationCache)
 AUTH = web.AppKey("auth", ApiKeyAuth)
 METRICS = web.AppKey("metrics", HttpMetrics)
+MONITOR = web.AppKey("monitor", CapacityMonitor)
