@@ -151,7 +151,8 @@ class CapacityMonitor:
                 await db_control.update_event(self.pool, event["event_id"], "failed", "no plan recorded")
                 continue
             if event["state"] == "planned":  # recorded, but the provisioner may never have been called
-                await self._call(event["event_id"], plan)
+                if self.provisioner is not None:
+                    await self._call(event["event_id"], plan)
                 continue
             ready = [n.node_id for n in plan.nodes if n.node_id in by_id and by_id[n.node_id].healthy]
             if len(ready) == len(plan.nodes):

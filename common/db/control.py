@@ -141,7 +141,9 @@ async def new_event_id(pool: AsyncConnectionPool) -> int:
 
 
 async def next_set_number(conn: AsyncConnection[Any]) -> int:
-    cur = await conn.execute("SELECT set_id FROM sets")
+    # Planned sets count too: a late node of a failed plan must never land in the next plan's set.
+    cur = await conn.execute("SELECT set_id FROM sets UNION SELECT set_id FROM provisioning_events"
+                             " WHERE kind = 'new_set' AND set_id IS NOT NULL")
     numbers = [int(m.group(1)) for r in await cur.fetchall() if (m := re.fullmatch(r"set-(\d+)", r["set_id"]))]
     return max(numbers, default=0) + 1
 

@@ -109,3 +109,90 @@ async def _state_of(cluster: TestCluster, set_id: str) -> str:
     rows = await _rows(cluster, f"SELECT state FROM provisioning_events WHERE set_id = '{set_id}'"
                                 " AND kind = 'new_set'")
     return str(rows[0]["state"]) if rows else ""
+
+
+async def test_a_new_leader_resumes_a_recorded_plan_instead_of_making_another(cluster: TestCluster,
+                                                                               tmp_path: Path) -> None:
+    """A leader recorded a plan and crashed before calling the provisioner: the next leader calls it once,
+    with the same plan id, and plans nothing else while it is in flight."""
+    import json
+    import sys
+
+    from common.db import control as db_control
+    from query_service.monitor import CapacityMonitor
+    from query_service.provisioners import CommandProvisioner, Plan, PlannedNode
+
+    calls = tmp_path / "calls.jsonl"
+    script = tmp_path / "provision.py"
+    script.write_text(f"import sys\nopen({str(calls)!r}, 'a').write(sys.stdin.read() + '\\n')\nprint('queued')\n")
+    settings = cluster.settings(provisioner={"kind": "command", "command": f"{sys.executable} {script}"},
+                                capacity={"provision_timeout_s": 1.0, "provision_headroom": 2.0})  # always wants more
+    async with open_pool(settings.database, run_migrations=False) as pool:
+        event_id = await db_control.new_event_id(pool)
+        plan = Plan(event_id, "new_set", "set-9", "test", (PlannedNode("us-east-9", "us-east", "set-9", 39.0, -77.5),))
+        await db_control.record_event(pool, "new_set", "test", state="planned", set_id="set-9", plan=plan.to_dict(),
+                                      provisioner="command", event_id=event_id)
+        monitor = CapacityMonitor(settings, pool, CommandProvisioner(settings))
+        await monitor.tick()
+        await monitor.tick()
+        sent = [json.loads(line) for line in calls.read_text().splitlines() if line.strip()]
+        assert [p["plan_id"] for p in sent] == [event_id] and sent[0]["nodes"][0]["node_id"] == "us-east-9"
+        rows = await db_control.in_flight(pool)
+        assert [(r["event_id"], r["state"], r["outcome"]) for r in rows] == [(event_id, "running", "queued")]
+        await asyncio.sleep(1.1)
+        await monitor.tick()  # its nodes never came: failed, and only then a new plan is made
+        events = await db_control.recent_events(pool)
+        states = {e["event_id"]: e["state"] for e in events if e["kind"] == "new_set"}
+        assert states[event_id] == "failed"
+        assert len(states) == 2  # the retry is a new, recorded plan
+        new = next(e for e in events if e["kind"] == "new_set" and e["event_id"] != event_id)
+        assert new["plan"]["set_id"] == "set-10" and new["state"] == "running"  # after set-9 in the plan's name space
+
+
+async def test_webhook_and_failing_provisioners(cluster: TestCluster) -> None:
+    import hashlib
+    import hmac
+    import json
+
+    from aiohttp import web
+
+    from common.embedded import free_port
+    from query_service.provisioners import (
+        CommandProvisioner,
+        Plan,
+        PlannedNode,
+        ProvisionError,
+        WebhookProvisioner,
+    )
+
+    got: list[tuple[bytes, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append((await request.read(), request.headers["X-Minicdn-Signature"]))
+        return web.json_response({"ok": True}, status=202 if len(got) == 1 else 500)
+
+    app = web.Application()
+    app.router.add_post("/provision", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        settings = cluster.settings(provisioner={"kind": "webhook", "webhook_url": f"http://127.0.0.1:{port}/provision"})
+        plan = Plan(7, "new_set", "set-2", "test", (PlannedNode("us-east-2", "us-east", "set-2", 39.0, -77.5),))
+        assert "accepted" in await WebhookProvisioner(settings).provision(plan)
+        body, signature = got[0]
+        assert json.loads(body)["plan_id"] == 7
+        kid, mac = signature.split(":")
+        key = settings.signing_key(kid)
+        assert key is not None and hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).hexdigest())
+        with pytest.raises(ProvisionError, match="500"):
+            await WebhookProvisioner(settings).provision(plan)
+    finally:
+        await runner.cleanup()
+    failing = cluster.settings(provisioner={"kind": "command", "command": "false"})
+    with pytest.raises(ProvisionError, match="exited 1"):
+        await CommandProvisioner(failing).provision(plan)
+    missing = cluster.settings(provisioner={"kind": "command", "command": "/nonexistent/provision"})
+    with pytest.raises(ProvisionError, match="cannot run"):
+        await CommandProvisioner(missing).provision(plan)
