@@ -92,3 +92,9 @@ async def get_json(session: aiohttp.ClientSession, cluster: ClusterRef, path: st
                    params: dict[str, Any] | None = None) -> dict[str, Any]:
     async with session.get(f"{cluster.query_url}{path}", params=params, headers=cluster.auth) as resp:
         return await _json_or_raise(resp)
+
+
+async def post_json(session: aiohttp.ClientSession, cluster: ClusterRef, path: str,
+                    body: dict[str, Any] | None = None) -> dict[str, Any]:
+    async with session.post(f"{cluster.query_url}{path}", json=body or {}, headers=cluster.auth) as resp:
+        return await _json_or_raise(resp)

@@ -109,7 +109,9 @@ class ReplicatorSettings:
     sweep_age_s: float = _help("A pending row older than this is copied by the sweep.", default=5.0)
     concurrency: int = _help("Images copied at once.", default=8)
     fetch_timeout_s: float = _help("Timeout of one copy from a peer.", default=60.0)
-    max_bytes_per_s: int = _help("Cap on the bytes/s the sweep (backfill, repair) copies; 0 no cap.", default=0)
+    max_bytes_per_s: int = _help(
+        "Cap on the bytes/s this node's replicator copies from peers (backfill, repair, replication); 0 no cap.",
+        default=0)
 
 
 @dataclass(frozen=True)

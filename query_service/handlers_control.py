@@ -100,10 +100,11 @@ async def replace_node(request: web.Request) -> web.Response:
     rows = {r["node_id"]: r for r in await db_control.nodes_with_sets(app[keys.POOL])}
     if old not in rows:
         raise NotFound("no such node")
-    if new is not None and new in rows and rows[new]["set_id"] != rows[old]["set_id"]:
-        raise Conflict(f"{new} is already a member of {rows[new]['set_id']}", code="node_exists")
     if new == old:
         raise InvalidRequest("a node cannot replace itself")
+    if new is not None and new in rows and (rows[new]["set_id"], rows[new]["region"]) != (
+            rows[old]["set_id"], rows[old]["region"]):
+        raise Conflict(f"{new} already serves {rows[new]['set_id']} in {rows[new]['region']}", code="node_exists")
     plan = await app[keys.MONITOR].plan_replacement(old, new, str(body.get("reason") or "operator request"),
                                                     call_provisioner=bool(body.get("provision", True)))
     await app[keys.REGISTRY].reload(app[keys.POOL])

@@ -118,6 +118,7 @@ class Replicator:
         if event.origin_node == self.ctx.node_id:
             return
         attempt = msg.metadata.num_delivered if msg.metadata else 1
+        await self.rate.take(event.bytes)
         await replicate(self.ctx, Wanted(event.image_id, event.sha256, event.bytes, event.content_type), attempt)
 
     # --- Postgres path ------------------------------------------------------------------------------
