@@ -122,7 +122,11 @@ class CapacityMonitor:
 
     async def _apply(self, decisions: Decisions) -> None:
         for node_id, state, reason in decisions.node_states:
-            if await db_control.set_node_state(self.pool, node_id, state, "auto"):
+            try:
+                changed = await db_control.set_node_state(self.pool, node_id, state, "auto")
+            except psycopg.errors.UniqueViolation:  # back from `dead`, but a replacement took its place
+                continue
+            if changed:
                 logger.warning("node %s -> %s: %s", node_id, state, reason)
                 await db_control.record_event(self.pool, "node_state", reason, node_id=node_id,
                                               outcome=f"state {state}")

@@ -11,7 +11,7 @@ class ByteRate:
 
     def __init__(self, bytes_per_s: int) -> None:
         self.bytes_per_s = bytes_per_s
-        self._next_free = time.monotonic()
+        self._next_free = 0.0
 
     def delay_for(self, n: int, now: float) -> float:
         """Seconds to wait before ``n`` more bytes fit (and book them). Pure apart from the booking."""

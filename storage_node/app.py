@@ -18,6 +18,7 @@ from common.db.pool import open_pool
 from common.httpkit import HttpMetrics, make_error_middleware
 from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext
+from replicator.scrub import Scrubber
 from storage_node import keys
 from storage_node.heartbeat import run_heartbeats
 from storage_node.render import Renderer
@@ -25,6 +26,7 @@ from storage_node.routes import add_routes
 from storage_node.store import Store
 
 REPLICATOR = web.AppKey("replicator", Replicator)
+SCRUBBER = web.AppKey("scrubber", Scrubber)
 
 
 def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web.Application:
@@ -61,6 +63,12 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
             replicator = app[REPLICATOR] = Replicator(ReplicatorContext(settings, pool, store, session), bus)
             await replicator.start()
             stack.push_async_callback(replicator.stop)
+            scrub = settings.scrub
+            if scrub.bytes_per_s > 0:
+                metrics = app[keys.METRICS]
+                scrubber = app[SCRUBBER] = Scrubber(replicator.ctx, scrub.bytes_per_s, scrub.interval_s,
+                                                    metrics.scrub_corrupt.inc, metrics.scrub_bytes.inc)
+                stack.push_async_callback(_cancel, asyncio.create_task(scrubber.run_forever(), name="scrubber"))
         yield
 
 

@@ -21,12 +21,17 @@ class NodeMetrics:
     uploads: Counter = field(init=False)
     variant_builds: Counter = field(init=False)
     usage: Gauge = field(init=False)
+    scrub_corrupt: Counter = field(init=False)
+    scrub_bytes: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         reg = self.http.registry
         self.uploads = Counter("minicdn_uploads_total", "Uploads by outcome", ["outcome"], registry=reg)
         self.variant_builds = Counter("minicdn_variant_builds_total", "Variants built", ["fmt"], registry=reg)
         self.usage = Gauge("minicdn_node_bytes", "Node capacity/used/free bytes", ["kind"], registry=reg)
+        self.scrub_corrupt = Counter("minicdn_scrub_corrupt_total", "Corrupt originals found by the scrubber",
+                                     registry=reg)
+        self.scrub_bytes = Counter("minicdn_scrub_bytes_total", "Bytes re-hashed by the scrubber", registry=reg)
 
 
 @dataclass

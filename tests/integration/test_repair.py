@@ -117,26 +117,31 @@ async def test_replace_rejections(cluster: TestCluster) -> None:
 
 
 async def test_repair_finds_and_fixes_lost_replicas_and_cli_views(cluster: TestCluster) -> None:
-    from storage_node import keys as node_keys
 
     ups = [await cluster.upload(make_jpeg(320, 240, seed=500 + i), client_ip="3.0.1.10") for i in range(3)]
     for up in ups:
         await cluster.wait_replicated(up["image_id"])
-    # Files lost behind the database's back, found (e.g. by a miss or the scrubber) and flagged `missing`.
+    # Files lost behind the database's back while the node is down, found (e.g. by a miss or the scrubber)
+    # and flagged `missing`.
     from common.db import replicas as db_replicas
 
     pool = cluster.apps["query"][query_keys.POOL]
+    await cluster.stop_node("ap-southeast-1")
     for up in ups[:2]:
-        cluster.apps["ap-southeast-1"][node_keys.STORE].remove_image(up["image_id"])
+        cluster.store("ap-southeast-1").remove_image(up["image_id"])
         await db_replicas.mark_state(pool, up["image_id"], "ap-southeast-1", "missing")
     env = {"MINICDN_QUERY_URL": cluster.query_url, "MINICDN_API_KEY": cluster.api_key, "COLUMNS": "160"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "common.cli", "repair", "--wait", "20", env={**os.environ, **env},
+        sys.executable, "-m", "common.cli", "repair", "--wait", "30", env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    first = (await proc.stdout.readline()).decode()
+    assert "2 image(s) under-replicated" in first, first
+    await cluster.start_node("ap-southeast-1")  # back: its sweep copies them, the command sees all ok
     out, _ = await proc.communicate()
-    text = out.decode()
+    text = first + out.decode()
     assert proc.returncode == 0, text
-    assert "2 image(s) under-replicated" in text and "all replicas ok" in text
+    assert "ap-southeast-1: missing 2" in text and "all replicas ok" in text
     for up in ups:
         assert cluster.disk_sha256("ap-southeast-1", up["image_id"]) == up["sha256"]
     proc = await asyncio.create_subprocess_exec(
