@@ -36,6 +36,7 @@ class Replicator:
         self._sem = asyncio.Semaphore(ctx.settings.replicator.concurrency)
         self.swept = 0
         self.last_batch = 0
+        self._stopping = False
         self.rate = ByteRate(ctx.settings.replicator.max_bytes_per_s)
         self._sub: nats.js.JetStreamContext.PullSubscription | None = None
 
@@ -58,11 +59,15 @@ class Replicator:
                        asyncio.create_task(self._sweep_forever(), name="replicator-sweep")]
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # nats-py's fetch can swallow a cancellation (turning it into a TimeoutError), so cancel until
+            # the task is really done; the loop also checks the flag.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=0.5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
         self._tasks = []
         if self._sub is not None:
             # Without this, draining the connection waits out a pull request that will never be answered.
@@ -72,7 +77,7 @@ class Replicator:
 
     # --- JetStream path -----------------------------------------------------------------------------
     async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
-        while True:
+        while not self._stopping:
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
             except nats.errors.TimeoutError:
@@ -80,6 +85,8 @@ class Replicator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnecting, stream briefly unavailable...: the loop must live on
+                if self._stopping:
+                    return
                 logger.warning("consumer fetch failed: %r", exc)
                 await asyncio.sleep(1)
                 continue

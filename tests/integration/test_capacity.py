@@ -196,3 +196,51 @@ async def test_webhook_and_failing_provisioners(cluster: TestCluster) -> None:
     missing = cluster.settings(provisioner={"kind": "command", "command": "/nonexistent/provision"})
     with pytest.raises(ProvisionError, match="cannot run"):
         await CommandProvisioner(missing).provision(plan)
+
+
+async def test_a_dead_node_is_replaced_automatically_after_the_grace_period(
+        tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str) -> None:
+    """A node silent past `dead_after_s` is marked dead; after `auto_replace_after_s` the leader provisions a
+    replacement in the same set and region, which backfills every image of the set."""
+    spool = tmp_path / "provisioned"
+    c = TestCluster(tmp_path, database_url, nats_server.url, geoip_db, extra={
+        "health": {"dead_after_s": 1.0},
+        "capacity": {"interval_s": 0.2, "auto_replace_after_s": 0.5, "provision_timeout_s": 30},
+        "provisioner": {"kind": "local", "local_dir": str(spool)},
+    })
+    await c.start()
+    supervisor = asyncio.create_task(c.supervise(spool))
+    try:
+        ups = [await c.upload(make_jpeg(320, 240, seed=600 + i), client_ip="3.0.1.10") for i in range(4)]
+        for up in ups:
+            await c.wait_replicated(up["image_id"])
+        started = time.monotonic()
+        await c.stop_node("ap-southeast-1")
+
+        async def replaced() -> bool:
+            rows = await _rows(c, "SELECT node_id, state FROM nodes WHERE region = 'ap-southeast' ORDER BY node_id")
+            return [(r["node_id"], r["state"]) for r in rows] == [("ap-southeast-1", "dead"),
+                                                                  ("ap-southeast-r2", "active")]
+
+        await c.wait_for(replaced, "automatic replacement", 20)
+
+        async def backfilled() -> bool:
+            states = [await c.replicas(u["image_id"]) for u in ups]
+            return all(s.get("ap-southeast-r2") == "ok" and "ap-southeast-1" not in s for s in states)
+
+        await c.wait_for(backfilled, "replacement backfilled", 20)
+        took_s = time.monotonic() - started
+        for up in ups:
+            assert c.disk_sha256("ap-southeast-r2", up["image_id"]) == up["sha256"]
+        async def recorded() -> bool:
+            events = await _rows(c, "SELECT kind, state, reason FROM provisioning_events ORDER BY event_id")
+            return [(e["kind"], e["state"]) for e in events] == [("node_state", "done"), ("replace", "succeeded")]
+
+        await c.wait_for(recorded, "events recorded", 10)
+        print(f"\nFIGURES automatic replacement: node stopped -> dead -> replaced and backfilled ({len(ups)} images) "
+              f"in {took_s:.2f}s (dead_after_s 1.0, auto_replace_after_s 0.5)")
+    finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
+        await c.stop()
