@@ -53,3 +53,13 @@ class NodeHeartbeat(Event):
     in_flight: int
     version_str: str
     sent_at: float
+
+
+@dataclass(frozen=True)
+class ImageRejected(Event):
+    """Processing (or an operator) rejected ``image_id``: every member of ``set_id`` removes its files."""
+
+    name: ClassVar[str] = "rejected"
+    image_id: str
+    set_id: str
+    reason: str
