@@ -93,6 +93,8 @@ def decode_check(path: Path, pages: int) -> None:
         image.avg()
     except pyvips.Error as exc:
         detail = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        if any("out of memory" in line for line in detail):
+            raise InvalidImage("decoding this image needs more memory than a worker may use") from None
         raise InvalidImage(f"image data is corrupt or truncated: {(detail or ['decode failed'])[0]}") from None
 
 
