@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyvips
 
 from common.variants import VariantSpec
 from storage_node.store import ORIGINAL, Store
+
+if TYPE_CHECKING:
+    from common.metrics import NodeMetrics
 
 JPEG_QUALITY = 82
 WEBP_QUALITY = 80
@@ -32,8 +37,9 @@ def build_variant(src: Path, spec: VariantSpec, dest: Path) -> None:
 
 
 class Renderer:
-    def __init__(self, store: Store, threads: int) -> None:
+    def __init__(self, store: Store, threads: int, metrics: NodeMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2, thread_name_prefix="render")
         self._inflight: dict[tuple[str, str], asyncio.Future[Path]] = {}
         self.builds = 0
@@ -42,14 +48,18 @@ class Renderer:
         """The variant's path, building it first if it is not on disk yet (single-flight)."""
         dest = self.store.path_for(image_id, spec.name)
         if self.store.has_variant(image_id, spec.name):
+            self._count("hit")
             return dest
         key = (image_id, spec.name)
         running = self._inflight.get(key)
         if running is not None:
+            self._count("miss")  # waits for the build already running
             return await asyncio.shield(running)
         if await asyncio.to_thread(dest.exists):
             self.store.note_variant(image_id, spec.name)
+            self._count("hit")
             return dest
+        self._count("miss")
         future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -67,11 +77,19 @@ class Renderer:
     def _build(self, image_id: str, spec: VariantSpec) -> Path:
         tmp = self.store.new_tmp_path().with_suffix("." + spec.fmt)
         try:
+            started = time.perf_counter()
             build_variant(self.store.path_for(image_id, ORIGINAL), spec, tmp)
             self.builds += 1
+            if self.metrics is not None:
+                self.metrics.variant_build_duration.labels(spec.fmt).observe(time.perf_counter() - started)
+                self.metrics.variant_builds.labels(spec.fmt).inc()
             return self.store.commit(tmp, image_id, spec.name)
         finally:
             self.store.discard_tmp(tmp)
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.variant_cache.labels(result).inc()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
