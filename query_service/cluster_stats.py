@@ -75,9 +75,11 @@ class ClusterStats:
             samples.popleft()
         self._lags[event.node_id] = (event.replication_lag_p50_s, event.replication_lag_max_s)
 
-    def activity(self, node_id: str) -> NodeActivity:
+    def activity(self, node_id: str, now: float | None = None) -> NodeActivity:
+        now = time.monotonic() if now is None else now
         samples = self._samples.get(node_id)
-        r = rates(samples) if samples else dict.fromkeys(COUNTERS, 0.0)
+        fresh = bool(samples) and now - samples[-1][0] <= RATE_WINDOW_S  # a silent node serves nothing we know of
+        r = rates(samples) if samples and fresh else dict.fromkeys(COUNTERS, 0.0)
         p50, worst = self._lags.get(node_id, (None, None))
         return NodeActivity(r["requests_total"], r["bytes_sent_total"], r["uploads_total"], r["replicated_total"],
                             p50, worst)

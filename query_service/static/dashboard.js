@@ -55,7 +55,7 @@ function renderSummary(s) {
   box.replaceChildren(
     tile("nodes healthy", `${s.healthy_nodes} / ${s.nodes}`,
          { name: "healthy", raw: s.healthy_nodes, level: down ? "crit" : "ok",
-           sub: `${s.regions} regions · ${s.sets} sets` }),
+           sub: `${s.regions} region${s.regions === 1 ? "" : "s"} · ${s.sets} set${s.sets === 1 ? "" : "s"}` }),
     tile("used", humanBytes(s.used_bytes),
          { name: "used", raw: s.used_bytes, level: levelOf(s.used_ratio),
            sub: `${pct(s.used_ratio)} of ${humanBytes(s.capacity_bytes)} · ${humanBytes(s.free_bytes)} free` }),
