@@ -95,7 +95,8 @@ class AccessLogger(AbstractAccessLogger):
         if isinstance(request, web.Request) and request.match_info.route.resource is not None:
             route = request.match_info.route.resource.canonical
         rid = response.headers.get(HEADER, "-")  # set by request_id_middleware
-        status, size, duration_ms = response.status, response.body_length, round(time * 1000, 2)
+        status, duration_ms = response.status, round(time * 1000, 2)
+        size = _body_bytes(request, response)
         self.logger.info(
             "%s %s %d %dB %.1fms", request.method, request.path, status, size, duration_ms,
             extra={"request_id": rid, "component": self.component, "method": request.method,
@@ -106,6 +107,14 @@ class AccessLogger(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+def _body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """Body bytes sent: Content-Length when set (files go out by sendfile, which body_length misses)."""
+    if request.method == "HEAD" or response.status in (204, 304):
+        return 0
+    length = response.content_length
+    return length if length is not None else response.body_length
 
 
 def access_logger_for(component: str) -> type[AccessLogger]:
