@@ -102,6 +102,8 @@ class NodeSettings:
     capacity_bytes: int = _help("Usable capacity; 0 means the size of the disk.", default=0)
     heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
     render_threads: int = _help("Threads building variants with libvips; 0 means the number of cores.", default=0)
+    cors_origin: str = _help("Access-Control-Allow-Origin for uploads, so browsers can PUT straight to the node "
+                             "(the signed URL is the credential); empty turns CORS off.", default="*")
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,10 @@ class QuerySettings:
     default_lon: float = _help("Longitude used for clients GeoIP cannot place.", default=-77.5)
     node_refresh_s: float = _help("Seconds between reloads of the node table.", default=5.0)
     location_cache_size: int = _help("Fully replicated images whose locations are kept in memory.", default=100_000)
+    stats_interval_s: float = _help("Seconds between reads of the replication backlog for /dashboard and /metrics.",
+                                    default=5.0)
+    upload_demo: bool = _help("Serve the browser upload page at /upload-demo (`minicdn dev` turns it on).",
+                              default=False)
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,8 @@ class GeoipSettings:
 class LogSettings:
     level: str = _help("Log level.", default="INFO")
     format: str = _help("`text` or `json`.", default="text")
+    access: bool = _help("One log line per HTTP request (method, route, status, bytes, ms, request id).",
+                         default=True)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from common import signing
+from common import reqlog, signing
 from common.callbacks import check_callback_url
 from common.db import images as db_images
 from common.errors import Unavailable
@@ -52,7 +52,9 @@ async def create_upload(request: web.Request) -> web.Response:
     key = settings.signing_key(kid)
     assert key is not None  # validated at start-up
     claims = signing.Claims("upload", image_id, node.node_id, exp, max_bytes=max_bytes)
-    query = urlencode({"max": max_bytes, **signing.sign(claims, kid, key)})
+    # `rid` (not signed, only logged) lets the node's log line for the PUT name this request's id.
+    query = urlencode({"max": max_bytes, **signing.sign(claims, kid, key), reqlog.QUERY_PARAM: reqlog.current() or ""})
+    app[keys.QUERY_METRICS].upload_tickets.inc()
     return json_response({
         "image_id": image_id,
         "upload_url": f"{node.base_url.rstrip('/')}/upload/{image_id}?{query}",

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from query_service import handlers_admin, handlers_images, handlers_moderation, handlers_uploads
+from query_service import (
+    handlers_admin,
+    handlers_dashboard,
+    handlers_images,
+    handlers_moderation,
+    handlers_uploads,
+)
 
 IMAGE_ID = r"{image_id:[^/]{1,64}}"
 
@@ -18,3 +24,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/v1/images/{IMAGE_ID}/approve", handlers_moderation.approve)
     app.router.add_post(f"/v1/images/{IMAGE_ID}/reject", handlers_moderation.reject)
     app.router.add_get("/healthz", handlers_admin.healthz)
+    app.router.add_get("/dashboard", handlers_dashboard.dashboard_page)
+    app.router.add_get("/v1/dashboard", handlers_dashboard.dashboard_data)
+    app.router.add_get("/upload-demo", handlers_dashboard.upload_demo_page)
+    app.router.add_get(r"/assets/{name:[a-z0-9-]{1,40}\.[a-z]{2,4}}", handlers_dashboard.asset)

@@ -58,6 +58,8 @@ async def put_upload(request: web.Request) -> web.Response:
         # Shielded: a client hanging up mid-commit must not split the file move from the transaction.
         event = await asyncio.shield(asyncio.ensure_future(_commit(request, image_id, got, info)))
         outcome = "ok"
+        metrics.uploads_ok += 1
+        metrics.upload_bytes.inc(got.size)
     except Exception as exc:
         outcome = getattr(exc, "code", "error")
         raise

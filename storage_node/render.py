@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyvips
 
 from common.config import PipelineSettings
 from common.variants import ANIMATED_FORMATS, VariantSpec
 from storage_node.store import ORIGINAL, Store
+
+if TYPE_CHECKING:
+    from common.metrics import NodeMetrics
 
 HUGE = 10_000_000  # "no bound" for the other side of a thumbnail box
 # Formats whose libvips loader takes `n` (pages): what can be animated on input.
@@ -123,9 +128,11 @@ def build_variant(src: Path, spec: VariantSpec, dest: Path, opts: RenderOptions,
 class Renderer:
     """Lazy variants: a bounded thread pool, one build per (image, variant) however many requests ask."""
 
-    def __init__(self, store: Store, threads: int, opts: RenderOptions | None = None) -> None:
+    def __init__(self, store: Store, threads: int, opts: RenderOptions | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         self.store = store
         self.opts = opts or RenderOptions()
+        self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2, thread_name_prefix="render")
         self._inflight: dict[tuple[str, str], asyncio.Future[Path]] = {}
         self.builds = 0
@@ -134,17 +141,21 @@ class Renderer:
         """The variant's path, building it first if it is not on disk yet (single-flight)."""
         dest = self.store.path_for(image_id, spec.name)
         if self.store.has_variant(image_id, spec.name):
+            self._count("hit")
             return dest
         key = (image_id, spec.name)
         running = self._inflight.get(key)
         if running is not None:
+            self._count("miss")  # waits for the build already running
             return await asyncio.shield(running)
         future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             if await asyncio.to_thread(dest.exists):
+                self._count("hit")
                 path = dest
             else:
+                self._count("miss")
                 path = await asyncio.get_running_loop().run_in_executor(
                     self.pool, self._build, image_id, spec, content_type in MULTI_PAGE_TYPES)
             self.store.note_variant(image_id, spec.name)
@@ -160,11 +171,19 @@ class Renderer:
     def _build(self, image_id: str, spec: VariantSpec, animated: bool) -> Path:
         tmp = self.store.new_tmp_path().with_suffix("." + spec.fmt)
         try:
+            started = time.perf_counter()
             build_variant(self.store.path_for(image_id, ORIGINAL), spec, tmp, self.opts, animated)
             self.builds += 1
+            if self.metrics is not None:
+                self.metrics.variant_build_duration.labels(spec.fmt).observe(time.perf_counter() - started)
+                self.metrics.variant_builds.labels(spec.fmt).inc()
             return self.store.commit(tmp, image_id, spec.name)
         finally:
             self.store.discard_tmp(tmp)
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.variant_cache.labels(result).inc()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -71,7 +71,8 @@ class TestCluster:
         await asyncio.gather(*(self.start_node(n) for n in self.node_settings))
         port = free_port()
         self.query_url = f"http://127.0.0.1:{port}"
-        query_settings = self.settings(query={"port": port, "public_url": self.query_url, "node_refresh_s": 0.3})
+        query_settings = self.settings(query={"port": port, "public_url": self.query_url, "node_refresh_s": 0.3,
+                                              "stats_interval_s": 0.3})
         from query_service.app import create_app
 
         await self._serve("query", create_app(query_settings), port)
