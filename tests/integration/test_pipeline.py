@@ -97,6 +97,11 @@ async def test_processing_records_metadata_and_makes_eager_thumbnails(cluster: T
     thumb = pyvips.Image.new_from_buffer(data, "")
     assert (thumb.width, thumb.height) == (150, 150)
 
+    status, _, data = await get(cluster, f"{cluster.node_settings[NODES[0]].node.base_url}/healthz")
+    codecs = json.loads(data)["codecs"]
+    assert status == 200 and codecs["libvips"] == ".".join(str(pyvips.version(i)) for i in range(3))
+    assert codecs["loaders"] == ["jpeg", "png", "nsgif", "webp", "heif"] and codecs["pyvips"]
+
     gif = await cluster.upload((testdata / "anim_tiny.gif").read_bytes())
     body = await cluster.wait_ready(gif["image_id"])
     assert body["animated"] is True and body["pages"] > 1 and body["exif"]["had_gps"] is False

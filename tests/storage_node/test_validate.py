@@ -114,3 +114,22 @@ def test_dhash_finds_reencodes_not_other_photos(testdata: Path, tmp_path: Path) 
     assert bin(base ^ dhash(small)).count("1") <= 6
     for other in ("astronaut_rot8_gps.jpg", "coins_gray.png", "retina.webp"):
         assert bin(base ^ dhash(testdata / other)).count("1") > 12, other
+
+
+def test_loaders_of_other_formats_are_blocked(testdata: Path, tmp_path: Path) -> None:
+    """Defence in depth behind the magic-byte sniff: SVG and TIFF parsers cannot run at all."""
+    import pyvips
+
+    from storage_node.validate import restrict_loaders
+
+    from tests.hostile import svg_with_script
+
+    restrict_loaders()
+    svg, tiff = tmp_path / "x.svg", tmp_path / "x.tif"
+    svg.write_bytes(svg_with_script())
+    pyvips.Image.black(8, 8).tiffsave(str(tiff))
+    for path in (svg, tiff):
+        with pytest.raises(pyvips.Error):
+            pyvips.Image.new_from_file(str(path)).avg()
+    for name in FILES:
+        assert pyvips.Image.new_from_file(str(testdata / name)).width > 0
