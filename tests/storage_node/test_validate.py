@@ -121,7 +121,6 @@ def test_loaders_of_other_formats_are_blocked(testdata: Path, tmp_path: Path) ->
     import pyvips
 
     from storage_node.validate import restrict_loaders
-
     from tests.hostile import svg_with_script
 
     restrict_loaders()
