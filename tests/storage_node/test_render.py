@@ -103,3 +103,17 @@ def test_animation_kept_where_the_format_can_animate(testdata: Path, tmp_path: P
     assert (still.width, still.height) == (14, 25)  # the first frame, not the whole strip; never upscaled
     square, _ = render(src, "thumb.png", tmp_path, animated=True)
     assert square.width == square.height == 14
+
+
+def test_embedded_icc_profile_is_honoured(tmp_path: Path) -> None:
+    """A Display P3 photo (profile embedded) comes out as the same colours in sRGB, with no profile left."""
+    srgb = pyvips.Image.black(64, 48).new_from_image([30, 120, 220]).copy(interpretation="srgb")
+    p3 = srgb.icc_transform("p3", input_profile="srgb")
+    src = tmp_path / "p3.png"
+    p3.pngsave(str(src))
+    stored = pyvips.Image.new_from_file(str(src))
+    assert "icc-profile-data" in stored.get_fields()
+    assert abs(stored.getpoint(5, 5)[0] - 30) > 8  # the raw P3 numbers are not the sRGB ones
+    image, data = render(src, "w150.png", tmp_path)
+    assert "icc-profile-data" not in image.get_fields()
+    assert all(abs(a - b) <= 4 for a, b in zip(image.getpoint(5, 5), (30, 120, 220), strict=True))
