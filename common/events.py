@@ -61,3 +61,13 @@ class NodeHeartbeat(Event):
     replicated_total: int = 0
     replication_lag_p50_s: float | None = None
     replication_lag_max_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ImageRejected(Event):
+    """Processing (or an operator) rejected ``image_id``: every member of ``set_id`` removes its files."""
+
+    name: ClassVar[str] = "rejected"
+    image_id: str
+    set_id: str
+    reason: str

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from common.bus import open_bus
+from common.callbacks import CallbackSender
 from common.config import Settings, require_query
 from common.db.pool import open_pool
 from common.geo import GeoLocator, Point
@@ -57,6 +58,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, "query-service"))
         app[keys.AUTH] = ApiKeyAuth(pool)
+        callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
+        stack.push_async_callback(callbacks.close)
         app[keys.LOCATIONS] = LocationCache(pool, settings.query.location_cache_size)
         registry = app[keys.REGISTRY]
         await registry.reload(pool)

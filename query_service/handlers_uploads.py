@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from common import reqlog, signing
+from common.callbacks import check_callback_url
 from common.db import images as db_images
 from common.errors import Unavailable
 from common.httpkit import json_response
@@ -33,6 +34,8 @@ async def create_upload(request: web.Request) -> web.Response:
     api_key = await app[keys.AUTH].required(request)
     max_bytes = settings.limits.max_upload_bytes
     body = await parse_upload_request(request, max_bytes)
+    if body.callback_url is not None:  # SSRF guard: no loopback/link-local/private targets (unless allowed)
+        await check_callback_url(body.callback_url, settings.callbacks.allow_private)
     uploader = app[keys.GEO].locate(body.client_ip or request.remote)
     chosen = place(registry.nodes.values(), uploader, body.size or max_bytes, registry.healthy)
     if chosen is None:

@@ -6,6 +6,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
+from common.callbacks import CallbackSender
 from common.config import Settings
 from common.geo import GeoLocator
 from common.metrics import HttpMetrics, QueryMetrics
@@ -25,3 +26,4 @@ METRICS = web.AppKey("metrics", HttpMetrics)
 QUERY_METRICS = web.AppKey("query_metrics", QueryMetrics)
 CLUSTER_STATS = web.AppKey("cluster_stats", ClusterStats)
 ASSETS = web.AppKey("assets", dict)
+CALLBACKS = web.AppKey("callbacks", CallbackSender)

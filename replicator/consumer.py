@@ -19,8 +19,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from common import reqlog
 from common.bus import Bus
 from common.db import replicas as db_replicas
-from common.events import ImageUploaded
-from replicator.jobs import ReplicatorContext, Wanted, replicate
+from common.events import ImageRejected, ImageUploaded
+from replicator.jobs import ReplicatorContext, Wanted, drop_rejected, replicate
 from replicator.outcomes import Permanent, Retry
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,13 @@ class Replicator:
 
     async def _dispatch(self, msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]
+        if kind == ImageRejected.name:
+            try:
+                rejected = ImageRejected.from_json(msg.data)
+            except (ValueError, TypeError) as exc:
+                raise Permanent(f"malformed event: {exc}") from None
+            await drop_rejected(self.ctx, rejected.image_id)
+            return
         if kind != ImageUploaded.name:
             return  # other set events belong to later jobs; acking keeps the consumer moving
         try:

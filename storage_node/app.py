@@ -12,6 +12,7 @@ from aiohttp import web
 
 from common import __version__
 from common.bus import open_bus
+from common.callbacks import CallbackSender
 from common.config import Settings, require_node
 from common.db import nodes as db_nodes
 from common.db.pool import open_pool
@@ -21,8 +22,10 @@ from common.reqlog import request_id_middleware
 from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext
 from storage_node import cors, keys
+from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
-from storage_node.render import Renderer
+from storage_node.process import Processor
+from storage_node.render import Renderer, RenderOptions
 from storage_node.routes import add_routes
 from storage_node.store import Store
 
@@ -56,8 +59,15 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         await db_nodes.register_node(pool, settings.node, __version__)
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, settings.node.node_id))
-        renderer = app[keys.RENDERER] = Renderer(store, settings.node.render_threads, app[keys.METRICS])
+        renderer = app[keys.RENDERER] = Renderer(store, settings.node.render_threads,
+                                                 RenderOptions.from_settings(settings.pipeline), app[keys.METRICS])
         stack.callback(renderer.close)
+        callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
+        stack.push_async_callback(callbacks.close)
+        app[keys.GATE] = ServeGate(pool)
+        processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
+        stack.push_async_callback(processor.close)
+        processor.start()
         heartbeat = asyncio.create_task(run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS],
                                                        app[keys.METRICS]), name="heartbeat")
         stack.push_async_callback(_cancel, heartbeat)

@@ -8,8 +8,11 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
+from common.callbacks import CallbackSender
 from common.config import Settings
 from common.metrics import NodeMetrics
+from storage_node.gate import ServeGate
+from storage_node.process import Processor
 from storage_node.render import Renderer
 from storage_node.store import Store
 
@@ -27,5 +30,8 @@ POOL = web.AppKey("pool", AsyncConnectionPool)
 BUS = web.AppKey("bus", Bus)
 STORE = web.AppKey("store", Store)
 RENDERER = web.AppKey("renderer", Renderer)
+PROCESSOR = web.AppKey("processor", Processor)
+GATE = web.AppKey("gate", ServeGate)
+CALLBACKS = web.AppKey("callbacks", CallbackSender)
 METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)

@@ -155,6 +155,19 @@ class TestCluster:
 
         await self.wait_for(all_ok, f"{image_id} on every node", timeout_s)
 
+    async def wait_ready(self, image_id: str, timeout_s: float = 15, status: str = "ready") -> dict[str, Any]:
+        """Wait until processing has settled the image (``ready`` unless told otherwise); return its record."""
+        seen: dict[str, Any] = {}
+
+        async def settled() -> bool:
+            code, body = await self.api("GET", f"/v1/images/{image_id}")
+            seen.update(body if code == 200 else {})
+            return code == 200 and body["status"] not in ("uploaded", "processing")
+
+        await self.wait_for(settled, f"{image_id} processed", timeout_s)
+        assert seen["status"] == status, seen
+        return seen
+
     def healthy_count(self, n: int) -> bool:
         from query_service import keys
 
