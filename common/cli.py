@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="TOML file; MINICDN_<SECTION>_<KEY> env vars override it")
 
+    boot = sub.add_parser("bootstrap-key", help="create an admin API key directly in Postgres (new deployments)")
+    boot.add_argument("--config", help="TOML file with [database] (MINICDN_DATABASE_URL also works)")
+    boot.add_argument("--name", default="bootstrap-admin")
+
     up = sub.add_parser("upload", help="upload files, with a progress bar; prints image ids")
     up.add_argument("files", nargs="+", type=Path)
     up.add_argument("--private", action="store_true")
@@ -71,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=32)
     bench.add_argument("--lookups", type=int, default=3000)
     bench.add_argument("--gets", type=int, default=3000)
+    bench.add_argument("--pipeline", action="store_true",
+                       help="image-pipeline figures instead: fresh builds vs a pyvips loop and thumbor, AVIF, RSS")
+    bench.add_argument("--images", type=int, default=16, help="--pipeline: 12 MP JPEGs to build variants of")
+    bench.add_argument("--stored-gets", type=int, default=3000, help="--pipeline: GETs of one stored variant")
+    bench.add_argument("--skip-100mp", action="store_true", help="--pipeline: skip the 100-megapixel RSS figure")
     _add_client_flags(bench)
     return parser
 
@@ -82,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_dev(args)
         if args.command in ("storage-node", "query-service", "replicator"):
             return cmd_component(args)
+        if args.command == "bootstrap-key":
+            from common.bootstrap import bootstrap_admin_key
+
+            console.print(asyncio.run(bootstrap_admin_key(load_settings(args.config), args.name)), highlight=False,
+                          soft_wrap=True)
+            return 0
         handler = {"upload": cmd_upload, "url": cmd_url, "status": cli_control.cmd_status, "bench": cmd_bench,
                    "node": cli_control.cmd_node, "repair": cli_control.cmd_repair}[args.command]
         return asyncio.run(handler(args))
@@ -142,7 +157,11 @@ def _print_cluster(info: dict[str, Any]) -> None:
         table.add_row(node["node_id"], node["region"], node["set_id"], node["url"])
     console.print(table)
     console.print(f"query service: [bold]{info['query_url']}[/bold]")
-    console.print(f"dashboard:     {info['dashboard_url']}")
+    # The key rides in the fragment: the browser keeps it and never sends it to a server or a log.
+    console.print(f"dashboard:     {info['dashboard_url']}#key={info['api_key']}", highlight=False, soft_wrap=True)
+    if info.get("upload_demo_url"):
+        console.print(f"upload demo:   {info['upload_demo_url']}#key={info['api_key']}", highlight=False,
+                      soft_wrap=True)
     console.print(f"API key:       [bold]{info['api_key']}[/bold] (admin scope)")
     console.print("try:           minicdn upload photo.jpg   (Ctrl-C stops the cluster)")
     sys.stdout.flush()
@@ -197,6 +216,12 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     from common.bench import run_bench
 
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
+    if args.pipeline:
+        from common.bench_pipeline import run_pipeline_bench
+
+        await run_pipeline_bench(cluster, images=args.images, stored_gets=args.stored_gets, console=console,
+                                 with_100mp=not args.skip_100mp)
+        return 0
     await run_bench(cluster, uploads=args.uploads, concurrency=args.concurrency, lookups=args.lookups,
                     gets=args.gets, console=console)
     return 0

@@ -62,7 +62,8 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class NatsSettings:
-    url: str = _help("NATS server URL (JetStream enabled).", default="nats://127.0.0.1:4222")
+    url: str = _help("NATS server URL (JetStream enabled); a cluster's servers comma-separated.",
+                     default="nats://127.0.0.1:4222")
     stream: str = _help("JetStream stream holding the replication events.", default="MINICDN")
     subject_prefix: str = _help("Prefix of every minicdn subject.", default="minicdn")
     stream_max_age_s: int = _help("How long events are kept: must cover the longest node outage.", default=7 * 86400)
@@ -84,6 +85,8 @@ class LimitsSettings:
     max_upload_bytes: int = _help("Largest accepted upload.", default=DEFAULT_MAX_UPLOAD_BYTES)
     widths: tuple[int, ...] = _help("Variant widths served without a signature.", default=DEFAULT_WIDTHS)
     max_pixels: int = _help("Largest accepted image, in pixels (width x height).", default=100_000_000)
+    max_frames: int = _help("Most animation frames (pages) an accepted image may have.", default=500)
+    max_variant_side: int = _help("Largest width or height of a variant a signed URL may ask for.", default=8192)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,48 @@ class NodeSettings:
     capacity_bytes: int = _help("Usable capacity; 0 means the size of the disk.", default=0)
     heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
     render_threads: int = _help("Threads building variants with libvips; 0 means the number of cores.", default=0)
+    cors_origin: str = _help("Access-Control-Allow-Origin for uploads, so browsers can PUT straight to the node "
+                             "(the signed URL is the credential); empty turns CORS off.", default="*")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    workers: int = _help("Sandboxed worker processes that decode and process uploads; 0 means the number of cores.",
+                         default=0)
+    job_timeout_s: float = _help("Wall-clock limit of one processing job; a worker over it is killed.", default=60.0)
+    worker_memory_mb: int = _help("Address-space limit of each worker process (RLIMIT_AS), MB.", default=1536)
+    worker_max_jobs: int = _help("Jobs a worker runs before it is replaced (bounds leaks).", default=500)
+    eager_variants: tuple[str, ...] = _help("Variants made at upload, before the image is `ready`.",
+                                            default=("thumb.jpg", "thumb.webp"))
+    thumb_size: int = _help("Side of the square `thumb` variant (attention-cropped).", default=150)
+    jpeg_quality: int = _help("JPEG quality of variants (1-100).", default=82)
+    webp_quality: int = _help("WebP quality of variants (1-100).", default=80)
+    avif_quality: int = _help("AVIF quality of variants (1-100).", default=55)
+    avif_effort: int = _help("AVIF encoder effort 0 (fastest) .. 9 (smallest); AVIF is the slow format.", default=2)
+    png_compression: int = _help("PNG zlib compression level of variants (0-9).", default=6)
+    keep_gps: bool = _help("Store the GPS position found in EXIF (only whether it was present is stored otherwise).",
+                           default=False)
+    near_duplicate_distance: int = _help("Largest Hamming distance (of 64 bits) between perceptual hashes of "
+                                         "near-duplicates; -1 turns the search off.", default=6)
+    sweep_interval_s: float = _help("Seconds between sweeps for uploads this node has not processed yet.",
+                                    default=5.0)
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    allow_private: bool = _help("Allow callback URLs on loopback, link-local and private networks.", default=False)
+    timeout_s: float = _help("Timeout of one callback POST.", default=5.0)
+    max_attempts: int = _help("Attempts per callback (with exponential backoff) before giving up.", default=5)
+    backoff_s: float = _help("Delay before the second attempt; doubled after each failure.", default=1.0)
+
+
+@dataclass(frozen=True)
+class ModerationSettings:
+    command: str = _help("Command run on each upload before `ready` (file path appended); exit 0 passes, "
+                         "exit 1 quarantines (first stdout line is the reason).", default="")
+    url: str = _help("HTTP endpoint sent each upload (POST, raw bytes) before `ready`; a JSON answer "
+                     "`{\"flag\": true, \"reason\": ...}` quarantines.", default="")
+    timeout_s: float = _help("Timeout of one moderation check; a failed check quarantines.", default=30.0)
 
 
 @dataclass(frozen=True)
@@ -112,6 +157,8 @@ class ReplicatorSettings:
     max_bytes_per_s: int = _help(
         "Cap on the bytes/s this node's replicator copies from peers (backfill, repair, replication); 0 no cap.",
         default=0)
+    metrics_port: int = _help("Port of /metrics for `minicdn replicator` run on its own (0: none; inside a node "
+                              "process its metrics are on the node's /metrics).", default=0)
 
 
 @dataclass(frozen=True)
@@ -123,6 +170,10 @@ class QuerySettings:
     default_lon: float = _help("Longitude used for clients GeoIP cannot place.", default=-77.5)
     node_refresh_s: float = _help("Seconds between reloads of the node table.", default=5.0)
     location_cache_size: int = _help("Fully replicated images whose locations are kept in memory.", default=100_000)
+    stats_interval_s: float = _help("Seconds between reads of the replication backlog for /dashboard and /metrics.",
+                                    default=5.0)
+    upload_demo: bool = _help("Serve the browser upload page at /upload-demo (`minicdn dev` turns it on).",
+                              default=False)
 
 
 @dataclass(frozen=True)
@@ -192,6 +243,8 @@ class GeoipSettings:
 class LogSettings:
     level: str = _help("Log level.", default="INFO")
     format: str = _help("`text` or `json`.", default="text")
+    access: bool = _help("One log line per HTTP request (method, route, status, bytes, ms, request id).",
+                         default=True)
 
 
 @dataclass(frozen=True)
@@ -202,6 +255,9 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
     replicator: ReplicatorSettings = field(default_factory=ReplicatorSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
@@ -258,6 +314,11 @@ def _to_ints(value: Any) -> tuple[int, ...]:
     return tuple(_to_int(v) for v in items)
 
 
+def _to_strs(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(_to_str(v).strip() for v in items if _to_str(v).strip())
+
+
 def _to_secrets(value: Any) -> dict[str, Secret]:
     if isinstance(value, str):
         text = value.strip()
@@ -272,7 +333,7 @@ def _to_secrets(value: Any) -> dict[str, Secret]:
 _CONVERTERS: dict[Any, Any] = {
     bool: _to_bool, int: _to_int, float: float, str: _to_str,
     Secret: lambda v: v if isinstance(v, Secret) else Secret(str(v)),
-    tuple[int, ...]: _to_ints, dict[str, Secret]: _to_secrets,
+    tuple[int, ...]: _to_ints, tuple[str, ...]: _to_strs, dict[str, Secret]: _to_secrets,
 }
 
 
@@ -332,6 +393,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("limits.max_upload_bytes: must be positive")
     if not lim.widths or any(w <= 0 or w > 16384 for w in lim.widths):
         raise ConfigError("limits.widths: need at least one width, each 1..16384")
+    _validate_pipeline(settings)
     if settings.log.format not in ("text", "json"):
         raise ConfigError("log.format: must be `text` or `json`")
     if settings.signing.active_kid and settings.signing.active_kid not in settings.signing.keys:
@@ -346,6 +408,32 @@ def validate(settings: Settings) -> None:
     for kid, secret in settings.signing.keys.items():
         if len(secret.reveal()) < 16:
             raise ConfigError(f"signing.keys.{kid}: secret must be at least 16 characters")
+
+
+def _validate_pipeline(settings: Settings) -> None:
+    from common.variants import parse_variant  # variants imports errors only; no cycle at import time
+
+    pipe = settings.pipeline
+    for key in ("jpeg_quality", "webp_quality", "avif_quality"):
+        if not 1 <= getattr(pipe, key) <= 100:
+            raise ConfigError(f"pipeline.{key}: must be within 1..100")
+    if not 0 <= pipe.avif_effort <= 9:
+        raise ConfigError("pipeline.avif_effort: must be within 0..9")
+    if not 0 <= pipe.png_compression <= 9:
+        raise ConfigError("pipeline.png_compression: must be within 0..9")
+    if not 16 <= pipe.thumb_size <= 1024:
+        raise ConfigError("pipeline.thumb_size: must be within 16..1024")
+    if pipe.near_duplicate_distance > 16:
+        raise ConfigError("pipeline.near_duplicate_distance: at most 16 (-1 turns it off)")
+    for name in pipe.eager_variants:
+        try:
+            spec = parse_variant(name)
+        except Exception:
+            raise ConfigError(f"pipeline.eager_variants: {name!r} is not a variant name") from None
+        if spec.fmt == "auto":
+            raise ConfigError(f"pipeline.eager_variants: {name!r} needs a concrete format")
+    if settings.limits.max_frames < 1 or settings.limits.max_variant_side < 16:
+        raise ConfigError("limits.max_frames / limits.max_variant_side: must be positive")
 
 
 def require_common(settings: Settings) -> None:

@@ -152,7 +152,8 @@ class DevCluster:
                 self._spawn(node_id, "storage-node", cfg, url)
                 nodes.append({"node_id": node_id, "region": region, "set_id": f"set-{set_no}", "url": url})
         self._spawn("query", "query-service",
-                    {**common, "query": {"host": self.opt.host, "port": query_port, "public_url": query_url},
+                    {**common, "query": {"host": self.opt.host, "port": query_port, "public_url": query_url,
+                                         "upload_demo": True},
                      # Automatic provisioning: the monitor writes new nodes' configs here, watch() starts them.
                      "provisioner": {"kind": "local", "local_dir": str(self.provisioned_dir),
                                      "local_node_capacity_bytes": self.opt.node_capacity_bytes,
@@ -164,6 +165,7 @@ class DevCluster:
             _wait_http(f"{child.url}/healthz", child.proc, 60, self.state / "logs" / f"{child.name}.log")
         self._wait_all_healthy(query_url, len(nodes))
         self.info = {"query_url": query_url, "dashboard_url": f"{query_url}/dashboard",
+                     "upload_demo_url": f"{query_url}/upload-demo",
                      "api_key": secrets_["api_key"], "nodes": nodes}
         self._write_info()
         return self.info

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from common import reqlog
 from common.bus import open_bus
 from common.config import Settings, require_node
 from common.db.pool import open_pool
+from common.metrics import HttpMetrics, ReplicationMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -21,16 +24,21 @@ def run_storage_node(settings: Settings) -> None:
     from storage_node.app import create_app
 
     node = settings.node
-    web.run_app(create_app(settings), host=node.host, port=node.port, access_log=None, print=None,
-                shutdown_timeout=10, handler_cancellation=True)
+    web.run_app(create_app(settings), host=node.host, port=node.port, print=None, shutdown_timeout=10,
+                handler_cancellation=True, **_access_log("storage-node"))
 
 
 def run_query_service(settings: Settings) -> None:
     from query_service.app import create_app
 
     query = settings.query
-    web.run_app(create_app(settings), host=query.host, port=query.port, access_log=None, print=None,
-                shutdown_timeout=10, handler_cancellation=True)
+    web.run_app(create_app(settings), host=query.host, port=query.port, print=None, shutdown_timeout=10,
+                handler_cancellation=True, **_access_log("query-service"))
+
+
+def _access_log(component: str) -> dict[str, Any]:
+    """run_app arguments for the one-line-per-request log (common.reqlog)."""
+    return {"access_log": reqlog.access_logger, "access_log_class": reqlog.access_logger_for(component)}
 
 
 def run_replicator(settings: Settings) -> None:
@@ -55,8 +63,28 @@ async def _replicator_main(settings: Settings) -> None:
         pool = await stack.enter_async_context(open_pool(settings.database))
         bus = await stack.enter_async_context(open_bus(settings.nats, f"replicator-{settings.node.node_id}"))
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        replicator = Replicator(ReplicatorContext(settings, pool, store, session), bus)
+        metrics = HttpMetrics("replicator")
+        ctx = ReplicatorContext(settings, pool, store, session,
+                                metrics=ReplicationMetrics(metrics.registry, settings.node.node_id))
+        replicator = Replicator(ctx, bus)
         await replicator.start()
+        if settings.replicator.metrics_port:
+            await _serve_metrics(stack, metrics, settings.node.host, settings.replicator.metrics_port)
         stack.push_async_callback(replicator.stop)
         logger.info("replicator for %s running", settings.node.node_id)
         await stop.wait()
+
+
+async def _serve_metrics(stack: contextlib.AsyncExitStack, metrics: HttpMetrics, host: str, port: int) -> None:
+    """/metrics and /healthz for a process that serves nothing else (the stand-alone replicator)."""
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "component": metrics.component})
+
+    app = web.Application(middlewares=[reqlog.request_id_middleware])
+    metrics.install(app)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.TCPSite(runner, host, port).start()

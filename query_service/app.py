@@ -9,12 +9,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from common.bus import open_bus
+from common.callbacks import CallbackSender
 from common.config import Settings, require_query
 from common.db.pool import open_pool
 from common.geo import GeoLocator, Point
-from common.httpkit import HttpMetrics, make_error_middleware
+from common.httpkit import make_error_middleware
+from common.metrics import ClusterCollector, NodeView, QueryMetrics
+from common.reqlog import request_id_middleware
 from query_service import keys
 from query_service.auth import ApiKeyAuth
+from query_service.cluster_stats import ClusterStats
+from query_service.handlers_dashboard import load_assets
 from query_service.handlers_deletes import watch_deletes
 from query_service.locations import LocationCache
 from query_service.monitor import CapacityMonitor
@@ -25,14 +30,25 @@ from query_service.routes import add_routes
 
 def create_app(settings: Settings) -> web.Application:
     require_query(settings)
-    metrics = HttpMetrics("query-service")
-    app = web.Application(middlewares=[make_error_middleware(metrics)], client_max_size=1024**2)
+    qmetrics = QueryMetrics()
+    metrics = qmetrics.http
+    app = web.Application(middlewares=[request_id_middleware, make_error_middleware(metrics)],
+                          client_max_size=1024**2)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
-    app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s, settings.health.recover_s)
+    app[keys.QUERY_METRICS] = qmetrics
+    registry = app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s, settings.health.recover_s)
+    stats = app[keys.CLUSTER_STATS] = ClusterStats()
+    app[keys.ASSETS] = load_assets()
+
+    def node_views() -> list[NodeView]:
+        return [NodeView(n.node_id, n.region, n.set_id, registry.healthy(n), registry.heartbeat_age_s(n))
+                for n in list(registry.nodes.values())]
+
+    qmetrics.watch_cluster(ClusterCollector(node_views, stats.as_mapping))
     # Open the GeoIP database now so a bad path fails at start-up, not on the first request.
     app[keys.GEO] = GeoLocator(settings.geoip.db, Point(settings.query.default_lat, settings.query.default_lon))
-    app.router.add_get("/metrics", metrics.handler)
+    metrics.install(app)
     add_routes(app)
     app.cleanup_ctx.append(_resources)
     return app
@@ -45,6 +61,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, "query-service"))
         app[keys.AUTH] = ApiKeyAuth(pool)
+        callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
+        stack.push_async_callback(callbacks.close)
         app[keys.LOCATIONS] = LocationCache(pool, settings.query.location_cache_size)
         registry = app[keys.REGISTRY]
         await registry.reload(pool)
@@ -56,6 +74,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         if settings.capacity.enabled:
             watcher = asyncio.create_task(monitor.run(), name="capacity-monitor")
             stack.push_async_callback(_cancel, watcher)
+        stats = asyncio.create_task(app[keys.CLUSTER_STATS].run(pool, bus, settings.query.stats_interval_s),
+                                    name="cluster-stats")
+        stack.push_async_callback(_cancel, stats)
         yield
 
 

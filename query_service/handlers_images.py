@@ -11,14 +11,15 @@ from common.db.api_keys import ApiKey
 from common.errors import Conflict, Forbidden, NotFound, Unavailable
 from common.httpkit import json_response
 from common.ids import check_image_id
-from common.variants import pick_format, pick_width
+from common.variants import pick_variant
 from query_service import keys
 from query_service.nearest import rank
 from query_service.requests import UrlQuery, parse_url_query
 
-SERVABLE = ("uploaded", "processing", "ready")
+SERVABLE = ("ready",)  # validated, processed and not held: nothing else gets a URL
 IMAGE_FIELDS = ("image_id", "status", "reason", "visibility", "format", "width", "height", "bytes", "sha256",
-                "created_at", "uploaded_at", "ready_at", "tags", "metadata", "duplicate_of", "replicas")
+                "created_at", "uploaded_at", "ready_at", "tags", "metadata", "duplicate_of", "replicas",
+                "pages", "animated", "colour_space", "exif", "had_gps")
 
 
 def _may_see(visibility: str, owner_key_id: str | None, key: ApiKey | None) -> bool:
@@ -55,8 +56,8 @@ async def resolve_url(request: web.Request, image_id: str, q: UrlQuery, key: Api
         raise Unavailable("no healthy node holds this image right now", code="no_replica")
     client_ip = q.client_ip if (q.client_ip and key is not None) else request.remote
     ranked = rank(healthy, app[keys.GEO].locate(client_ip))
-    width = pick_width(settings.limits.widths, q.w, q.h, q.dpr, loc.width, loc.height)
-    variant = f"w{width}.{pick_format(q.fmt)}"
+    variant = pick_variant(settings.limits.widths, w=q.w, h=q.h, dpr=q.dpr, fit=q.fit, fmt=q.fmt,
+                           accept=request.headers.get("Accept"), image_w=loc.width, image_h=loc.height)
 
     def url(base_url: str) -> str:
         return f"{base_url.rstrip('/')}/i/{image_id}/{variant}"

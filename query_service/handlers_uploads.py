@@ -8,7 +8,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from common import signing
+from common import reqlog, signing
+from common.callbacks import check_callback_url
 from common.db import images as db_images
 from common.errors import Unavailable
 from common.httpkit import json_response
@@ -33,6 +34,8 @@ async def create_upload(request: web.Request) -> web.Response:
     api_key = await app[keys.AUTH].required(request)
     max_bytes = settings.limits.max_upload_bytes
     body = await parse_upload_request(request, max_bytes)
+    if body.callback_url is not None:  # SSRF guard: no loopback/link-local/private targets (unless allowed)
+        await check_callback_url(body.callback_url, settings.callbacks.allow_private)
     uploader = app[keys.GEO].locate(body.client_ip or request.remote)
     chosen = place(registry.nodes.values(), uploader, body.size or max_bytes, registry.healthy)
     if chosen is None:
@@ -49,7 +52,9 @@ async def create_upload(request: web.Request) -> web.Response:
     key = settings.signing_key(kid)
     assert key is not None  # validated at start-up
     claims = signing.Claims("upload", image_id, node.node_id, exp, max_bytes=max_bytes)
-    query = urlencode({"max": max_bytes, **signing.sign(claims, kid, key)})
+    # `rid` (not signed, only logged) lets the node's log line for the PUT name this request's id.
+    query = urlencode({"max": max_bytes, **signing.sign(claims, kid, key), reqlog.QUERY_PARAM: reqlog.current() or ""})
+    app[keys.QUERY_METRICS].upload_tickets.inc()
     return json_response({
         "image_id": image_id,
         "upload_url": f"{node.base_url.rstrip('/')}/upload/{image_id}?{query}",

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from query_service import handlers_admin, handlers_control, handlers_deletes, handlers_images, handlers_uploads
+from query_service import (
+    handlers_admin,
+    handlers_control,
+    handlers_dashboard,
+    handlers_deletes,
+    handlers_images,
+    handlers_moderation,
+    handlers_uploads,
+)
 
 IMAGE_ID = r"{image_id:[^/]{1,64}}"
 NODE_ID = r"{node_id:[a-z0-9][a-z0-9-]{0,62}}"
@@ -23,4 +31,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"/v1/nodes/{NODE_ID}/backfill", handlers_control.backfill)
     app.router.add_get("/v1/repair", handlers_control.repair)
     app.router.add_post("/v1/repair", handlers_control.repair)
+    app.router.add_post(f"/v1/images/{IMAGE_ID}/approve", handlers_moderation.approve)
+    app.router.add_post(f"/v1/images/{IMAGE_ID}/reject", handlers_moderation.reject)
     app.router.add_get("/healthz", handlers_admin.healthz)
+    app.router.add_get("/dashboard", handlers_dashboard.dashboard_page)
+    app.router.add_get("/v1/dashboard", handlers_dashboard.dashboard_data)
+    app.router.add_get("/upload-demo", handlers_dashboard.upload_demo_page)
+    app.router.add_get(r"/assets/{name:[a-z0-9-]{1,40}\.[a-z]{2,4}}", handlers_dashboard.asset)

@@ -16,11 +16,12 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from common import reqlog
 from common.bus import Bus
 from common.db import replicas as db_replicas
-from common.events import ImageDeleted, ImageUploaded
+from common.events import ImageDeleted, ImageRejected, ImageUploaded
 from replicator.deletes import delete_local, sweep_deletions
-from replicator.jobs import ReplicatorContext, Wanted, replicate
+from replicator.jobs import ReplicatorContext, Wanted, drop_rejected, replicate
 from replicator.outcomes import Permanent, Retry
 from replicator.ratelimit import ByteRate
 
@@ -93,6 +94,7 @@ class Replicator:
             await asyncio.gather(*(self._handle(msg) for msg in msgs))
 
     async def _handle(self, msg: Msg) -> None:
+        reqlog.adopt(msg.headers)  # the id of the upload that published this event (own task: no leak)
         async with self._sem:
             try:
                 await self._dispatch(msg)
@@ -115,6 +117,13 @@ class Replicator:
             except (ValueError, TypeError) as exc:
                 raise Permanent(f"malformed event: {exc}") from None
             await delete_local(self.ctx, deleted.image_id)
+            return
+        if kind == ImageRejected.name:
+            try:
+                rejected = ImageRejected.from_json(msg.data)
+            except (ValueError, TypeError) as exc:
+                raise Permanent(f"malformed event: {exc}") from None
+            await drop_rejected(self.ctx, rejected.image_id)
             return
         if kind != ImageUploaded.name:
             return  # other set events belong to later jobs; acking keeps the consumer moving
@@ -140,6 +149,7 @@ class Replicator:
         self.last_batch = len(rows)
 
         async def one(row: dict[str, object]) -> bool:
+            reqlog.adopt(None)  # a fresh id per swept copy (each gather() child runs in its own context)
             async with self._sem:
                 want = Wanted(str(row["image_id"]), str(row["sha256"]), int(row["bytes"]),  # type: ignore[call-overload]
                               str(row["content_type"]))
@@ -157,10 +167,26 @@ class Replicator:
             logger.info("sweep copied %d image(s)", done)
         return done
 
+    async def observe_consumer(self) -> None:
+        """Export this durable consumer's backlog (JetStream pending and unacked messages)."""
+        metrics = self.ctx.metrics
+        if metrics is None or self._sub is None:
+            return
+        info = await self._sub.consumer_info()
+        name = self.bus.subjects.durable(self.ctx.node_id)
+        metrics.consumer_pending.labels(name).set(info.num_pending or 0)
+        metrics.consumer_ack_pending.labels(name).set(info.num_ack_pending or 0)
+
     async def _sweep_forever(self) -> None:
         while True:
             if self.last_batch < 200:  # a full, successful batch (a backfill): go on at once
                 await asyncio.sleep(self.ctx.settings.replicator.sweep_interval_s)
+            try:
+                await self.observe_consumer()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # metrics only: never stop the sweep for it
+                logger.debug("consumer info failed: %r", exc)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:

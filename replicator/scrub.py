@@ -10,11 +10,12 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.db import replicas as db_replicas
+from common.metrics import NodeMetrics
 from replicator.jobs import ReplicatorContext, Wanted, replicate
 from replicator.outcomes import Retry
 from replicator.ratelimit import ByteRate
@@ -59,12 +60,11 @@ def iter_image_ids(objects: Path) -> Iterator[str]:
 
 class Scrubber:
     def __init__(self, ctx: ReplicatorContext, bytes_per_s: int, interval_s: float,
-                 on_corrupt: Callable[[], None] | None = None, on_bytes: Callable[[int], None] | None = None) -> None:
+                 metrics: NodeMetrics | None = None) -> None:
         self.ctx = ctx
         self.rate = ByteRate(bytes_per_s)
         self.interval_s = interval_s
-        self.on_corrupt = on_corrupt
-        self.on_bytes = on_bytes
+        self.metrics = metrics
         self.passes = 0
 
     async def run_forever(self) -> None:
@@ -84,7 +84,9 @@ class Scrubber:
         result = ScrubResult()
         store = self.ctx.store
         ids = await asyncio.to_thread(lambda: list(iter_image_ids(store.objects)))
-        for image_id in ids:
+        for done, image_id in enumerate(ids):
+            if self.metrics is not None:
+                self.metrics.scrub_progress.set(done / len(ids))
             meta = await asyncio.to_thread(store.meta, image_id)
             if meta is None:
                 continue
@@ -94,12 +96,14 @@ class Scrubber:
                 continue
             result.checked += 1
             result.bytes += meta.bytes
-            if self.on_bytes:
-                self.on_bytes(meta.bytes)
+            if self.metrics is not None:
+                self.metrics.scrub_checked.inc()
             if actual != meta.sha256:
                 result.corrupt += 1
                 result.repaired += await self._repair(image_id, actual)
         self.passes += 1
+        if self.metrics is not None:
+            self.metrics.scrub_progress.set(1.0)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -112,8 +116,8 @@ class Scrubber:
             return 0  # the bytes are right (a stale sidecar); nothing to repair
         logger.error("scrub: %s is corrupt on this node (sha256 %s..., recorded %s...); replacing it from a peer",
                      image_id, actual[:12], row["sha256"][:12])
-        if self.on_corrupt:
-            self.on_corrupt()
+        if self.metrics is not None:
+            self.metrics.scrub_corruptions.inc()
         await db_replicas.mark_state(self.ctx.pool, image_id, self.ctx.node_id, "corrupt")
         try:
             await replicate(self.ctx, Wanted(image_id, row["sha256"], row["bytes"], row["content_type"]))

@@ -8,14 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
-from common.errors import SizeNotAllowed
 from common.ids import check_image_id
-from common.variants import VariantSpec, parse_variant
+from common.variants import VariantSpec, check_size, parse_variant, resolve_format
 from storage_node import keys, misses
 from storage_node.store import ORIGINAL, ObjectMeta
 
 CACHE_PUBLIC = "public, max-age=31536000, immutable"
-RENDER_VERSION = "r1"  # bump when variant output changes, so ETags change with it
+RENDER_VERSION = "r2"  # bump when variant output changes, so ETags change with it
 
 
 class ImmutableFileResponse(web.FileResponse):
@@ -60,21 +59,26 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     image_id = check_image_id(request.match_info["image_id"])
     name = request.match_info["variant"]
     spec: VariantSpec | None = None
+    vary = False
     if name != ORIGINAL:
         spec = parse_variant(name)
-        if spec.width not in settings.limits.widths:
-            raise SizeNotAllowed(f"width {spec.width} is not one of {list(settings.limits.widths)}")
+        check_size(spec, settings.limits.widths, settings.limits.max_variant_side)
+        spec, vary = resolve_format(spec, request.headers.get("Accept"))
+        name = spec.name
     meta = store.cached_meta(image_id) or await asyncio.to_thread(store.meta, image_id)
     if meta is None:
         return await misses.redirect_to_holder(request, image_id)  # 307 to a holder + read repair, or 404
+    await app[keys.GATE].check(image_id)  # only `ready` images (memory-only once known ready)
     etag = _etag_for(meta, name)
     headers = {"Cache-Control": CACHE_PUBLIC, "X-Content-Type-Options": "nosniff"}
+    if vary:
+        headers["Vary"] = "Accept"
     if _not_modified(request, etag):
         headers["ETag"] = f'"{etag}"'
         return web.Response(status=304, headers=headers)
     if spec is None:
         path, content_type = store.path_for(image_id, ORIGINAL), meta.content_type
     else:
-        path, content_type = await app[keys.RENDERER].ensure(image_id, spec), spec.content_type
+        path, content_type = await app[keys.RENDERER].ensure(image_id, spec, meta.content_type), spec.content_type
     headers["Content-Type"] = content_type
     return ImmutableFileResponse(path, etag, headers=headers)

@@ -16,17 +16,28 @@ async def replica_state(pool: AsyncConnectionPool, image_id: str, node_id: str) 
     return row["state"] if row else None
 
 
-async def mark_ok(pool: AsyncConnectionPool, image_id: str, node_id: str, size: int) -> bool:
-    """Record a verified copy; False (nothing recorded) when the image was deleted meanwhile."""
+class ImageGone(Exception):
+    """The image was deleted while this node copied it: nothing was recorded."""
+
+
+async def mark_ok(pool: AsyncConnectionPool, image_id: str, node_id: str, size: int) -> float | None:
+    """Record the replica `ok`; returns the replication lag (seconds since the upload was recorded, on the
+    database's clock, so node clocks do not matter), None when the image has no upload time. Raises
+    ImageGone (recording nothing) when the image was deleted meanwhile."""
     async with pool.connection() as conn:
         cur = await conn.execute(
             "INSERT INTO replicas (image_id, node_id, state, bytes, verified_at)"
             " SELECT %s, %s, 'ok', %s, now() FROM images WHERE image_id = %s AND status <> 'deleted'"
             " ON CONFLICT (image_id, node_id) DO UPDATE SET state = 'ok', bytes = EXCLUDED.bytes,"
-            " verified_at = now(), updated_at = now()",
+            " verified_at = now(), updated_at = now()"
+            " RETURNING (SELECT extract(epoch FROM clock_timestamp() - i.uploaded_at)::float8 FROM images i"
+            "  WHERE i.image_id = replicas.image_id) AS lag_s",
             (image_id, node_id, size, image_id),
         )
-        return cur.rowcount > 0
+        row = await cur.fetchone()
+    if row is None:
+        raise ImageGone(image_id)
+    return row["lag_s"]
 
 
 async def ok_holders(pool: AsyncConnectionPool, image_id: str) -> list[str]:

@@ -63,6 +63,7 @@ async def test_dev_cluster_provisions_a_new_set_when_filled(tmp_path: Path) -> N
             assert [(e["set_id"], e["state"]) for e in new_sets] == [("set-2", "succeeded")], new_sets
             assert sorted(s["name"] for s in view["sets"]) == ["set-1", "set-2"]
             first = uploaded[0]["image_id"]
+            assert (await get_json(session, cluster, f"/v1/images/{first}"))["status"] == "ready"
             found = await get_json(session, cluster, f"/v1/images/{first}/url", {"w": 150})
             async with session.get(found["url"]) as resp:
                 assert resp.status == 200  # old images still served

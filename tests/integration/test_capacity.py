@@ -84,6 +84,7 @@ async def test_filling_a_set_provisions_exactly_one_new_set_with_two_query_servi
 
     # Old images are still served; the full set was closed (or is about to be) and the leader was one instance.
     for o in old[:3]:
+        await tiny.wait_ready(str(o["image_id"]))
         status, found = await tiny.api("GET", f"/v1/images/{o['image_id']}/url", params={"w": 150})
         assert status == 200, found
         assert tiny.session is not None

@@ -35,6 +35,7 @@ async def test_replace_a_node_backfills_resumably_without_duplicates(cluster: Te
     ups = [await cluster.upload(make_jpeg(480, 360, seed=400 + i), client_ip="3.0.1.10") for i in range(12)]
     for up in ups:
         await cluster.wait_replicated(up["image_id"])
+    await cluster.wait_ready(up["image_id"])
     await cluster.stop_node("eu-west-1")  # lost for good
 
     # A second live member for the same set and region is refused until the old one is replaced.
@@ -121,6 +122,7 @@ async def test_repair_finds_and_fixes_lost_replicas_and_cli_views(cluster: TestC
     ups = [await cluster.upload(make_jpeg(320, 240, seed=500 + i), client_ip="3.0.1.10") for i in range(3)]
     for up in ups:
         await cluster.wait_replicated(up["image_id"])
+    await cluster.wait_ready(up["image_id"])
     # Files lost behind the database's back while the node is down, found (e.g. by a miss or the scrubber)
     # and flagged `missing`.
     from common.db import replicas as db_replicas

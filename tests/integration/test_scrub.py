@@ -17,6 +17,7 @@ async def test_flipped_bytes_are_detected_and_repaired_from_a_good_copy(cluster:
     other = await cluster.upload(make_jpeg(seed=32), client_ip="3.0.1.10")
     for i in (up, other):
         await cluster.wait_replicated(i["image_id"])
+        await cluster.wait_ready(i["image_id"])  # processing settled: nothing else touches the files
     victim = "eu-west-1"
     # A peer's copy is bad too: the repair must skip it and take the copy matching the recorded hash.
     bad_peer = "us-east-1"
@@ -34,7 +35,7 @@ async def test_flipped_bytes_are_detected_and_repaired_from_a_good_copy(cluster:
     assert cluster.disk_sha256(victim, other["image_id"]) == other["sha256"]  # the good one untouched
     assert (await cluster.replicas(up["image_id"]))[victim] == "ok"
     metrics = generate_latest(cluster.apps[victim][node_keys.METRICS].http.registry).decode()
-    assert "minicdn_scrub_corrupt_total 1.0" in metrics
+    assert "minicdn_scrub_corruptions_total 1.0" in metrics
 
     # The bad peer finds its own corruption and repairs from a good copy (the victim's, now fixed, or ap-southeast).
     result = await cluster.apps[bad_peer][SCRUBBER].run_pass()
