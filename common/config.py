@@ -191,7 +191,7 @@ class CapacitySettings:
     sample_interval_s: float = _help("Seconds between usage samples kept for growth rates.", default=60.0)
     growth_window_s: float = _help("Usage history used for growth rates and days until full.", default=86400.0)
     forecast_min_span_s: float = _help(
-        "Growth rates (and forecasts from them) need samples spanning at least this long.", default=3600.0)
+        "Forecasts act (provision) only on usage samples spanning at least this long.", default=3600.0)
     provision_cooldown_s: float = _help(
         "After a provisioning ends, the forecast may not start another for this long.", default=3600.0)
     high_water: float = _help("A set with a member this full (0..1) is closed for new uploads.", default=0.80)

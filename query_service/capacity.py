@@ -71,13 +71,14 @@ class Report:
     open_headroom_bytes: int
     set_capacity_bytes: int
     days_until_open_sets_close: float | None
+    history_s: float = 0.0  # span of the usage samples behind the growth figures
 
     def to_json(self) -> dict[str, Any]:
         return {
             "nodes": [{**asdict(n), "live": n.live} for n in self.nodes],
             "sets": [asdict(s) for s in self.sets], "regions": [asdict(r) for r in self.regions],
             "open_headroom_bytes": self.open_headroom_bytes, "set_capacity_bytes": self.set_capacity_bytes,
-            "days_until_open_sets_close": self.days_until_open_sets_close,
+            "days_until_open_sets_close": self.days_until_open_sets_close, "history_s": self.history_s,
         }
 
 
@@ -115,7 +116,8 @@ def _sum_growth(nodes: Iterable[NodeFigures]) -> float | None:
     return sum(rates) if rates else None
 
 
-def build_report(nodes: list[NodeFigures], set_states: dict[str, str], cap: CapacitySettings) -> Report:
+def build_report(nodes: list[NodeFigures], set_states: dict[str, str], cap: CapacitySettings,
+                 history_s: float = 0.0) -> Report:
     sets = []
     for set_id, state in set_states.items():
         members = [n for n in nodes if n.set_id == set_id and n.live]
@@ -153,7 +155,7 @@ def build_report(nodes: list[NodeFigures], set_states: dict[str, str], cap: Capa
     growth = sum(s.growth_bytes_per_day or 0 for s in open_sets)
     set_capacity = max((s.capacity_bytes for s in sets), default=0)
     return Report(tuple(nodes), tuple(sets), tuple(regions), headroom, set_capacity,
-                  _days(headroom, growth if growth > 0 else None))
+                  _days(headroom, growth if growth > 0 else None), history_s)
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ def decide(report: Report, cap: CapacitySettings, health: HealthSettings) -> Dec
         reason = "no open set left for new uploads"
     elif headroom < wanted:
         reason = f"open sets' headroom {headroom} B < {cap.provision_headroom:.0%} of a set ({int(wanted)} B)"
-    elif (report.days_until_open_sets_close is not None
+    elif (report.days_until_open_sets_close is not None and report.history_s >= cap.forecast_min_span_s
           and report.days_until_open_sets_close < cap.provision_horizon_days):
         reason = (f"open sets forecast to close in {report.days_until_open_sets_close:.1f} days"
                   f" < horizon {cap.provision_horizon_days:g}")

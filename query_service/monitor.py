@@ -57,9 +57,11 @@ async def load_report(pool: AsyncConnectionPool, settings: Settings, registry: N
         else:
             age = r["heartbeat_age_s"]
             healthy = r["state"] != "dead" and age is not None and age < settings.health.heartbeat_timeout_s
-        growth = growth_per_day(samples.get(r["node_id"]), min_span_s=max(cap.forecast_min_span_s, 1.0))
+        # Shown as soon as a few samples exist; acted upon only with `forecast_min_span_s` of history.
+        growth = growth_per_day(samples.get(r["node_id"]), min_span_s=max(2 * cap.sample_interval_s, 1.0))
         figures.append(node_figures(r, healthy, growth))
-    return build_report(figures, set_states, cap)
+    history_s = max((span for span, _first, _last in samples.values() if span is not None), default=0.0)
+    return build_report(figures, set_states, cap, history_s)
 
 
 class CapacityMonitor:

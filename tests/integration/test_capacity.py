@@ -105,6 +105,26 @@ async def test_filling_a_set_provisions_exactly_one_new_set_with_two_query_servi
     print(f"\nFIGURES provisioning: plan -> 3 nodes registered and healthy in {took[0]['s']:.2f}s; first upload on "
           f"the new set {landed_s:.2f}s after the filling started; reason: {new_sets[0]['reason']}")
 
+    # Filling on: the old set passes the high-water mark and is closed; from then on uploads go to set-2 only.
+    async def set_1_closed() -> bool:
+        return (await _rows(tiny, "SELECT state FROM sets WHERE set_id = 'set-1'"))[0]["state"] == "closed"
+
+    for seed in range(30):
+        if await set_1_closed():
+            break
+        data = make_jpeg(480, 360, seed=200 + seed)
+        status, ticket = await tiny.api("POST", "/v1/uploads", json={"size": len(data), "client_ip": "3.0.1.10"})
+        assert status == 201, ticket
+        assert (await tiny.put(ticket["upload_url"], data))[0] == 201
+        await asyncio.sleep(0.3)
+    await tiny.wait_for(set_1_closed, "set-1 closed at the high-water mark", 5)
+    closed = await _rows(tiny, "SELECT reason FROM provisioning_events WHERE kind = 'set_closed' AND set_id = 'set-1'")
+    assert len(closed) == 1 and "high water 80%" in str(closed[0]["reason"])
+    await asyncio.sleep(0.5)  # every query service has reloaded the set's state
+    for _ in range(3):
+        ticket = await tiny.request_upload(size=1000, client_ip="3.0.1.10")
+        assert ticket["node_id"].endswith("-2")
+
 
 async def _state_of(cluster: TestCluster, set_id: str) -> str:
     rows = await _rows(cluster, f"SELECT state FROM provisioning_events WHERE set_id = '{set_id}'"

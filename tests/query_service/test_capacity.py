@@ -18,9 +18,9 @@ def _row(node_id: str, set_id: str, used: int, capacity: int = 1000, state: str 
             "used_bytes": used, "free_bytes": capacity - used, "objects": used // 100, "lat": 0.0, "lon": 0.0}
 
 
-def _report(rows: list[dict[str, Any]], growth: dict[str, float] | None = None) -> Any:
+def _report(rows: list[dict[str, Any]], growth: dict[str, float] | None = None, history_s: float = 7200.0) -> Any:
     nodes = [node_figures(r, True, (growth or {}).get(r["node_id"])) for r in rows]
-    return build_report(nodes, {r["set_id"]: r["set_state"] for r in rows}, CAP)
+    return build_report(nodes, {r["set_id"]: r["set_state"] for r in rows}, CAP, history_s)
 
 
 def test_growth_needs_enough_history() -> None:
@@ -74,5 +74,7 @@ def test_provisioning_reasons() -> None:
     assert decide(_report(roomy), CAP, HEALTH).provision_reason is None
     fast = decide(_report(roomy, growth={"us-east-1": 700 / 3}), CAP, HEALTH)  # 700 B of room, gone in 3 days
     assert fast.by_forecast and "forecast" in (fast.provision_reason or "")
+    young = decide(_report(roomy, growth={"us-east-1": 700 / 3}, history_s=60), CAP, HEALTH)
+    assert young.provision_reason is None  # a minute of history is shown, but not acted upon
     assert decide(_report([]), CAP, HEALTH).provision_reason is None  # an empty cluster: nothing to copy
     assert DAY_S == 86400
