@@ -24,7 +24,7 @@ from storage_node import cors, keys
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
 from storage_node.process import Processor
-from storage_node.render import Renderer, RenderOptions
+from storage_node.render import Renderer, RenderOptions, configure_process
 from storage_node.routes import add_routes
 from storage_node.store import Store
 from storage_node.validate import restrict_loaders
@@ -36,6 +36,7 @@ def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web
     """``run_replicator`` defaults to ``settings.replicator.enabled``."""
     require_node(settings)
     restrict_loaders()  # only the loaders of accepted formats, and none libvips considers unsafe
+    configure_process()
     node = settings.node
     metrics = NodeMetrics(HttpMetrics("storage-node"), node.node_id, node.region, node.set_id)
     app = web.Application(middlewares=[request_id_middleware, make_error_middleware(metrics.http)],
