@@ -105,6 +105,10 @@ async def test_processing_records_metadata_and_makes_eager_thumbnails(cluster: T
     gif = await cluster.upload((testdata / "anim_tiny.gif").read_bytes())
     body = await cluster.wait_ready(gif["image_id"])
     assert body["animated"] is True and body["pages"] > 1 and body["exif"]["had_gps"] is False
+    avif = await cluster.upload(bytes(pyvips.Image.new_from_file(str(testdata / "retina.webp")).heifsave_buffer(
+        compression="av1", effort=0)))
+    body = await cluster.wait_ready(avif["image_id"])
+    assert body["format"] == "avif" and body["width"] > 0
 
 
 async def test_variants_over_http_with_negotiation(cluster: TestCluster, testdata: Path) -> None:
