@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="TOML file; MINICDN_<SECTION>_<KEY> env vars override it")
 
+    boot = sub.add_parser("bootstrap-key", help="create an admin API key directly in Postgres (new deployments)")
+    boot.add_argument("--config", help="TOML file with [database] (MINICDN_DATABASE_URL also works)")
+    boot.add_argument("--name", default="bootstrap-admin")
+
     up = sub.add_parser("upload", help="upload files, with a progress bar; prints image ids")
     up.add_argument("files", nargs="+", type=Path)
     up.add_argument("--private", action="store_true")
@@ -87,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_dev(args)
         if args.command in ("storage-node", "query-service", "replicator"):
             return cmd_component(args)
+        if args.command == "bootstrap-key":
+            from common.bootstrap import bootstrap_admin_key
+
+            console.print(asyncio.run(bootstrap_admin_key(load_settings(args.config), args.name)), highlight=False,
+                          soft_wrap=True)
+            return 0
         handler = {"upload": cmd_upload, "url": cmd_url, "status": cmd_status, "bench": cmd_bench}[args.command]
         return asyncio.run(handler(args))
     except ConfigError as exc:

@@ -62,7 +62,8 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class NatsSettings:
-    url: str = _help("NATS server URL (JetStream enabled).", default="nats://127.0.0.1:4222")
+    url: str = _help("NATS server URL (JetStream enabled); a cluster's servers comma-separated.",
+                     default="nats://127.0.0.1:4222")
     stream: str = _help("JetStream stream holding the replication events.", default="MINICDN")
     subject_prefix: str = _help("Prefix of every minicdn subject.", default="minicdn")
     stream_max_age_s: int = _help("How long events are kept: must cover the longest node outage.", default=7 * 86400)
@@ -153,6 +154,8 @@ class ReplicatorSettings:
     sweep_age_s: float = _help("A pending row older than this is copied by the sweep.", default=5.0)
     concurrency: int = _help("Images copied at once.", default=8)
     fetch_timeout_s: float = _help("Timeout of one copy from a peer.", default=60.0)
+    metrics_port: int = _help("Port of /metrics for `minicdn replicator` run on its own (0: none; inside a node "
+                              "process its metrics are on the node's /metrics).", default=0)
 
 
 @dataclass(frozen=True)

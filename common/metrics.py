@@ -212,18 +212,20 @@ class ClusterCollector(Collector):
         age = GaugeMetricFamily("minicdn_cluster_node_heartbeat_age_seconds",
                                 "Seconds since the node's last heartbeat (NaN: never seen)", labels=labels)
         views: Iterable[NodeView] = self._nodes()  # type: ignore[operator]
-        for v in views:
-            key = [v.node_id, v.region, v.set_id]
-            up.add_metric(key, 1.0 if v.healthy else 0.0)
-            age.add_metric(key, float("nan") if v.heartbeat_age_s is None else v.heartbeat_age_s)
-        yield up
-        yield age
         stats = self._stats()  # type: ignore[operator]
         pending = GaugeMetricFamily("minicdn_replication_pending_replicas",
                                     "Replica rows still `pending` (the replication outbox), by target node",
                                     labels=["node_id"])
-        for node_id, count in sorted(stats["pending_by_node"].items()):
+        counts = dict(stats["pending_by_node"])
+        for v in views:
+            key = [v.node_id, v.region, v.set_id]
+            up.add_metric(key, 1.0 if v.healthy else 0.0)
+            age.add_metric(key, float("nan") if v.heartbeat_age_s is None else v.heartbeat_age_s)
+            counts.setdefault(v.node_id, 0)  # every known node has a series, 0 included
+        for node_id, count in sorted(counts.items()):
             pending.add_metric([node_id], float(count))
+        yield up
+        yield age
         yield pending
         yield GaugeMetricFamily("minicdn_replication_oldest_pending_seconds",
                                 "Age of the oldest `pending` replica row (0 when none)",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Browser, Page, expect
 
-from storage_node import keys as node_keys
 from tests.browser.conftest import LAPTOP, PHONE
 from tests.cluster import TestCluster, make_jpeg
 
@@ -24,19 +24,8 @@ async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(cluster: 
                                                                         screenshots: Path) -> None:
     for seed in range(3):
         image = await cluster.upload(make_jpeg(320, 240, seed=seed))
-        await cluster.wait_ready(image["image_id"])
         await cluster.wait_replicated(image["image_id"])
-    # Wait until every node has reported the uploads and their eager variants in a heartbeat.
-    async def counted() -> bool:
-        _s, body = await cluster.api("GET", "/v1/nodes")
-        live = {node_id: app[node_keys.STORE].usage().used_bytes for node_id, app in cluster.apps.items()
-                if node_id != "query"}
-        return all(n["objects"] == 3 and n["used_bytes"] == live[n["node_id"]] for n in body["nodes"])
-
-    await cluster.wait_for(counted, "heartbeats with the new objects")
-    status, api_nodes = await cluster.api("GET", "/v1/nodes")
-    assert status == 200
-    expected = {n["node_id"]: n for n in api_nodes["nodes"]}
+        await cluster.wait_ready(image["image_id"])
 
     context = await browser.new_context(viewport=LAPTOP)
     page = await context.new_page()
@@ -44,15 +33,23 @@ async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(cluster: 
         await page.goto(f"{cluster.query_url}/dashboard#key={cluster.api_key}")
         await page.wait_for_selector("article.node", timeout=10_000)
         assert "#key" not in page.url  # the key left the address bar (kept in sessionStorage)
-        shown = await _node_values(page)
-        assert set(shown) == set(expected)
-        for node_id, node in expected.items():
-            assert shown[node_id]["health"] == "healthy"
-            assert int(shown[node_id]["used_bytes"]) == node["used_bytes"]
-            assert int(shown[node_id]["capacity_bytes"]) == node["capacity_bytes"]
-            assert int(shown[node_id]["objects"]) == 3
+
+        async def page_matches_api() -> bool:
+            # Both sides read the same heartbeats, the page every 3 s: compare until a refresh has caught up.
+            status, api_nodes = await cluster.api("GET", "/v1/nodes")
+            assert status == 200
+            shown = await _node_values(page)
+            checks.clear()
+            checks.update(expected={n["node_id"]: n for n in api_nodes["nodes"]}, shown=shown)
+            return set(shown) == set(checks["expected"]) and all(
+                shown[i]["health"] == "healthy" and int(shown[i]["used_bytes"]) == n["used_bytes"]
+                and int(shown[i]["capacity_bytes"]) == n["capacity_bytes"] and int(shown[i]["objects"]) == 3
+                for i, n in checks["expected"].items())
+
+        checks: dict[str, Any] = {}
+        await cluster.wait_for(page_matches_api, "the dashboard to show what /v1/nodes says", timeout_s=20)
         assert await page.get_attribute("[data-tile=healthy]", "data-value") == "3"
-        total_used = sum(n["used_bytes"] for n in expected.values())
+        total_used = sum(int(n["used_bytes"]) for n in checks["shown"].values())
         assert await page.get_attribute("[data-tile=used]", "data-value") == str(total_used)
         await page.screenshot(path=str(screenshots / "dashboard-laptop.png"), full_page=True)
 
