@@ -240,7 +240,8 @@ async def run_pipeline_bench(cluster: ClusterRef, *, images: int, stored_gets: i
             await _run(session, cluster, fig, work, images, stored_gets, console, with_100mp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = Table(title=f"minicdn bench --pipeline ({os.cpu_count()} cores)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    table = Table(title=f"minicdn bench --pipeline ({os.cpu_count()} cores; load average at the end {load})")
     for col in ("figure", "value", "vs peer (same run)"):
         table.add_column(col)
     for row in fig.rows:

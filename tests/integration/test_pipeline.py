@@ -331,3 +331,15 @@ async def test_delivery_refuses_private_addresses_without_connecting() -> None:
     finally:
         await sender.close()
         await runner.cleanup()
+
+
+async def test_sweep_reclaims_an_upload_a_crash_left_in_processing(cluster: TestCluster, testdata: Path) -> None:
+    up = await cluster.upload((testdata / "coins_gray.png").read_bytes())
+    await cluster.wait_ready(up["image_id"])
+    processor = cluster.apps[origin(up)][node_keys.PROCESSOR]
+    async with cluster.apps[origin(up)][node_keys.POOL].connection() as conn:  # as if the node died mid-job
+        await conn.execute("UPDATE images SET status = 'processing', ready_at = NULL WHERE image_id = %s",
+                           (up["image_id"],))
+    assert await processor.sweep_once() == 1
+    body = await cluster.wait_ready(up["image_id"])
+    assert body["ready_at"] and body["format"] == "png" and body["status"] == "ready"
