@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=32)
     bench.add_argument("--lookups", type=int, default=3000)
     bench.add_argument("--gets", type=int, default=3000)
+    bench.add_argument("--pipeline", action="store_true",
+                       help="image-pipeline figures instead: fresh builds vs a pyvips loop and thumbor, AVIF, RSS")
+    bench.add_argument("--images", type=int, default=16, help="--pipeline: 12 MP JPEGs to build variants of")
+    bench.add_argument("--stored-gets", type=int, default=3000, help="--pipeline: GETs of one stored variant")
+    bench.add_argument("--skip-100mp", action="store_true", help="--pipeline: skip the 100-megapixel RSS figure")
     _add_client_flags(bench)
     return parser
 
@@ -227,6 +232,12 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     from common.bench import run_bench
 
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
+    if args.pipeline:
+        from common.bench_pipeline import run_pipeline_bench
+
+        await run_pipeline_bench(cluster, images=args.images, stored_gets=args.stored_gets, console=console,
+                                 with_100mp=not args.skip_100mp)
+        return 0
     await run_bench(cluster, uploads=args.uploads, concurrency=args.concurrency, lookups=args.lookups,
                     gets=args.gets, console=console)
     return 0

@@ -18,7 +18,8 @@ from query_service.requests import UrlQuery, parse_url_query
 
 SERVABLE = ("ready",)  # validated, processed and not held: nothing else gets a URL
 IMAGE_FIELDS = ("image_id", "status", "reason", "visibility", "format", "width", "height", "bytes", "sha256",
-                "created_at", "uploaded_at", "ready_at", "tags", "metadata", "duplicate_of", "replicas")
+                "created_at", "uploaded_at", "ready_at", "tags", "metadata", "duplicate_of", "replicas",
+                "pages", "animated", "colour_space", "exif", "had_gps")
 
 
 def _may_see(visibility: str, owner_key_id: str | None, key: ApiKey | None) -> bool:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from query_service import handlers_admin, handlers_dashboard, handlers_images, handlers_moderation, handlers_uploads
+from query_service import (
+    handlers_admin,
+    handlers_dashboard,
+    handlers_images,
+    handlers_moderation,
+    handlers_uploads,
+)
 
 IMAGE_ID = r"{image_id:[^/]{1,64}}"
 

@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
-import pyvips
 from aiohttp import web
 
 from common import __version__
@@ -28,6 +27,7 @@ from storage_node.process import Processor
 from storage_node.render import Renderer, RenderOptions
 from storage_node.routes import add_routes
 from storage_node.store import Store
+from storage_node.validate import restrict_loaders
 
 REPLICATOR = web.AppKey("replicator", Replicator)
 
@@ -35,7 +35,7 @@ REPLICATOR = web.AppKey("replicator", Replicator)
 def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web.Application:
     """``run_replicator`` defaults to ``settings.replicator.enabled``."""
     require_node(settings)
-    pyvips.block_untrusted_set(True)  # only the loaders libvips considers safe for hostile input
+    restrict_loaders()  # only the loaders of accepted formats, and none libvips considers unsafe
     node = settings.node
     metrics = NodeMetrics(HttpMetrics("storage-node"), node.node_id, node.region, node.set_id)
     app = web.Application(middlewares=[request_id_middleware, make_error_middleware(metrics.http)],

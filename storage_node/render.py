@@ -3,7 +3,7 @@
 ``build_variant`` is the one place pixels are made (the sandboxed workers call it for eager variants,
 the node's thread pool for lazy ones). It uses ``thumbnail`` (shrink-on-load, so memory follows the
 output size rather than the source's), auto-orients from EXIF, never upscales, converts to sRGB through
-the embedded ICC profile (CMYK included), strips every metadata field from the output, keeps alpha
+the embedded ICC profile (CMYK with or without one), strips every metadata field from the output, keeps alpha
 for png/webp/avif and flattens it on white for jpg, and keeps animations animated for webp/avif.
 """
 
@@ -70,9 +70,8 @@ def _load(src: Path, spec: VariantSpec, opts: RenderOptions, animated: bool) -> 
             w, h = h, w
         scale = min(1.0, w / width, h / height)
         width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down",
-                                      output_profile="srgb", fail_on="error")
-    return pyvips.Image.thumbnail(name, width, height=height, size="down", output_profile="srgb", fail_on="error")
+        return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down", fail_on="error")
+    return pyvips.Image.thumbnail(name, width, height=height, size="down", fail_on="error")
 
 
 def _cover_animation(src: Path, width: int, height: int) -> pyvips.Image:
@@ -97,6 +96,10 @@ def _cover_animation(src: Path, width: int, height: int) -> pyvips.Image:
 
 
 def _to_srgb(image: pyvips.Image) -> pyvips.Image:
+    # Colour-manage only images that carry a profile (on the small, already shrunk image): an untagged
+    # image is sRGB by definition, and a transform on it would cost ~40% of a build for nothing.
+    if "icc-profile-data" in image.get_fields():
+        image = image.icc_transform("srgb", embedded=True, intent="perceptual")
     if image.interpretation != "srgb":
         image = image.colourspace("srgb")  # CMYK without a profile, grey, 16-bit, labs...
     if image.format != "uchar":

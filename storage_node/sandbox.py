@@ -124,7 +124,9 @@ def _serve() -> None:
     os.dup2(2, 1)  # stray prints and library chatter go to stderr, never into the protocol
     import pyvips
 
-    pyvips.block_untrusted_set(True)
+    from storage_node.validate import restrict_loaders
+
+    restrict_loaders()
     pyvips.cache_set_max(0)  # each job sees a new file: caching operations only holds memory
     from storage_node.analyse import analyse
 
