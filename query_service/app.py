@@ -8,14 +8,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from common import hardening
 from common.bus import open_bus
+from common.clientaddr import TrustedProxies
 from common.config import Settings, require_query
 from common.db.pool import open_pool
 from common.geo import GeoLocator, Point
+from common.hardening import handler_args, make_header_limit_middleware
 from common.httpkit import HttpMetrics, make_error_middleware
 from query_service import keys
 from query_service.auth import ApiKeyAuth
 from query_service.locations import LocationCache
+from query_service.ratelimit import RateLimiter
 from query_service.registry import NodeRegistry
 from query_service.routes import add_routes
 
@@ -23,8 +27,11 @@ from query_service.routes import add_routes
 def create_app(settings: Settings) -> web.Application:
     require_query(settings)
     metrics = HttpMetrics("query-service")
-    app = web.Application(middlewares=[make_error_middleware(metrics)], client_max_size=1024**2)
+    app = web.Application(middlewares=[make_error_middleware(metrics), make_header_limit_middleware(settings.http)],
+                          client_max_size=1024**2, handler_args=handler_args(settings.http))
+    hardening.apply(app)
     app[keys.SETTINGS] = settings
+    app[keys.PROXIES] = TrustedProxies.parse(settings.http.trusted_proxies)
     app[keys.METRICS] = metrics
     app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s)
     # Open the GeoIP database now so a bad path fails at start-up, not on the first request.
@@ -41,7 +48,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.callback(app[keys.GEO].close)
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, "query-service"))
-        app[keys.AUTH] = ApiKeyAuth(pool)
+        limits = settings.ratelimit
+        app[keys.AUTH] = ApiKeyAuth(pool, RateLimiter(limits.requests_per_s, limits.burst))
         app[keys.LOCATIONS] = LocationCache(pool, settings.query.location_cache_size)
         registry = app[keys.REGISTRY]
         await registry.reload(pool)

@@ -6,6 +6,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
+from common.clientaddr import TrustedProxies
 from common.config import Settings
 from common.geo import GeoLocator
 from common.httpkit import HttpMetrics
@@ -21,3 +22,4 @@ REGISTRY = web.AppKey("registry", NodeRegistry)
 LOCATIONS = web.AppKey("locations", LocationCache)
 AUTH = web.AppKey("auth", ApiKeyAuth)
 METRICS = web.AppKey("metrics", HttpMetrics)
+PROXIES = web.AppKey("proxies", TrustedProxies)

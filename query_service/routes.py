@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from query_service import handlers_admin, handlers_images, handlers_uploads
+from query_service import handlers_admin, handlers_images, handlers_keys, handlers_uploads
 
 IMAGE_ID = r"{image_id:[^/]{1,64}}"
 
@@ -16,3 +16,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"/img/{IMAGE_ID}", handlers_images.redirect)
     app.router.add_get("/v1/nodes", handlers_admin.list_nodes)
     app.router.add_get("/healthz", handlers_admin.healthz)
+    app.router.add_post("/v1/keys", handlers_keys.create_key)
+    app.router.add_get("/v1/keys", handlers_keys.list_keys)
+    app.router.add_delete("/v1/keys/{key_id:[^/]{1,64}}", handlers_keys.revoke_key)

@@ -10,15 +10,17 @@ import aiohttp
 import pyvips
 from aiohttp import web
 
-from common import __version__
+from common import __version__, hardening
 from common.bus import open_bus
 from common.config import Settings, require_node
 from common.db import nodes as db_nodes
 from common.db.pool import open_pool
+from common.hardening import handler_args, make_header_limit_middleware
 from common.httpkit import HttpMetrics, make_error_middleware
 from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext
 from storage_node import keys
+from storage_node.cors import make_cors_middleware
 from storage_node.heartbeat import run_heartbeats
 from storage_node.render import Renderer
 from storage_node.routes import add_routes
@@ -32,7 +34,12 @@ def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web
     require_node(settings)
     pyvips.block_untrusted_set(True)  # only the loaders libvips considers safe for hostile input
     metrics = keys.NodeMetrics(HttpMetrics("storage-node"))
-    app = web.Application(middlewares=[make_error_middleware(metrics.http)], client_max_size=1024**2)
+    # CORS outermost, so that error responses carry its headers too (a browser can then read them).
+    middlewares = [make_cors_middleware(settings.http.cors_origins), make_error_middleware(metrics.http),
+                   make_header_limit_middleware(settings.http)]
+    app = web.Application(middlewares=middlewares,
+                          client_max_size=1024**2, handler_args=handler_args(settings.http))
+    hardening.apply(app)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
     app[keys.STATUS] = keys.NodeStatus()

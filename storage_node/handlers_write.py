@@ -8,9 +8,11 @@ import logging
 from aiohttp import web
 
 from common import signing
+from common.db import audit
 from common.db import images as db_images
 from common.errors import Conflict, NotFound, PayloadTooLarge
 from common.events import ImageUploaded
+from common.hardening import timed_chunks
 from common.ids import check_image_id
 from storage_node import keys
 from storage_node.ingest import Ingested, ingest
@@ -32,7 +34,7 @@ def _verify_upload_url(request: web.Request, image_id: str) -> int:
     def claims(exp: int) -> signing.Claims:
         return signing.Claims("upload", image_id, settings.node.node_id, exp, max_bytes=max_bytes)
 
-    signing.verify(params, claims, settings.signing_key)
+    signing.verify_with(settings.signing, params, claims)
     return min(max_bytes, settings.limits.max_upload_bytes)
 
 
@@ -51,7 +53,7 @@ async def put_upload(request: web.Request) -> web.Response:
             raise NotFound("no upload is expected for this image on this node")
         if state["status"] != "requested":
             raise Conflict("this upload URL has already been used", code="already_uploaded")
-        got = await ingest(request.content.iter_chunked(256 * 1024), tmp, max_bytes)
+        got = await ingest(timed_chunks(request.content, settings.http.body_read_timeout_s), tmp, max_bytes)
         info = await asyncio.to_thread(probe, tmp, sniff(got.head), settings.limits.max_pixels)
         # Shielded: a client hanging up mid-commit must not split the file move from the transaction.
         event = await asyncio.shield(asyncio.ensure_future(_commit(request, image_id, got, info)))
@@ -82,12 +84,14 @@ async def _commit(request: web.Request, image_id: str, got: Ingested, info: Imag
     try:
         async with pool.connection() as conn, conn.transaction():
             row = await db_images.lock_for_upload(conn, image_id, node_id)
-            meta = ObjectMeta(got.sha256, info.content_type, got.size)
+            meta = ObjectMeta(got.sha256, info.content_type, got.size, private=row["visibility"] == "private")
             await asyncio.to_thread(store.commit_original, got.path, image_id, meta)
             moved = True
             await db_images.mark_uploaded(conn, image_id, node_id, row["set_id"], sha256=got.sha256, size=got.size,
                                           content_type=info.content_type, fmt=info.fmt, width=info.width,
                                           height=info.height)
+            await audit.record(conn, "upload.complete", image_id=image_id, node_id=node_id,
+                               client_ip=request.remote, detail={"bytes": got.size, "sha256": got.sha256})
     except BaseException:
         if moved:
             await asyncio.to_thread(store.remove_image, image_id)
