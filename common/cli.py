@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from common import cli_keys
 from common.client import ClientError, find_cluster, get_json, upload_file
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--lookups", type=int, default=3000)
     bench.add_argument("--gets", type=int, default=3000)
     _add_client_flags(bench)
+
+    cli_keys.add_parser(sub, _add_client_flags)
     return parser
 
 
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_dev(args)
         if args.command in ("storage-node", "query-service", "replicator"):
             return cmd_component(args)
+        if args.command == "keys":
+            return asyncio.run(cli_keys.cmd_keys(args, console))
         handler = {"upload": cmd_upload, "url": cmd_url, "status": cmd_status, "bench": cmd_bench}[args.command]
         return asyncio.run(handler(args))
     except ConfigError as exc:

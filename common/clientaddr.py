@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_FOR_RE = re.compile(r'for\s*=\s*("?)\[?([^\]";,\s]+)\]?(?::\d+)?\1', re.IGNORECASE)
+_FOR_RE = re.compile(r'(?:^|[;,\s])for\s*=\s*(?:"([^"]*)"|([^;,\s]*))', re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,18 @@ def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return ip
 
 
+def _strip_port(node: str) -> str:
+    """RFC 7239 node: ``1.2.3.4``, ``1.2.3.4:80``, ``[2001:db8::1]`` or ``[2001:db8::1]:80``."""
+    if node.startswith("["):
+        return node[1:].split("]", 1)[0]
+    return node.split(":", 1)[0] if node.count(":") == 1 else node
+
+
 def _forwarded_chain(headers: Mapping[str, str]) -> list[str]:
     """Addresses from ``Forwarded`` (RFC 7239) if present, else ``X-Forwarded-For``, leftmost first."""
     forwarded = headers.get("Forwarded")
     if forwarded:
-        return [m.group(2) for m in _FOR_RE.finditer(forwarded)]
+        return [_strip_port(m.group(1) if m.group(1) is not None else m.group(2)) for m in _FOR_RE.finditer(forwarded)]
     xff = headers.get("X-Forwarded-For", "")
     return [part.strip() for part in xff.split(",") if part.strip()]
 
