@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from common import reqlog
 from common.config import NatsSettings
 from common.events import Event
 from common.subjects import Subjects
@@ -45,11 +46,12 @@ class Bus:
             await self.js.add_stream(config)
 
     async def publish_set_event(self, set_id: str, event: Event, image_id: str) -> None:
-        """Publish to JetStream with ``Nats-Msg-Id`` so a retried publish is stored once."""
+        """Publish to JetStream with ``Nats-Msg-Id`` so a retried publish is stored once (and the current
+        request id, so the replicators' log lines name the upload that caused them)."""
         await self.js.publish(
             self.subjects.set_event(set_id, event.name),
             event.to_json(),
-            headers={"Nats-Msg-Id": Subjects.msg_id(event.name, image_id)},
+            headers={"Nats-Msg-Id": Subjects.msg_id(event.name, image_id), **reqlog.outgoing_headers()},
         )
 
     async def publish_core(self, subject: str, event: Event) -> None:

@@ -146,7 +146,11 @@ def _print_cluster(info: dict[str, Any]) -> None:
         table.add_row(node["node_id"], node["region"], node["set_id"], node["url"])
     console.print(table)
     console.print(f"query service: [bold]{info['query_url']}[/bold]")
-    console.print(f"dashboard:     {info['dashboard_url']}")
+    # The key rides in the fragment: the browser keeps it and never sends it to a server or a log.
+    console.print(f"dashboard:     {info['dashboard_url']}#key={info['api_key']}", highlight=False, soft_wrap=True)
+    if info.get("upload_demo_url"):
+        console.print(f"upload demo:   {info['upload_demo_url']}#key={info['api_key']}", highlight=False,
+                      soft_wrap=True)
     console.print(f"API key:       [bold]{info['api_key']}[/bold] (admin scope)")
     console.print("try:           minicdn upload photo.jpg   (Ctrl-C stops the cluster)")
     sys.stdout.flush()

@@ -93,6 +93,8 @@ class LimitsSettings:
     max_upload_bytes: int = _help("Largest accepted upload.", default=DEFAULT_MAX_UPLOAD_BYTES)
     widths: tuple[int, ...] = _help("Variant widths served without a signature.", default=DEFAULT_WIDTHS)
     max_pixels: int = _help("Largest accepted image, in pixels (width x height).", default=100_000_000)
+    max_frames: int = _help("Most animation frames (pages) an accepted image may have.", default=500)
+    max_variant_side: int = _help("Largest width or height of a variant a signed URL may ask for.", default=8192)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,48 @@ class NodeSettings:
     capacity_bytes: int = _help("Usable capacity; 0 means the size of the disk.", default=0)
     heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
     render_threads: int = _help("Threads building variants with libvips; 0 means the number of cores.", default=0)
+    cors_origin: str = _help("Origins allowed to PUT uploads from a browser (CORS): `*` (any: the signed URL is the "
+                             "credential), a comma-separated list of origins, or empty to turn CORS off.", default="*")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    workers: int = _help("Sandboxed worker processes that decode and process uploads; 0 means the number of cores.",
+                         default=0)
+    job_timeout_s: float = _help("Wall-clock limit of one processing job; a worker over it is killed.", default=60.0)
+    worker_memory_mb: int = _help("Address-space limit of each worker process (RLIMIT_AS), MB.", default=1536)
+    worker_max_jobs: int = _help("Jobs a worker runs before it is replaced (bounds leaks).", default=500)
+    eager_variants: tuple[str, ...] = _help("Variants made at upload, before the image is `ready`.",
+                                            default=("thumb.jpg", "thumb.webp"))
+    thumb_size: int = _help("Side of the square `thumb` variant (attention-cropped).", default=150)
+    jpeg_quality: int = _help("JPEG quality of variants (1-100).", default=82)
+    webp_quality: int = _help("WebP quality of variants (1-100).", default=80)
+    avif_quality: int = _help("AVIF quality of variants (1-100).", default=55)
+    avif_effort: int = _help("AVIF encoder effort 0 (fastest) .. 9 (smallest); AVIF is the slow format.", default=2)
+    png_compression: int = _help("PNG zlib compression level of variants (0-9).", default=6)
+    keep_gps: bool = _help("Store the GPS position found in EXIF (only whether it was present is stored otherwise).",
+                           default=False)
+    near_duplicate_distance: int = _help("Largest Hamming distance (of 64 bits) between perceptual hashes of "
+                                         "near-duplicates; -1 turns the search off.", default=6)
+    sweep_interval_s: float = _help("Seconds between sweeps for uploads this node has not processed yet.",
+                                    default=5.0)
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    allow_private: bool = _help("Allow callback URLs on loopback, link-local and private networks.", default=False)
+    timeout_s: float = _help("Timeout of one callback POST.", default=5.0)
+    max_attempts: int = _help("Attempts per callback (with exponential backoff) before giving up.", default=5)
+    backoff_s: float = _help("Delay before the second attempt; doubled after each failure.", default=1.0)
+
+
+@dataclass(frozen=True)
+class ModerationSettings:
+    command: str = _help("Command run on each upload before `ready` (file path appended); exit 0 passes, "
+                         "exit 1 quarantines (first stdout line is the reason).", default="")
+    url: str = _help("HTTP endpoint sent each upload (POST, raw bytes) before `ready`; a JSON answer "
+                     "`{\"flag\": true, \"reason\": ...}` quarantines.", default="")
+    timeout_s: float = _help("Timeout of one moderation check; a failed check quarantines.", default=30.0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +173,10 @@ class QuerySettings:
     default_lon: float = _help("Longitude used for clients GeoIP cannot place.", default=-77.5)
     node_refresh_s: float = _help("Seconds between reloads of the node table.", default=5.0)
     location_cache_size: int = _help("Fully replicated images whose locations are kept in memory.", default=100_000)
+    stats_interval_s: float = _help("Seconds between reads of the replication backlog for /dashboard and /metrics.",
+                                    default=5.0)
+    upload_demo: bool = _help("Serve the browser upload page at /upload-demo (`minicdn dev` turns it on).",
+                              default=False)
 
 
 @dataclass(frozen=True)
@@ -145,6 +193,8 @@ class GeoipSettings:
 class LogSettings:
     level: str = _help("Log level.", default="INFO")
     format: str = _help("`text` or `json`.", default="text")
+    access: bool = _help("One log line per HTTP request (method, route, status, bytes, ms, request id).",
+                         default=True)
 
 
 @dataclass(frozen=True)
@@ -156,9 +206,6 @@ class HttpSettings:
                                        default=15.0)
     max_header_bytes: int = _help("Largest total size of a request's headers; more is refused with 431.",
                                   default=8192)
-    cors_origins: tuple[str, ...] = _help(
-        "Origins allowed to upload from a browser (CORS for `PUT` and its preflight on nodes); `*` allows any.",
-        default=())
     trusted_proxies: tuple[str, ...] = _help(
         "Networks (CIDR) of reverse proxies whose X-Forwarded-For / Forwarded headers are believed.", default=())
 
@@ -179,6 +226,9 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
     replicator: ReplicatorSettings = field(default_factory=ReplicatorSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     geoip: GeoipSettings = field(default_factory=GeoipSettings)
@@ -313,6 +363,7 @@ def validate(settings: Settings) -> None:
     if not lim.widths or any(w <= 0 or w > 16384 for w in lim.widths):
         raise ConfigError("limits.widths: need at least one width, each 1..16384")
     _validate_access(settings)
+    _validate_pipeline(settings)
     if settings.log.format not in ("text", "json"):
         raise ConfigError("log.format: must be `text` or `json`")
     if settings.signing.active_kid and settings.signing.active_kid not in settings.signing.keys:
@@ -339,6 +390,32 @@ def _validate_access(settings: Settings) -> None:
     for key in ("upload_ttl_s", "download_ttl_s", "peer_ttl_s"):
         if not 0 < getattr(settings.signing, key) <= settings.signing.max_ttl_s:
             raise ConfigError(f"signing.{key}: must be positive and at most signing.max_ttl_s")
+
+
+def _validate_pipeline(settings: Settings) -> None:
+    from common.variants import parse_variant  # variants imports errors only; no cycle at import time
+
+    pipe = settings.pipeline
+    for key in ("jpeg_quality", "webp_quality", "avif_quality"):
+        if not 1 <= getattr(pipe, key) <= 100:
+            raise ConfigError(f"pipeline.{key}: must be within 1..100")
+    if not 0 <= pipe.avif_effort <= 9:
+        raise ConfigError("pipeline.avif_effort: must be within 0..9")
+    if not 0 <= pipe.png_compression <= 9:
+        raise ConfigError("pipeline.png_compression: must be within 0..9")
+    if not 16 <= pipe.thumb_size <= 1024:
+        raise ConfigError("pipeline.thumb_size: must be within 16..1024")
+    if pipe.near_duplicate_distance > 16:
+        raise ConfigError("pipeline.near_duplicate_distance: at most 16 (-1 turns it off)")
+    for name in pipe.eager_variants:
+        try:
+            spec = parse_variant(name)
+        except Exception:
+            raise ConfigError(f"pipeline.eager_variants: {name!r} is not a variant name") from None
+        if spec.fmt == "auto":
+            raise ConfigError(f"pipeline.eager_variants: {name!r} needs a concrete format")
+    if settings.limits.max_frames < 1 or settings.limits.max_variant_side < 16:
+        raise ConfigError("limits.max_frames / limits.max_variant_side: must be positive")
 
 
 def require_common(settings: Settings) -> None:

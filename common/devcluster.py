@@ -151,12 +151,14 @@ class DevCluster:
                 self._spawn(node_id, "storage-node", cfg, url)
                 nodes.append({"node_id": node_id, "region": region, "set_id": f"set-{set_no}", "url": url})
         self._spawn("query", "query-service",
-                    {**common, "query": {"host": self.opt.host, "port": query_port, "public_url": query_url}},
+                    {**common, "query": {"host": self.opt.host, "port": query_port, "public_url": query_url,
+                                         "upload_demo": True}},
                     query_url)
         for child in self.children:
             _wait_http(f"{child.url}/healthz", child.proc, 60, self.state / "logs" / f"{child.name}.log")
         self._wait_all_healthy(query_url, len(nodes))
         self.info = {"query_url": query_url, "dashboard_url": f"{query_url}/dashboard",
+                     "upload_demo_url": f"{query_url}/upload-demo",
                      "api_key": secrets_["api_key"], "nodes": nodes}
         tmp = self.state / "cluster.json.tmp"
         tmp.write_text(json.dumps(self.info, indent=2))

@@ -53,3 +53,21 @@ class NodeHeartbeat(Event):
     in_flight: int
     version_str: str
     sent_at: float
+    # Running totals since the node started (rates are their differences) and the recent replication
+    # lag of its replicator; added fields with defaults, so older senders and receivers still agree.
+    requests_total: int = 0
+    bytes_sent_total: int = 0
+    uploads_total: int = 0
+    replicated_total: int = 0
+    replication_lag_p50_s: float | None = None
+    replication_lag_max_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ImageRejected(Event):
+    """Processing (or an operator) rejected ``image_id``: every member of ``set_id`` removes its files."""
+
+    name: ClassVar[str] = "rejected"
+    image_id: str
+    set_id: str
+    reason: str

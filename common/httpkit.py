@@ -1,4 +1,5 @@
-"""Shared aiohttp parts: the one error middleware that renders API.md error bodies, JSON helpers, /metrics."""
+"""Shared aiohttp parts: the one error middleware that renders API.md error bodies (and counts requests), JSON
+helpers. The metric objects live in common.metrics."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from common.errors import MinicdnError, error_body
+from common.metrics import HttpMetrics, route_of
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,34 +30,19 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
                              dumps=lambda d: json.dumps(d, default=_json_default))
 
 
-class HttpMetrics:
-    """Per-app registry (several apps may share a process in tests) with the request metrics every app has."""
-
-    def __init__(self, component: str) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("minicdn_http_requests_total", "HTTP requests by route and status",
-                                ["component", "route", "method", "status"], registry=self.registry)
-        self.duration = Histogram("minicdn_http_request_duration_seconds", "HTTP request duration by route",
-                                  ["component", "route"], registry=self.registry,
-                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
-        self.component = component
-
-    async def handler(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def make_error_middleware(metrics: HttpMetrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        route = route_of(request)
         status = 500
+        code = ""
         try:
             response = await handler(request)
             status = response.status
             return response
         except MinicdnError as exc:
-            status = exc.status
+            status, code = exc.status, exc.code
             if exc.status >= 500:
                 logger.warning("%s %s: %s", request.method, request.path, exc.message)
             return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
@@ -72,5 +58,7 @@ def make_error_middleware(metrics: HttpMetrics) -> Callable[[web.Request, Handle
         finally:
             metrics.requests.labels(metrics.component, route, request.method, str(status)).inc()
             metrics.duration.labels(metrics.component, route).observe(time.perf_counter() - started)
+            if 400 <= status < 500 and code:
+                metrics.rejections.labels(metrics.component, code).inc()
 
     return errors

@@ -1,4 +1,5 @@
-"""Logging setup: text or JSON lines. Secrets are wrapped in config.Secret and so print as asterisks."""
+"""Logging setup: text or JSON lines, each with the current request id (see common.reqlog). Secrets are
+wrapped in config.Secret and so print as asterisks."""
 
 from __future__ import annotations
 
@@ -6,30 +7,52 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 from common.config import LogSettings
+from common.reqlog import RequestIdFilter
+
+# Structured fields that access lines (and any `extra=`) may carry into the JSON output.
+EXTRA_FIELDS = ("component", "method", "path", "route", "status", "bytes", "duration_ms", "remote", "image_id",
+                "node_id")
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, component: str = "") -> None:
+        super().__init__()
+        self.component = component
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+            "component": self.component,
         }
+        for name in EXTRA_FIELDS:
+            if name in record.__dict__:
+                entry[name] = record.__dict__[name]
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, default=str)
+
+
+def make_handler(settings: LogSettings, component: str, stream: Any = None) -> logging.Handler:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if settings.format == "json":
+        handler.setFormatter(JsonFormatter(component))
+    else:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s {component} %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    handler.addFilter(RequestIdFilter())
+    return handler
 
 
 def setup_logging(settings: LogSettings, component: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {component} %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [make_handler(settings, component)]
     root.setLevel(settings.level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("minicdn.access").setLevel(logging.INFO if settings.access else logging.WARNING)

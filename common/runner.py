@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from common import reqlog
 from common.bus import open_bus
 from common.config import Settings, require_node
 from common.db.pool import open_pool
@@ -21,16 +23,21 @@ def run_storage_node(settings: Settings) -> None:
     from storage_node.app import create_app
 
     node = settings.node
-    web.run_app(create_app(settings), host=node.host, port=node.port, access_log=None, print=None,
-                shutdown_timeout=10, handler_cancellation=True)
+    web.run_app(create_app(settings), host=node.host, port=node.port, print=None, shutdown_timeout=10,
+                handler_cancellation=True, **_access_log("storage-node"))
 
 
 def run_query_service(settings: Settings) -> None:
     from query_service.app import create_app
 
     query = settings.query
-    web.run_app(create_app(settings), host=query.host, port=query.port, access_log=None, print=None,
-                shutdown_timeout=10, handler_cancellation=True)
+    web.run_app(create_app(settings), host=query.host, port=query.port, print=None, shutdown_timeout=10,
+                handler_cancellation=True, **_access_log("query-service"))
+
+
+def _access_log(component: str) -> dict[str, Any]:
+    """run_app arguments for the one-line-per-request log (common.reqlog)."""
+    return {"access_log": reqlog.access_logger, "access_log_class": reqlog.access_logger_for(component)}
 
 
 def run_replicator(settings: Settings) -> None:

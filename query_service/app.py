@@ -10,14 +10,19 @@ from aiohttp import web
 
 from common import hardening
 from common.bus import open_bus
+from common.callbacks import CallbackSender
 from common.clientaddr import TrustedProxies
 from common.config import Settings, require_query
 from common.db.pool import open_pool
 from common.geo import GeoLocator, Point
 from common.hardening import handler_args, make_header_limit_middleware
-from common.httpkit import HttpMetrics, make_error_middleware
+from common.httpkit import make_error_middleware
+from common.metrics import ClusterCollector, NodeView, QueryMetrics
+from common.reqlog import request_id_middleware
 from query_service import keys
 from query_service.auth import ApiKeyAuth
+from query_service.cluster_stats import ClusterStats
+from query_service.handlers_dashboard import load_assets
 from query_service.locations import LocationCache
 from query_service.ratelimit import RateLimiter
 from query_service.registry import NodeRegistry
@@ -26,17 +31,28 @@ from query_service.routes import add_routes
 
 def create_app(settings: Settings) -> web.Application:
     require_query(settings)
-    metrics = HttpMetrics("query-service")
-    app = web.Application(middlewares=[make_error_middleware(metrics), make_header_limit_middleware(settings.http)],
+    qmetrics = QueryMetrics()
+    metrics = qmetrics.http
+    app = web.Application(middlewares=[request_id_middleware, make_error_middleware(metrics),
+                                       make_header_limit_middleware(settings.http)],
                           client_max_size=1024**2, handler_args=handler_args(settings.http))
     hardening.apply(app)
     app[keys.SETTINGS] = settings
     app[keys.PROXIES] = TrustedProxies.parse(settings.http.trusted_proxies)
     app[keys.METRICS] = metrics
-    app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s)
+    app[keys.QUERY_METRICS] = qmetrics
+    registry = app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s)
+    stats = app[keys.CLUSTER_STATS] = ClusterStats()
+    app[keys.ASSETS] = load_assets()
+
+    def node_views() -> list[NodeView]:
+        return [NodeView(n.node_id, n.region, n.set_id, registry.healthy(n), registry.heartbeat_age_s(n))
+                for n in list(registry.nodes.values())]
+
+    qmetrics.watch_cluster(ClusterCollector(node_views, stats.as_mapping))
     # Open the GeoIP database now so a bad path fails at start-up, not on the first request.
     app[keys.GEO] = GeoLocator(settings.geoip.db, Point(settings.query.default_lat, settings.query.default_lon))
-    app.router.add_get("/metrics", metrics.handler)
+    metrics.install(app)
     add_routes(app)
     app.cleanup_ctx.append(_resources)
     return app
@@ -50,11 +66,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, "query-service"))
         limits = settings.ratelimit
         app[keys.AUTH] = ApiKeyAuth(pool, RateLimiter(limits.requests_per_s, limits.burst))
+        callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
+        stack.push_async_callback(callbacks.close)
         app[keys.LOCATIONS] = LocationCache(pool, settings.query.location_cache_size)
         registry = app[keys.REGISTRY]
         await registry.reload(pool)
         task = asyncio.create_task(registry.run(pool, bus, settings.query.node_refresh_s), name="node-registry")
         stack.push_async_callback(_cancel, task)
+        stats = asyncio.create_task(app[keys.CLUSTER_STATS].run(pool, bus, settings.query.stats_interval_s),
+                                    name="cluster-stats")
+        stack.push_async_callback(_cancel, stats)
         yield
 
 

@@ -14,14 +14,14 @@ from common.db.api_keys import ApiKey
 from common.errors import Conflict, Forbidden, NotFound, Unavailable
 from common.httpkit import json_response
 from common.ids import check_image_id
-from common.variants import pick_format, pick_width
+from common.variants import pick_variant
 from query_service import keys
 from query_service.handlers_uploads import rfc3339
 from query_service.hotlink import check_referer
 from query_service.nearest import rank
 from query_service.requests import UrlQuery, parse_url_query, remote_address
 
-SERVABLE = ("uploaded", "processing", "ready")
+SERVABLE = ("ready",)  # validated, processed and not held: nothing else gets a URL
 IMAGE_FIELDS = ("image_id", "status", "reason", "visibility", "format", "width", "height", "bytes", "sha256",
                 "created_at", "uploaded_at", "ready_at", "tags", "metadata", "duplicate_of", "replicas")
 
@@ -62,8 +62,8 @@ async def resolve_url(request: web.Request, image_id: str, q: UrlQuery, key: Api
     if q.variant == "original":
         variant = "original"
     else:
-        width = pick_width(settings.limits.widths, q.w, q.h, q.dpr, loc.width, loc.height)
-        variant = f"w{width}.{pick_format(q.fmt)}"
+        variant = pick_variant(settings.limits.widths, w=q.w, h=q.h, dpr=q.dpr, fit=q.fit, fmt=q.fmt,
+                               accept=request.headers.get("Accept"), image_w=loc.width, image_h=loc.height)
     # Private images and originals get a signed URL, bound to the image and the variant path (not to a
     # node, so that the alternatives and a node's 307 to a peer work with the same signature).
     expires_at: int | None = None

@@ -8,7 +8,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from common import signing
+from common import reqlog, signing
+from common.callbacks import check_callback_url
 from common.db import audit
 from common.db import images as db_images
 from common.errors import Unavailable
@@ -34,6 +35,8 @@ async def create_upload(request: web.Request) -> web.Response:
     api_key = await app[keys.AUTH].required(request)
     max_bytes = settings.limits.max_upload_bytes
     body = await parse_upload_request(request, max_bytes)
+    if body.callback_url is not None:  # SSRF guard: no loopback/link-local/private targets (unless allowed)
+        await check_callback_url(body.callback_url, settings.callbacks.allow_private)
     remote = remote_address(request)
     uploader = app[keys.GEO].locate(body.client_ip or remote)
     chosen = place(registry.nodes.values(), uploader, body.size or max_bytes, registry.healthy)
@@ -52,7 +55,10 @@ async def create_upload(request: web.Request) -> web.Response:
                            detail={"visibility": body.visibility, "size": body.size})
     exp = int(time.time()) + settings.signing.upload_ttl_s
     claims = signing.Claims("upload", image_id, node.node_id, exp, max_bytes=max_bytes)
-    query = urlencode({"max": max_bytes, **signing.sign_with(settings.signing, claims)})
+    # `rid` (not signed, only logged) lets the node's log line for the PUT name this request's id.
+    query = urlencode({"max": max_bytes, **signing.sign_with(settings.signing, claims),
+                       reqlog.QUERY_PARAM: reqlog.current() or ""})
+    app[keys.QUERY_METRICS].upload_tickets.inc()
     return json_response({
         "image_id": image_id,
         "upload_url": f"{node.base_url.rstrip('/')}/upload/{image_id}?{query}",

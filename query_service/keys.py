@@ -6,11 +6,13 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
+from common.callbacks import CallbackSender
 from common.clientaddr import TrustedProxies
 from common.config import Settings
 from common.geo import GeoLocator
-from common.httpkit import HttpMetrics
+from common.metrics import HttpMetrics, QueryMetrics
 from query_service.auth import ApiKeyAuth
+from query_service.cluster_stats import ClusterStats
 from query_service.locations import LocationCache
 from query_service.registry import NodeRegistry
 
@@ -23,3 +25,7 @@ LOCATIONS = web.AppKey("locations", LocationCache)
 AUTH = web.AppKey("auth", ApiKeyAuth)
 METRICS = web.AppKey("metrics", HttpMetrics)
 PROXIES = web.AppKey("proxies", TrustedProxies)
+CALLBACKS = web.AppKey("callbacks", CallbackSender)
+QUERY_METRICS = web.AppKey("query_metrics", QueryMetrics)
+CLUSTER_STATS = web.AppKey("cluster_stats", ClusterStats)
+ASSETS = web.AppKey("assets", dict)

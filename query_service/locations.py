@@ -45,7 +45,7 @@ class LocationCache:
             return None
         loc = Location(row["status"], row["visibility"], row["owner_key_id"], row["width"], row["height"],
                        tuple(row["ok_nodes"]))
-        if row["not_ok"] == 0 and loc.ok_nodes and loc.status in ("uploaded", "processing", "ready"):
+        if row["not_ok"] == 0 and loc.ok_nodes and loc.status == "ready":
             self._entries[image_id] = loc
             if len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

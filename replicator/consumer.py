@@ -16,10 +16,11 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from common import reqlog
 from common.bus import Bus
 from common.db import replicas as db_replicas
-from common.events import ImageUploaded
-from replicator.jobs import ReplicatorContext, Wanted, replicate
+from common.events import ImageRejected, ImageUploaded
+from replicator.jobs import ReplicatorContext, Wanted, drop_rejected, replicate
 from replicator.outcomes import Permanent, Retry
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Replicator:
             await asyncio.gather(*(self._handle(msg) for msg in msgs))
 
     async def _handle(self, msg: Msg) -> None:
+        reqlog.adopt(msg.headers)  # the id of the upload that published this event (own task: no leak)
         async with self._sem:
             try:
                 await self._dispatch(msg)
@@ -98,6 +100,13 @@ class Replicator:
 
     async def _dispatch(self, msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]
+        if kind == ImageRejected.name:
+            try:
+                rejected = ImageRejected.from_json(msg.data)
+            except (ValueError, TypeError) as exc:
+                raise Permanent(f"malformed event: {exc}") from None
+            await drop_rejected(self.ctx, rejected.image_id)
+            return
         if kind != ImageUploaded.name:
             return  # other set events belong to later jobs; acking keeps the consumer moving
         try:
@@ -116,6 +125,7 @@ class Replicator:
         rows = await db_replicas.pending_for_node(self.ctx.pool, self.ctx.node_id, cfg.sweep_age_s)
 
         async def one(row: dict[str, object]) -> bool:
+            reqlog.adopt(None)  # a fresh id per swept copy (each gather() child runs in its own context)
             async with self._sem:
                 want = Wanted(str(row["image_id"]), str(row["sha256"]), int(row["bytes"]),  # type: ignore[call-overload]
                               str(row["content_type"]))
@@ -131,9 +141,25 @@ class Replicator:
             logger.info("sweep copied %d pending image(s)", done)
         return done
 
+    async def observe_consumer(self) -> None:
+        """Export this durable consumer's backlog (JetStream pending and unacked messages)."""
+        metrics = self.ctx.metrics
+        if metrics is None or self._sub is None:
+            return
+        info = await self._sub.consumer_info()
+        name = self.bus.subjects.durable(self.ctx.node_id)
+        metrics.consumer_pending.labels(name).set(info.num_pending or 0)
+        metrics.consumer_ack_pending.labels(name).set(info.num_ack_pending or 0)
+
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ctx.settings.replicator.sweep_interval_s)
+            try:
+                await self.observe_consumer()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # metrics only: never stop the sweep for it
+                logger.debug("consumer info failed: %r", exc)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:

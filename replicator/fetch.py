@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
+from common import reqlog
 from common.config import Settings
 from replicator.peers import Peer
 from storage_node.handlers_peer import PEER_VISIBILITY_HEADER, peer_params
@@ -33,7 +34,7 @@ async def fetch_original(session: aiohttp.ClientSession, settings: Settings, pee
     params = peer_params(key, kid, image_id, settings.node.node_id, int(time.time()) + settings.signing.peer_ttl_s)
     url = f"{peer.base_url.rstrip('/')}/peer/objects/{image_id}"
     timeout = aiohttp.ClientTimeout(total=settings.replicator.fetch_timeout_s)
-    async with session.get(url, params=params, timeout=timeout) as resp:
+    async with session.get(url, params=params, timeout=timeout, headers=reqlog.outgoing_headers()) as resp:
         resp.raise_for_status()
         private = resp.headers.get(PEER_VISIBILITY_HEADER) != "public"
         got = await ingest(resp.content.iter_chunked(256 * 1024), dest, max_bytes)

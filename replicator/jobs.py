@@ -11,8 +11,10 @@ import aiohttp
 from psycopg_pool import AsyncConnectionPool
 
 from common.config import Settings
+from common.db import pipeline as db_pipeline
 from common.db import replicas as db_replicas
 from common.geo import Point
+from common.metrics import ReplicationMetrics
 from replicator.fetch import ChecksumMismatch, fetch_original
 from replicator.outcomes import Retry, backoff_s
 from replicator.peers import sources
@@ -29,6 +31,11 @@ class ReplicatorContext:
     session: aiohttp.ClientSession
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     copied: int = 0
+    metrics: ReplicationMetrics | None = None
+
+    def count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count(outcome)
 
     @property
     def node_id(self) -> str:
@@ -63,7 +70,16 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
     if have is not None and have.sha256 == want.sha256:
         if await db_replicas.replica_state(ctx.pool, want.image_id, ctx.node_id) != "ok":
             await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
+        ctx.count("present")
         return False
+    if await db_pipeline.status_of(ctx.pool, want.image_id) in db_pipeline.GONE:
+        return False  # rejected (or deleted) while queued: nothing to copy
+    meta = ObjectMeta(want.sha256, want.content_type, want.bytes)
+    same = await db_pipeline.local_copy(ctx.pool, want.sha256, ctx.node_id, want.image_id)
+    if same is not None and await asyncio.to_thread(ctx.store.link_copy, same, want.image_id, meta):
+        await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)  # dedupe: no bytes copied
+        logger.info("replicated %s as a link to identical %s", want.image_id, same)
+        return True
     node = ctx.settings.node
     peers = await sources(ctx.pool, want.image_id, ctx.node_id, Point(node.lat, node.lon),
                           ctx.settings.health.heartbeat_timeout_s)
@@ -77,16 +93,36 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
         except ChecksumMismatch as exc:
             logger.error("replicate %s: bad checksum from %s, not stored: %s", want.image_id, peer.node_id, exc)
             errors.append(f"{peer.node_id}: checksum mismatch")
+            ctx.count("checksum_mismatch")
             continue
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             errors.append(f"{peer.node_id}: {exc!r}")
             continue
         finally:
             await asyncio.to_thread(ctx.store.discard_tmp, tmp)
-        await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
+        lag_s = await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
         ctx.copied += 1
+        ctx.count("copied")
+        if ctx.metrics is not None and lag_s is not None:
+            ctx.metrics.observe_lag(max(lag_s, 0.0))
         logger.info("replicated %s from %s (%d bytes) in %.3fs", want.image_id, peer.node_id, want.bytes,
                     time.perf_counter() - started)
         return True
     reason = "; ".join(errors) or "no healthy peer holds it yet"
+    ctx.count("retry")
     raise Retry(f"replicate {want.image_id}: {reason}", backoff_s(attempt))
+
+
+async def drop_rejected(ctx: ReplicatorContext, image_id: str) -> None:
+    """An image was rejected: remove its files here (after any copy in flight, which holds the lock)."""
+    lock = ctx.locks.setdefault(image_id, asyncio.Lock())
+    try:
+        async with lock:
+            await asyncio.to_thread(ctx.store.remove_image, image_id)
+            async with ctx.pool.connection() as conn:
+                await conn.execute("DELETE FROM replicas WHERE image_id = %s AND node_id = %s"
+                                   " AND EXISTS (SELECT 1 FROM images WHERE image_id = %s AND status = 'rejected')",
+                                   (image_id, ctx.node_id, image_id))
+    finally:
+        if not lock.locked() and ctx.locks.get(image_id) is lock:
+            del ctx.locks[image_id]

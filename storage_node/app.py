@@ -12,17 +12,21 @@ from aiohttp import web
 
 from common import __version__, hardening
 from common.bus import open_bus
+from common.callbacks import CallbackSender
 from common.config import Settings, require_node
 from common.db import nodes as db_nodes
 from common.db.pool import open_pool
 from common.hardening import handler_args, make_header_limit_middleware
-from common.httpkit import HttpMetrics, make_error_middleware
+from common.httpkit import make_error_middleware
+from common.metrics import HttpMetrics, NodeMetrics
+from common.reqlog import request_id_middleware
 from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext
-from storage_node import keys
-from storage_node.cors import make_cors_middleware
+from storage_node import cors, keys
+from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
-from storage_node.render import Renderer
+from storage_node.process import Processor
+from storage_node.render import Renderer, RenderOptions
 from storage_node.routes import add_routes
 from storage_node.store import Store
 
@@ -33,19 +37,20 @@ def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web
     """``run_replicator`` defaults to ``settings.replicator.enabled``."""
     require_node(settings)
     pyvips.block_untrusted_set(True)  # only the loaders libvips considers safe for hostile input
-    metrics = keys.NodeMetrics(HttpMetrics("storage-node"))
-    # CORS outermost, so that error responses carry its headers too (a browser can then read them).
-    middlewares = [make_cors_middleware(settings.http.cors_origins), make_error_middleware(metrics.http),
-                   make_header_limit_middleware(settings.http)]
-    app = web.Application(middlewares=middlewares,
-                          client_max_size=1024**2, handler_args=handler_args(settings.http))
+    node = settings.node
+    metrics = NodeMetrics(HttpMetrics("storage-node"), node.node_id, node.region, node.set_id)
+    middlewares = [request_id_middleware, make_error_middleware(metrics.http),
+                   make_header_limit_middleware(settings.http), cors.refuse_foreign_origins]
+    app = web.Application(middlewares=middlewares, client_max_size=1024**2,
+                          handler_args=handler_args(settings.http))
     hardening.apply(app)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
     app[keys.STATUS] = keys.NodeStatus()
     app[keys.STORE] = Store(settings.node.data_dir, settings.node.capacity_bytes)
-    app.router.add_get("/metrics", metrics.http.handler)
+    metrics.http.install(app)
     add_routes(app)
+    cors.install(app)
     with_replicator = settings.replicator.enabled if run_replicator is None else run_replicator
     app.cleanup_ctx.append(lambda a: _resources(a, with_replicator))
     return app
@@ -58,14 +63,22 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         await db_nodes.register_node(pool, settings.node, __version__)
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, settings.node.node_id))
-        renderer = app[keys.RENDERER] = Renderer(store, settings.node.render_threads)
+        renderer = app[keys.RENDERER] = Renderer(store, settings.node.render_threads,
+                                                 RenderOptions.from_settings(settings.pipeline), app[keys.METRICS])
         stack.callback(renderer.close)
+        callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
+        stack.push_async_callback(callbacks.close)
+        app[keys.GATE] = ServeGate(pool)
+        processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
+        stack.push_async_callback(processor.close)
+        processor.start()
         heartbeat = asyncio.create_task(run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS],
                                                        app[keys.METRICS]), name="heartbeat")
         stack.push_async_callback(_cancel, heartbeat)
         if with_replicator:
             session = await stack.enter_async_context(aiohttp.ClientSession())
-            replicator = app[REPLICATOR] = Replicator(ReplicatorContext(settings, pool, store, session), bus)
+            ctx = ReplicatorContext(settings, pool, store, session, metrics=app[keys.METRICS].replication)
+            replicator = app[REPLICATOR] = Replicator(ctx, bus)
             await replicator.start()
             stack.push_async_callback(replicator.stop)
         yield

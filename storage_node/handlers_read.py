@@ -18,16 +18,16 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from common import signing
-from common.errors import NotFound, RangeNotSatisfiable, SignatureInvalid, SizeNotAllowed
+from common.errors import NotFound, RangeNotSatisfiable, SignatureInvalid
 from common.hardening import IMAGE_CSP
 from common.ids import check_image_id
-from common.variants import VariantSpec, parse_variant
+from common.variants import VariantSpec, check_size, parse_variant, resolve_format
 from storage_node import keys
 from storage_node.store import ORIGINAL, ObjectMeta
 
 CACHE_PUBLIC = "public, max-age=31536000, immutable"
 CACHE_PRIVATE = "private, max-age=3600"
-RENDER_VERSION = "r1"  # bump when variant output changes, so ETags change with it
+RENDER_VERSION = "r2"  # bump when variant output changes, so ETags change with it
 SIGNATURE_PARAMS = ("exp", "kid", "sig")
 _SINGLE_RANGE_RE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.ASCII | re.IGNORECASE)
 
@@ -114,28 +114,35 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     image_id = check_image_id(request.match_info["image_id"])
     name = request.match_info["variant"]
     spec: VariantSpec | None = None
+    vary = False
     if name != ORIGINAL:
         spec = parse_variant(name)
-        if spec.width not in settings.limits.widths:
-            raise SizeNotAllowed(f"width {spec.width} is not one of {list(settings.limits.widths)}")
-    signed = _check_signature(request, image_id, name)
-    if spec is None and not signed:
-        raise SignatureInvalid("the original is served only with a signed URL")
+        signed = _check_signature(request, image_id, name)
+        check_size(spec, settings.limits.widths, settings.limits.max_variant_side, signed=signed)
+        spec, vary = resolve_format(spec, request.headers.get("Accept"))
+        name = spec.name
+    else:
+        signed = _check_signature(request, image_id, name)
+        if not signed:
+            raise SignatureInvalid("the original is served only with a signed URL")
     meta = store.cached_meta(image_id) or await asyncio.to_thread(store.meta, image_id)
     if meta is None:
         raise NotFound("no such image on this node")
     if meta.private and not signed:
         raise SignatureInvalid("this image is served only with a signed URL")
+    await app[keys.GATE].check(image_id)  # only `ready` images (memory-only once known ready)
     etag = _etag_for(meta, name)
     headers = {"Cache-Control": CACHE_PRIVATE if (meta.private or spec is None) else CACHE_PUBLIC,
                "X-Content-Type-Options": "nosniff", "Content-Security-Policy": IMAGE_CSP}
+    if vary:
+        headers["Vary"] = "Accept"
     if _not_modified(request, etag):
         headers["ETag"] = f'"{etag}"'
         return web.Response(status=304, headers=headers)
     if spec is None:
         path, content_type = store.path_for(image_id, ORIGINAL), meta.content_type
     else:
-        path, content_type = await app[keys.RENDERER].ensure(image_id, spec), spec.content_type
+        path, content_type = await app[keys.RENDERER].ensure(image_id, spec, meta.content_type), spec.content_type
     ignore_range = False
     if "Range" in request.headers:
         size = meta.bytes if spec is None else (await asyncio.to_thread(os.stat, path)).st_size

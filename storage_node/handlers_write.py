@@ -10,6 +10,7 @@ from aiohttp import web
 from common import signing
 from common.db import audit
 from common.db import images as db_images
+from common.db import pipeline as db_pipeline
 from common.errors import Conflict, NotFound, PayloadTooLarge
 from common.events import ImageUploaded
 from common.hardening import timed_chunks
@@ -54,10 +55,13 @@ async def put_upload(request: web.Request) -> web.Response:
         if state["status"] != "requested":
             raise Conflict("this upload URL has already been used", code="already_uploaded")
         got = await ingest(timed_chunks(request.content, settings.http.body_read_timeout_s), tmp, max_bytes)
-        info = await asyncio.to_thread(probe, tmp, sniff(got.head), settings.limits.max_pixels)
+        info = await asyncio.to_thread(probe, tmp, sniff(got.head), settings.limits.max_pixels,
+                                       settings.limits.max_frames)
         # Shielded: a client hanging up mid-commit must not split the file move from the transaction.
         event = await asyncio.shield(asyncio.ensure_future(_commit(request, image_id, got, info)))
         outcome = "ok"
+        metrics.uploads_ok += 1
+        metrics.upload_bytes.inc(got.size)
     except Exception as exc:
         outcome = getattr(exc, "code", "error")
         raise
@@ -68,6 +72,7 @@ async def put_upload(request: web.Request) -> web.Response:
         await app[keys.BUS].publish_set_event(event.set_id, event, image_id)
     except Exception as exc:  # the replicators' sweep of pending rows copies it anyway
         logger.warning("publish of %s failed (the sweep will replicate it): %s", image_id, exc)
+    app[keys.PROCESSOR].submit(image_id)  # off the request path: the 201 does not wait for it
     return web.json_response(
         {"image_id": image_id, "sha256": got.sha256, "bytes": got.size, "status": "uploaded"}, status=201
     )
@@ -85,11 +90,18 @@ async def _commit(request: web.Request, image_id: str, got: Ingested, info: Imag
         async with pool.connection() as conn, conn.transaction():
             row = await db_images.lock_for_upload(conn, image_id, node_id)
             meta = ObjectMeta(got.sha256, info.content_type, got.size, private=row["visibility"] == "private")
-            await asyncio.to_thread(store.commit_original, got.path, image_id, meta)
+            # Dedupe: the same bytes already on this node are hard-linked, not stored a second time.
+            same = await db_pipeline.local_copy(conn, got.sha256, node_id, image_id)
+            linked = same is not None and await asyncio.to_thread(store.link_copy, same, image_id, meta)
+            if not linked:
+                await asyncio.to_thread(store.commit_original, got.path, image_id, meta)
             moved = True
             await db_images.mark_uploaded(conn, image_id, node_id, row["set_id"], sha256=got.sha256, size=got.size,
                                           content_type=info.content_type, fmt=info.fmt, width=info.width,
                                           height=info.height)
+            canonical = await db_pipeline.exact_duplicate(conn, got.sha256, row["owner_key_id"], image_id)
+            if canonical is not None:
+                await db_pipeline.set_duplicate_of(conn, image_id, canonical)
             await audit.record(conn, "upload.complete", image_id=image_id, node_id=node_id,
                                client_ip=request.remote, detail={"bytes": got.size, "sha256": got.sha256})
     except BaseException:

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import Counter, Gauge
 from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
+from common.callbacks import CallbackSender
 from common.config import Settings
-from common.httpkit import HttpMetrics
+from common.metrics import NodeMetrics
+from storage_node.gate import ServeGate
+from storage_node.process import Processor
 from storage_node.render import Renderer
 from storage_node.store import Store
-
-
-@dataclass
-class NodeMetrics:
-    http: HttpMetrics
-    uploads: Counter = field(init=False)
-    variant_builds: Counter = field(init=False)
-    usage: Gauge = field(init=False)
-
-    def __post_init__(self) -> None:
-        reg = self.http.registry
-        self.uploads = Counter("minicdn_uploads_total", "Uploads by outcome", ["outcome"], registry=reg)
-        self.variant_builds = Counter("minicdn_variant_builds_total", "Variants built", ["fmt"], registry=reg)
-        self.usage = Gauge("minicdn_node_bytes", "Node capacity/used/free bytes", ["kind"], registry=reg)
 
 
 @dataclass
@@ -42,5 +30,8 @@ POOL = web.AppKey("pool", AsyncConnectionPool)
 BUS = web.AppKey("bus", Bus)
 STORE = web.AppKey("store", Store)
 RENDERER = web.AppKey("renderer", Renderer)
+PROCESSOR = web.AppKey("processor", Processor)
+GATE = web.AppKey("gate", ServeGate)
+CALLBACKS = web.AppKey("callbacks", CallbackSender)
 METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)

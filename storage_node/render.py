@@ -1,59 +1,163 @@
-"""Variant builds with libvips in a bounded thread pool, one build per (image, variant) however many ask."""
+"""Variant builds with libvips: every kind and format, and the node's bounded, single-flight build pool.
+
+``build_variant`` is the one place pixels are made (the sandboxed workers call it for eager variants,
+the node's thread pool for lazy ones). It uses ``thumbnail`` (shrink-on-load, so memory follows the
+output size rather than the source's), auto-orients from EXIF, never upscales, converts to sRGB through
+the embedded ICC profile (CMYK included), strips every metadata field from the output, keeps alpha
+for png/webp/avif and flattens it on white for jpg, and keeps animations animated for webp/avif.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyvips
 
-from common.variants import VariantSpec
+from common.config import PipelineSettings
+from common.variants import ANIMATED_FORMATS, VariantSpec
 from storage_node.store import ORIGINAL, Store
 
-JPEG_QUALITY = 82
-WEBP_QUALITY = 80
+if TYPE_CHECKING:
+    from common.metrics import NodeMetrics
+
+HUGE = 10_000_000  # "no bound" for the other side of a thumbnail box
+# Formats whose libvips loader takes `n` (pages): what can be animated on input.
+MULTI_PAGE_TYPES = frozenset({"image/gif", "image/webp"})
 
 
-def build_variant(src: Path, spec: VariantSpec, dest: Path) -> None:
-    """Blocking: shrink-on-load thumbnail (auto-oriented, never upscaled), sRGB, metadata stripped."""
-    image = pyvips.Image.thumbnail(str(src), spec.width, height=10_000_000, size="down")
-    if image.interpretation not in ("srgb", "b-w"):
-        image = image.colourspace("srgb")
+@dataclass(frozen=True)
+class RenderOptions:
+    thumb_size: int = 150
+    jpeg_quality: int = 82
+    webp_quality: int = 80
+    avif_quality: int = 55
+    avif_effort: int = 2
+    png_compression: int = 6
+
+    @classmethod
+    def from_settings(cls, pipe: PipelineSettings) -> RenderOptions:
+        return cls(pipe.thumb_size, pipe.jpeg_quality, pipe.webp_quality, pipe.avif_quality, pipe.avif_effort,
+                   pipe.png_compression)
+
+
+def _target(spec: VariantSpec, opts: RenderOptions) -> tuple[int, int, bool]:
+    """(width, height, crop) of the thumbnail box for a spec."""
+    if spec.kind == "w":
+        return spec.width, HUGE, False
+    if spec.kind == "fit":
+        return spec.width, spec.height, False
+    if spec.kind == "cover":
+        return spec.width, spec.height, True
+    return opts.thumb_size, opts.thumb_size, True
+
+
+def _load(src: Path, spec: VariantSpec, opts: RenderOptions, animated: bool) -> pyvips.Image:
+    width, height, crop = _target(spec, opts)
+    if animated and crop:
+        return _cover_animation(src, width, height)
+    name = f"{src}[n=-1]" if animated else str(src)
+    # size="down": never upscale. A cover crop of a small image keeps the box's aspect ratio instead.
+    if crop:
+        probe = pyvips.Image.new_from_file(str(src), access="sequential")
+        w, h = probe.width, probe.height
+        if "orientation" in probe.get_fields() and probe.get("orientation") in (5, 6, 7, 8):
+            w, h = h, w
+        scale = min(1.0, w / width, h / height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down",
+                                      output_profile="srgb", fail_on="error")
+    return pyvips.Image.thumbnail(name, width, height=height, size="down", output_profile="srgb", fail_on="error")
+
+
+def _cover_animation(src: Path, width: int, height: int) -> pyvips.Image:
+    """Cover-crop every frame of an animation the same way (centre; attention would make frames jump)."""
+    first = pyvips.Image.new_from_file(str(src))
+    frame_w, frame_h = first.width, first.get("page-height") if "page-height" in first.get_fields() else first.height
+    fit = min(1.0, frame_w / width, frame_h / height)  # never upscale: shrink the box, keep its aspect ratio
+    width, height = max(1, round(width * fit)), max(1, round(height * fit))
+    scale = max(width / frame_w, height / frame_h)
+    strip = pyvips.Image.thumbnail(f"{src}[n=-1]", max(1, round(frame_w * scale)), height=HUGE, size="down",
+                                   fail_on="error")
+    page_h = strip.get("page-height") if "page-height" in strip.get_fields() else strip.height
+    pages = max(1, strip.height // page_h)
+    width, height = min(width, strip.width), min(height, page_h)
+    left, top = (strip.width - width) // 2, (page_h - height) // 2
+    frames = [strip.crop(left, i * page_h + top, width, height) for i in range(pages)]
+    if pages == 1:
+        return frames[0]
+    out = pyvips.Image.arrayjoin(frames, across=1).copy()
+    out.set_type(pyvips.GValue.gint_type, "page-height", height)
+    return out
+
+
+def _to_srgb(image: pyvips.Image) -> pyvips.Image:
+    if image.interpretation != "srgb":
+        image = image.colourspace("srgb")  # CMYK without a profile, grey, 16-bit, labs...
+    if image.format != "uchar":
+        image = image.cast("uchar")
+    return image
+
+
+def build_variant(src: Path, spec: VariantSpec, dest: Path, opts: RenderOptions, animated: bool = False) -> None:
+    """Blocking: write the variant ``spec`` of the image at ``src`` to ``dest``."""
+    keep_frames = animated and spec.fmt in ANIMATED_FORMATS
+    image = _to_srgb(_load(src, spec, opts, keep_frames))
+    fields = image.get_fields()
+    if not keep_frames and "page-height" in fields and image.get("page-height") < image.height:
+        image = image.crop(0, 0, image.width, image.get("page-height"))
     if spec.fmt == "jpg":
         if image.hasalpha():
-            image = image.flatten(background=[255])
-        image.jpegsave(str(dest), Q=JPEG_QUALITY, keep="none", optimize_coding=True)
+            image = image.flatten(background=[255, 255, 255])
+        image.jpegsave(str(dest), Q=opts.jpeg_quality, keep="none", optimize_coding=True, interlace=True)
     elif spec.fmt == "webp":
-        image.webpsave(str(dest), Q=WEBP_QUALITY, keep="none")
-    else:  # pragma: no cover - parse_variant only yields known formats
-        raise ValueError(spec.fmt)
+        image.webpsave(str(dest), Q=opts.webp_quality, keep="none", effort=4)
+    elif spec.fmt == "avif":
+        image.heifsave(str(dest), Q=opts.avif_quality, compression="av1", effort=opts.avif_effort, keep="none")
+    elif spec.fmt == "png":
+        image.pngsave(str(dest), compression=opts.png_compression, keep="none")
+    else:
+        raise ValueError(f"no encoder for {spec.fmt!r}")
 
 
 class Renderer:
-    def __init__(self, store: Store, threads: int) -> None:
+    """Lazy variants: a bounded thread pool, one build per (image, variant) however many requests ask."""
+
+    def __init__(self, store: Store, threads: int, opts: RenderOptions | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         self.store = store
+        self.opts = opts or RenderOptions()
+        self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2, thread_name_prefix="render")
         self._inflight: dict[tuple[str, str], asyncio.Future[Path]] = {}
         self.builds = 0
 
-    async def ensure(self, image_id: str, spec: VariantSpec) -> Path:
+    async def ensure(self, image_id: str, spec: VariantSpec, content_type: str = "") -> Path:
         """The variant's path, building it first if it is not on disk yet (single-flight)."""
         dest = self.store.path_for(image_id, spec.name)
         if self.store.has_variant(image_id, spec.name):
+            self._count("hit")
             return dest
         key = (image_id, spec.name)
         running = self._inflight.get(key)
         if running is not None:
+            self._count("miss")  # waits for the build already running
             return await asyncio.shield(running)
-        if await asyncio.to_thread(dest.exists):
-            self.store.note_variant(image_id, spec.name)
-            return dest
         future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            path = await asyncio.get_running_loop().run_in_executor(self.pool, self._build, image_id, spec)
+            if await asyncio.to_thread(dest.exists):
+                self._count("hit")
+                path = dest
+            else:
+                self._count("miss")
+                path = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self._build, image_id, spec, content_type in MULTI_PAGE_TYPES)
             self.store.note_variant(image_id, spec.name)
             future.set_result(path)
             return path
@@ -64,14 +168,22 @@ class Renderer:
         finally:
             del self._inflight[key]
 
-    def _build(self, image_id: str, spec: VariantSpec) -> Path:
+    def _build(self, image_id: str, spec: VariantSpec, animated: bool) -> Path:
         tmp = self.store.new_tmp_path().with_suffix("." + spec.fmt)
         try:
-            build_variant(self.store.path_for(image_id, ORIGINAL), spec, tmp)
+            started = time.perf_counter()
+            build_variant(self.store.path_for(image_id, ORIGINAL), spec, tmp, self.opts, animated)
             self.builds += 1
+            if self.metrics is not None:
+                self.metrics.variant_build_duration.labels(spec.fmt).observe(time.perf_counter() - started)
+                self.metrics.variant_builds.labels(spec.fmt).inc()
             return self.store.commit(tmp, image_id, spec.name)
         finally:
             self.store.discard_tmp(tmp)
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.variant_cache.labels(result).inc()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

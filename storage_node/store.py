@@ -66,10 +66,14 @@ class Store:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         used = objects = 0
+        seen: set[tuple[int, int]] = set()  # deduplicated originals are hard links: count each inode once
         for dirpath, _dirs, files in os.walk(self.objects):
             for name in files:
                 with contextlib.suppress(FileNotFoundError):
-                    used += os.stat(os.path.join(dirpath, name)).st_size
+                    st = os.stat(os.path.join(dirpath, name))
+                    if st.st_nlink == 1 or (st.st_dev, st.st_ino) not in seen:
+                        used += st.st_size
+                        seen.add((st.st_dev, st.st_ino))
                 if name == ORIGINAL:
                     objects += 1
         with self._lock:
@@ -114,6 +118,24 @@ class Store:
         self._remember(image_id, meta)
         return dest
 
+    def link_copy(self, src_image_id: str, image_id: str, meta: ObjectMeta) -> Path | None:
+        """Dedupe: store ``image_id``'s original as a hard link to ``src_image_id``'s identical bytes (the
+        inode's link count is the reference count, so deleting either image keeps the other intact).
+        None when the source is gone or does not match ``meta``; the caller then stores the bytes."""
+        src = self.path_for(src_image_id, ORIGINAL)
+        tmp = self.new_tmp_path()
+        try:
+            if src.stat().st_size != meta.bytes:
+                return None
+            os.link(src, tmp)
+        except (FileNotFoundError, OSError):
+            self.discard_tmp(tmp)
+            return None
+        try:
+            return self.commit_original(tmp, image_id, meta)
+        finally:
+            self.discard_tmp(tmp)
+
     def _commit_files(self, image_id: str, files: list[tuple[Path, str, bool]]) -> Path:
         """fsync the files flagged durable, rename each into the image's directory (in order), then fsync
         the directory, and the parents of directories this created, so the renames survive a crash."""
@@ -133,7 +155,9 @@ class Store:
             dest = self.path_for(image_id, name)
             old_size = dest.stat().st_size if dest.exists() else None
             os.replace(tmp_path, dest)
-            grown += dest.stat().st_size - (old_size or 0)
+            st = dest.stat()
+            if st.st_nlink == 1:  # a hard link to bytes already stored (dedupe) takes no new space
+                grown += st.st_size - (old_size or 0)
             new_objects += name == ORIGINAL and old_size is None
         _fsync_dir(folder)
         for created in new_dirs:
@@ -150,7 +174,8 @@ class Store:
         if folder.exists():
             for entry in folder.iterdir():
                 with contextlib.suppress(FileNotFoundError):
-                    freed += entry.stat().st_size
+                    st = entry.stat()
+                    freed += st.st_size if st.st_nlink == 1 else 0  # other images still link shared bytes
                     had_original |= entry.name == ORIGINAL
             shutil.rmtree(folder, ignore_errors=True)
         with self._lock:

@@ -1,13 +1,17 @@
-"""Upload validation: the type from magic bytes (never the client's word), then a libvips header probe.
+"""Upload validation: the type from magic bytes (never the client's word), then a libvips header probe;
+off the request path, a full decode check, EXIF facts and a perceptual hash.
 
-The header probe reads dimensions without decoding pixels, so an oversized image is refused before
-any pixel buffer exists. The full decode check is part of off-path processing.
+The header probe reads dimensions and the frame count without decoding pixels, so an oversized image
+(a 30000x30000 PNG of a few hundred KB) is refused before any pixel buffer exists. The full decode
+(``decode_check``) runs inside a sandboxed worker process (``storage_node.sandbox``) so that a codec
+crash or runaway costs one job, never the node.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyvips
 
@@ -58,7 +62,7 @@ def sniff(head: bytes) -> str:
     raise UnsupportedImage("not a JPEG, PNG, GIF, WebP, AVIF or HEIC image")
 
 
-def probe(path: Path, fmt: str, max_pixels: int) -> ImageInfo:
+def probe(path: Path, fmt: str, max_pixels: int, max_frames: int = 500) -> ImageInfo:
     """Read the header with libvips (blocking; run in a thread) and check it against the limits."""
     try:
         image = pyvips.Image.new_from_file(str(path), access="sequential")
@@ -73,6 +77,80 @@ def probe(path: Path, fmt: str, max_pixels: int) -> ImageInfo:
         raise UnsupportedImage(f"content looks like {fmt} but decodes as {loader}")
     if width <= 0 or height <= 0 or width * height > max_pixels:
         raise InvalidImage(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
+    if pages > max_frames:
+        raise InvalidImage(f"image has {pages} frames, over the {max_frames}-frame limit")
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return ImageInfo(fmt, CONTENT_TYPES[fmt], width, height, pages)
+
+
+def decode_check(path: Path, pages: int) -> None:
+    """Decode every pixel of every frame, streaming (memory stays flat); raise InvalidImage when the data is
+    truncated or corrupt (``fail_on="error"``: no half-grey image ever becomes ``ready``). Blocking."""
+    try:
+        options: dict[str, Any] = {"n": -1} if pages > 1 else {}
+        image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="error", **options)
+        image.avg()
+    except pyvips.Error as exc:
+        detail = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        raise InvalidImage(f"image data is corrupt or truncated: {(detail or ['decode failed'])[0]}") from None
+
+
+def _exif_text(image: pyvips.Image, field: str, fields: set[str]) -> str | None:
+    """libvips shows an EXIF string as ``value (description, type, ...)``: keep the value."""
+    if field not in fields:
+        return None
+    raw = str(image.get(field))
+    value = raw.split(" (", 1)[0].strip()
+    return value or None
+
+
+def _gps_degrees(image: pyvips.Image, fields: set[str], axis: str) -> float | None:
+    text = _exif_text(image, f"exif-ifd3-GPS{axis}", fields)
+    ref = _exif_text(image, f"exif-ifd3-GPS{axis}Ref", fields)
+    if not text:
+        return None
+    try:
+        parts = [int(a) / int(b) for a, b in (p.split("/") for p in text.split())]
+    except (ValueError, ZeroDivisionError):
+        return None
+    degrees = sum(v / 60**i for i, v in enumerate(parts[:3]))
+    return round(-degrees if ref in ("S", "W") else degrees, 6)
+
+
+def exif_facts(image: pyvips.Image, keep_gps: bool) -> dict[str, Any]:
+    """Camera make/model, when taken, the orientation tag and whether GPS was present (the position itself
+    only when ``keep_gps``)."""
+    fields = set(image.get_fields())
+    taken = _exif_text(image, "exif-ifd2-DateTimeOriginal", fields) or _exif_text(image, "exif-ifd0-DateTime",
+                                                                                fields)
+    if taken and len(taken) >= 19 and taken[4] == ":" and taken[7] == ":":
+        taken = f"{taken[:4]}-{taken[5:7]}-{taken[8:10]}T{taken[11:19]}"
+    facts: dict[str, Any] = {
+        "make": _exif_text(image, "exif-ifd0-Make", fields),
+        "model": _exif_text(image, "exif-ifd0-Model", fields),
+        "taken_at": taken,
+        "orientation": int(image.get("orientation")) if "orientation" in fields else None,
+        "had_gps": any(f.startswith("exif-ifd3-") for f in fields),
+    }
+    if keep_gps and facts["had_gps"]:
+        facts["gps"] = {"lat": _gps_degrees(image, fields, "Latitude"), "lon": _gps_degrees(image, fields,
+                                                                                            "Longitude")}
+    return facts
+
+
+def dhash(path: Path) -> int:
+    """64-bit difference hash of the upright first frame: 9x8 grey thumbnail, one bit per horizontal step.
+
+    Stable under re-encoding, resizing and metadata changes; a different photo lands ~32 bits away.
+    """
+    small = pyvips.Image.thumbnail(str(path), 9, height=8, size="force", fail_on="error")
+    if "page-height" in small.get_fields() and small.get("page-height") < small.height:
+        small = small.crop(0, 0, small.width, small.get("page-height"))
+    grey = small.colourspace("b-w")[0].cast("uchar")
+    pixels = grey.write_to_memory()
+    bits = 0
+    for row in range(8):
+        for col in range(8):
+            bits = (bits << 1) | (pixels[row * 9 + col] < pixels[row * 9 + col + 1])
+    return bits

@@ -71,7 +71,8 @@ class TestCluster:
         await asyncio.gather(*(self.start_node(n) for n in self.node_settings))
         port = free_port()
         self.query_url = f"http://127.0.0.1:{port}"
-        query_settings = self.settings(query={"port": port, "public_url": self.query_url, "node_refresh_s": 0.3})
+        query_settings = self.settings(query={"port": port, "public_url": self.query_url, "node_refresh_s": 0.3,
+                                              "stats_interval_s": 0.3})
         from query_service.app import create_app
 
         await self._serve("query", create_app(query_settings), port)
@@ -153,6 +154,19 @@ class TestCluster:
             return len(states) == 3 and set(states.values()) == {"ok"}
 
         await self.wait_for(all_ok, f"{image_id} on every node", timeout_s)
+
+    async def wait_ready(self, image_id: str, timeout_s: float = 15, status: str = "ready") -> dict[str, Any]:
+        """Wait until processing has settled the image (``ready`` unless told otherwise); return its record."""
+        seen: dict[str, Any] = {}
+
+        async def settled() -> bool:
+            code, body = await self.api("GET", f"/v1/images/{image_id}")
+            seen.update(body if code == 200 else {})
+            return code == 200 and body["status"] not in ("uploaded", "processing")
+
+        await self.wait_for(settled, f"{image_id} processed", timeout_s)
+        assert seen["status"] == status, seen
+        return seen
 
     def healthy_count(self, n: int) -> bool:
         from query_service import keys

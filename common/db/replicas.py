@@ -16,14 +16,20 @@ async def replica_state(pool: AsyncConnectionPool, image_id: str, node_id: str) 
     return row["state"] if row else None
 
 
-async def mark_ok(pool: AsyncConnectionPool, image_id: str, node_id: str, size: int) -> None:
+async def mark_ok(pool: AsyncConnectionPool, image_id: str, node_id: str, size: int) -> float | None:
+    """Record the replica `ok`; returns the replication lag (seconds since the upload was recorded, on the
+    database's clock, so node clocks do not matter), None when the image has no upload time."""
     async with pool.connection() as conn:
-        await conn.execute(
+        cur = await conn.execute(
             "INSERT INTO replicas (image_id, node_id, state, bytes, verified_at) VALUES (%s, %s, 'ok', %s, now())"
             " ON CONFLICT (image_id, node_id) DO UPDATE SET state = 'ok', bytes = EXCLUDED.bytes,"
-            " verified_at = now(), updated_at = now()",
+            " verified_at = now(), updated_at = now()"
+            " RETURNING (SELECT extract(epoch FROM clock_timestamp() - i.uploaded_at)::float8 FROM images i"
+            "  WHERE i.image_id = replicas.image_id) AS lag_s",
             (image_id, node_id, size),
         )
+        row = await cur.fetchone()
+    return row["lag_s"] if row else None
 
 
 async def ok_holders(pool: AsyncConnectionPool, image_id: str) -> list[str]:

@@ -58,7 +58,7 @@ async def test_dev_cluster_end_to_end(tmp_path: Path, testdata: Path) -> None:
             deadline = time.monotonic() + 20
             while True:
                 body = await get_json(session, cluster, f"/v1/images/{image_id}")
-                if [r["state"] for r in body["replicas"]] == ["ok"] * 3:
+                if [r["state"] for r in body["replicas"]] == ["ok"] * 3 and body["status"] == "ready":
                     break
                 assert time.monotonic() < deadline, body
                 await asyncio.sleep(0.2)

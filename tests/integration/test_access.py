@@ -84,6 +84,7 @@ async def test_ownership_is_by_app_and_private_images_are_signed(cluster: TestCl
     status, _ = await cluster.put(ticket[1]["upload_url"], data)
     assert status == 201
     image_id = ticket[1]["image_id"]
+    await cluster.wait_ready(image_id)
     await cluster.wait_replicated(image_id)
 
     # Another app: not found (existence not revealed); the same app's other key: fine.
@@ -115,6 +116,7 @@ async def test_ownership_is_by_app_and_private_images_are_signed(cluster: TestCl
 async def test_originals_only_for_the_owner_and_signed(cluster: TestCluster) -> None:
     data = make_jpeg(seed=6)
     up = await cluster.upload(data)  # public, owned by the test key's app
+    await cluster.wait_ready(up["image_id"])
     other = await make_key(cluster, "other")
     status, body = await cluster.api("GET", f"/v1/images/{up['image_id']}/url?variant=original",
                                      headers=bearer(other["api_key"]))
@@ -161,6 +163,7 @@ async def test_hotlink_protection_on_img(cluster: TestCluster) -> None:
     ticket = await cluster.api("POST", "/v1/uploads", json={}, headers=bearer(shop["api_key"]))
     await cluster.put(ticket[1]["upload_url"], make_jpeg(seed=8))
     image_id = ticket[1]["image_id"]
+    await cluster.wait_ready(image_id)
     await cluster.wait_replicated(image_id)
     img = f"{cluster.query_url}/img/{image_id}?w=300"
     for referer, expected in (("https://shop.example/p/1", 302), ("https://www.shop.example/", 302), ("", 302),
@@ -171,6 +174,7 @@ async def test_hotlink_protection_on_img(cluster: TestCluster) -> None:
             assert b"hotlink_forbidden" in body
     # Another app's images (no allowlist) embed anywhere.
     up = await cluster.upload(make_jpeg(seed=9))
+    await cluster.wait_ready(up["image_id"])
     await cluster.wait_replicated(up["image_id"])
     status, _, _ = await get(cluster, f"{cluster.query_url}/img/{up['image_id']}",
                              headers={"Referer": "https://evil.example/"})
@@ -181,6 +185,7 @@ async def test_forwarded_headers_only_from_trusted_proxies(cluster: TestCluster)
     from query_service import keys
 
     up = await cluster.upload(make_jpeg(seed=10))
+    await cluster.wait_ready(up["image_id"])
     await cluster.wait_replicated(up["image_id"])
     url = f"{cluster.query_url}/img/{up['image_id']}"
     eu = {"X-Forwarded-For": "52.16.1.10"}
@@ -233,6 +238,7 @@ async def _restart_query(cluster: TestCluster, **changes: Any) -> None:
 async def test_signing_key_rotation_end_to_end(cluster: TestCluster) -> None:
     k1 = cluster.common["signing"]["keys"]["k1"]
     up = await cluster.upload(make_jpeg(seed=11), visibility="private")
+    await cluster.wait_ready(up["image_id"])
     await cluster.wait_replicated(up["image_id"])
     old_ticket = await cluster.request_upload()
     _, old_url = await cluster.api("GET", f"/v1/images/{up['image_id']}/url?client_ip=3.0.1.10")

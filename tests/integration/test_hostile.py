@@ -70,7 +70,8 @@ async def hostile(tmp_path_factory: pytest.TempPathFactory, pg: EmbeddedPostgres
     cluster = TestCluster(tmp_path_factory.mktemp("hostile"), database_url, nats_server.url, geoip_db)
     keys = {"k1": secrets.token_urlsafe(24), "k2": secrets.token_urlsafe(24), "k0": secrets.token_urlsafe(24)}
     cluster.common["signing"] = {"keys": keys, "active_kid": "k1", "retired_kids": ["k0"], "max_ttl_s": MAX_TTL_S}
-    cluster.common["http"] = {"header_timeout_s": 1.0, "body_read_timeout_s": 1.0, "cors_origins": [ORIGIN_OK]}
+    cluster.common["http"] = {"header_timeout_s": 1.0, "body_read_timeout_s": 1.0}
+    cluster.common["node"] = {"cors_origin": ORIGIN_OK}
     cluster.common["ratelimit"] = {"burst": 5}
     await cluster.start()
     try:
@@ -93,6 +94,7 @@ async def hostile(tmp_path_factory: pytest.TempPathFactory, pg: EmbeddedPostgres
         assert status == 201 and (await cluster.put(ticket["upload_url"], make_jpeg(seed=3)))[0] == 201
         h.hotlinked_id = ticket["image_id"]
         for image_id in (h.public_id, h.private_id, h.hotlinked_id):
+            await cluster.wait_ready(image_id)
             await cluster.wait_replicated(image_id)
         # Build the variants the cases read, so that a read's only write (the cached variant) is done.
         assert (await http(h, "GET", public_variant(h, {}))).status == 200
@@ -259,6 +261,7 @@ async def two_tickets(h: Hostile) -> dict[str, Any]:
 async def used_ticket(h: Hostile) -> dict[str, Any]:
     t = await ticket(h)
     assert (await h.cluster.put(t["upload_url"], make_jpeg(seed=h.next_seed())))[0] == 201
+    await h.cluster.wait_ready(t["image_id"])
     await h.cluster.wait_replicated(t["image_id"])
     return {"t": t}
 

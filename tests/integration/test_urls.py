@@ -11,6 +11,7 @@ from tests.cluster import REGION_IPS, TestCluster, make_jpeg
 async def stored(cluster: TestCluster) -> str:
     up = await cluster.upload(make_jpeg(1600, 1200, seed=11))
     await cluster.wait_replicated(up["image_id"])
+    await cluster.wait_ready(up["image_id"])
     return str(up["image_id"])
 
 
@@ -21,8 +22,8 @@ async def test_client_in_each_region_gets_that_regions_node(cluster: TestCluster
     assert status == 200, body
     assert body["region"] == region and body["node_id"] == f"{region}-1"
     assert body["distance_km"] < 1
-    assert body["variant"] == "w600.jpg"
-    assert body["url"].endswith(f"/i/{stored}/w600.jpg")
+    assert body["variant"] == "w600.auto"  # no image types in Accept: the node negotiates
+    assert body["url"].endswith(f"/i/{stored}/w600.auto")
     assert [a["region"] for a in body["alternatives"]] != [] and len(body["alternatives"]) == 2
     distances = [a["distance_km"] for a in body["alternatives"]]
     assert distances == sorted(distances)
@@ -71,7 +72,7 @@ async def test_url_serves_the_variant_and_redirect(cluster: TestCluster, stored:
         assert resp.status == 304
     async with cluster.session.get(f"{cluster.query_url}/img/{stored}", params={"w": 100},
                                    allow_redirects=False) as resp:
-        assert resp.status == 302 and resp.headers["Location"].endswith("/w150.jpg")
+        assert resp.status == 302 and resp.headers["Location"].endswith("/w150.auto")
 
 
 async def test_url_errors(cluster: TestCluster) -> None:

@@ -1,0 +1,173 @@
+"""SQL of the image pipeline: claiming uploads for processing, recording results, rejecting, quarantine
+decisions, and the two dedupe lookups (exact by SHA-256, near by perceptual hash through four indexed
+16-bit chunks)."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+GONE = ("rejected", "deleted")
+
+
+def to_signed64(value: int) -> int:
+    """Postgres bigint is signed: store the 64-bit hash as its two's-complement value."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def chunks(phash: int) -> list[int]:
+    """The four 16-bit chunks of a 64-bit hash, most significant first."""
+    phash &= (1 << 64) - 1
+    return [(phash >> shift) & 0xFFFF for shift in (48, 32, 16, 0)]
+
+
+def neighbours(chunk: int, radius: int) -> list[int]:
+    """Every 16-bit value within ``radius`` bits of ``chunk`` (radius 1: 17 values)."""
+    out = [chunk]
+    for r in range(1, radius + 1):
+        for bits in combinations(range(16), r):
+            flipped = chunk
+            for bit in bits:
+                flipped ^= 1 << bit
+            out.append(flipped)
+    return out
+
+
+async def claim(pool: AsyncConnectionPool, image_id: str, node_id: str) -> dict[str, Any] | None:
+    """Move an upload placed on this node to `processing` (also re-claims one a crash left there)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE images SET status = 'processing' WHERE image_id = %s AND origin_node = %s"
+            " AND status IN ('uploaded', 'processing')"
+            " RETURNING image_id, owner_key_id, set_id, sha256, content_type, callback_url, duplicate_of",
+            (image_id, node_id),
+        )
+        return await cur.fetchone()
+
+
+async def unprocessed(pool: AsyncConnectionPool, node_id: str, limit: int = 100) -> list[str]:
+    """This node's uploads not yet processed (index `images_unprocessed`)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT image_id FROM images WHERE origin_node = %s AND status IN ('uploaded', 'processing')"
+            " ORDER BY uploaded_at LIMIT %s",
+            (node_id, limit),
+        )
+        return [row["image_id"] for row in await cur.fetchall()]
+
+
+async def finish(pool: AsyncConnectionPool, image_id: str, result: dict[str, Any], *, status: str,
+                 reason: str | None, duplicate_of: str | None) -> dict[str, Any] | None:
+    """Record what processing found and move the image to `ready` or `quarantined`."""
+    phash = int(result["phash"])
+    exif = dict(result["exif"])
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE images SET status = %s, reason = %s, format = %s, width = %s, height = %s, pages = %s,"
+            " animated = %s, colour_space = %s, exif = %s, had_gps = %s, phash = %s, ph0 = %s, ph1 = %s,"
+            " ph2 = %s, ph3 = %s, duplicate_of = coalesce(duplicate_of, %s), processed_at = now(),"
+            " ready_at = CASE WHEN %s = 'ready' THEN now() END"
+            " WHERE image_id = %s AND status = 'processing' RETURNING " + _EVENT_COLUMNS,
+            (status, reason, result["format"], result["width"], result["height"], result["pages"],
+             result["animated"], result["colour_space"], Jsonb(exif), exif.get("had_gps"), to_signed64(phash),
+             *chunks(phash), duplicate_of, status, image_id),
+        )
+        return await cur.fetchone()
+
+
+_EVENT_COLUMNS = ("image_id, status, reason, set_id, callback_url, duplicate_of, format, width, height, sha256,"
+                  " ready_at")
+
+
+async def reject(pool: AsyncConnectionPool, image_id: str, reason: str,
+                 from_status: tuple[str, ...] = ("uploaded", "processing")) -> dict[str, Any] | None:
+    """One transaction: image `rejected` with its reason, and its replica rows gone (nothing left to copy)."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "UPDATE images SET status = 'rejected', reason = %s, processed_at = now() WHERE image_id = %s"
+            " AND status = ANY(%s) RETURNING " + _EVENT_COLUMNS,
+            (reason[:500], image_id, list(from_status)),
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            await conn.execute("DELETE FROM replicas WHERE image_id = %s", (image_id,))
+        return row
+
+
+async def approve(pool: AsyncConnectionPool, image_id: str) -> dict[str, Any] | None:
+    """An operator releases a quarantined image."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE images SET status = 'ready', reason = NULL, ready_at = now() WHERE image_id = %s"
+            " AND status = 'quarantined' RETURNING " + _EVENT_COLUMNS,
+            (image_id,),
+        )
+        return await cur.fetchone()
+
+
+async def status_of(pool: AsyncConnectionPool, image_id: str) -> str | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT status FROM images WHERE image_id = %s", (image_id,))
+        row = await cur.fetchone()
+    return row["status"] if row else None
+
+
+async def local_copy(conn: AsyncConnection[Any] | AsyncConnectionPool, sha256: str, node_id: str,
+                     image_id: str) -> str | None:
+    """Another image with these exact bytes that this node holds (`ok`), to hard-link instead of storing twice."""
+    sql = ("SELECT i.image_id FROM images i JOIN replicas r ON r.image_id = i.image_id AND r.node_id = %s"
+           " WHERE i.sha256 = %s AND i.image_id <> %s AND r.state = 'ok' AND i.status <> ALL(%s)"
+           " ORDER BY i.uploaded_at LIMIT 1")
+    args = (node_id, sha256, image_id, list(GONE))
+    if isinstance(conn, AsyncConnectionPool):
+        async with conn.connection() as c:
+            row = await (await c.execute(sql, args)).fetchone()
+    else:
+        row = await (await conn.execute(sql, args)).fetchone()
+    return row["image_id"] if row else None
+
+
+async def exact_duplicate(conn: AsyncConnection[Any], sha256: str, owner_key_id: str | None,
+                          image_id: str) -> str | None:
+    """The first image of the same owner with these exact bytes (duplicates are reported within an owner
+    only, so an app never learns what another app uploaded)."""
+    cur = await conn.execute(
+        "SELECT coalesce(duplicate_of, image_id) AS canonical FROM images WHERE sha256 = %s AND image_id <> %s"
+        " AND owner_key_id IS NOT DISTINCT FROM %s AND status <> ALL(%s) AND status <> 'requested'"
+        " ORDER BY uploaded_at LIMIT 1",
+        (sha256, image_id, owner_key_id, list(GONE)),
+    )
+    row = await cur.fetchone()
+    return row["canonical"] if row else None
+
+
+async def set_duplicate_of(conn: AsyncConnection[Any], image_id: str, canonical: str) -> None:
+    await conn.execute("UPDATE images SET duplicate_of = %s WHERE image_id = %s", (canonical, image_id))
+
+
+async def near_duplicate(pool: AsyncConnectionPool, phash: int, max_distance: int, owner_key_id: str | None,
+                         image_id: str) -> str | None:
+    """The closest image of the same owner whose perceptual hash is within ``max_distance`` bits.
+
+    Candidates come from the four chunk indexes (pigeonhole: some chunk differs by at most
+    ``max_distance // 4`` bits), then the exact distance is checked on those rows only.
+    """
+    if max_distance < 0:
+        return None
+    radius = max_distance // 4
+    probes = [neighbours(c, radius) for c in chunks(phash)]
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT coalesce(duplicate_of, image_id) AS canonical,"
+            " bit_count((phash # %s)::bit(64)) AS distance FROM images"
+            " WHERE (ph0 = ANY(%s) OR ph1 = ANY(%s) OR ph2 = ANY(%s) OR ph3 = ANY(%s))"
+            " AND image_id <> %s AND owner_key_id IS NOT DISTINCT FROM %s AND status <> ALL(%s)"
+            " AND bit_count((phash # %s)::bit(64)) <= %s ORDER BY distance, uploaded_at LIMIT 1",
+            (to_signed64(phash), *probes, image_id, owner_key_id, list(GONE), to_signed64(phash), max_distance),
+        )
+        row = await cur.fetchone()
+    return row["canonical"] if row else None

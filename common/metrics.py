@@ -1,0 +1,253 @@
+"""Prometheus metrics of every minicdn process, named by Prometheus conventions.
+
+Base units (`_seconds`, `_bytes`), `_total` for counters, and labels with a small fixed set of values
+(route templates, status codes, error codes, node ids): never image ids or paths. Each app gets its own
+CollectorRegistry (tests run several apps in one process); the groups below are built on it. Domain
+modules receive the metric objects they update, so they stay free of aiohttp.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+BUILD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+PROVISIONING_KINDS = ("new_set", "replace", "set_closed", "set_opened", "node_state")
+
+
+class HttpMetrics:
+    """Per-app registry with the request metrics every app has (updated by common.httpkit's middleware)."""
+
+    def __init__(self, component: str) -> None:
+        self.registry = CollectorRegistry()
+        self.component = component
+        self.requests = Counter("minicdn_http_requests_total", "HTTP requests by route and status",
+                                ["component", "route", "method", "status"], registry=self.registry)
+        self.duration = Histogram("minicdn_http_request_duration_seconds", "HTTP request duration by route",
+                                  ["component", "route"], registry=self.registry, buckets=LATENCY_BUCKETS)
+        self.response_bytes = Counter("minicdn_http_response_bytes_total",
+                                      "Response body bytes sent, by route (HEAD and 304 send none)",
+                                      ["component", "route"], registry=self.registry)
+        self.rejections = Counter("minicdn_http_rejections_total",
+                                  "Requests refused with a 4xx error, by API error code",
+                                  ["component", "code"], registry=self.registry)
+        # Plain totals for the heartbeat (the dashboard's rates), without reading the registry back.
+        self.requests_seen = 0
+        self.bytes_sent = 0
+
+    async def handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Count the body about to be sent (Content-Length is known here, also for files and ranges)."""
+        self.requests_seen += 1
+        size = response.content_length
+        if request.method == "HEAD" or not size:
+            return
+        self.bytes_sent += size
+        self.response_bytes.labels(self.component, route_of(request)).inc(size)
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/metrics", self.handler)
+        app.on_response_prepare.append(self.on_response_prepare)
+
+
+def route_of(request: web.Request) -> str:
+    """The route template (`/i/{image_id}/{variant}`), never the concrete path: bounded label values."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+class RecentLags:
+    """The last few replication lags, for the heartbeat's p50/max (Prometheus has the full histogram)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def add(self, value: float) -> None:
+        self._values.append(value)
+
+    def summary(self) -> tuple[float | None, float | None]:
+        if not self._values:
+            return None, None
+        ordered = sorted(self._values)
+        return ordered[len(ordered) // 2], ordered[-1]
+
+
+@dataclass
+class ReplicationMetrics:
+    """Updated by the replicator, wherever it runs (inside the node process or on its own)."""
+
+    registry: CollectorRegistry
+    node_id: str
+    lag: Histogram = field(init=False)
+    copies: Counter = field(init=False)
+    consumer_pending: Gauge = field(init=False)
+    consumer_ack_pending: Gauge = field(init=False)
+    recent: RecentLags = field(init=False, default_factory=RecentLags)
+    copied: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        reg = self.registry
+        self.lag = Histogram("minicdn_replication_lag_seconds",
+                             "Time from an upload's 201 until this node holds a verified replica",
+                             ["node_id"], registry=reg, buckets=LAG_BUCKETS)
+        self.copies = Counter("minicdn_replication_copies_total", "Replication jobs by outcome",
+                              ["node_id", "outcome"], registry=reg)
+        self.consumer_pending = Gauge("minicdn_jetstream_consumer_pending_messages",
+                                      "Messages in the stream not yet delivered to this durable consumer",
+                                      ["consumer"], registry=reg)
+        self.consumer_ack_pending = Gauge("minicdn_jetstream_consumer_ack_pending_messages",
+                                          "Messages delivered to this consumer but not acked yet",
+                                          ["consumer"], registry=reg)
+        for outcome in ("copied", "present", "retry", "checksum_mismatch"):
+            self.copies.labels(self.node_id, outcome)
+
+    def count(self, outcome: str) -> None:
+        self.copies.labels(self.node_id, outcome).inc()
+        if outcome == "copied":
+            self.copied += 1
+
+    def observe_lag(self, seconds: float) -> None:
+        self.lag.labels(self.node_id).observe(seconds)
+        self.recent.add(seconds)
+
+
+@dataclass
+class NodeMetrics:
+    """A storage node's own metrics (its replicator's live on the same registry)."""
+
+    http: HttpMetrics
+    node_id: str = ""
+    region: str = ""
+    set_id: str = ""
+    uploads: Counter = field(init=False)
+    upload_bytes: Counter = field(init=False)
+    variant_builds: Counter = field(init=False)
+    variant_build_duration: Histogram = field(init=False)
+    variant_cache: Counter = field(init=False)
+    capacity: Gauge = field(init=False)
+    used: Gauge = field(init=False)
+    free: Gauge = field(init=False)
+    objects: Gauge = field(init=False)
+    scrub_checked: Counter = field(init=False)
+    scrub_corruptions: Counter = field(init=False)
+    scrub_progress: Gauge = field(init=False)
+    replication: ReplicationMetrics = field(init=False)
+    uploads_ok: int = 0
+
+    def __post_init__(self) -> None:
+        reg = self.http.registry
+        node_labels = ["node_id", "region", "set_id"]
+        self.uploads = Counter("minicdn_uploads_total", "Uploads by outcome (`ok` or the API error code)",
+                               ["outcome"], registry=reg)
+        self.upload_bytes = Counter("minicdn_upload_bytes_total", "Bytes of accepted uploads", registry=reg)
+        self.variant_builds = Counter("minicdn_variant_builds_total", "Variants built", ["fmt"], registry=reg)
+        self.variant_build_duration = Histogram("minicdn_variant_build_duration_seconds",
+                                                "Time to build one variant with libvips", ["fmt"], registry=reg,
+                                                buckets=BUILD_BUCKETS)
+        self.variant_cache = Counter("minicdn_variant_cache_requests_total",
+                                     "Variant requests answered from disk (hit) or built first (miss)",
+                                     ["result"], registry=reg)
+        self.capacity = Gauge("minicdn_node_capacity_bytes", "Usable capacity of the node", node_labels,
+                              registry=reg)
+        self.used = Gauge("minicdn_node_used_bytes", "Bytes stored by minicdn on the node", node_labels,
+                          registry=reg)
+        self.free = Gauge("minicdn_node_free_bytes", "Bytes still free for minicdn on the node", node_labels,
+                          registry=reg)
+        self.objects = Gauge("minicdn_node_objects", "Images stored on the node", node_labels, registry=reg)
+        # Scrubbing (the control-plane work) updates these; exported from the start so rules can use them.
+        self.scrub_checked = Counter("minicdn_scrub_objects_checked_total", "Objects re-hashed by the scrubber",
+                                     registry=reg)
+        self.scrub_corruptions = Counter("minicdn_scrub_corruptions_total",
+                                         "Objects whose bytes no longer match their SHA-256", registry=reg)
+        self.scrub_progress = Gauge("minicdn_scrub_progress_ratio", "Share of the current scrub pass done (0..1)",
+                                    registry=reg)
+        for result in ("hit", "miss"):
+            self.variant_cache.labels(result)
+        self.uploads.labels("ok")
+        self.replication = ReplicationMetrics(reg, self.node_id)
+
+    def set_usage(self, capacity_bytes: int, used_bytes: int, free_bytes: int, objects: int) -> None:
+        labels = (self.node_id, self.region, self.set_id)
+        self.capacity.labels(*labels).set(capacity_bytes)
+        self.used.labels(*labels).set(used_bytes)
+        self.free.labels(*labels).set(free_bytes)
+        self.objects.labels(*labels).set(objects)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the query service knows of one node, for the cluster gauges."""
+
+    node_id: str
+    region: str
+    set_id: str
+    healthy: bool
+    heartbeat_age_s: float | None
+
+
+class ClusterCollector(Collector):
+    """Gauges read at scrape time from the query service's in-memory view (no Postgres per scrape)."""
+
+    def __init__(self, nodes: object, stats: object) -> None:
+        # ``nodes``: a callable returning NodeViews; ``stats``: a callable returning the last ClusterStats
+        # snapshot as a mapping (see query_service.cluster_stats). Kept loose to avoid an import cycle.
+        self._nodes = nodes
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["node_id", "region", "set_id"]
+        up = GaugeMetricFamily("minicdn_cluster_node_up",
+                               "1 when the query service considers the node healthy (fresh heartbeat, serving state)",
+                               labels=labels)
+        age = GaugeMetricFamily("minicdn_cluster_node_heartbeat_age_seconds",
+                                "Seconds since the node's last heartbeat (NaN: never seen)", labels=labels)
+        views: Iterable[NodeView] = self._nodes()  # type: ignore[operator]
+        for v in views:
+            key = [v.node_id, v.region, v.set_id]
+            up.add_metric(key, 1.0 if v.healthy else 0.0)
+            age.add_metric(key, float("nan") if v.heartbeat_age_s is None else v.heartbeat_age_s)
+        yield up
+        yield age
+        stats = self._stats()  # type: ignore[operator]
+        pending = GaugeMetricFamily("minicdn_replication_pending_replicas",
+                                    "Replica rows still `pending` (the replication outbox), by target node",
+                                    labels=["node_id"])
+        for node_id, count in sorted(stats["pending_by_node"].items()):
+            pending.add_metric([node_id], float(count))
+        yield pending
+        yield GaugeMetricFamily("minicdn_replication_oldest_pending_seconds",
+                                "Age of the oldest `pending` replica row (0 when none)",
+                                value=float(stats["oldest_pending_s"] or 0.0))
+        yield GaugeMetricFamily("minicdn_images_under_replicated",
+                                "Images with at least one replica that is not `ok`",
+                                value=float(stats["under_replicated"]))
+        yield GaugeMetricFamily("minicdn_cluster_stats_age_seconds",
+                                "Seconds since the cluster figures above were read from Postgres",
+                                value=float(stats["age_s"]))
+
+
+class QueryMetrics:
+    """The query service's metrics: HTTP, the cluster view, and the control plane's counters."""
+
+    def __init__(self) -> None:
+        self.http = HttpMetrics("query-service")
+        reg = self.http.registry
+        self.upload_tickets = Counter("minicdn_upload_tickets_total", "Signed upload URLs handed out",
+                                      registry=reg)
+        self.provisioning_events = Counter("minicdn_provisioning_events_total",
+                                           "Capacity/provisioning actions taken, by kind", ["kind"], registry=reg)
+        for kind in PROVISIONING_KINDS:
+            self.provisioning_events.labels(kind)
+
+    def watch_cluster(self, collector: ClusterCollector) -> None:
+        self.http.registry.register(collector)

@@ -1,0 +1,95 @@
+"""The operator dashboard's data: one JSON document built from memory (the node registry and the
+cluster stats gathered in the background), so a dashboard left open costs no database queries.
+
+Node entries carry every field of the registry's NodeInfo (so fields the control plane adds, such
+as days until full, appear without a change here) plus health, heartbeat age, usage ratio, backlog
+and rates. The page (static/dashboard.html) reads fields defensively and shows what is present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from query_service.cluster_stats import ClusterStats
+from query_service.registry import NodeInfo
+
+HIDDEN_NODE_FIELDS = ("point", "last_seen")
+
+
+def _ratio(used: float, capacity: float) -> float | None:
+    return round(used / capacity, 4) if capacity > 0 else None
+
+
+def _sum(items: Iterable[dict[str, Any]], key: str) -> float:
+    return sum(float(item.get(key) or 0) for item in items)
+
+
+def node_entry(node: NodeInfo, healthy: bool, heartbeat_age_s: float | None, stats: ClusterStats) -> dict[str, Any]:
+    entry = {f.name: getattr(node, f.name) for f in dataclasses.fields(node) if f.name not in HIDDEN_NODE_FIELDS}
+    entry.update(lat=node.point.lat, lon=node.point.lon, healthy=healthy,
+                 heartbeat_age_s=None if heartbeat_age_s is None else round(heartbeat_age_s, 2),
+                 used_ratio=_ratio(node.used_bytes, node.capacity_bytes),
+                 pending_replicas=stats.backlog.pending_by_node.get(node.node_id, 0))
+    activity = dataclasses.asdict(stats.activity(node.node_id))
+    entry.update({k: round(v, 3) if isinstance(v, float) else v for k, v in activity.items()})
+    entry.setdefault("days_until_full", None)
+    return entry
+
+
+def _group(nodes: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for n in nodes:
+        groups.setdefault(str(n[key]), []).append(n)
+    return groups
+
+
+def _totals(members: list[dict[str, Any]]) -> dict[str, Any]:
+    capacity, used = _sum(members, "capacity_bytes"), _sum(members, "used_bytes")
+    return {"nodes": len(members), "healthy_nodes": sum(1 for n in members if n["healthy"]),
+            "capacity_bytes": int(capacity), "used_bytes": int(used), "free_bytes": int(_sum(members, "free_bytes")),
+            "objects": int(_sum(members, "objects")), "used_ratio": _ratio(used, capacity)}
+
+
+def _min_days(members: list[dict[str, Any]]) -> float | None:
+    days = [float(n["days_until_full"]) for n in members if n.get("days_until_full") is not None]
+    return min(days) if days else None
+
+
+def build_dashboard(nodes: Iterable[NodeInfo], healthy: Callable[[NodeInfo], bool],
+                    heartbeat_age: Callable[[NodeInfo], float | None], stats: ClusterStats) -> dict[str, Any]:
+    entries = [node_entry(n, healthy(n), heartbeat_age(n), stats)
+               for n in sorted(nodes, key=lambda n: (n.set_id, n.region, n.node_id))]
+    regions = [{"region": region, **_totals(members)} for region, members in sorted(_group(entries, "region").items())]
+    sets = []
+    for set_id, members in sorted(_group(entries, "set_id").items()):
+        sets.append({"set_id": set_id, "state": members[0].get("set_state"),
+                     "regions": sorted(str(n["region"]) for n in members),
+                     "node_ids": [n["node_id"] for n in members], "days_until_full": _min_days(members),
+                     **_totals(members)})
+    backlog = stats.backlog
+    lags = [n["replication_lag_max_s"] for n in entries if n.get("replication_lag_max_s") is not None]
+    p50s = [n["replication_lag_p50_s"] for n in entries if n.get("replication_lag_p50_s") is not None]
+    stats_age = time.monotonic() - backlog.read_at
+    summary = {
+        **_totals(entries),
+        "regions": len(regions), "sets": len(sets),
+        "requests_per_s": round(_sum(entries, "requests_per_s"), 3),
+        "bytes_per_s": round(_sum(entries, "bytes_per_s"), 1),
+        "uploads_per_s": round(_sum(entries, "uploads_per_s"), 3),
+        "replicated_per_s": round(_sum(entries, "replicated_per_s"), 3),
+        "pending_replicas": sum(backlog.pending_by_node.values()),
+        "oldest_pending_s": None if backlog.oldest_pending_s is None else round(backlog.oldest_pending_s, 1),
+        "under_replicated": backlog.under_replicated,
+        "replication_lag_p50_s": round(max(p50s), 3) if p50s else None,
+        "replication_lag_max_s": round(max(lags), 3) if lags else None,
+        "days_until_full": _min_days(entries),
+    }
+    return {
+        "generated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "stats_age_s": None if stats_age == float("inf") else round(stats_age, 1),
+        "summary": summary, "regions": regions, "sets": sets, "nodes": entries, "events": backlog.events,
+    }

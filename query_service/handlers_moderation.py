@@ -1,0 +1,59 @@
+"""Admin decisions on quarantined images: `POST /v1/images/{id}/approve` and `POST /v1/images/{id}/reject`.
+
+Approve makes the image `ready` (nodes serve it within their gate's recheck time); reject makes it
+`rejected` and publishes ``ImageRejected`` so every member of its set removes the files. Both send the
+image's callback.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from common.db import images as db_images
+from common.db import pipeline as db_pipeline
+from common.errors import Conflict, InvalidRequest
+from common.events import ImageRejected
+from common.httpkit import json_response
+from common.ids import check_image_id
+from query_service import keys
+
+
+async def approve(request: web.Request) -> web.Response:
+    app = request.app
+    await app[keys.AUTH].required(request, scope="admin")
+    image_id = check_image_id(request.match_info["image_id"])
+    row = await db_pipeline.approve(app[keys.POOL], image_id)
+    if row is None:
+        await _explain(request, image_id)
+    app[keys.LOCATIONS].invalidate(image_id)
+    app[keys.CALLBACKS].send(row["callback_url"], row)
+    return json_response({"image_id": image_id, "status": row["status"]})
+
+
+async def reject(request: web.Request) -> web.Response:
+    app = request.app
+    await app[keys.AUTH].required(request, scope="admin")
+    image_id = check_image_id(request.match_info["image_id"])
+    raw = await request.content.read(4096)
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+        reason = str(body.get("reason") or "rejected by an operator") if isinstance(body, dict) else None
+    except ValueError:
+        reason = None
+    if reason is None:
+        raise InvalidRequest('body must be a JSON object like {"reason": "..."}')
+    row = await db_pipeline.reject(app[keys.POOL], image_id, reason, from_status=("quarantined",))
+    if row is None:
+        await _explain(request, image_id)
+    app[keys.LOCATIONS].invalidate(image_id)
+    await app[keys.BUS].publish_set_event(row["set_id"], ImageRejected(image_id, row["set_id"], reason), image_id)
+    app[keys.CALLBACKS].send(row["callback_url"], row)
+    return json_response({"image_id": image_id, "status": row["status"], "reason": reason})
+
+
+async def _explain(request: web.Request, image_id: str) -> None:
+    """404 for an unknown image, 409 for one that is not quarantined."""
+    row = await db_images.get_image(request.app[keys.POOL], image_id)  # raises NotFound
+    raise Conflict(f"image is {row['status']}, not quarantined", code="not_quarantined")

@@ -1,0 +1,171 @@
+"""Off-path processing of uploads on their origin node: ``uploaded -> processing -> ready | rejected``
+(or ``quarantined`` when a moderation hook flags the image).
+
+After the ``201`` the upload handler hands the image id to :class:`Processor`. The decode-heavy part
+(full decode check, metadata, EXIF facts, perceptual hash, eager variants) runs in a sandboxed worker
+process (``storage_node.sandbox``); this module commits the eager variant files, looks for
+near-duplicates, asks the moderation hooks, records the outcome in Postgres and sends the callback.
+A rejected image's files are removed here and, through an ``ImageRejected`` event, on every other
+member of its set. Postgres is the queue of record: a sweep re-claims uploads a crash left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from common.bus import Bus
+from common.callbacks import CallbackSender
+from common.config import Settings
+from common.db import pipeline as db_pipeline
+from common.errors import InvalidImage, UnsupportedImage
+from common.events import ImageRejected
+from storage_node.moderation import Moderation
+from storage_node.render import RenderOptions
+from storage_node.sandbox import SandboxPool
+from storage_node.store import ORIGINAL, Store
+
+logger = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3  # processing failures that are not the image's fault, before it is rejected anyway
+
+
+class Processor:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool, store: Store, bus: Bus,
+                 callbacks: CallbackSender) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.store = store
+        self.bus = bus
+        self.callbacks = callbacks
+        pipe = settings.pipeline
+        self.sandbox = SandboxPool(pipe.workers, pipe.worker_memory_mb, pipe.job_timeout_s, pipe.worker_max_jobs)
+        self.moderation = Moderation(settings.moderation)
+        self.render = RenderOptions.from_settings(pipe)
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, int] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.processed = 0
+
+    @property
+    def node_id(self) -> str:
+        return self.settings.node.node_id
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="process-sweep")
+
+    def submit(self, image_id: str) -> asyncio.Task[None]:
+        """Process ``image_id`` in the background (once, however often it is submitted)."""
+        task = self._inflight.get(image_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._run(image_id), name=f"process-{image_id}")
+            self._inflight[image_id] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(image_id, None))
+        return task
+
+    async def _run(self, image_id: str) -> None:
+        try:
+            await self.process(image_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            failures = self._failures[image_id] = self._failures.get(image_id, 0) + 1
+            logger.exception("processing %s failed (attempt %d)", image_id, failures)
+            if failures >= MAX_ATTEMPTS:
+                self._failures.pop(image_id, None)
+                await self.reject(image_id, "processing failed repeatedly")
+
+    async def process(self, image_id: str) -> str | None:
+        """Run the state machine for one upload; returns the final status (None when not ours to process)."""
+        started = time.perf_counter()
+        row = await db_pipeline.claim(self.pool, image_id, self.node_id)
+        if row is None:
+            return None
+        eager = [(name, self.store.new_tmp_path().with_suffix("." + name.rsplit(".", 1)[-1]))
+                 for name in self.settings.pipeline.eager_variants]
+        limits = self.settings.limits
+        job = {"path": str(self.store.path_for(image_id, ORIGINAL)), "max_pixels": limits.max_pixels,
+               "max_frames": limits.max_frames, "keep_gps": self.settings.pipeline.keep_gps,
+               "render": asdict(self.render), "eager": [[name, str(path)] for name, path in eager]}
+        try:
+            try:
+                result = await self.sandbox.run(job)
+            except (InvalidImage, UnsupportedImage) as exc:
+                await self.reject(image_id, exc.message)
+                logger.info("rejected %s: %s", image_id, exc.message)
+                return "rejected"
+            for name, path in eager:
+                await asyncio.to_thread(self.store.commit, path, image_id, name)
+                self.store.note_variant(image_id, name)
+        finally:
+            for _name, path in eager:
+                await asyncio.to_thread(self.store.discard_tmp, path)
+        return await self._finish(image_id, row, result, started)
+
+    async def _finish(self, image_id: str, row: dict[str, Any], result: dict[str, Any], started: float) -> str:
+        duplicate_of = row["duplicate_of"] or await db_pipeline.near_duplicate(
+            self.pool, int(result["phash"]), self.settings.pipeline.near_duplicate_distance, row["owner_key_id"],
+            image_id)
+        status, reason = "ready", None
+        if self.moderation.enabled:
+            verdict = await self.moderation.check(image_id, self.store.path_for(image_id, ORIGINAL),
+                                                  result["content_type"])
+            if verdict.flagged:
+                status, reason = "quarantined", verdict.reason
+        done = await db_pipeline.finish(self.pool, image_id, result, status=status, reason=reason,
+                                        duplicate_of=duplicate_of)
+        self._failures.pop(image_id, None)
+        self.processed += 1
+        logger.info("processed %s -> %s in %.3fs", image_id, status, time.perf_counter() - started)
+        if done is not None and status == "ready":
+            self.callbacks.send(done["callback_url"], done)
+        return status
+
+    async def reject(self, image_id: str, reason: str) -> None:
+        """`rejected` with ``reason``; its files leave this node now and every other member via the event."""
+        row = await db_pipeline.reject(self.pool, image_id, reason)
+        await asyncio.to_thread(self.store.remove_image, image_id)
+        if row is None:
+            return
+        try:
+            await self.bus.publish_set_event(row["set_id"], ImageRejected(image_id, row["set_id"], reason), image_id)
+        except Exception as exc:  # members that copied it keep a file nobody is served; logged for the operator
+            logger.warning("publish of rejection of %s failed: %s", image_id, exc)
+        self.callbacks.send(row["callback_url"], row)
+
+    async def sweep_once(self) -> int:
+        """Claim this node's uploads that are not being processed here (after a crash or a lost task)."""
+        ids = [i for i in await db_pipeline.unprocessed(self.pool, self.node_id) if i not in self._inflight]
+        for image_id in ids:
+            self.submit(image_id)
+        return len(ids)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("processing sweep failed: %s", exc)
+            await asyncio.sleep(self.settings.pipeline.sweep_interval_s)
+
+    async def wait_idle(self) -> None:
+        """Tests and benchmarks: wait until nothing is being processed."""
+        while self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._sweeper, *self._inflight.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.sandbox.close()
+        await self.moderation.close()

@@ -1,0 +1,100 @@
+"""GET /v1/dashboard (admin only) and the pages and assets the query service serves; CORS on uploads."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from common.db.api_keys import create_key
+from common.db.pool import open_pool
+from tests.cluster import TestCluster, make_jpeg
+
+
+async def _get(cluster: TestCluster, path: str, headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+    assert cluster.session is not None
+    resp = await cluster.session.get(f"{cluster.query_url}{path}", headers=headers or {})
+    await resp.read()
+    return resp
+
+
+async def test_dashboard_data_needs_an_admin_key(cluster: TestCluster) -> None:
+    resp = await _get(cluster, "/v1/dashboard")
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthorized"
+    resp = await _get(cluster, "/v1/dashboard", {"Authorization": "Bearer wrong"})
+    assert resp.status == 401
+    async with open_pool(cluster.settings().database) as pool:
+        _key, app_only = await create_key(pool, "app-only", ("app",))
+    resp = await _get(cluster, "/v1/dashboard", {"Authorization": f"Bearer {app_only}"})
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden"
+
+
+async def test_dashboard_data_describes_the_cluster(cluster: TestCluster) -> None:
+    image = await cluster.upload(make_jpeg(300, 200, seed=5))
+    await cluster.wait_replicated(image["image_id"])
+    status, nodes = await cluster.api("GET", "/v1/nodes")
+    assert status == 200
+
+    async def settled() -> bool:
+        _s, d = await cluster.api("GET", "/v1/dashboard")
+        return d["summary"]["objects"] == 3 and d["summary"]["pending_replicas"] == 0
+
+    await cluster.wait_for(settled, "heartbeats and stats after the upload")
+    status, data = await cluster.api("GET", "/v1/dashboard")
+    assert status == 200
+    s = data["summary"]
+    assert (s["nodes"], s["healthy_nodes"], s["regions"], s["sets"]) == (3, 3, 3, 1)
+    assert s["under_replicated"] == 0
+    by_id = {n["node_id"]: n for n in data["nodes"]}
+    _s, nodes = await cluster.api("GET", "/v1/nodes")
+    assert s["used_bytes"] == sum(n["used_bytes"] for n in nodes["nodes"])
+    for api_node in nodes["nodes"]:
+        node = by_id[api_node["node_id"]]
+        for key in ("region", "set_id", "state", "capacity_bytes", "used_bytes", "free_bytes", "objects", "healthy"):
+            assert node[key] == api_node[key], key
+        assert node["used_ratio"] == round(api_node["used_bytes"] / api_node["capacity_bytes"], 4)
+        assert "days_until_full" in node and "point" not in node and "last_seen" not in node
+    (only_set,) = data["sets"]
+    assert only_set["set_id"] == "set-1" and sorted(only_set["regions"]) == ["ap-southeast", "eu-west", "us-east"]
+    assert data["events"] == []  # no control-plane events on this cluster
+    # Replication lag reported by the two replicas' heartbeats.
+    await cluster.wait_for(lambda: _lag_reported(cluster), "replication lag in the heartbeats")
+
+
+async def _lag_reported(cluster: TestCluster) -> bool:
+    _s, d = await cluster.api("GET", "/v1/dashboard")
+    return d["summary"]["replication_lag_max_s"] is not None and d["summary"]["replication_lag_max_s"] > 0
+
+
+async def test_pages_and_assets(cluster: TestCluster) -> None:
+    resp = await _get(cluster, "/dashboard")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    html = await resp.text()
+    assert "http" not in html.replace("http-equiv", "")  # no external asset: works offline
+    for name, ctype in (("dashboard.js", "text/javascript"), ("auth.js", "text/javascript"),
+                        ("style.css", "text/css")):
+        asset = await _get(cluster, f"/assets/{name}")
+        assert asset.status == 200 and asset.content_type == ctype
+        again = await _get(cluster, f"/assets/{name}", {"If-None-Match": asset.headers["ETag"]})
+        assert again.status == 304
+    for bad in ("/assets/missing.js", "/assets/dashboard.html", "/assets/..%2Fapp.py", "/assets/app.py"):
+        resp = await _get(cluster, bad)
+        assert resp.status == 404, bad
+
+
+async def test_upload_cors_preflight_and_error_headers(cluster: TestCluster) -> None:
+    assert cluster.session is not None
+    ticket = await cluster.request_upload()
+    headers = {"Origin": "http://app.example", "Access-Control-Request-Method": "PUT",
+               "Access-Control-Request-Headers": "content-type"}
+    async with cluster.session.options(ticket["upload_url"], headers=headers) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert "PUT" in resp.headers["Access-Control-Allow-Methods"]
+        assert "Content-Type" in resp.headers["Access-Control-Allow-Headers"]
+    async with cluster.session.put(ticket["upload_url"], data=b"not an image",
+                                   headers={"Origin": "http://app.example"}) as resp:
+        assert resp.status == 415
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"  # the page can read the JSON error
+    node_url = cluster.node_settings[ticket["node_id"]].node.base_url
+    async with cluster.session.get(f"{node_url}/healthz") as resp:
+        assert "Access-Control-Allow-Origin" not in resp.headers  # only uploads are cross-origin
