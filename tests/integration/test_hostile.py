@@ -528,6 +528,10 @@ CASES = [
          attack=api("POST", lambda h, c: "/v1/uploads", json_body={"client_ip": "127.0.0.1; DROP TABLE images"})),
     Case("api: callback_url with a javascript: scheme", 400, "invalid_request",
          attack=api("POST", lambda h, c: "/v1/uploads", json_body={"callback_url": "javascript:alert(1)"})),
+    # callback_url SSRF guard (built by the image pipeline, issue 3): refused at upload-request time.
+    *[Case(f"api: callback_url to {target}", 400, "invalid_request",
+           attack=api("POST", lambda h, c, t=target: "/v1/uploads", json_body={"callback_url": f"http://{target}/hook"}))
+      for target in ("127.0.0.1", "169.254.169.254", "10.0.0.1", "[::1]", "localhost:8080")],
     Case("api: unknown fmt", 400, "invalid_request",
          attack=api("GET", lambda h, c: f"/v1/images/{h.public_id}/url?fmt=bmp")),
     Case("api: another app's private image (status)", 404, "not_found",
