@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from common.client import find_cluster, get_json, post_json
+from common.client import find_cluster, get_json, send_json
 
 console = Console()
 HEALTH_STYLE = {"healthy": "[green]healthy[/green]", "unhealthy": "[red]down[/red]"}
@@ -131,7 +131,8 @@ async def cmd_node(args: argparse.Namespace) -> int:
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
     async with aiohttp.ClientSession() as session:
         if args.node_command == "state":
-            result = await post_json(session, cluster, f"/v1/nodes/{args.node_id}/state", {"state": args.state})
+            result = await send_json(session, cluster, "POST", f"/v1/nodes/{args.node_id}/state",
+                                     {"state": args.state})
             console.print(f"{result['node_id']}: {result['state']}")
             return 0
         if args.node_command == "backfill":
@@ -139,7 +140,7 @@ async def cmd_node(args: argparse.Namespace) -> int:
                 return 0 if await _follow_backfill(session, cluster, args.node_id, args.wait) else 1
             console.print(await get_json(session, cluster, f"/v1/nodes/{args.node_id}/backfill"))
             return 0
-        result = await post_json(session, cluster, f"/v1/nodes/{args.old_node}/replace",
+        result = await send_json(session, cluster, "POST", f"/v1/nodes/{args.old_node}/replace",
                                  {"with": args.new_node, "provision": not args.no_provision})
         cfg = result["config"]
         console.print(f"{args.old_node} is now dead; its replacement is [bold]{cfg['node_id']}[/bold] in "
@@ -156,7 +157,7 @@ async def cmd_node(args: argparse.Namespace) -> int:
 async def cmd_repair(args: argparse.Namespace) -> int:
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
     async with aiohttp.ClientSession() as session:
-        found = await post_json(session, cluster, "/v1/repair")
+        found = await send_json(session, cluster, "POST", "/v1/repair")
         console.print(f"{found['under_replicated']} image(s) under-replicated "
                       f"({found['replicas_waiting']} replica(s) waiting for a copy)")
         for node_id, counts in sorted(found["by_node"].items()):

@@ -94,7 +94,7 @@ async def get_json(session: aiohttp.ClientSession, cluster: ClusterRef, path: st
         return await _json_or_raise(resp)
 
 
-async def post_json(session: aiohttp.ClientSession, cluster: ClusterRef, path: str,
+async def send_json(session: aiohttp.ClientSession, cluster: ClusterRef, method: str, path: str,
                     body: dict[str, Any] | None = None) -> dict[str, Any]:
-    async with session.post(f"{cluster.query_url}{path}", json=body or {}, headers=cluster.auth) as resp:
+    async with session.request(method, f"{cluster.query_url}{path}", json=body, headers=cluster.auth) as resp:
         return await _json_or_raise(resp)

@@ -26,10 +26,11 @@ _background: set[asyncio.Task[Any]] = set()
 async def delete_image(request: web.Request) -> web.Response:
     app = request.app
     image_id = check_image_id(request.match_info["image_id"])
-    key = await app[keys.AUTH].required(request)
+    auth = app[keys.AUTH]
+    key = await auth.required(request)
     pool = app[keys.POOL]
     row = await db_deletions.owner_of(pool, image_id)
-    if not key.is_admin and key.key_id != row["owner_key_id"]:
+    if not key.is_admin and not await auth.owns(key, row["owner_key_id"]):  # any key of the owning app
         if row["visibility"] != "public":
             raise NotFound("no such image")  # another app's private image is not revealed
         raise Forbidden("only the owner's API key may delete this image")

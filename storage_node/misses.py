@@ -11,22 +11,25 @@ from typing import Any
 from aiohttp import web
 
 from common.db import replicas as db_replicas
-from common.errors import NotFound, Unavailable
+from common.errors import NotFound, SignatureInvalid, Unavailable
 from common.geo import Point, haversine_km
 from storage_node import keys
 
 logger = logging.getLogger(__name__)
-SERVABLE = ("uploaded", "processing", "ready", "quarantined")
+SERVABLE = ("uploaded", "processing", "ready")
 _background: set[asyncio.Task[Any]] = set()
 
 
-async def redirect_to_holder(request: web.Request, image_id: str) -> web.Response:
+async def redirect_to_holder(request: web.Request, image_id: str, signed: bool = False) -> web.Response:
+    """``signed``: whether the request carried a valid signature (private images need one, here too)."""
     app = request.app
     settings = app[keys.SETTINGS]
     node = settings.node
     row = await db_replicas.miss_lookup(app[keys.POOL], image_id, node.node_id, settings.health.heartbeat_timeout_s)
     if row is None or row["status"] not in SERVABLE or row["sha256"] is None:
         raise NotFound("no such image on this node")
+    if row["visibility"] == "private" and not signed:
+        raise SignatureInvalid("this image is served only with a signed URL")
     if row["my_state"] is not None:
         if row["my_state"] == "ok":  # recorded as here, but the file is gone: lost
             logger.warning("image %s is recorded on this node but its file is missing", image_id)

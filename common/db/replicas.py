@@ -68,7 +68,7 @@ async def miss_lookup(pool: AsyncConnectionPool, image_id: str, me: str,
     replica state, and the healthy members holding an `ok` copy (all by primary key)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT i.status, i.sha256, i.bytes, i.content_type,"
+            "SELECT i.status, i.sha256, i.bytes, i.content_type, i.visibility,"
             " (SELECT r.state FROM replicas r WHERE r.image_id = i.image_id AND r.node_id = %(me)s) AS my_state,"
             " coalesce((SELECT json_agg(json_build_object('node_id', n.node_id, 'base_url', n.base_url,"
             "   'lat', n.lat, 'lon', n.lon)) FROM replicas r JOIN nodes n USING (node_id)"
