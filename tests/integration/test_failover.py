@@ -100,3 +100,23 @@ async def test_miss_for_unknown_or_pending_without_holder(cluster: TestCluster) 
     async with cluster.session.get(f"{other}/i/{up['image_id']}/w300.jpg") as resp:
         assert resp.status == 200  # never a 404 for an image that exists elsewhere
     assert (await cluster.replicas(up["image_id"]))[lagging] == "pending"  # no replicator here: still lagging
+
+
+async def test_miss_on_a_private_image_needs_a_signature_before_any_redirect(cluster: TestCluster) -> None:
+    from storage_node import keys as node_keys
+
+    up = await cluster.upload(make_jpeg(seed=15), client_ip="3.0.1.10", visibility="private")
+    await cluster.wait_replicated(up["image_id"])
+    await cluster.wait_ready(up["image_id"])
+    lost = "eu-west-1"
+    cluster.apps[lost][node_keys.STORE].remove_image(up["image_id"])
+    base = cluster.node_settings[lost].node.base_url
+    assert cluster.session is not None
+    async with cluster.session.get(f"{base}/i/{up['image_id']}/w300.jpg", allow_redirects=False) as resp:
+        assert resp.status == 403  # not a 307 that would reveal where it lives
+    status, found = await cluster.api("GET", f"/v1/images/{up['image_id']}/url",
+                                      params={"client_ip": "52.16.1.10", "w": 300})
+    assert status == 200, found
+    signed_path = found["url"].split("/", 3)[3]
+    async with cluster.session.get(f"{base}/{signed_path}", allow_redirects=False) as resp:
+        assert resp.status in (200, 307)  # 200 once read repair has put it back
