@@ -154,3 +154,28 @@ async def test_repair_finds_and_fixes_lost_replicas_and_cli_views(cluster: TestC
     assert proc.returncode == 0, text
     for word in ("us-east-1", "eu-west-1", "ap-southeast-1", "set-1", "healthy", "until full", "replication sets"):
         assert word in text, text
+
+
+async def test_uncapped_backfill_figure(cluster: TestCluster) -> None:
+    """Prints how fast a replacement backfills without a rate cap (asserts only completeness)."""
+    ups = [await cluster.upload(make_jpeg(480, 360, seed=700 + i), client_ip="3.0.1.10") for i in range(30)]
+    for up in ups:
+        await cluster.wait_replicated(up["image_id"])
+    await cluster.stop_node("ap-southeast-1")
+    status, body = await cluster.api("POST", "/v1/nodes/ap-southeast-1/replace",
+                                     json={"with": "ap-southeast-9", "provision": False})
+    assert status == 202, body
+    _add_node(cluster, "ap-southeast-9", "ap-southeast")
+    started = time.monotonic()
+    await cluster.start_node("ap-southeast-9")
+
+    async def complete() -> bool:
+        status, p = await cluster.api("GET", "/v1/nodes/ap-southeast-9/backfill")
+        return bool(p["complete"])
+
+    await cluster.wait_for(complete, "backfill complete", 30)
+    took_s = time.monotonic() - started
+    assert _originals(cluster, "ap-southeast-9") == sorted(u["image_id"] for u in ups)
+    total = sum(u["bytes"] for u in ups)
+    print(f"\nFIGURES uncapped backfill: {len(ups)} images ({total / 1e6:.1f} MB) in {took_s:.2f}s from node start "
+          f"({len(ups) / took_s:.0f} images/s, {total / 1e6 / took_s:.1f} MB/s; sweep interval 0.5 s)")
