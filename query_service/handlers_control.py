@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg.errors
 from aiohttp import web
 
 from common.db import control as db_control
@@ -81,7 +82,11 @@ async def set_state(request: web.Request) -> web.Response:
     rows = {r["node_id"]: r for r in await db_control.nodes_with_sets(app[keys.POOL])}
     if node_id not in rows:
         raise NotFound("no such node")
-    await db_control.set_node_state(app[keys.POOL], node_id, state, "operator")
+    try:
+        await db_control.set_node_state(app[keys.POOL], node_id, state, "operator")
+    except psycopg.errors.UniqueViolation:
+        raise Conflict(f"another live node serves {rows[node_id]['set_id']} in {rows[node_id]['region']}",
+                       code="slot_taken") from None
     await db_control.record_event(app[keys.POOL], "node_state", f"set by an operator: {state}", node_id=node_id,
                                   outcome=f"state {state}")
     await app[keys.REGISTRY].reload(app[keys.POOL])
@@ -105,8 +110,16 @@ async def replace_node(request: web.Request) -> web.Response:
     if new is not None and new in rows and (rows[new]["set_id"], rows[new]["region"]) != (
             rows[old]["set_id"], rows[old]["region"]):
         raise Conflict(f"{new} already serves {rows[new]['set_id']} in {rows[new]['region']}", code="node_exists")
-    plan = await app[keys.MONITOR].plan_replacement(old, new, str(body.get("reason") or "operator request"),
-                                                    call_provisioner=bool(body.get("provision", True)))
+    o = rows[old]
+    taken = [r["node_id"] for r in rows.values() if r["node_id"] not in (old, new) and r["state"] != "dead"
+             and (r["set_id"], r["region"]) == (o["set_id"], o["region"])]
+    if taken:
+        raise Conflict(f"{old} was already replaced by {taken[0]}", code="already_replaced")
+    try:
+        plan = await app[keys.MONITOR].plan_replacement(old, new, str(body.get("reason") or "operator request"),
+                                                        call_provisioner=bool(body.get("provision", True)))
+    except psycopg.errors.UniqueViolation:
+        raise Conflict(f"a replacement of {old} is already in flight", code="already_replaced") from None
     await app[keys.REGISTRY].reload(app[keys.POOL])
     node = plan["nodes"][0]
     return json_response({"plan": plan, "config": {"node_id": node["node_id"], "region": node["region"],

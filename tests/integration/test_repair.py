@@ -85,6 +85,9 @@ async def test_replace_a_node_backfills_resumably_without_duplicates(cluster: Te
         states = await cluster.replicas(up["image_id"])
         assert states == {"us-east-1": "ok", "ap-southeast-1": "ok", "eu-west-9": "ok"}
     assert cluster.files_under("eu-west-9", "tmp") == []
+    status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/replace", json={"with": "eu-west-8",
+                                                                                    "provision": False})
+    assert status == 409 and body["error"]["code"] == "already_replaced"  # once is enough
 
     async def succeeded() -> bool:
         status, view = await cluster.api("GET", "/v1/nodes")
