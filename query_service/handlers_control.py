@@ -87,6 +87,8 @@ async def set_state(request: web.Request) -> web.Response:
     except psycopg.errors.UniqueViolation:
         raise Conflict(f"another live node serves {rows[node_id]['set_id']} in {rows[node_id]['region']}",
                        code="slot_taken") from None
+    if rows[node_id]["state"] == "dead" and state != "dead":
+        await app[keys.MONITOR].rejoin(node_id)  # it missed the uploads while dead: backfill them
     await db_control.record_event(app[keys.POOL], "node_state", f"set by an operator: {state}", node_id=node_id,
                                   outcome=f"state {state}")
     await app[keys.REGISTRY].reload(app[keys.POOL])

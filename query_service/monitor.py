@@ -133,14 +133,14 @@ class CapacityMonitor:
                 await db_control.record_event(self.pool, "node_state", reason, node_id=node_id,
                                               outcome=f"state {state}")
                 if state == "active":
-                    await self._rejoin(node_id)
+                    await self.rejoin(node_id)
         for set_id, state, reason in decisions.set_states:
             if await db_control.set_set_state(self.pool, set_id, state):
                 logger.warning("set %s %s: %s", set_id, state, reason)
                 await db_control.record_event(self.pool, "set_closed" if state == "closed" else "set_opened", reason,
                                               set_id=set_id, outcome=f"set {state}")
 
-    async def _rejoin(self, node_id: str) -> None:
+    async def rejoin(self, node_id: str) -> None:
         """A node back from `dead` missed the uploads meanwhile (no rows were made for it): backfill them."""
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute("SELECT set_id FROM nodes WHERE node_id = %s", (node_id,))

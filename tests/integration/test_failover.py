@@ -120,3 +120,27 @@ async def test_miss_on_a_private_image_needs_a_signature_before_any_redirect(clu
     signed_path = found["url"].split("/", 3)[3]
     async with cluster.session.get(f"{base}/{signed_path}", allow_redirects=False) as resp:
         assert resp.status in (200, 307)  # 200 once read repair has put it back
+
+
+async def test_operator_states_readonly_dead_and_back(cluster: TestCluster) -> None:
+    up = await cluster.upload(make_jpeg(seed=16), client_ip="3.0.1.10")
+    await cluster.wait_replicated(up["image_id"])
+    await cluster.wait_ready(up["image_id"])
+    status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/state", json={"state": "readonly"})
+    assert status == 200 and body["state_set_by"] == "operator"
+    assert (await cluster.request_upload(client_ip=EU_CLIENT))["node_id"] != "eu-west-1"  # no uploads
+    assert await _url_node(cluster, up["image_id"], EU_CLIENT) == "eu-west-1"  # still served
+
+    status, _ = await cluster.api("POST", "/v1/nodes/eu-west-1/state", json={"state": "dead"})
+    assert status == 200
+    assert await _url_node(cluster, up["image_id"], EU_CLIENT) == "us-east-1"
+    while_dead = await cluster.upload(make_jpeg(seed=17), client_ip="3.0.1.10")
+    assert "eu-west-1" not in await cluster.replicas(while_dead["image_id"])
+
+    status, _ = await cluster.api("POST", "/v1/nodes/eu-west-1/state", json={"state": "active"})
+    assert status == 200
+    await cluster.wait_replicated(while_dead["image_id"])  # backfilled on its return
+    assert cluster.disk_sha256("eu-west-1", while_dead["image_id"]) == while_dead["sha256"]
+    status, view = await cluster.api("GET", "/v1/nodes")
+    events = [(e["node_id"], e["outcome"]) for e in view["events"] if e["kind"] == "node_state"]
+    assert events[:3] == [("eu-west-1", "state active"), ("eu-west-1", "state dead"), ("eu-west-1", "state readonly")]
