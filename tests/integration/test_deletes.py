@@ -113,3 +113,23 @@ async def test_purge_hook_gets_every_url_prefix(cluster: TestCluster, tmp_path: 
     bad = replace(settings, purge_command=f"{sys.executable} -c 'import sys; sys.exit(3)'")
     failures = await run_purge_hooks(bad, payload)
     assert len(failures) == 1 and "exited 3" in failures[0]
+
+
+async def test_delete_stops_resolving_on_every_query_service_instance(cluster: TestCluster) -> None:
+    second = await cluster.start_query("query2")
+    up = await cluster.upload(make_jpeg(seed=25), client_ip="3.0.1.10")
+    await cluster.wait_replicated(up["image_id"])
+    await cluster.wait_ready(up["image_id"])
+    assert cluster.session is not None
+    url = f"{second}/v1/images/{up['image_id']}/url"
+    for _ in range(2):  # the second lookup is answered from that instance's location cache
+        async with cluster.session.get(url, headers=cluster.auth) as resp:
+            assert resp.status == 200
+    status, _ = await cluster.api("DELETE", f"/v1/images/{up['image_id']}")  # through the first instance
+    assert status == 202
+
+    async def gone_there() -> bool:
+        async with cluster.session.get(url, headers=cluster.auth) as resp:  # type: ignore[union-attr]
+            return resp.status == 404
+
+    await cluster.wait_for(gone_there, "the other instance forgets the image", 2)
