@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const DONE = ["uploaded", "processing", "ready"];
+const DONE = ["ready"];  // URLs are handed out for processed (`ready`) images only
 const FAILED = ["rejected", "quarantined", "deleted"];
 
 function log(text) {
