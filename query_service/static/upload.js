@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const DONE = ["ready"];  // URLs are handed out for processed (`ready`) images only
+const DONE = ["ready"];  // only processed images have URLs (409 not_ready before)
 const FAILED = ["rejected", "quarantined", "deleted"];
 
 function log(text) {
