@@ -138,7 +138,8 @@ class RssSampler:
 
     def __init__(self, proc: psutil.Process) -> None:
         self.proc = proc
-        self.peak_node = 0
+        self.start_node = proc.memory_info().rss
+        self.peak_node = self.start_node
         self.peak_worker = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -239,7 +240,8 @@ async def run_pipeline_bench(cluster: ClusterRef, *, images: int, stored_gets: i
             await _run(session, cluster, fig, work, images, stored_gets, console, with_100mp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = Table(title=f"minicdn bench --pipeline ({os.cpu_count()} cores)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    table = Table(title=f"minicdn bench --pipeline ({os.cpu_count()} cores; load average at the end {load})")
     for col in ("figure", "value", "vs peer (same run)"):
         table.add_column(col)
     for row in fig.rows:
@@ -262,29 +264,33 @@ async def _run(session: aiohttp.ClientSession, cluster: ClusterRef, fig: Pipelin
     await wait_ready(session, cluster, ids)
     build_ids, lazy_ids = ids[:n], ids[n:]
 
-    # 1. The limit: a plain two-thread pyvips loop over the same files.
+    # Two rounds, interleaved, best of each contender: the machine is shared, so a burst of someone
+    # else's load during one contender's turn should not decide the ratio.
     out = work / "out"
     out.mkdir()
-    loop_s = await asyncio.to_thread(pyvips_loop, paths, out)
-    loop_rate = n / loop_s
-
-    # 2. Through the node: fresh w1200.webp of every image, 4 requests in flight (both render threads busy).
-    urls = [await variant_url(session, cluster, i, "w1200.webp") for i in build_ids]
-    node_s = await timed_parallel(urls, 4, lambda u: fetch(session, u))
-    node_rate = n / node_s
-
-    # 3. thumbor, the same operation on the same files.
-    thumbor_rate = None
+    loop_rates, node_rates, thumbor_rates = [], [], []
+    urls: list[str] = []
     with thumbor_server(src) as base:
         if base is None:
             console.print("[yellow]thumbor is not installed (pip install -e '.[bench]'): no thumbor figures")
         else:
             await _wait_http(session, f"{base}/healthcheck")
-            await fetch(session, f"{base}/unsafe/1200x0/filters:format(webp)/{paths[0].name}")  # warm both
-            await fetch(session, f"{base}/unsafe/1200x0/filters:format(webp)/{paths[1].name}")
-            t_urls = [f"{base}/unsafe/1200x0/filters:format(webp)/{p.name}" for p in paths]
-            thumbor_s = await timed_parallel(t_urls, 4, lambda u: fetch(session, u))
-            thumbor_rate = n / thumbor_s
+            for warm in paths[:2]:  # one request per thumbor process before timing
+                await fetch(session, f"{base}/unsafe/1200x0/filters:format(webp)/{warm.name}")
+        # fit1200x1200 of a landscape 4000x3000 is the same 1200 px wide WebP, under a fresh name.
+        for variant in ("w1200.webp", "fit1200x1200.webp"):
+            # 1. The limit: a plain two-thread pyvips loop over the same files.
+            loop_rates.append(n / await asyncio.to_thread(pyvips_loop, paths, out))
+            # 2. Through the node: a fresh build per image, 4 requests in flight (both render threads busy).
+            round_urls = [await variant_url(session, cluster, i, variant) for i in build_ids]
+            node_rates.append(n / await timed_parallel(round_urls, 4, lambda u: fetch(session, u)))
+            urls = urls or round_urls
+            # 3. thumbor: the same operation on the same files (no result storage: every request builds).
+            if base is not None:
+                t_urls = [f"{base}/unsafe/1200x0/filters:format(webp)/{p.name}" for p in paths]
+                thumbor_rates.append(n / await timed_parallel(t_urls, 4, lambda u: fetch(session, u)))
+    loop_rate, node_rate = max(loop_rates), max(node_rates)
+    thumbor_rate = max(thumbor_rates) if thumbor_rates else None
     vs = f"{node_rate / loop_rate:.2f}x of a pyvips loop on 2 threads ({loop_rate:.2f}/s)"
     if thumbor_rate:
         vs += f"; {node_rate / thumbor_rate:.2f}x of thumbor ({thumbor_rate:.2f}/s)"
@@ -335,5 +341,5 @@ async def _hundred_megapixels(session: aiohttp.ClientSession, cluster: ClusterRe
         for variant in ("w2400.webp", "w1200.avif", "600x600.jpg", "fit1200x1200.png", "w150.auto"):
             await fetch(session, f"{base.rstrip('/')}/i/{ticket['image_id']}/{variant}")
     fig.add("peak_rss_mb", f"peak RSS of the node building variants of a 100 MP upload ({len(body) / 1e6:.1f} MB)",
-            sampler.peak_node / 2**20, "MB", f"its sandbox worker (full decode, eager thumbs): "
-            f"{sampler.peak_worker / 2**20:.0f} MB")
+            sampler.peak_node / 2**20, "MB", f"{sampler.start_node / 2**20:.0f} MB before; its sandbox worker "
+            f"(full decode, eager thumbs): {sampler.peak_worker / 2**20:.0f} MB")

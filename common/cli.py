@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from common import cli_keys
 from common.client import ClientError, find_cluster, get_json, upload_file
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--stored-gets", type=int, default=3000, help="--pipeline: GETs of one stored variant")
     bench.add_argument("--skip-100mp", action="store_true", help="--pipeline: skip the 100-megapixel RSS figure")
     _add_client_flags(bench)
+
+    cli_keys.add_parser(sub, _add_client_flags)
     return parser
 
 
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(asyncio.run(bootstrap_admin_key(load_settings(args.config), args.name)), highlight=False,
                           soft_wrap=True)
             return 0
+        if args.command == "keys":
+            return asyncio.run(cli_keys.cmd_keys(args, console))
         handler = {"upload": cmd_upload, "url": cmd_url, "status": cmd_status, "bench": cmd_bench}[args.command]
         return asyncio.run(handler(args))
     except ConfigError as exc:

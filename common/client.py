@@ -92,3 +92,9 @@ async def get_json(session: aiohttp.ClientSession, cluster: ClusterRef, path: st
                    params: dict[str, Any] | None = None) -> dict[str, Any]:
     async with session.get(f"{cluster.query_url}{path}", params=params, headers=cluster.auth) as resp:
         return await _json_or_raise(resp)
+
+
+async def send_json(session: aiohttp.ClientSession, cluster: ClusterRef, method: str, path: str,
+                    body: dict[str, Any] | None = None) -> dict[str, Any]:
+    async with session.request(method, f"{cluster.query_url}{path}", json=body, headers=cluster.auth) as resp:
+        return await _json_or_raise(resp)

@@ -8,6 +8,7 @@ reach a log line or a repr.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -78,6 +79,14 @@ class SigningSettings:
     active_kid: str = _help("Key id used to sign new URLs.", default="")
     upload_ttl_s: int = _help("Lifetime of a signed upload URL.", default=3600)
     peer_ttl_s: int = _help("Lifetime of a node-to-node request signature.", default=60)
+    download_ttl_s: int = _help("Lifetime of a signed download URL (private images, originals).", default=3600)
+    retired_kids: tuple[str, ...] = _help(
+        "Key ids that must never verify again, even if their secret is still listed in signing.keys.", default=()
+    )
+    max_ttl_s: int = _help("Longest lifetime a signature may claim; a later `exp` is refused (bad_signature).",
+                           default=7 * 86400)
+    clock_skew_s: int = _help("Allowance for a signer whose clock runs ahead, on the maximum-lifetime check.",
+                              default=30)
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,8 @@ class NodeSettings:
     capacity_bytes: int = _help("Usable capacity; 0 means the size of the disk.", default=0)
     heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
     render_threads: int = _help("Threads building variants with libvips; 0 means the number of cores.", default=0)
-    cors_origin: str = _help("Access-Control-Allow-Origin for uploads, so browsers can PUT straight to the node "
-                             "(the signed URL is the credential); empty turns CORS off.", default="*")
+    cors_origin: str = _help("Origins allowed to PUT uploads from a browser (CORS): `*` (any: the signed URL is the "
+                             "credential), a comma-separated list of origins, or empty to turn CORS off.", default="*")
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,27 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    header_timeout_s: float = _help(
+        "Seconds a connection may take to send complete request headers (slowloris guard); also the idle "
+        "keep-alive timeout.", default=10.0)
+    body_read_timeout_s: float = _help("Longest pause while a request body arrives; a slower client gets 408.",
+                                       default=15.0)
+    max_header_bytes: int = _help("Largest total size of a request's headers; more is refused with 431.",
+                                  default=8192)
+    trusted_proxies: tuple[str, ...] = _help(
+        "Networks (CIDR) of reverse proxies whose X-Forwarded-For / Forwarded headers are believed.", default=())
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    requests_per_s: float = _help(
+        "Sustained requests per second per API key, per query-service instance (a key may override it); 0: off.",
+        default=50.0)
+    burst: int = _help("Requests a key may make at once before the rate applies.", default=100)
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
@@ -206,10 +236,12 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     geoip: GeoipSettings = field(default_factory=GeoipSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
 
     def signing_key(self, kid: str) -> bytes | None:
         secret = self.signing.keys.get(kid)
-        return secret.reveal().encode() if secret else None
+        return secret.reveal().encode() if secret and kid not in self.signing.retired_kids else None
 
 
 _SECTION_TYPES = typing.get_type_hints(Settings)
@@ -333,6 +365,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("limits.max_upload_bytes: must be positive")
     if not lim.widths or any(w <= 0 or w > 16384 for w in lim.widths):
         raise ConfigError("limits.widths: need at least one width, each 1..16384")
+    _validate_access(settings)
     _validate_pipeline(settings)
     if settings.log.format not in ("text", "json"):
         raise ConfigError("log.format: must be `text` or `json`")
@@ -341,6 +374,25 @@ def validate(settings: Settings) -> None:
     for kid, secret in settings.signing.keys.items():
         if len(secret.reveal()) < 16:
             raise ConfigError(f"signing.keys.{kid}: secret must be at least 16 characters")
+
+
+def _validate_access(settings: Settings) -> None:
+    for network in settings.http.trusted_proxies:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"http.trusted_proxies: {network!r} is not a network") from None
+    if settings.http.header_timeout_s <= 0 or settings.http.body_read_timeout_s <= 0:
+        raise ConfigError("http.header_timeout_s / http.body_read_timeout_s: must be positive")
+    if settings.http.max_header_bytes < 1024:
+        raise ConfigError("http.max_header_bytes: must be at least 1024")
+    if settings.ratelimit.requests_per_s < 0 or settings.ratelimit.burst < 1:
+        raise ConfigError("ratelimit.requests_per_s / ratelimit.burst: rate >= 0, burst >= 1")
+    if settings.signing.active_kid and settings.signing.active_kid in settings.signing.retired_kids:
+        raise ConfigError("signing.active_kid: this key id is retired")
+    for key in ("upload_ttl_s", "download_ttl_s", "peer_ttl_s"):
+        if not 0 < getattr(settings.signing, key) <= settings.signing.max_ttl_s:
+            raise ConfigError(f"signing.{key}: must be positive and at most signing.max_ttl_s")
 
 
 def _validate_pipeline(settings: Settings) -> None:

@@ -171,7 +171,7 @@ class DevCluster:
         from common.db.pool import open_pool
 
         async with open_pool(DatabaseSettings(url=Secret(database_url), pool_min=1, pool_max=2)) as pool:
-            await create_key(pool, "dev-admin", ("app", "admin"), plaintext=api_key)
+            await create_key(pool, "dev-admin", ("app", "admin"), plaintext=api_key, rate_per_s=0)  # bench: no limit
 
     def _spawn(self, name: str, command: str, config: dict[str, dict[str, Any]], url: str) -> None:
         cfg_path = self.state / "config" / f"{name}.toml"

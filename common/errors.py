@@ -73,3 +73,19 @@ class InvalidImage(MinicdnError):
 
 class Unavailable(MinicdnError):
     status, code = 503, "unavailable"
+
+
+class RequestTimeout(MinicdnError):
+    status, code = 408, "timeout"
+
+
+class RangeNotSatisfiable(MinicdnError):
+    status, code = 416, "range_not_satisfiable"
+
+
+class TooManyRequests(MinicdnError):
+    status, code = 429, "rate_limited"
+
+
+class HeadersTooLarge(MinicdnError):
+    status, code = 431, "headers_too_large"

@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from common import hardening
 from common.bus import open_bus
 from common.callbacks import CallbackSender
+from common.clientaddr import TrustedProxies
 from common.config import Settings, require_query
 from common.db.pool import open_pool
 from common.geo import GeoLocator, Point
+from common.hardening import handler_args, make_header_limit_middleware
 from common.httpkit import make_error_middleware
 from common.metrics import ClusterCollector, NodeView, QueryMetrics
 from common.reqlog import request_id_middleware
@@ -21,6 +24,7 @@ from query_service.auth import ApiKeyAuth
 from query_service.cluster_stats import ClusterStats
 from query_service.handlers_dashboard import load_assets
 from query_service.locations import LocationCache
+from query_service.ratelimit import RateLimiter
 from query_service.registry import NodeRegistry
 from query_service.routes import add_routes
 
@@ -29,9 +33,12 @@ def create_app(settings: Settings) -> web.Application:
     require_query(settings)
     qmetrics = QueryMetrics()
     metrics = qmetrics.http
-    app = web.Application(middlewares=[request_id_middleware, make_error_middleware(metrics)],
-                          client_max_size=1024**2)
+    app = web.Application(middlewares=[request_id_middleware, make_error_middleware(metrics),
+                                       make_header_limit_middleware(settings.http)],
+                          client_max_size=1024**2, handler_args=handler_args(settings.http))
+    hardening.apply(app)
     app[keys.SETTINGS] = settings
+    app[keys.PROXIES] = TrustedProxies.parse(settings.http.trusted_proxies)
     app[keys.METRICS] = metrics
     app[keys.QUERY_METRICS] = qmetrics
     registry = app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s)
@@ -57,7 +64,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.callback(app[keys.GEO].close)
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, "query-service"))
-        app[keys.AUTH] = ApiKeyAuth(pool)
+        limits = settings.ratelimit
+        app[keys.AUTH] = ApiKeyAuth(pool, RateLimiter(limits.requests_per_s, limits.burst))
         callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
         stack.push_async_callback(callbacks.close)
         app[keys.LOCATIONS] = LocationCache(pool, settings.query.location_cache_size)

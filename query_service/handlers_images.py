@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
+from common import signing
 from common.db import images as db_images
 from common.db.api_keys import ApiKey
 from common.errors import Conflict, Forbidden, NotFound, Unavailable
@@ -13,8 +16,10 @@ from common.httpkit import json_response
 from common.ids import check_image_id
 from common.variants import pick_variant
 from query_service import keys
+from query_service.handlers_uploads import rfc3339
+from query_service.hotlink import check_referer
 from query_service.nearest import rank
-from query_service.requests import UrlQuery, parse_url_query
+from query_service.requests import UrlQuery, parse_url_query, remote_address
 
 SERVABLE = ("ready",)  # validated, processed and not held: nothing else gets a URL
 IMAGE_FIELDS = ("image_id", "status", "reason", "visibility", "format", "width", "height", "bytes", "sha256",
@@ -22,18 +27,12 @@ IMAGE_FIELDS = ("image_id", "status", "reason", "visibility", "format", "width",
                 "pages", "animated", "colour_space", "exif", "had_gps")
 
 
-def _may_see(visibility: str, owner_key_id: str | None, key: ApiKey | None) -> bool:
-    if visibility == "public":
-        return True
-    return key is not None and (key.is_admin or key.key_id == owner_key_id)
-
-
 async def get_image(request: web.Request) -> web.Response:
     app = request.app
     image_id = check_image_id(request.match_info["image_id"])
     key = await app[keys.AUTH].optional(request)
     row = await db_images.get_image(app[keys.POOL], image_id)
-    if not _may_see(row["visibility"], row["owner_key_id"], key):
+    if not await app[keys.AUTH].may_see(key, row["visibility"], row["owner_key_id"]):
         raise NotFound("no such image")  # existence of another app's private image is not revealed
     return json_response({field: row[field] for field in IMAGE_FIELDS})
 
@@ -43,29 +42,46 @@ async def resolve_url(request: web.Request, image_id: str, q: UrlQuery, key: Api
     """The nearest healthy `ok` replica's URL for the variant that fits the box (no Postgres when cached)."""
     app = request.app
     settings, registry = app[keys.SETTINGS], app[keys.REGISTRY]
+    auth = app[keys.AUTH]
     loc = await app[keys.LOCATIONS].get(image_id)
-    if loc is None or loc.status == "deleted" or not _may_see(loc.visibility, loc.owner_key_id, key):
+    if loc is None or loc.status == "deleted" or not await auth.may_see(key, loc.visibility, loc.owner_key_id):
         raise NotFound("no such image")
     if public_only and loc.visibility != "public":
         raise Forbidden("private images are not served through /img", code="forbidden")
+    if q.variant == "original" and not (key is not None and (key.is_admin or await auth.owns(key, loc.owner_key_id))):
+        raise Forbidden("the original is only for the image's owner", code="forbidden")
+    if public_only:  # /img is what pages embed: hold it to the owner app's Referer allowlist
+        check_referer(await auth.app_of_image(loc.owner_key_id), request.headers.get("Referer"))
     if loc.status not in SERVABLE:
         raise Conflict(f"image is {loc.status}", code="not_ready")
     nodes = [registry.nodes[n] for n in loc.ok_nodes if n in registry.nodes]
     healthy = [n for n in nodes if registry.healthy(n)]
     if not healthy:
         raise Unavailable("no healthy node holds this image right now", code="no_replica")
-    client_ip = q.client_ip if (q.client_ip and key is not None) else request.remote
+    client_ip = q.client_ip if (q.client_ip and key is not None) else remote_address(request)
     ranked = rank(healthy, app[keys.GEO].locate(client_ip))
-    variant = pick_variant(settings.limits.widths, w=q.w, h=q.h, dpr=q.dpr, fit=q.fit, fmt=q.fmt,
-                           accept=request.headers.get("Accept"), image_w=loc.width, image_h=loc.height)
+    if q.variant == "original":
+        variant = "original"
+    else:
+        variant = pick_variant(settings.limits.widths, w=q.w, h=q.h, dpr=q.dpr, fit=q.fit, fmt=q.fmt,
+                               accept=request.headers.get("Accept"), image_w=loc.width, image_h=loc.height)
+    # Private images and originals get a signed URL, bound to the image and the variant path (not to a
+    # node, so that the alternatives and a node's 307 to a peer work with the same signature).
+    expires_at: int | None = None
+    query = ""
+    if variant == "original" or loc.visibility == "private":
+        expires_at = int(time.time()) + settings.signing.download_ttl_s
+        claims = signing.Claims("download", image_id, "", expires_at, path=variant)
+        query = "?" + urlencode(signing.sign_with(settings.signing, claims))
 
     def url(base_url: str) -> str:
-        return f"{base_url.rstrip('/')}/i/{image_id}/{variant}"
+        return f"{base_url.rstrip('/')}/i/{image_id}/{variant}{query}"
 
     best, rest = ranked[0], ranked[1:]
     return {
         "url": url(best.node.base_url), "node_id": best.node.node_id, "region": best.node.region,
-        "distance_km": round(best.distance_km, 1), "variant": variant, "expires_at": None,
+        "distance_km": round(best.distance_km, 1), "variant": variant,
+        "expires_at": rfc3339(expires_at) if expires_at is not None else None,
         "alternatives": [{"url": url(r.node.base_url), "node_id": r.node.node_id, "region": r.node.region,
                           "distance_km": round(r.distance_km, 1)} for r in rest],
     }

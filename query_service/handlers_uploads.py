@@ -10,13 +10,14 @@ from aiohttp import web
 
 from common import reqlog, signing
 from common.callbacks import check_callback_url
+from common.db import audit
 from common.db import images as db_images
 from common.errors import Unavailable
 from common.httpkit import json_response
 from common.ids import new_image_id
 from query_service import keys
 from query_service.placement import place
-from query_service.requests import parse_upload_request
+from query_service.requests import parse_upload_request, remote_address
 
 
 def public_base(request: web.Request) -> str:
@@ -36,7 +37,8 @@ async def create_upload(request: web.Request) -> web.Response:
     body = await parse_upload_request(request, max_bytes)
     if body.callback_url is not None:  # SSRF guard: no loopback/link-local/private targets (unless allowed)
         await check_callback_url(body.callback_url, settings.callbacks.allow_private)
-    uploader = app[keys.GEO].locate(body.client_ip or request.remote)
+    remote = remote_address(request)
+    uploader = app[keys.GEO].locate(body.client_ip or remote)
     chosen = place(registry.nodes.values(), uploader, body.size or max_bytes, registry.healthy)
     if chosen is None:
         raise Unavailable("no healthy node with room can take this upload", code="no_capacity")
@@ -47,13 +49,15 @@ async def create_upload(request: web.Request) -> web.Response:
         max_bytes=max_bytes, visibility=body.visibility, filename=body.filename, tags=body.tags,
         metadata=body.metadata, callback_url=body.callback_url,
     ))
+    async with app[keys.POOL].connection() as conn:
+        await audit.record(conn, "upload.request", app_id=api_key.app_id, key_id=api_key.key_id, image_id=image_id,
+                           node_id=node.node_id, client_ip=remote,
+                           detail={"visibility": body.visibility, "size": body.size})
     exp = int(time.time()) + settings.signing.upload_ttl_s
-    kid = settings.signing.active_kid
-    key = settings.signing_key(kid)
-    assert key is not None  # validated at start-up
     claims = signing.Claims("upload", image_id, node.node_id, exp, max_bytes=max_bytes)
     # `rid` (not signed, only logged) lets the node's log line for the PUT name this request's id.
-    query = urlencode({"max": max_bytes, **signing.sign(claims, kid, key), reqlog.QUERY_PARAM: reqlog.current() or ""})
+    query = urlencode({"max": max_bytes, **signing.sign_with(settings.signing, claims),
+                       reqlog.QUERY_PARAM: reqlog.current() or ""})
     app[keys.QUERY_METRICS].upload_tickets.inc()
     return json_response({
         "image_id": image_id,

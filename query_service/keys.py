@@ -7,6 +7,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
 from common.callbacks import CallbackSender
+from common.clientaddr import TrustedProxies
 from common.config import Settings
 from common.geo import GeoLocator
 from common.metrics import HttpMetrics, QueryMetrics
@@ -23,7 +24,8 @@ REGISTRY = web.AppKey("registry", NodeRegistry)
 LOCATIONS = web.AppKey("locations", LocationCache)
 AUTH = web.AppKey("auth", ApiKeyAuth)
 METRICS = web.AppKey("metrics", HttpMetrics)
-CALLBACKS = web.AppKey("callbacks", CallbackSender)
+PROXIES = web.AppKey("proxies", TrustedProxies)
 QUERY_METRICS = web.AppKey("query_metrics", QueryMetrics)
 CLUSTER_STATS = web.AppKey("cluster_stats", ClusterStats)
 ASSETS = web.AppKey("assets", dict)
+CALLBACKS = web.AppKey("callbacks", CallbackSender)

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from common.clientaddr import client_address
 from common.errors import InvalidRequest, PayloadTooLarge
 
 MAX_BODY_BYTES = 64 * 1024
@@ -90,6 +91,7 @@ class UrlQuery:
     fit: str
     fmt: str
     client_ip: str | None
+    variant: str | None = None  # "original" (owner only, signed), else the variant picked for the box
 
 
 def _opt_number(query: Any, key: str, lo: float, hi: float) -> float | None:
@@ -114,7 +116,17 @@ def parse_url_query(request: web.Request) -> UrlQuery:
     if fmt not in ("auto", "jpeg", "jpg", "webp", "avif", "png"):
         raise InvalidRequest("fmt must be one of auto, jpeg, webp, avif, png")
     client_ip = q.get("client_ip")
+    variant = q.get("variant")
+    if variant not in (None, "original"):
+        raise InvalidRequest("variant must be `original` (other variants are picked from w/h/dpr/fmt)")
     return UrlQuery(
         w=_opt_number(q, "w", 1, 16384), h=_opt_number(q, "h", 1, 16384), dpr=_opt_number(q, "dpr", 0.5, 5) or 1.0,
-        fit=fit, fmt=fmt, client_ip=check_ip(client_ip) if client_ip else None,
+        fit=fit, fmt=fmt, client_ip=check_ip(client_ip) if client_ip else None, variant=variant,
     )
+
+
+def remote_address(request: web.Request) -> str | None:
+    """The client's address: the TCP peer, or what a trusted proxy says it forwarded for."""
+    from query_service import keys
+
+    return client_address(request.remote, request.headers, request.app[keys.PROXIES])

@@ -8,6 +8,7 @@ from query_service import (
     handlers_admin,
     handlers_dashboard,
     handlers_images,
+    handlers_keys,
     handlers_moderation,
     handlers_uploads,
 )
@@ -24,6 +25,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/v1/images/{IMAGE_ID}/approve", handlers_moderation.approve)
     app.router.add_post(f"/v1/images/{IMAGE_ID}/reject", handlers_moderation.reject)
     app.router.add_get("/healthz", handlers_admin.healthz)
+    app.router.add_post("/v1/keys", handlers_keys.create_key)
+    app.router.add_get("/v1/keys", handlers_keys.list_keys)
+    app.router.add_delete("/v1/keys/{key_id:[^/]{1,64}}", handlers_keys.revoke_key)
     app.router.add_get("/dashboard", handlers_dashboard.dashboard_page)
     app.router.add_get("/v1/dashboard", handlers_dashboard.dashboard_data)
     app.router.add_get("/upload-demo", handlers_dashboard.upload_demo_page)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -10,8 +11,15 @@ import aiohttp
 from common import reqlog
 from common.config import Settings
 from replicator.peers import Peer
-from storage_node.handlers_peer import peer_params
+from storage_node.handlers_peer import PEER_VISIBILITY_HEADER, peer_params
 from storage_node.ingest import Ingested, ingest
+
+
+@dataclass(frozen=True)
+class Fetched(Ingested):
+    """The copied bytes, and whether the source holds them as private (unknown counts as private)."""
+
+    private: bool = True
 
 
 class ChecksumMismatch(Exception):
@@ -19,7 +27,7 @@ class ChecksumMismatch(Exception):
 
 
 async def fetch_original(session: aiohttp.ClientSession, settings: Settings, peer: Peer, image_id: str,
-                         expected_sha256: str, max_bytes: int, dest: Path) -> Ingested:
+                         expected_sha256: str, max_bytes: int, dest: Path) -> Fetched:
     kid = settings.signing.active_kid
     key = settings.signing_key(kid)
     assert key is not None  # validated at start-up
@@ -28,7 +36,8 @@ async def fetch_original(session: aiohttp.ClientSession, settings: Settings, pee
     timeout = aiohttp.ClientTimeout(total=settings.replicator.fetch_timeout_s)
     async with session.get(url, params=params, timeout=timeout, headers=reqlog.outgoing_headers()) as resp:
         resp.raise_for_status()
+        private = resp.headers.get(PEER_VISIBILITY_HEADER) != "public"
         got = await ingest(resp.content.iter_chunked(256 * 1024), dest, max_bytes)
     if got.sha256 != expected_sha256:
         raise ChecksumMismatch(f"{peer.node_id} sent {got.sha256[:12]}, expected {expected_sha256[:12]}")
-    return got
+    return Fetched(got.path, got.size, got.sha256, got.head, private=private)

@@ -87,8 +87,8 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
     for peer in peers:
         tmp = ctx.store.new_tmp_path()
         try:
-            await fetch_original(ctx.session, ctx.settings, peer, want.image_id, want.sha256, want.bytes, tmp)
-            meta = ObjectMeta(want.sha256, want.content_type, want.bytes)
+            got = await fetch_original(ctx.session, ctx.settings, peer, want.image_id, want.sha256, want.bytes, tmp)
+            meta = ObjectMeta(want.sha256, want.content_type, want.bytes, private=got.private)
             await asyncio.to_thread(ctx.store.commit_original, tmp, want.image_id, meta)
         except ChecksumMismatch as exc:
             logger.error("replicate %s: bad checksum from %s, not stored: %s", want.image_id, peer.node_id, exc)

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from common import __version__
+from common import __version__, hardening
 from common.bus import open_bus
 from common.callbacks import CallbackSender
 from common.config import Settings, require_node
 from common.db import nodes as db_nodes
 from common.db.pool import open_pool
+from common.hardening import handler_args, make_header_limit_middleware
 from common.httpkit import make_error_middleware
 from common.metrics import HttpMetrics, NodeMetrics
 from common.reqlog import request_id_middleware
@@ -24,7 +25,7 @@ from storage_node import cors, keys
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
 from storage_node.process import Processor
-from storage_node.render import Renderer, RenderOptions
+from storage_node.render import Renderer, RenderOptions, configure_process
 from storage_node.routes import add_routes
 from storage_node.store import Store
 from storage_node.validate import restrict_loaders
@@ -36,10 +37,14 @@ def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web
     """``run_replicator`` defaults to ``settings.replicator.enabled``."""
     require_node(settings)
     restrict_loaders()  # only the loaders of accepted formats, and none libvips considers unsafe
+    configure_process()
     node = settings.node
     metrics = NodeMetrics(HttpMetrics("storage-node"), node.node_id, node.region, node.set_id)
-    app = web.Application(middlewares=[request_id_middleware, make_error_middleware(metrics.http)],
-                          client_max_size=1024**2)
+    middlewares = [request_id_middleware, make_error_middleware(metrics.http),
+                   make_header_limit_middleware(settings.http), cors.refuse_foreign_origins]
+    app = web.Application(middlewares=middlewares, client_max_size=1024**2,
+                          handler_args=handler_args(settings.http))
+    hardening.apply(app)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
     app[keys.STATUS] = keys.NodeStatus()

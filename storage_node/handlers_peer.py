@@ -13,6 +13,7 @@ from storage_node import keys
 from storage_node.store import ORIGINAL
 
 PEER_SHA_HEADER = "X-Minicdn-Sha256"
+PEER_VISIBILITY_HEADER = "X-Minicdn-Visibility"  # a copy of a private image must stay private
 
 
 def peer_params(settings_key: bytes, kid: str, image_id: str, requester: str, exp: int) -> dict[str, str]:
@@ -26,11 +27,12 @@ async def get_original(request: web.Request) -> web.StreamResponse:
     settings, store = app[keys.SETTINGS], app[keys.STORE]
     image_id = check_image_id(request.match_info["image_id"])
     requester = request.query.get("node", "")
-    signing.verify(request.query, lambda exp: signing.Claims("peer", image_id, requester, exp), settings.signing_key)
+    signing.verify_with(settings.signing, request.query, lambda exp: signing.Claims("peer", image_id, requester, exp))
     meta = await asyncio.to_thread(store.meta, image_id)
     if meta is None:
         raise NotFound("no such image on this node")
     return web.FileResponse(
         store.path_for(image_id, ORIGINAL),
-        headers={"Content-Type": meta.content_type, PEER_SHA_HEADER: meta.sha256, "Cache-Control": "no-store"},
+        headers={"Content-Type": meta.content_type, PEER_SHA_HEADER: meta.sha256, "Cache-Control": "no-store",
+                 PEER_VISIBILITY_HEADER: "private" if meta.private else "public"},
     )

@@ -1,31 +1,53 @@
-"""GET|HEAD /i/{image_id}/{variant}: originals and variants from disk via sendfile, with explicit headers."""
+"""GET|HEAD /i/{image_id}/{variant}: originals and variants from disk via sendfile, with explicit headers.
+
+Private images and every original need a signed URL (scope `download`, bound to the image and the
+variant path). Responses carry a strong ETag from the content hash, a Content-Type from the detected
+format (never from the client), nosniff and a restrictive CSP; a single byte range gets 206, an
+unsatisfiable one 416, and several ranges get the whole file (no range amplification).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
-from common.errors import NotFound
+from common import signing
+from common.errors import NotFound, RangeNotSatisfiable, SignatureInvalid
+from common.hardening import IMAGE_CSP
 from common.ids import check_image_id
 from common.variants import VariantSpec, check_size, parse_variant, resolve_format
 from storage_node import keys
 from storage_node.store import ORIGINAL, ObjectMeta
 
 CACHE_PUBLIC = "public, max-age=31536000, immutable"
+CACHE_PRIVATE = "private, max-age=3600"
 RENDER_VERSION = "r2"  # bump when variant output changes, so ETags change with it
+SIGNATURE_PARAMS = ("exp", "kid", "sig")
+_SINGLE_RANGE_RE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.ASCII | re.IGNORECASE)
 
 
 class ImmutableFileResponse(web.FileResponse):
     """FileResponse whose ETag is ours (content hash, equal on every replica), not mtime-size, and which
     sends no Last-Modified (mtimes differ between replicas)."""
 
-    def __init__(self, path: Path, etag: str, **kwargs: Any) -> None:
+    def __init__(self, path: Path, etag: str, *, ignore_range: bool = False, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self._fixed_etag = etag
+        self._ignore_range = ignore_range
         self.etag = etag
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._ignore_range:  # answer with the whole file (200), as if no Range had been sent
+            headers = request.headers.copy()
+            headers.popall("Range", None)
+            request = request.clone(headers=headers)
+        return await super().prepare(request)
 
     @property  # type: ignore[override]
     def etag(self) -> Any:
@@ -54,6 +76,38 @@ def _not_modified(request: web.Request, etag: str) -> bool:
     return any(tag.value in (etag, "*") for tag in request.if_none_match or ())
 
 
+def _check_signature(request: web.Request, image_id: str, variant: str) -> bool:
+    """True for a valid download signature, False when the URL carries none; 403 for a bad one."""
+    if not any(p in request.query for p in SIGNATURE_PARAMS):
+        return False
+    signing.verify_with(request.app[keys.SETTINGS].signing, request.query,
+                        lambda exp: signing.Claims("download", image_id, "", exp, path=variant))
+    return True
+
+
+def _ignore_range(request: web.Request, size: int, etag: str) -> bool:
+    """Decide how to answer a Range header: False to let the file response serve the one range (206),
+    True to send the whole file (several ranges, a malformed header, a stale If-Range); 416 when the
+    range starts past the end."""
+    value = request.headers.get("Range")
+    if value is None:
+        return False
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() != f'"{etag}"':
+        return True
+    m = _SINGLE_RANGE_RE.fullmatch(value.strip())
+    if m is None or not (m[1] or m[2]):
+        return True
+    if m[1]:
+        if int(m[1]) >= size:
+            raise RangeNotSatisfiable(f"range starts past the end ({size} bytes)",
+                                      headers={"Content-Range": f"bytes */{size}"})
+        return bool(m[2]) and int(m[2]) < int(m[1])
+    if int(m[2]) == 0:
+        raise RangeNotSatisfiable("empty suffix range", headers={"Content-Range": f"bytes */{size}"})
+    return False
+
+
 async def get_image(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, store = app[keys.SETTINGS], app[keys.STORE]
@@ -63,15 +117,23 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     vary = False
     if name != ORIGINAL:
         spec = parse_variant(name)
-        check_size(spec, settings.limits.widths, settings.limits.max_variant_side)
+        signed = _check_signature(request, image_id, name)
+        check_size(spec, settings.limits.widths, settings.limits.max_variant_side, signed=signed)
         spec, vary = resolve_format(spec, request.headers.get("Accept"))
         name = spec.name
+    else:
+        signed = _check_signature(request, image_id, name)
+        if not signed:
+            raise SignatureInvalid("the original is served only with a signed URL")
     meta = store.cached_meta(image_id) or await asyncio.to_thread(store.meta, image_id)
     if meta is None:
         raise NotFound("no such image on this node")
+    if meta.private and not signed:
+        raise SignatureInvalid("this image is served only with a signed URL")
     await app[keys.GATE].check(image_id)  # only `ready` images (memory-only once known ready)
     etag = _etag_for(meta, name)
-    headers = {"Cache-Control": CACHE_PUBLIC, "X-Content-Type-Options": "nosniff"}
+    headers = {"Cache-Control": CACHE_PRIVATE if (meta.private or spec is None) else CACHE_PUBLIC,
+               "X-Content-Type-Options": "nosniff", "Content-Security-Policy": IMAGE_CSP}
     if vary:
         headers["Vary"] = "Accept"
     if _not_modified(request, etag):
@@ -81,5 +143,9 @@ async def get_image(request: web.Request) -> web.StreamResponse:
         path, content_type = store.path_for(image_id, ORIGINAL), meta.content_type
     else:
         path, content_type = await app[keys.RENDERER].ensure(image_id, spec, meta.content_type), spec.content_type
+    ignore_range = False
+    if "Range" in request.headers:
+        size = meta.bytes if spec is None else (await asyncio.to_thread(os.stat, path)).st_size
+        ignore_range = _ignore_range(request, size, etag)
     headers["Content-Type"] = content_type
-    return ImmutableFileResponse(path, etag, headers=headers)
+    return ImmutableFileResponse(path, etag, ignore_range=ignore_range, headers=headers)

@@ -8,10 +8,12 @@ import logging
 from aiohttp import web
 
 from common import signing
+from common.db import audit
 from common.db import images as db_images
 from common.db import pipeline as db_pipeline
 from common.errors import Conflict, NotFound, PayloadTooLarge
 from common.events import ImageUploaded
+from common.hardening import timed_chunks
 from common.ids import check_image_id
 from storage_node import keys
 from storage_node.ingest import Ingested, ingest
@@ -33,7 +35,7 @@ def _verify_upload_url(request: web.Request, image_id: str) -> int:
     def claims(exp: int) -> signing.Claims:
         return signing.Claims("upload", image_id, settings.node.node_id, exp, max_bytes=max_bytes)
 
-    signing.verify(params, claims, settings.signing_key)
+    signing.verify_with(settings.signing, params, claims)
     return min(max_bytes, settings.limits.max_upload_bytes)
 
 
@@ -52,7 +54,7 @@ async def put_upload(request: web.Request) -> web.Response:
             raise NotFound("no upload is expected for this image on this node")
         if state["status"] != "requested":
             raise Conflict("this upload URL has already been used", code="already_uploaded")
-        got = await ingest(request.content.iter_chunked(256 * 1024), tmp, max_bytes)
+        got = await ingest(timed_chunks(request.content, settings.http.body_read_timeout_s), tmp, max_bytes)
         info = await asyncio.to_thread(probe, tmp, sniff(got.head), settings.limits.max_pixels,
                                        settings.limits.max_frames)
         # Shielded: a client hanging up mid-commit must not split the file move from the transaction.
@@ -87,7 +89,7 @@ async def _commit(request: web.Request, image_id: str, got: Ingested, info: Imag
     try:
         async with pool.connection() as conn, conn.transaction():
             row = await db_images.lock_for_upload(conn, image_id, node_id)
-            meta = ObjectMeta(got.sha256, info.content_type, got.size)
+            meta = ObjectMeta(got.sha256, info.content_type, got.size, private=row["visibility"] == "private")
             # Dedupe: the same bytes already on this node are hard-linked, not stored a second time.
             same = await db_pipeline.local_copy(conn, got.sha256, node_id, image_id)
             linked = same is not None and await asyncio.to_thread(store.link_copy, same, image_id, meta)
@@ -100,6 +102,8 @@ async def _commit(request: web.Request, image_id: str, got: Ingested, info: Imag
             canonical = await db_pipeline.exact_duplicate(conn, got.sha256, row["owner_key_id"], image_id)
             if canonical is not None:
                 await db_pipeline.set_duplicate_of(conn, image_id, canonical)
+            await audit.record(conn, "upload.complete", image_id=image_id, node_id=node_id,
+                               client_ip=request.remote, detail={"bytes": got.size, "sha256": got.sha256})
     except BaseException:
         if moved:
             await asyncio.to_thread(store.remove_image, image_id)

@@ -10,6 +10,8 @@ for png/webp/avif and flattens it on white for jpg, and keeps animations animate
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -126,6 +128,15 @@ def build_variant(src: Path, spec: VariantSpec, dest: Path, opts: RenderOptions,
         image.pngsave(str(dest), compression=opts.png_compression, keep="none")
     else:
         raise ValueError(f"no encoder for {spec.fmt!r}")
+
+
+def configure_process() -> None:
+    """Process-wide settings for a node that builds variants: no libvips operation cache (every build reads
+    a different source, so the cache would only keep pixel buffers alive) and at most two glibc malloc
+    arenas (each render thread would otherwise keep its own arena of freed pixel buffers resident)."""
+    pyvips.cache_set_max(0)
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
 
 
 class Renderer:

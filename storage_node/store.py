@@ -8,6 +8,7 @@ checked to stay inside the data directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +23,9 @@ from common.ids import check_image_id, shard
 
 ORIGINAL = "original"
 META = "meta.json"
+# Present (empty, fsynced with the original) when the image is private: kept apart from the sidecar so a
+# rebuilt sidecar can never turn a private image public.
+PRIVATE_MARKER = "private"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class ObjectMeta:
     sha256: str
     content_type: str
     bytes: int
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,12 @@ class Store:
         """
         meta_tmp = self.new_tmp_path()
         meta_tmp.write_text(_meta_json(meta))
-        dest = self._commit_files(image_id, [(meta_tmp, META, False), (tmp_path, ORIGINAL, True)])
+        files = [(meta_tmp, META, False), (tmp_path, ORIGINAL, True)]
+        if meta.private:
+            marker = self.new_tmp_path()
+            marker.touch()
+            files.insert(0, (marker, PRIVATE_MARKER, True))
+        dest = self._commit_files(image_id, files)
         self._remember(image_id, meta)
         return dest
 
@@ -216,6 +226,8 @@ class Store:
                 raise ValueError("sidecar does not match the original")
         except (OSError, ValueError, KeyError, TypeError):
             meta = self._rebuild_meta(image_id)
+        if (folder / PRIVATE_MARKER).exists():
+            meta = dataclasses.replace(meta, private=True)
         self._remember(image_id, meta)
         return meta
 

@@ -77,7 +77,7 @@ class TestCluster:
 
         await self._serve("query", create_app(query_settings), port)
         async with open_pool(query_settings.database) as pool:
-            _key, self.api_key = await create_key(pool, "tests", ("app", "admin"))
+            _key, self.api_key = await create_key(pool, "tests", ("app", "admin"), rate_per_s=0)
         self.session = aiohttp.ClientSession()
         await self.wait_for(lambda: self.healthy_count(3), "three healthy nodes")
 

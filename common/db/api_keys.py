@@ -1,14 +1,22 @@
-"""API keys: stored as SHA-256 hashes, looked up by hash, with scopes (`app`, `admin`)."""
+"""API keys and the apps that own them: keys stored as SHA-256 hashes, looked up by hash, with scopes
+(`app`, `admin`), an optional per-key rate limit, and the app's hotlink allowlist."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from common.db import audit
+from common.errors import InvalidRequest, NotFound
+
 KEY_PREFIX = "mk_"
+SCOPES = ("app", "admin")
 
 
 @dataclass(frozen=True)
@@ -16,10 +24,20 @@ class ApiKey:
     key_id: str
     name: str
     scopes: tuple[str, ...]
+    app_id: str = ""
+    rate_per_s: float | None = None
 
     @property
     def is_admin(self) -> bool:
         return "admin" in self.scopes
+
+
+@dataclass(frozen=True)
+class App:
+    app_id: str
+    name: str
+    referers: tuple[str, ...]
+    allow_empty_referer: bool
 
 
 def hash_key(plaintext: str) -> bytes:
@@ -33,26 +51,97 @@ def new_plaintext() -> tuple[str, str]:
 
 
 async def create_key(pool: AsyncConnectionPool, name: str, scopes: tuple[str, ...],
-                     plaintext: str | None = None) -> tuple[ApiKey, str]:
-    """Store a new key (or the given plaintext, used by `minicdn dev` to keep its key across restarts)."""
+                     plaintext: str | None = None, *, app_id: str | None = None, rate_per_s: float | None = None,
+                     referers: tuple[str, ...] = (), actor: ApiKey | None = None,
+                     client_ip: str | None = None) -> tuple[ApiKey, str]:
+    """Store a new key (or the given plaintext, used by `minicdn dev` to keep its key across restarts).
+
+    Without ``app_id`` the key starts a new app of the same name (with ``referers`` as its hotlink
+    allowlist); with it, the key joins that app (key rotation for an app).
+    """
+    if not scopes or any(s not in SCOPES for s in scopes):
+        raise InvalidRequest(f"scopes must be a non-empty subset of {list(SCOPES)}")
     if plaintext is None:
         key_id, plaintext = new_plaintext()
     else:
         key_id = plaintext.removeprefix(KEY_PREFIX).split("_", 1)[0]
-    async with pool.connection() as conn:
-        await conn.execute(
-            "INSERT INTO api_keys (key_id, key_hash, name, scopes) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (key_id) DO NOTHING",
-            (key_id, hash_key(plaintext), name, list(scopes)),
+    async with pool.connection() as conn, conn.transaction():
+        if app_id is None:
+            app_id = key_id
+            await conn.execute(
+                "INSERT INTO apps (app_id, name, referers) VALUES (%s, %s, %s) ON CONFLICT (app_id) DO NOTHING",
+                (app_id, name, list(referers)),
+            )
+        else:
+            cur = await conn.execute("SELECT 1 FROM apps WHERE app_id = %s", (app_id,))
+            if await cur.fetchone() is None:
+                raise NotFound("no such app")
+        cur = await conn.execute(
+            "INSERT INTO api_keys (key_id, key_hash, name, scopes, app_id, rate_per_s)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING RETURNING key_id",
+            (key_id, hash_key(plaintext), name, list(scopes), app_id, rate_per_s),
         )
-    return ApiKey(key_id, name, scopes), plaintext
+        if await cur.fetchone() is not None:
+            await audit.record(conn, "key.create", app_id=actor.app_id if actor else app_id,
+                               key_id=actor.key_id if actor else None, client_ip=client_ip,
+                               detail={"new_key_id": key_id, "name": name, "scopes": list(scopes),
+                                       "key_app_id": app_id})
+    return ApiKey(key_id, name, scopes, app_id, rate_per_s), plaintext
 
 
 async def lookup_key(pool: AsyncConnectionPool, plaintext: str) -> ApiKey | None:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT key_id, name, scopes FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+            "SELECT key_id, name, scopes, app_id, rate_per_s FROM api_keys"
+            " WHERE key_hash = %s AND revoked_at IS NULL",
             (hash_key(plaintext),),
         )
         row = await cur.fetchone()
-    return ApiKey(row["key_id"], row["name"], tuple(row["scopes"])) if row else None
+    return _key(row) if row else None
+
+
+def _key(row: dict[str, Any]) -> ApiKey:
+    return ApiKey(row["key_id"], row["name"], tuple(row["scopes"]), row["app_id"], row["rate_per_s"])
+
+
+async def list_keys(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT key_id, name, app_id, scopes, rate_per_s, created_at, revoked_at FROM api_keys"
+            " ORDER BY created_at, key_id"
+        )
+        return list(await cur.fetchall())
+
+
+async def revoke_key(pool: AsyncConnectionPool, key_id: str, *, actor: ApiKey | None = None,
+                     client_ip: str | None = None) -> datetime:
+    """Mark a key revoked (idempotent); NotFound for an unknown key id. Returns when it was revoked."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s"
+            " RETURNING revoked_at, app_id",
+            (key_id,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound("no such key")
+        await audit.record(conn, "key.revoke", app_id=actor.app_id if actor else row["app_id"],
+                           key_id=actor.key_id if actor else None, client_ip=client_ip,
+                           detail={"revoked_key_id": key_id, "key_app_id": row["app_id"]})
+    revoked_at: datetime = row["revoked_at"]
+    return revoked_at
+
+
+async def app_of_key(conn: AsyncConnection[Any], key_id: str) -> str | None:
+    cur = await conn.execute("SELECT app_id FROM api_keys WHERE key_id = %s", (key_id,))
+    row = await cur.fetchone()
+    return row["app_id"] if row else None
+
+
+async def get_app(pool: AsyncConnectionPool, app_id: str) -> App | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT app_id, name, referers, allow_empty_referer FROM apps WHERE app_id = %s", (app_id,)
+        )
+        row = await cur.fetchone()
+    return App(row["app_id"], row["name"], tuple(row["referers"]), row["allow_empty_referer"]) if row else None

@@ -45,7 +45,8 @@ async def upload_state(pool: AsyncConnectionPool, image_id: str) -> dict[str, An
 async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: str) -> dict[str, Any]:
     """Inside a transaction: lock the image row; only a `requested` image placed on this node may be uploaded."""
     cur = await conn.execute(
-        "SELECT status, set_id, origin_node, owner_key_id FROM images WHERE image_id = %s FOR UPDATE", (image_id,)
+        "SELECT status, set_id, origin_node, owner_key_id, visibility FROM images WHERE image_id = %s FOR UPDATE",
+        (image_id,)
     )
     row = await cur.fetchone()
     if row is None or row["origin_node"] != node_id:

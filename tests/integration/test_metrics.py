@@ -39,7 +39,7 @@ async def test_node_and_query_metrics_follow_uploads_reads_and_replication(clust
     image = await cluster.upload(make_jpeg(400, 300, seed=7))
     image_id, origin = image["image_id"], image["node_id"]
     await cluster.wait_replicated(image_id)
-    await cluster.wait_ready(image_id)  # only processed images are served
+    await cluster.wait_ready(image_id)  # only `ready` images are served; replication can finish first
     variant_url = f"{node_url(cluster, origin)}/i/{image_id}/w300.jpg"
     sizes = []
     for _ in range(2):  # a miss (built), then a hit (from disk)

@@ -105,6 +105,10 @@ async def test_processing_records_metadata_and_makes_eager_thumbnails(cluster: T
     gif = await cluster.upload((testdata / "anim_tiny.gif").read_bytes())
     body = await cluster.wait_ready(gif["image_id"])
     assert body["animated"] is True and body["pages"] > 1 and body["exif"]["had_gps"] is False
+    avif = await cluster.upload(bytes(pyvips.Image.new_from_file(str(testdata / "retina.webp")).heifsave_buffer(
+        compression="av1", effort=0)))
+    body = await cluster.wait_ready(avif["image_id"])
+    assert body["format"] == "avif" and body["width"] > 0
 
 
 async def test_variants_over_http_with_negotiation(cluster: TestCluster, testdata: Path) -> None:
@@ -327,3 +331,15 @@ async def test_delivery_refuses_private_addresses_without_connecting() -> None:
     finally:
         await sender.close()
         await runner.cleanup()
+
+
+async def test_sweep_reclaims_an_upload_a_crash_left_in_processing(cluster: TestCluster, testdata: Path) -> None:
+    up = await cluster.upload((testdata / "coins_gray.png").read_bytes())
+    await cluster.wait_ready(up["image_id"])
+    processor = cluster.apps[origin(up)][node_keys.PROCESSOR]
+    async with cluster.apps[origin(up)][node_keys.POOL].connection() as conn:  # as if the node died mid-job
+        await conn.execute("UPDATE images SET status = 'processing', ready_at = NULL WHERE image_id = %s",
+                           (up["image_id"],))
+    assert await processor.sweep_once() == 1
+    body = await cluster.wait_ready(up["image_id"])
+    assert body["ready_at"] and body["format"] == "png" and body["status"] == "ready"

@@ -1,0 +1,40 @@
+"""The audit log: one append-only row per upload request, upload, delete and key change.
+
+Rows are written inside the transaction of the change they describe (when there is one), so an
+action and its audit record commit or roll back together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+ACTIONS = ("upload.request", "upload.complete", "image.delete", "key.create", "key.revoke")
+
+
+async def record(conn: AsyncConnection[Any], action: str, *, app_id: str | None = None, key_id: str | None = None,
+                 image_id: str | None = None, node_id: str | None = None, client_ip: str | None = None,
+                 detail: dict[str, Any] | None = None) -> None:
+    """Append one row. Without ``app_id``, the image's app is recorded."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}")
+    await conn.execute(
+        "INSERT INTO audit_log (action, app_id, key_id, image_id, node_id, client_ip, detail)"
+        " VALUES (%s, coalesce(%s, (SELECT app_id FROM images WHERE image_id = %s)), %s, %s, %s, %s, %s)",
+        (action, app_id, image_id, key_id, image_id, node_id, client_ip, Jsonb(detail or {})),
+    )
+
+
+async def recent(pool: AsyncConnectionPool, *, image_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Newest first; for one image when ``image_id`` is given."""
+    async with pool.connection() as conn:
+        if image_id is None:
+            cur = await conn.execute("SELECT * FROM audit_log ORDER BY audit_id DESC LIMIT %s", (limit,))
+        else:
+            cur = await conn.execute(
+                "SELECT * FROM audit_log WHERE image_id = %s ORDER BY audit_id DESC LIMIT %s", (image_id, limit)
+            )
+        return list(await cur.fetchall())
