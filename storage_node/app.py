@@ -72,6 +72,7 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
         stack.push_async_callback(callbacks.close)
         app[keys.GATE] = ServeGate(pool)
         processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
+        processor.metrics = app[keys.METRICS]
         stack.push_async_callback(processor.close)
         processor.start()
         heartbeat = asyncio.create_task(run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS],
