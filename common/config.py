@@ -111,7 +111,8 @@ class NodeSettings:
     data_dir: str = _help("Directory holding objects/ and tmp/ (one file system).", default="./data")
     capacity_bytes: int = _help("Usable capacity; 0 means the size of the disk.", default=0)
     heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
-    render_threads: int = _help("Threads building variants with libvips; 0 means the number of cores.", default=0)
+    render_threads: int = _help("Sandboxed worker processes building variants on request; 0 means the number of cores.",
+                                default=0)
     cors_origin: str = _help("Origins allowed to PUT uploads from a browser (CORS): `*` (any: the signed URL is the "
                              "credential), a comma-separated list of origins, or empty to turn CORS off.", default="*")
 

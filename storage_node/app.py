@@ -66,13 +66,15 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         await db_nodes.register_node(pool, settings.node, __version__)
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, settings.node.node_id))
-        renderer = app[keys.RENDERER] = Renderer(store, settings.node.render_threads,
-                                                 RenderOptions.from_settings(settings.pipeline), app[keys.METRICS])
-        stack.callback(renderer.close)
+        renderer = app[keys.RENDERER] = Renderer(
+            store, settings.node.render_threads, RenderOptions.from_settings(settings.pipeline), app[keys.METRICS],
+            memory_mb=settings.pipeline.worker_memory_mb, timeout_s=settings.pipeline.job_timeout_s)
+        stack.push_async_callback(renderer.close)
         callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
         stack.push_async_callback(callbacks.close)
         app[keys.GATE] = ServeGate(pool)
         processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
+        processor.metrics = app[keys.METRICS]
         stack.push_async_callback(processor.close)
         processor.start()
         heartbeat = asyncio.create_task(run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS],

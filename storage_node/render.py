@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,14 +139,20 @@ def configure_process() -> None:
 
 
 class Renderer:
-    """Lazy variants: a bounded thread pool, one build per (image, variant) however many requests ask."""
+    """Lazy variants, one build per (image, variant) however many requests ask (single-flight), each built in
+    a sandboxed worker process (``storage_node.sandbox``): a source that passed the full decode check can
+    still meet a codec bug in a resize or encoder path, and that must cost one request, not the node."""
 
-    def __init__(self, store: Store, threads: int, opts: RenderOptions | None = None,
-                 metrics: NodeMetrics | None = None) -> None:
+    def __init__(self, store: Store, workers: int, opts: RenderOptions | None = None,
+                 metrics: NodeMetrics | None = None, *, memory_mb: int = 1536, timeout_s: float = 60.0) -> None:
+        from storage_node.sandbox import SandboxPool
+
         self.store = store
         self.opts = opts or RenderOptions()
         self.metrics = metrics
-        self.pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2, thread_name_prefix="render")
+        # Two libvips threads per worker: a build's decode, resize and encode overlap (lower latency), and
+        # with one worker per core the cores stay busy under load.
+        self.sandbox = SandboxPool(workers or os.cpu_count() or 2, memory_mb, timeout_s, vips_threads=2)
         self._inflight: dict[tuple[str, str], asyncio.Future[Path]] = {}
         self.builds = 0
 
@@ -170,8 +175,7 @@ class Renderer:
                 path = dest
             else:
                 self._count("miss")
-                path = await asyncio.get_running_loop().run_in_executor(
-                    self.pool, self._build, image_id, spec, content_type in MULTI_PAGE_TYPES)
+                path = await self._build(image_id, spec, content_type in MULTI_PAGE_TYPES)
             self.store.note_variant(image_id, spec.name)
             future.set_result(path)
             return path
@@ -182,22 +186,32 @@ class Renderer:
         finally:
             del self._inflight[key]
 
-    def _build(self, image_id: str, spec: VariantSpec, animated: bool) -> Path:
+    async def _build(self, image_id: str, spec: VariantSpec, animated: bool) -> Path:
+        from dataclasses import asdict
+
+        from common.errors import InvalidImage, MinicdnError, UnsupportedImage
+
         tmp = self.store.new_tmp_path().with_suffix("." + spec.fmt)
         try:
             started = time.perf_counter()
-            build_variant(self.store.path_for(image_id, ORIGINAL), spec, tmp, self.opts, animated)
+            try:
+                await self.sandbox.run({"op": "variant", "path": str(self.store.path_for(image_id, ORIGINAL)),
+                                        "variant": spec.name, "dest": str(tmp), "animated": animated,
+                                        "render": asdict(self.opts)})
+            except (InvalidImage, UnsupportedImage) as exc:
+                raise MinicdnError(f"variant {spec.name} could not be built: {exc.message}",
+                                   code="render_failed") from None
             self.builds += 1
             if self.metrics is not None:
                 self.metrics.variant_build_duration.labels(spec.fmt).observe(time.perf_counter() - started)
                 self.metrics.variant_builds.labels(spec.fmt).inc()
-            return self.store.commit(tmp, image_id, spec.name)
+            return await asyncio.to_thread(self.store.commit, tmp, image_id, spec.name)
         finally:
-            self.store.discard_tmp(tmp)
+            await asyncio.to_thread(self.store.discard_tmp, tmp)
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.variant_cache.labels(result).inc()
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        await self.sandbox.close()

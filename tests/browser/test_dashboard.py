@@ -84,3 +84,41 @@ async def test_dashboard_asks_for_an_admin_key(cluster: TestCluster, browser: Br
         assert await page.is_hidden("#login")
     finally:
         await context.close()
+
+
+async def test_dashboard_shows_control_plane_fields_and_escapes_text(cluster: TestCluster, browser: Browser,
+                                                                    screenshots: Path) -> None:
+    """Fields the control plane adds (days until full, node states, events) show when the JSON has them;
+    text from the database is shown as text, never run as markup."""
+    status, real = await cluster.api("GET", "/v1/dashboard")
+    assert status == 200
+    doc = dict(real)
+    doc["nodes"] = [dict(n) for n in real["nodes"]]
+    doc["nodes"][0].update(days_until_full=5.5, state="readonly")
+    doc["sets"] = [{**real["sets"][0], "state": "closed", "days_until_full": 5.5}]
+    doc["summary"] = {**real["summary"], "days_until_full": 5.5}
+    doc["events"] = [{"created_at": "2026-11-23T10:00:00Z", "kind": "new_set", "state": "succeeded", "set_id": "set-2",
+                      "node_id": None, "reason": "<img src=x onerror=window.__pwned=1> set-1 at 81 %",
+                      "outcome": "3 nodes"}]
+
+    context = await browser.new_context(viewport=LAPTOP)
+    page = await context.new_page()
+
+    async def fulfil(route: Any) -> None:
+        await route.fulfill(json=doc)
+
+    try:
+        await page.route("**/v1/dashboard", fulfil)
+        await page.goto(f"{cluster.query_url}/dashboard#key={cluster.api_key}")
+        await page.wait_for_selector("#events table")
+        first = doc["nodes"][0]["node_id"]
+        await expect(page.locator(f'[data-node-id="{first}"] [data-field=days_until_full]')).to_have_text("5.5 days")
+        await expect(page.locator(f'[data-node-id="{first}"] [data-field=state]')).to_have_text("readonly")
+        await expect(page.locator("[data-tile=days] .value")).to_have_text("5.5 days")
+        await expect(page.locator("[data-set-id=set-1]")).to_contain_text("full in 5.5 days")
+        await expect(page.locator("#events td").nth(5)).to_have_text(doc["events"][0]["reason"])
+        assert await page.evaluate("window.__pwned === undefined")
+        assert await page.locator("#events img").count() == 0
+        await page.screenshot(path=str(screenshots / "dashboard-control-plane-fields.png"), full_page=True)
+    finally:
+        await context.close()

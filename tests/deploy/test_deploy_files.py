@@ -169,6 +169,11 @@ def test_kubernetes_manifests(tmp_path: Path) -> None:
         container = spec["template"]["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in container["env"]}
         regions.add(env["MINICDN_NODE_REGION"])
+        # The start script derives node id, set and base URL from the pod name: run it with a stand-in.
+        script = container["args"][0].replace("exec minicdn", "echo $MINICDN_NODE_NODE_ID $MINICDN_NODE_SET_ID #")
+        pod = f"{sts['metadata']['name']}-2"
+        out = subprocess.run(["sh", "-c", script], env={"POD_NAME": pod}, capture_output=True, text=True).stdout
+        assert out.split() == [pod, "set-3"]
         assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
         assert spec["serviceName"] in {s["metadata"]["name"] for s in kinds["Service"]}
     assert regions == {"us-east", "eu-west", "ap-southeast"}
