@@ -67,8 +67,11 @@ async def test_high_water_closes_the_set_and_critical_makes_a_node_readonly(mark
     held = [await c.request_upload(size=len(d), client_ip="3.0.1.10") for d in late]
     assert {t["node_id"] for t in held} == {"us-east-1"}
 
-    uploaded: list[dict[str, Any]] = []
-    for seed in range(25):  # ~7 % of a node each (with its variants): it passes 80 % after a dozen
+    # ~7 % of a node each (with its variants): eight at once fill it to ~55 %, then one at a time to 80 %.
+    fill = [make_jpeg(480, 360, seed=680 + i) for i in range(8)]
+    uploaded = [await c.upload(d, size=len(d), client_ip="3.0.1.10") for d in fill]  # without a size: the max
+    await asyncio.gather(*(c.wait_ready(u["image_id"]) for u in uploaded))
+    for seed in range(25):
         if await set_state() == "closed":
             break
         data = make_jpeg(480, 360, seed=700 + seed)
