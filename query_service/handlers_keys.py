@@ -15,7 +15,7 @@ from common.db import api_keys as db_keys
 from common.errors import InvalidRequest, NotFound
 from common.httpkit import json_response
 from query_service import keys
-from query_service.requests import MAX_BODY_BYTES, remote_address
+from query_service.requests import MAX_BODY_BYTES, check_storable, remote_address
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 _KEY_ID_RE = re.compile(r"^[0-9a-f]{8}$")
@@ -28,10 +28,11 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise InvalidRequest("request body too large")
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise InvalidRequest("body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
+    check_storable(body)
     return body
 
 

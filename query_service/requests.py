@@ -29,6 +29,26 @@ class UploadRequest:
     client_ip: str | None
 
 
+def check_storable(body: Any) -> None:
+    """Postgres text and jsonb take neither NUL characters nor lone UTF-16 surrogates (which JSON can
+    spell as escapes): refuse them here as a bad request instead of failing at the INSERT."""
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise InvalidRequest("strings must not contain NUL characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequest("strings must be valid Unicode (no lone surrogates)") from None
+
+
 def _opt_str(body: dict[str, Any], key: str, max_len: int) -> str | None:
     value = body.get(key)
     if value is None:
@@ -51,10 +71,11 @@ async def parse_upload_request(request: web.Request, max_upload_bytes: int) -> U
         raise InvalidRequest("request body too large")
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise InvalidRequest("body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
+    check_storable(body)
     size = body.get("size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
