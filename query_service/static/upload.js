@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const DONE = ["uploaded", "processing", "ready"];
+const DONE = ["ready"];  // only `ready` images get a URL (the query service answers 409 not_ready before)
 const FAILED = ["rejected", "quarantined", "deleted"];
 
 function log(text) {
