@@ -136,6 +136,9 @@ async def run_bench(cluster: ClusterRef, *, uploads: int, concurrency: int, look
                 idle_lags += await replication_lags(session, cluster, [ticket["image_id"]])
             results["replication_idle"] = Figures(len(idle_lags), 1, idle_lags)
 
+            from common.bench_pipeline import wait_ready
+
+            await wait_ready(session, cluster, image_ids)  # URLs are handed out for processed images only
             rng = random.Random(1)
             results["lookups"] = await run_load(lookups, concurrency, lambda i: get_json(
                 session, cluster, f"/v1/images/{rng.choice(image_ids)}/url", {"w": 600}), progress, "URL lookups")

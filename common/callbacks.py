@@ -81,6 +81,15 @@ async def check_callback_url(url: str, allow_private: bool) -> str:
     return url
 
 
+def _literal_refused(url: str, allow_private: bool) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not address_allowed(host, allow_private)
+
+
 class GuardedResolver(AbstractResolver):
     """Resolves like the default resolver, then drops every refused address (the SSRF check that cannot be
     raced: the connection is made only to the addresses that passed)."""
@@ -161,6 +170,11 @@ class CallbackSender:
         return task
 
     async def deliver(self, url: str, body_obj: dict[str, Any]) -> bool:
+        if _literal_refused(url, self.cfg.allow_private):  # aiohttp does not pass IP literals to the resolver
+            logger.warning("callback for %s refused: %s is not a public address", body_obj.get("image_id"), url)
+            self.failed += 1
+            self.refused += 1
+            return False
         body = json.dumps(body_obj, separators=(",", ":")).encode()
         kid = self.settings.signing.active_kid
         key = self.settings.signing_key(kid) or b""

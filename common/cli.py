@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="TOML file; MINICDN_<SECTION>_<KEY> env vars override it")
 
+    boot = sub.add_parser("bootstrap-key", help="create an admin API key directly in Postgres (new deployments)")
+    boot.add_argument("--config", help="TOML file with [database] (MINICDN_DATABASE_URL also works)")
+    boot.add_argument("--name", default="bootstrap-admin")
+
     up = sub.add_parser("upload", help="upload files, with a progress bar; prints image ids")
     up.add_argument("files", nargs="+", type=Path)
     up.add_argument("--private", action="store_true")
@@ -72,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=32)
     bench.add_argument("--lookups", type=int, default=3000)
     bench.add_argument("--gets", type=int, default=3000)
+    bench.add_argument("--pipeline", action="store_true",
+                       help="image-pipeline figures instead: fresh builds vs a pyvips loop and thumbor, AVIF, RSS")
+    bench.add_argument("--images", type=int, default=16, help="--pipeline: 12 MP JPEGs to build variants of")
+    bench.add_argument("--stored-gets", type=int, default=3000, help="--pipeline: GETs of one stored variant")
+    bench.add_argument("--skip-100mp", action="store_true", help="--pipeline: skip the 100-megapixel RSS figure")
     _add_client_flags(bench)
 
     cli_keys.add_parser(sub, _add_client_flags)
@@ -85,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_dev(args)
         if args.command in ("storage-node", "query-service", "replicator"):
             return cmd_component(args)
+        if args.command == "bootstrap-key":
+            from common.bootstrap import bootstrap_admin_key
+
+            console.print(asyncio.run(bootstrap_admin_key(load_settings(args.config), args.name)), highlight=False,
+                          soft_wrap=True)
+            return 0
         if args.command == "keys":
             return asyncio.run(cli_keys.cmd_keys(args, console))
         handler = {"upload": cmd_upload, "url": cmd_url, "status": cmd_status, "bench": cmd_bench}[args.command]
@@ -222,6 +237,12 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     from common.bench import run_bench
 
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
+    if args.pipeline:
+        from common.bench_pipeline import run_pipeline_bench
+
+        await run_pipeline_bench(cluster, images=args.images, stored_gets=args.stored_gets, console=console,
+                                 with_100mp=not args.skip_100mp)
+        return 0
     await run_bench(cluster, uploads=args.uploads, concurrency=args.concurrency, lookups=args.lookups,
                     gets=args.gets, console=console)
     return 0

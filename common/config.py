@@ -63,7 +63,8 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class NatsSettings:
-    url: str = _help("NATS server URL (JetStream enabled).", default="nats://127.0.0.1:4222")
+    url: str = _help("NATS server URL (JetStream enabled); a cluster's servers comma-separated.",
+                     default="nats://127.0.0.1:4222")
     stream: str = _help("JetStream stream holding the replication events.", default="MINICDN")
     subject_prefix: str = _help("Prefix of every minicdn subject.", default="minicdn")
     stream_max_age_s: int = _help("How long events are kept: must cover the longest node outage.", default=7 * 86400)
@@ -110,7 +111,8 @@ class NodeSettings:
     data_dir: str = _help("Directory holding objects/ and tmp/ (one file system).", default="./data")
     capacity_bytes: int = _help("Usable capacity; 0 means the size of the disk.", default=0)
     heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
-    render_threads: int = _help("Threads building variants with libvips; 0 means the number of cores.", default=0)
+    render_threads: int = _help("Sandboxed worker processes building variants on request; 0 means the number of cores.",
+                                default=0)
     cors_origin: str = _help("Origins allowed to PUT uploads from a browser (CORS): `*` (any: the signed URL is the "
                              "credential), a comma-separated list of origins, or empty to turn CORS off.", default="*")
 
@@ -162,6 +164,8 @@ class ReplicatorSettings:
     sweep_age_s: float = _help("A pending row older than this is copied by the sweep.", default=5.0)
     concurrency: int = _help("Images copied at once.", default=8)
     fetch_timeout_s: float = _help("Timeout of one copy from a peer.", default=60.0)
+    metrics_port: int = _help("Port of /metrics for `minicdn replicator` run on its own (0: none; inside a node "
+                              "process its metrics are on the node's /metrics).", default=0)
 
 
 @dataclass(frozen=True)

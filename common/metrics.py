@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 BUILD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+PROCESSING_OUTCOMES = ("ready", "rejected", "quarantined", "failed")
 PROVISIONING_KINDS = ("new_set", "replace", "set_closed", "set_opened", "node_state")
 
 
@@ -141,6 +142,8 @@ class NodeMetrics:
     scrub_checked: Counter = field(init=False)
     scrub_corruptions: Counter = field(init=False)
     scrub_progress: Gauge = field(init=False)
+    processing: Counter = field(init=False)
+    processing_duration: Histogram = field(init=False)
     replication: ReplicationMetrics = field(init=False)
     uploads_ok: int = 0
 
@@ -171,10 +174,21 @@ class NodeMetrics:
                                          "Objects whose bytes no longer match their SHA-256", registry=reg)
         self.scrub_progress = Gauge("minicdn_scrub_progress_ratio", "Share of the current scrub pass done (0..1)",
                                     registry=reg)
+        self.processing = Counter("minicdn_processing_total",
+                                  "Uploads processed off the request path, by outcome", ["outcome"], registry=reg)
+        self.processing_duration = Histogram("minicdn_processing_duration_seconds",
+                                             "Validation, metadata, fingerprints and eager thumbnails of one upload",
+                                             registry=reg, buckets=BUILD_BUCKETS)
+        for outcome in PROCESSING_OUTCOMES:
+            self.processing.labels(outcome)
         for result in ("hit", "miss"):
             self.variant_cache.labels(result)
         self.uploads.labels("ok")
         self.replication = ReplicationMetrics(reg, self.node_id)
+
+    def observe_processing(self, outcome: str, seconds: float) -> None:
+        self.processing.labels(outcome).inc()
+        self.processing_duration.observe(seconds)
 
     def set_usage(self, capacity_bytes: int, used_bytes: int, free_bytes: int, objects: int) -> None:
         labels = (self.node_id, self.region, self.set_id)
@@ -212,18 +226,20 @@ class ClusterCollector(Collector):
         age = GaugeMetricFamily("minicdn_cluster_node_heartbeat_age_seconds",
                                 "Seconds since the node's last heartbeat (NaN: never seen)", labels=labels)
         views: Iterable[NodeView] = self._nodes()  # type: ignore[operator]
-        for v in views:
-            key = [v.node_id, v.region, v.set_id]
-            up.add_metric(key, 1.0 if v.healthy else 0.0)
-            age.add_metric(key, float("nan") if v.heartbeat_age_s is None else v.heartbeat_age_s)
-        yield up
-        yield age
         stats = self._stats()  # type: ignore[operator]
         pending = GaugeMetricFamily("minicdn_replication_pending_replicas",
                                     "Replica rows still `pending` (the replication outbox), by target node",
                                     labels=["node_id"])
-        for node_id, count in sorted(stats["pending_by_node"].items()):
+        counts = dict(stats["pending_by_node"])
+        for v in views:
+            key = [v.node_id, v.region, v.set_id]
+            up.add_metric(key, 1.0 if v.healthy else 0.0)
+            age.add_metric(key, float("nan") if v.heartbeat_age_s is None else v.heartbeat_age_s)
+            counts.setdefault(v.node_id, 0)  # every known node has a series, 0 included
+        for node_id, count in sorted(counts.items()):
             pending.add_metric([node_id], float(count))
+        yield up
+        yield age
         yield pending
         yield GaugeMetricFamily("minicdn_replication_oldest_pending_seconds",
                                 "Age of the oldest `pending` replica row (0 when none)",

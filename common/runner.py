@@ -15,6 +15,7 @@ from common import reqlog
 from common.bus import open_bus
 from common.config import Settings, require_node
 from common.db.pool import open_pool
+from common.metrics import HttpMetrics, ReplicationMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,28 @@ async def _replicator_main(settings: Settings) -> None:
         pool = await stack.enter_async_context(open_pool(settings.database))
         bus = await stack.enter_async_context(open_bus(settings.nats, f"replicator-{settings.node.node_id}"))
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        replicator = Replicator(ReplicatorContext(settings, pool, store, session), bus)
+        metrics = HttpMetrics("replicator")
+        ctx = ReplicatorContext(settings, pool, store, session,
+                                metrics=ReplicationMetrics(metrics.registry, settings.node.node_id))
+        replicator = Replicator(ctx, bus)
         await replicator.start()
+        if settings.replicator.metrics_port:
+            await _serve_metrics(stack, metrics, settings.node.host, settings.replicator.metrics_port)
         stack.push_async_callback(replicator.stop)
         logger.info("replicator for %s running", settings.node.node_id)
         await stop.wait()
+
+
+async def _serve_metrics(stack: contextlib.AsyncExitStack, metrics: HttpMetrics, host: str, port: int) -> None:
+    """/metrics and /healthz for a process that serves nothing else (the stand-alone replicator)."""
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "component": metrics.component})
+
+    app = web.Application(middlewares=[reqlog.request_id_middleware])
+    metrics.install(app)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.TCPSite(runner, host, port).start()

@@ -23,7 +23,8 @@ from query_service.requests import UrlQuery, parse_url_query, remote_address
 
 SERVABLE = ("ready",)  # validated, processed and not held: nothing else gets a URL
 IMAGE_FIELDS = ("image_id", "status", "reason", "visibility", "format", "width", "height", "bytes", "sha256",
-                "created_at", "uploaded_at", "ready_at", "tags", "metadata", "duplicate_of", "replicas")
+                "created_at", "uploaded_at", "ready_at", "tags", "metadata", "duplicate_of", "replicas",
+                "pages", "animated", "colour_space", "exif", "had_gps")
 
 
 async def get_image(request: web.Request) -> web.Response:

@@ -27,6 +27,14 @@ logger = logging.getLogger(__name__)
 FETCH_BATCH = 16
 
 
+def _raise_if_cancelling() -> None:
+    """Python 3.11's wait_for (inside fetch) can turn a cancellation that meets its own timeout into a
+    TimeoutError: the task is still being cancelled, so stop instead of looping on (stop() would hang)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Replicator:
     def __init__(self, ctx: ReplicatorContext, bus: Bus) -> None:
         self.ctx = ctx
@@ -73,10 +81,12 @@ class Replicator:
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
             except nats.errors.TimeoutError:
+                _raise_if_cancelling()
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnecting, stream briefly unavailable...: the loop must live on
+                _raise_if_cancelling()
                 logger.warning("consumer fetch failed: %r", exc)
                 await asyncio.sleep(1)
                 continue

@@ -37,3 +37,13 @@ def analyse(job: dict[str, Any]) -> dict[str, Any]:
         "icc_profile": "icc-profile-data" in fields, "has_alpha": bool(header.hasalpha()),
         "exif": exif_facts(header, bool(job.get("keep_gps"))), "phash": dhash(path),
     }
+
+
+def variant(job: dict[str, Any]) -> dict[str, Any]:
+    """``job``: path, variant (name), dest, animated, render (RenderOptions fields): build one lazy variant."""
+    build_variant(Path(job["path"]), parse_variant(job["variant"]), Path(job["dest"]),
+                  RenderOptions(**job.get("render", {})), bool(job.get("animated")))
+    return {"dest": job["dest"]}
+
+
+JOBS = {"analyse": analyse, "variant": variant}

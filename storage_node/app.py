@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
-import pyvips
 from aiohttp import web
 
 from common import __version__, hardening
@@ -26,9 +25,10 @@ from storage_node import cors, keys
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
 from storage_node.process import Processor
-from storage_node.render import Renderer, RenderOptions
+from storage_node.render import Renderer, RenderOptions, configure_process
 from storage_node.routes import add_routes
 from storage_node.store import Store
+from storage_node.validate import restrict_loaders
 
 REPLICATOR = web.AppKey("replicator", Replicator)
 
@@ -36,7 +36,8 @@ REPLICATOR = web.AppKey("replicator", Replicator)
 def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web.Application:
     """``run_replicator`` defaults to ``settings.replicator.enabled``."""
     require_node(settings)
-    pyvips.block_untrusted_set(True)  # only the loaders libvips considers safe for hostile input
+    restrict_loaders()  # only the loaders of accepted formats, and none libvips considers unsafe
+    configure_process()
     node = settings.node
     metrics = NodeMetrics(HttpMetrics("storage-node"), node.node_id, node.region, node.set_id)
     middlewares = [request_id_middleware, make_error_middleware(metrics.http),
@@ -63,13 +64,15 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         await db_nodes.register_node(pool, settings.node, __version__)
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, settings.node.node_id))
-        renderer = app[keys.RENDERER] = Renderer(store, settings.node.render_threads,
-                                                 RenderOptions.from_settings(settings.pipeline), app[keys.METRICS])
-        stack.callback(renderer.close)
+        renderer = app[keys.RENDERER] = Renderer(
+            store, settings.node.render_threads, RenderOptions.from_settings(settings.pipeline), app[keys.METRICS],
+            memory_mb=settings.pipeline.worker_memory_mb, timeout_s=settings.pipeline.job_timeout_s)
+        stack.push_async_callback(renderer.close)
         callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
         stack.push_async_callback(callbacks.close)
         app[keys.GATE] = ServeGate(pool)
         processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
+        processor.metrics = app[keys.METRICS]
         stack.push_async_callback(processor.close)
         processor.start()
         heartbeat = asyncio.create_task(run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS],

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -30,6 +30,9 @@ from storage_node.moderation import Moderation
 from storage_node.render import RenderOptions
 from storage_node.sandbox import SandboxPool
 from storage_node.store import ORIGINAL, Store
+
+if TYPE_CHECKING:
+    from common.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # processing failures that are not the image's fault, before it is rejected anyway
@@ -51,6 +54,7 @@ class Processor:
         self._failures: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.processed = 0
+        self.metrics: NodeMetrics | None = None  # set by the app: outcomes and durations for /metrics
 
     @property
     def node_id(self) -> str:
@@ -69,11 +73,16 @@ class Processor:
         return task
 
     async def _run(self, image_id: str) -> None:
+        started = time.perf_counter()
         try:
-            await self.process(image_id)
+            status = await self.process(image_id)
+            if status is not None and self.metrics is not None:
+                self.metrics.observe_processing(status, time.perf_counter() - started)
         except asyncio.CancelledError:
             raise
         except Exception:
+            if self.metrics is not None:
+                self.metrics.observe_processing("failed", time.perf_counter() - started)
             failures = self._failures[image_id] = self._failures.get(image_id, 0) + 1
             logger.exception("processing %s failed (attempt %d)", image_id, failures)
             if failures >= MAX_ATTEMPTS:

@@ -3,16 +3,17 @@
 ``build_variant`` is the one place pixels are made (the sandboxed workers call it for eager variants,
 the node's thread pool for lazy ones). It uses ``thumbnail`` (shrink-on-load, so memory follows the
 output size rather than the source's), auto-orients from EXIF, never upscales, converts to sRGB through
-the embedded ICC profile (CMYK included), strips every metadata field from the output, keeps alpha
+the embedded ICC profile (CMYK with or without one), strips every metadata field from the output, keeps alpha
 for png/webp/avif and flattens it on white for jpg, and keeps animations animated for webp/avif.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,9 +71,8 @@ def _load(src: Path, spec: VariantSpec, opts: RenderOptions, animated: bool) -> 
             w, h = h, w
         scale = min(1.0, w / width, h / height)
         width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down",
-                                      output_profile="srgb", fail_on="error")
-    return pyvips.Image.thumbnail(name, width, height=height, size="down", output_profile="srgb", fail_on="error")
+        return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down", fail_on="error")
+    return pyvips.Image.thumbnail(name, width, height=height, size="down", fail_on="error")
 
 
 def _cover_animation(src: Path, width: int, height: int) -> pyvips.Image:
@@ -97,6 +97,10 @@ def _cover_animation(src: Path, width: int, height: int) -> pyvips.Image:
 
 
 def _to_srgb(image: pyvips.Image) -> pyvips.Image:
+    # Colour-manage only images that carry a profile (on the small, already shrunk image): an untagged
+    # image is sRGB by definition, and a transform on it would cost ~40% of a build for nothing.
+    if "icc-profile-data" in image.get_fields():
+        image = image.icc_transform("srgb", embedded=True, intent="perceptual")
     if image.interpretation != "srgb":
         image = image.colourspace("srgb")  # CMYK without a profile, grey, 16-bit, labs...
     if image.format != "uchar":
@@ -125,15 +129,30 @@ def build_variant(src: Path, spec: VariantSpec, dest: Path, opts: RenderOptions,
         raise ValueError(f"no encoder for {spec.fmt!r}")
 
 
-class Renderer:
-    """Lazy variants: a bounded thread pool, one build per (image, variant) however many requests ask."""
+def configure_process() -> None:
+    """Process-wide settings for a node that builds variants: no libvips operation cache (every build reads
+    a different source, so the cache would only keep pixel buffers alive) and at most two glibc malloc
+    arenas (each render thread would otherwise keep its own arena of freed pixel buffers resident)."""
+    pyvips.cache_set_max(0)
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
 
-    def __init__(self, store: Store, threads: int, opts: RenderOptions | None = None,
-                 metrics: NodeMetrics | None = None) -> None:
+
+class Renderer:
+    """Lazy variants, one build per (image, variant) however many requests ask (single-flight), each built in
+    a sandboxed worker process (``storage_node.sandbox``): a source that passed the full decode check can
+    still meet a codec bug in a resize or encoder path, and that must cost one request, not the node."""
+
+    def __init__(self, store: Store, workers: int, opts: RenderOptions | None = None,
+                 metrics: NodeMetrics | None = None, *, memory_mb: int = 1536, timeout_s: float = 60.0) -> None:
+        from storage_node.sandbox import SandboxPool
+
         self.store = store
         self.opts = opts or RenderOptions()
         self.metrics = metrics
-        self.pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2, thread_name_prefix="render")
+        # Two libvips threads per worker: a build's decode, resize and encode overlap (lower latency), and
+        # with one worker per core the cores stay busy under load.
+        self.sandbox = SandboxPool(workers or os.cpu_count() or 2, memory_mb, timeout_s, vips_threads=2)
         self._inflight: dict[tuple[str, str], asyncio.Future[Path]] = {}
         self.builds = 0
 
@@ -156,8 +175,7 @@ class Renderer:
                 path = dest
             else:
                 self._count("miss")
-                path = await asyncio.get_running_loop().run_in_executor(
-                    self.pool, self._build, image_id, spec, content_type in MULTI_PAGE_TYPES)
+                path = await self._build(image_id, spec, content_type in MULTI_PAGE_TYPES)
             self.store.note_variant(image_id, spec.name)
             future.set_result(path)
             return path
@@ -168,22 +186,32 @@ class Renderer:
         finally:
             del self._inflight[key]
 
-    def _build(self, image_id: str, spec: VariantSpec, animated: bool) -> Path:
+    async def _build(self, image_id: str, spec: VariantSpec, animated: bool) -> Path:
+        from dataclasses import asdict
+
+        from common.errors import InvalidImage, MinicdnError, UnsupportedImage
+
         tmp = self.store.new_tmp_path().with_suffix("." + spec.fmt)
         try:
             started = time.perf_counter()
-            build_variant(self.store.path_for(image_id, ORIGINAL), spec, tmp, self.opts, animated)
+            try:
+                await self.sandbox.run({"op": "variant", "path": str(self.store.path_for(image_id, ORIGINAL)),
+                                        "variant": spec.name, "dest": str(tmp), "animated": animated,
+                                        "render": asdict(self.opts)})
+            except (InvalidImage, UnsupportedImage) as exc:
+                raise MinicdnError(f"variant {spec.name} could not be built: {exc.message}",
+                                   code="render_failed") from None
             self.builds += 1
             if self.metrics is not None:
                 self.metrics.variant_build_duration.labels(spec.fmt).observe(time.perf_counter() - started)
                 self.metrics.variant_builds.labels(spec.fmt).inc()
-            return self.store.commit(tmp, image_id, spec.name)
+            return await asyncio.to_thread(self.store.commit, tmp, image_id, spec.name)
         finally:
-            self.store.discard_tmp(tmp)
+            await asyncio.to_thread(self.store.discard_tmp, tmp)
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.variant_cache.labels(result).inc()
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        await self.sandbox.close()

@@ -40,11 +40,13 @@ class _Worker:
 
 
 class SandboxPool:
-    def __init__(self, size: int, memory_mb: int, timeout_s: float, max_jobs: int = 500) -> None:
+    def __init__(self, size: int, memory_mb: int, timeout_s: float, max_jobs: int = 500, vips_threads: int = 1
+                 ) -> None:
         self.size = size or os.cpu_count() or 2
         self.memory_bytes = memory_mb * 1024 * 1024
         self.timeout_s = timeout_s
         self.max_jobs = max_jobs
+        self.vips_threads = vips_threads
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._sem = asyncio.Semaphore(self.size)
@@ -57,7 +59,7 @@ class SandboxPool:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     async def _spawn(self) -> _Worker:
-        env = {**os.environ, "VIPS_CONCURRENCY": "1", "MALLOC_ARENA_MAX": "2", "VIPS_WARNING": "0"}
+        env = {**os.environ, "VIPS_CONCURRENCY": str(self.vips_threads), "MALLOC_ARENA_MAX": "2", "VIPS_WARNING": "0"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "storage_node.sandbox", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env=env, preexec_fn=self._limits,
@@ -124,13 +126,16 @@ def _serve() -> None:
     os.dup2(2, 1)  # stray prints and library chatter go to stderr, never into the protocol
     import pyvips
 
-    pyvips.block_untrusted_set(True)
+    from storage_node.validate import restrict_loaders
+
+    restrict_loaders()
     pyvips.cache_set_max(0)  # each job sees a new file: caching operations only holds memory
-    from storage_node.analyse import analyse
+    from storage_node.analyse import JOBS
 
     for line in sys.stdin:
         try:
-            answer: dict[str, Any] = {"ok": True, "result": analyse(json.loads(line))}
+            job = json.loads(line)
+            answer: dict[str, Any] = {"ok": True, "result": JOBS[job.get("op", "analyse")](job)}
         except MinicdnError as exc:
             answer = {"ok": False, "status": exc.status, "code": exc.code, "message": exc.message}
         except MemoryError:

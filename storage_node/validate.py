@@ -42,6 +42,20 @@ class ImageInfo:
     pages: int
 
 
+# libvips loader classes that may run at all; every other loader (SVG, PDF, TIFF, JPEG 2000, FITS, matrix,
+# ...) is blocked, so nothing minicdn does can reach their parsers, whatever the bytes claim.
+ALLOWED_LOADER_CLASSES = ("VipsForeignLoadJpeg", "VipsForeignLoadPng", "VipsForeignLoadNsgif",
+                          "VipsForeignLoadWebp", "VipsForeignLoadHeif")
+
+
+def restrict_loaders() -> None:
+    """Process-wide: block libvips's untrusted loaders and every loader of a format minicdn does not accept."""
+    pyvips.block_untrusted_set(True)
+    pyvips.operation_block_set("VipsForeignLoad", True)
+    for name in ALLOWED_LOADER_CLASSES:
+        pyvips.operation_block_set(name, False)
+
+
 def sniff(head: bytes) -> str:
     """The format named by the first bytes, or raise UnsupportedImage."""
     if head.startswith(b"\xff\xd8\xff"):
@@ -93,6 +107,8 @@ def decode_check(path: Path, pages: int) -> None:
         image.avg()
     except pyvips.Error as exc:
         detail = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        if any("out of memory" in line for line in detail):
+            raise InvalidImage("decoding this image needs more memory than a worker may use") from None
         raise InvalidImage(f"image data is corrupt or truncated: {(detail or ['decode failed'])[0]}") from None
 
 

@@ -76,6 +76,7 @@ async def mark_uploaded(conn: AsyncConnection[Any], image_id: str, node_id: str,
 _IMAGE_COLUMNS = (
     "image_id, owner_key_id, status, reason, visibility, format, content_type, width, height, bytes, sha256,"
     " set_id, tags, metadata, duplicate_of, created_at, uploaded_at, ready_at"
+    ", pages, animated, colour_space, exif, had_gps"  # filled in by processing (migration 002)
 )
 
 

@@ -149,25 +149,29 @@ async def set_duplicate_of(conn: AsyncConnection[Any], image_id: str, canonical:
     await conn.execute("UPDATE images SET duplicate_of = %s WHERE image_id = %s", (canonical, image_id))
 
 
+NEAR_SQL = (
+    "SELECT coalesce(duplicate_of, image_id) AS canonical,"
+    " bit_count((phash # %s)::bit(64)) AS distance FROM images"
+    " WHERE (ph0 = ANY(%s) OR ph1 = ANY(%s) OR ph2 = ANY(%s) OR ph3 = ANY(%s))"
+    " AND image_id <> %s AND owner_key_id IS NOT DISTINCT FROM %s AND status <> ALL(%s)"
+    " AND bit_count((phash # %s)::bit(64)) <= %s ORDER BY distance, uploaded_at LIMIT 1"
+)
+
+
+def near_args(phash: int, max_distance: int, owner_key_id: str | None, image_id: str) -> tuple[Any, ...]:
+    """Parameters of NEAR_SQL: candidates come from the four chunk indexes (pigeonhole: some chunk differs
+    by at most ``max_distance // 4`` bits), then the exact distance is checked on those rows only."""
+    probes = [neighbours(c, max_distance // 4) for c in chunks(phash)]
+    signed = to_signed64(phash)
+    return (signed, *probes, image_id, owner_key_id, list(GONE), signed, max_distance)
+
+
 async def near_duplicate(pool: AsyncConnectionPool, phash: int, max_distance: int, owner_key_id: str | None,
                          image_id: str) -> str | None:
-    """The closest image of the same owner whose perceptual hash is within ``max_distance`` bits.
-
-    Candidates come from the four chunk indexes (pigeonhole: some chunk differs by at most
-    ``max_distance // 4`` bits), then the exact distance is checked on those rows only.
-    """
+    """The closest image of the same owner whose perceptual hash is within ``max_distance`` bits."""
     if max_distance < 0:
         return None
-    radius = max_distance // 4
-    probes = [neighbours(c, radius) for c in chunks(phash)]
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT coalesce(duplicate_of, image_id) AS canonical,"
-            " bit_count((phash # %s)::bit(64)) AS distance FROM images"
-            " WHERE (ph0 = ANY(%s) OR ph1 = ANY(%s) OR ph2 = ANY(%s) OR ph3 = ANY(%s))"
-            " AND image_id <> %s AND owner_key_id IS NOT DISTINCT FROM %s AND status <> ALL(%s)"
-            " AND bit_count((phash # %s)::bit(64)) <= %s ORDER BY distance, uploaded_at LIMIT 1",
-            (to_signed64(phash), *probes, image_id, owner_key_id, list(GONE), to_signed64(phash), max_distance),
-        )
+        cur = await conn.execute(NEAR_SQL, near_args(phash, max_distance, owner_key_id, image_id))
         row = await cur.fetchone()
     return row["canonical"] if row else None

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const DONE = ["ready"];  // only `ready` images get a URL (the query service answers 409 not_ready before)
+const READY = "ready";  // processed: only then does the query service hand out its URL
 const FAILED = ["rejected", "quarantined", "deleted"];
 
 function log(text) {
@@ -52,19 +52,21 @@ function showReplicas(replicas) {
 }
 
 async function pollUntilReplicated(imageId) {
-  // Poll while the other regions copy it; stop when every replica is ok (or after 30 s: still usable).
-  const deadline = Date.now() + 30000;
+  // Poll while the node processes it and the other regions copy it; stop when it is ready with every
+  // replica ok (after 60 s, go on once it is ready: it is served from the replicas it has).
+  const deadline = Date.now() + 60000;
   let image = null;
-  while (Date.now() < deadline) {
+  const giveUp = Date.now() + 180000;
+  for (;;) {
     image = await minicdnAuth.api("GET", `/v1/images/${imageId}`);
     $("status").textContent = image.status;
     showReplicas(image.replicas);
     if (FAILED.includes(image.status)) throw new Error(`image ${image.status}: ${image.reason || ""}`);
     const allOk = image.replicas.length > 0 && image.replicas.every((r) => r.state === "ok");
-    if (DONE.includes(image.status) && allOk) return image;
+    if (image.status === READY && (allOk || Date.now() > deadline)) return image;
+    if (Date.now() > giveUp) throw new Error(`still ${image.status} after 3 minutes`);
     await sleep(400);
   }
-  return image;
 }
 
 async function upload(ev) {
@@ -88,7 +90,7 @@ async function upload(ev) {
     log(`2. PUT to ${ticket.node_id} in ${ticket.region}`);
     const put = await putWithProgress(ticket.upload_url, file);
     log(`   stored: ${humanBytes(put.body.bytes)}, sha256 ${put.body.sha256.slice(0, 12)}…, request ${put.requestId}`);
-    log("3. waiting for the other regions to copy it");
+    log("3. waiting for processing and for the other regions to copy it");
     const image = await pollUntilReplicated(ticket.image_id);
     log(`   status ${image.status}; replicas ${image.replicas.map((r) => r.state).join(", ")}`);
     const box = Math.round(Math.min(window.innerWidth - 48, 800));

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Browser, Page, expect
 
-from storage_node import keys as node_keys
 from tests.browser.conftest import LAPTOP, PHONE
 from tests.cluster import TestCluster, make_jpeg
 
@@ -24,19 +24,8 @@ async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(cluster: 
                                                                         screenshots: Path) -> None:
     for seed in range(3):
         image = await cluster.upload(make_jpeg(320, 240, seed=seed))
-        await cluster.wait_ready(image["image_id"])
         await cluster.wait_replicated(image["image_id"])
-    # Wait until every node has reported the uploads and their eager variants in a heartbeat.
-    async def counted() -> bool:
-        _s, body = await cluster.api("GET", "/v1/nodes")
-        live = {node_id: app[node_keys.STORE].usage().used_bytes for node_id, app in cluster.apps.items()
-                if node_id != "query"}
-        return all(n["objects"] == 3 and n["used_bytes"] == live[n["node_id"]] for n in body["nodes"])
-
-    await cluster.wait_for(counted, "heartbeats with the new objects")
-    status, api_nodes = await cluster.api("GET", "/v1/nodes")
-    assert status == 200
-    expected = {n["node_id"]: n for n in api_nodes["nodes"]}
+        await cluster.wait_ready(image["image_id"])
 
     context = await browser.new_context(viewport=LAPTOP)
     page = await context.new_page()
@@ -44,15 +33,23 @@ async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(cluster: 
         await page.goto(f"{cluster.query_url}/dashboard#key={cluster.api_key}")
         await page.wait_for_selector("article.node", timeout=10_000)
         assert "#key" not in page.url  # the key left the address bar (kept in sessionStorage)
-        shown = await _node_values(page)
-        assert set(shown) == set(expected)
-        for node_id, node in expected.items():
-            assert shown[node_id]["health"] == "healthy"
-            assert int(shown[node_id]["used_bytes"]) == node["used_bytes"]
-            assert int(shown[node_id]["capacity_bytes"]) == node["capacity_bytes"]
-            assert int(shown[node_id]["objects"]) == 3
+
+        async def page_matches_api() -> bool:
+            # Both sides read the same heartbeats, the page every 3 s: compare until a refresh has caught up.
+            status, api_nodes = await cluster.api("GET", "/v1/nodes")
+            assert status == 200
+            shown = await _node_values(page)
+            checks.clear()
+            checks.update(expected={n["node_id"]: n for n in api_nodes["nodes"]}, shown=shown)
+            return set(shown) == set(checks["expected"]) and all(
+                shown[i]["health"] == "healthy" and int(shown[i]["used_bytes"]) == n["used_bytes"]
+                and int(shown[i]["capacity_bytes"]) == n["capacity_bytes"] and int(shown[i]["objects"]) == 3
+                for i, n in checks["expected"].items())
+
+        checks: dict[str, Any] = {}
+        await cluster.wait_for(page_matches_api, "the dashboard to show what /v1/nodes says", timeout_s=20)
         assert await page.get_attribute("[data-tile=healthy]", "data-value") == "3"
-        total_used = sum(n["used_bytes"] for n in expected.values())
+        total_used = sum(int(n["used_bytes"]) for n in checks["shown"].values())
         assert await page.get_attribute("[data-tile=used]", "data-value") == str(total_used)
         await page.screenshot(path=str(screenshots / "dashboard-laptop.png"), full_page=True)
 
@@ -85,5 +82,43 @@ async def test_dashboard_asks_for_an_admin_key(cluster: TestCluster, browser: Br
         await page.click("#login-form button")
         await page.wait_for_selector("article.node")
         assert await page.is_hidden("#login")
+    finally:
+        await context.close()
+
+
+async def test_dashboard_shows_control_plane_fields_and_escapes_text(cluster: TestCluster, browser: Browser,
+                                                                    screenshots: Path) -> None:
+    """Fields the control plane adds (days until full, node states, events) show when the JSON has them;
+    text from the database is shown as text, never run as markup."""
+    status, real = await cluster.api("GET", "/v1/dashboard")
+    assert status == 200
+    doc = dict(real)
+    doc["nodes"] = [dict(n) for n in real["nodes"]]
+    doc["nodes"][0].update(days_until_full=5.5, state="readonly")
+    doc["sets"] = [{**real["sets"][0], "state": "closed", "days_until_full": 5.5}]
+    doc["summary"] = {**real["summary"], "days_until_full": 5.5}
+    doc["events"] = [{"created_at": "2026-11-23T10:00:00Z", "kind": "new_set", "state": "succeeded", "set_id": "set-2",
+                      "node_id": None, "reason": "<img src=x onerror=window.__pwned=1> set-1 at 81 %",
+                      "outcome": "3 nodes"}]
+
+    context = await browser.new_context(viewport=LAPTOP)
+    page = await context.new_page()
+
+    async def fulfil(route: Any) -> None:
+        await route.fulfill(json=doc)
+
+    try:
+        await page.route("**/v1/dashboard", fulfil)
+        await page.goto(f"{cluster.query_url}/dashboard#key={cluster.api_key}")
+        await page.wait_for_selector("#events table")
+        first = doc["nodes"][0]["node_id"]
+        await expect(page.locator(f'[data-node-id="{first}"] [data-field=days_until_full]')).to_have_text("5.5 days")
+        await expect(page.locator(f'[data-node-id="{first}"] [data-field=state]')).to_have_text("readonly")
+        await expect(page.locator("[data-tile=days] .value")).to_have_text("5.5 days")
+        await expect(page.locator("[data-set-id=set-1]")).to_contain_text("full in 5.5 days")
+        await expect(page.locator("#events td").nth(5)).to_have_text(doc["events"][0]["reason"])
+        assert await page.evaluate("window.__pwned === undefined")
+        assert await page.locator("#events img").count() == 0
+        await page.screenshot(path=str(screenshots / "dashboard-control-plane-fields.png"), full_page=True)
     finally:
         await context.close()

@@ -35,7 +35,11 @@ async def test_upload_demo_end_to_end(cluster: TestCluster, browser: Browser, te
         await page.wait_for_selector("#upload-form", state="visible")
         await page.set_input_files("#file", str(testdata / "chelsea_gps.jpg"))
         await page.click("#go")
-        await page.wait_for_selector("#result[data-loaded=true]", timeout=30_000)
+        try:
+            await page.wait_for_selector("#result[data-loaded=true]", timeout=90_000)
+        except Exception:
+            await page.screenshot(path=str(screenshots / "upload-demo-failure.png"), full_page=True)
+            raise
         image_id = (await page.text_content("[data-testid=image-id]") or "").strip()
         assert await page.get_attribute("#progress", "value") == "100"
         assert await page.text_content("[data-testid=error]") == ""

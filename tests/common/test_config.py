@@ -64,3 +64,20 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     missing = [f"{section}.{key}" for section, key, _help, _default in iter_keys()
                if f"`{section}.{key}`" not in text]
     assert missing == []
+
+
+@pytest.mark.parametrize(("section", "values", "key"), [
+    ("pipeline", {"eager_variants": "thumb.jpg,w99.gif"}, "pipeline.eager_variants"),
+    ("pipeline", {"eager_variants": "thumb.auto"}, "pipeline.eager_variants"),
+    ("pipeline", {"avif_quality": 0}, "pipeline.avif_quality"),
+    ("pipeline", {"avif_effort": 10}, "pipeline.avif_effort"),
+    ("pipeline", {"near_duplicate_distance": 40}, "pipeline.near_duplicate_distance"),
+])
+def test_pipeline_settings_are_validated(section: str, values: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_settings(env={}, overrides={section: values})
+
+
+def test_pipeline_list_settings_from_env() -> None:
+    settings = load_settings(env={"MINICDN_PIPELINE_EAGER_VARIANTS": "thumb.webp, w300.avif"})
+    assert settings.pipeline.eager_variants == ("thumb.webp", "w300.avif")

@@ -44,6 +44,36 @@ def stop_and_check_no_leftovers(proc: subprocess.Popen[bytes]) -> None:
     assert alive == [], f"left behind: {[p.pid for p in alive]}"
 
 
+async def check_operator_pages(session: aiohttp.ClientSession, info: dict[str, object]) -> None:
+    """The dashboard and the upload demo are served, and the dashboard's data shows the live cluster."""
+    for url in (info["dashboard_url"], info["upload_demo_url"]):
+        async with session.get(str(url)) as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+    auth = {"Authorization": f"Bearer {info['api_key']}"}
+    async with session.get(f"{info['query_url']}/v1/dashboard", headers=auth) as resp:
+        data = await resp.json()
+    assert data["summary"]["nodes"] == 3 and data["summary"]["healthy_nodes"] == 3
+    assert sorted(n["region"] for n in data["nodes"]) == ["ap-southeast", "eu-west", "us-east"]
+
+
+def check_request_id_in_logs(state: Path, image_id: str) -> None:
+    """One access line per request, and the upload's request id in every process that handled it: the
+    query service (ticket), the node that took the PUT, and the replicators of the two others."""
+    logs = state / "logs"
+    post = [line for line in (logs / "query.log").read_text().splitlines() if "POST /v1/uploads 201" in line]
+    assert post, "no access line for the upload ticket"
+    rid = post[-1].split("[", 1)[1].split("]", 1)[0]
+    assert rid != "-"
+    node_logs = {p.stem: p.read_text().splitlines() for p in logs.glob("*-1.log")}
+    assert len(node_logs) == 3
+    put = [n for n, lines in node_logs.items()
+           if any(f"[{rid}]" in line and f"PUT /upload/{image_id} 201" in line for line in lines)]
+    assert len(put) == 1, "the PUT's access line carries the ticket's request id"
+    copied = [n for n, lines in node_logs.items()
+              if any(f"[{rid}]" in line and f"replicated {image_id}" in line for line in lines)]
+    assert sorted(copied) == sorted(set(node_logs) - set(put))
+
+
 async def test_dev_cluster_end_to_end(tmp_path: Path, testdata: Path) -> None:
     state = tmp_path / "state"
     proc = start_dev(state)
@@ -66,7 +96,11 @@ async def test_dev_cluster_end_to_end(tmp_path: Path, testdata: Path) -> None:
             async with session.get(found["url"]) as resp:
                 assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
                 assert len(await resp.read()) > 1000
+            await check_operator_pages(session, info)
+        check_request_id_in_logs(state, image_id)
         stop_and_check_no_leftovers(proc)
+        printed = (proc.stdout.read() if proc.stdout else b"").decode()
+        assert f"{info['dashboard_url']}#key={info['api_key']}" in printed
         assert not (state / "cluster.json").exists()
 
         # A restart on the same state directory keeps the image and the key.

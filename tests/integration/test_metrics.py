@@ -59,6 +59,8 @@ async def test_node_and_query_metrics_follow_uploads_reads_and_replication(clust
     assert value(m, "minicdn_variant_cache_requests_total", result="miss") == 1
     assert value(m, "minicdn_variant_cache_requests_total", result="hit") == 2  # the GET and the HEAD
     assert value(m, "minicdn_variant_build_duration_seconds_count", fmt="jpg") == 1
+    assert value(m, "minicdn_processing_total", outcome="ready") == 1
+    assert value(m, "minicdn_processing_duration_seconds_count") == 1
     assert value(m, "minicdn_http_response_bytes_total", route="/i/{image_id}/{variant}") == sum(sizes)
     assert value(m, "minicdn_http_request_duration_seconds_count", route="/i/{image_id}/{variant}") == 3
     async with session.get(f"{node_url(cluster, origin)}/stats") as resp:

@@ -69,3 +69,30 @@ def test_lost_sidecar_is_rebuilt_from_the_original(tmp_path: Path, testdata: Pat
     fresh = Store(tmp_path)  # as after a crash: nothing cached
     assert fresh.meta(IMAGE_ID) == ObjectMeta(hashlib.sha256(data).hexdigest(), "image/png", len(data))
     assert Store(tmp_path).meta(IMAGE_ID) == fresh.meta(IMAGE_ID)  # rewritten on disk
+
+
+def test_dedupe_links_share_bytes_and_survive_either_delete(tmp_path: Path) -> None:
+    import os
+
+    from storage_node.store import ORIGINAL, ObjectMeta, Store
+
+    store = Store(tmp_path / "data")
+    store.prepare()
+    data = b"\xff\xd8\xff" + os.urandom(5000)
+    tmp = store.new_tmp_path()
+    tmp.write_bytes(data)
+    meta = ObjectMeta("ab" * 32, "image/jpeg", len(data))
+    a, b = "aaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbb"
+    store.commit_original(tmp, a, meta)
+    used = store.usage().used_bytes
+    assert store.link_copy(a, b, meta) is not None
+    assert store.usage().used_bytes == used + store.path_for(b, "meta.json").stat().st_size  # no second copy
+    assert os.stat(store.path_for(a, ORIGINAL)).st_ino == os.stat(store.path_for(b, ORIGINAL)).st_ino
+    assert store.usage().objects == 2
+    store.remove_image(a)
+    assert store.path_for(b, ORIGINAL).read_bytes() == data
+    fresh = Store(tmp_path / "data")
+    fresh.prepare()
+    assert fresh.usage().used_bytes == store.usage().used_bytes
+    assert store.link_copy(a, "cccccccccccccccccccccc", meta) is None  # the source is gone: caller stores bytes
+    assert store.link_copy(b, "cccccccccccccccccccccc", ObjectMeta("x", "image/jpeg", 1)) is None  # size mismatch

@@ -1,0 +1,210 @@
+"""deploy/ validated: Compose (`docker compose config`, client only), Prometheus (`promtool check
+config|rules`, and `promtool test rules` on the alert unit tests), every YAML parsed, Kubernetes and
+systemd files checked against the real CLI and settings, and every metric named in the alert rules and
+the Grafana dashboard found on a live cluster's /metrics."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from common.cli import build_parser
+from common.config import iter_keys, load_settings, require_node, require_query
+from tests.cluster import TestCluster, make_jpeg
+from tests.integration.test_metrics import scrape
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
+METRIC_NAME = re.compile(r"\bminicdn_[a-z0-9_]+\b")
+ENV_NAME = re.compile(r"\bMINICDN_[A-Z0-9_]+\b")
+
+
+def need(tool: str) -> str:
+    """A tool .ci/run installs: missing in CI is a failure, missing on a laptop a skip."""
+    path = shutil.which(tool)
+    if path is None:
+        message = f"`{tool}` is not installed (.ci/run installs it from Debian)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def run(*args: str, cwd: Path = DEPLOY) -> str:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def test_every_yaml_file_parses() -> None:
+    assert len(YAML_FILES) >= 10
+    for path in YAML_FILES:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        assert docs, path
+
+
+def compose_command() -> list[str]:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    return [need("docker-compose")]  # Debian's package: the same `config` validation, no engine needed
+
+
+def test_compose_file_is_valid_and_complete() -> None:
+    out = run(*compose_command(), "-f", "docker-compose.yml", "config")
+    config = yaml.safe_load(out)
+    services = config["services"]
+    nodes = [s for s in services.values() if s.get("command") == ["storage-node"]]
+    queries = [s for s in services.values() if s.get("command") == ["query-service"]]
+    assert len(nodes) == 3 and len(queries) == 2
+    assert {n["environment"]["MINICDN_NODE_REGION"] for n in nodes} == {"us-east", "eu-west", "ap-southeast"}
+    assert {"postgres", "nats1", "nats2", "nats3", "prometheus", "grafana"} <= set(services)
+    for name in ("nats1", "nats2", "nats3"):
+        assert "-js" in services[name]["command"] and "--cluster_name" in services[name]["command"]
+    for service in nodes + queries:  # every minicdn env var is a real setting with a valid value
+        settings = load_settings(env={k: str(v) for k, v in service["environment"].items()})
+        (require_node if service in nodes else require_query)(settings)
+
+
+def test_prometheus_config_and_rules() -> None:
+    promtool = need("promtool")
+    run(promtool, "check", "config", "prometheus/prometheus.yml")
+    out = run(promtool, "check", "rules", "prometheus/alerts.yml")
+    assert "SUCCESS" in out
+    assert "SUCCESS" in run(promtool, "test", "rules", "prometheus/alerts.test.yml")
+    alerts = {r["alert"] for g in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"]
+              for r in g["rules"]}
+    for wanted in ("MinicdnNodeDown", "MinicdnDiskUsageHigh", "MinicdnDiskUsageCritical", "MinicdnDiskFullWithin7Days",
+                   "MinicdnReplicationLagHigh", "MinicdnUnderReplicatedImages", "MinicdnHigh5xxRate",
+                   "MinicdnJetStreamBacklog"):
+        assert wanted in alerts
+
+
+def _grafana_exprs() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/minicdn.json").read_text())
+    exprs = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "prometheus"
+            exprs.append(target["expr"])
+    return exprs
+
+
+def _rule_exprs() -> list[str]:
+    groups = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"]
+    return [rule["expr"] for group in groups for rule in group["rules"]]
+
+
+def test_grafana_is_provisioned_with_the_dashboard() -> None:
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["uid"] == "prometheus"
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/minicdn.yml").read_text())
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert f"./grafana/dashboards:{provider['providers'][0]['options']['path']}:ro" in mounts
+    assert len(_grafana_exprs()) >= 20
+
+
+async def test_every_metric_in_rules_and_dashboard_is_exported(cluster: TestCluster) -> None:
+    """Scrape a live cluster after an upload, its replication, a variant read and a rejection."""
+    assert cluster.session is not None
+    image = await cluster.upload(make_jpeg(300, 200, seed=11))
+    await cluster.wait_replicated(image["image_id"])
+    await cluster.wait_ready(image["image_id"])
+    node = cluster.node_settings[image["node_id"]].node.base_url
+    async with cluster.session.get(f"{node}/i/{image['image_id']}/w150.jpg") as resp:
+        assert resp.status == 200
+    status, _ = await cluster.put(image["upload_url"], b"again")
+    assert status in (403, 409)  # used URL: a rejection, so the rejection counter has a sample
+
+    async def consumer_gauges() -> bool:
+        scraped = await scrape(cluster.session, node)  # type: ignore[arg-type]
+        return "minicdn_jetstream_consumer_pending_messages" in scraped
+
+    await cluster.wait_for(consumer_gauges, "the replicators' consumer gauges")
+    exported: set[str] = set()
+    for url in [cluster.query_url, *(s.node.base_url for s in cluster.node_settings.values())]:
+        exported |= set(await scrape(cluster.session, url))
+    named = {m for expr in _rule_exprs() + _grafana_exprs() for m in METRIC_NAME.findall(expr)}
+    assert len(named) >= 20
+    missing = sorted(named - exported)
+    assert missing == [], f"named in deploy/ but not exported: {missing}"
+
+
+def test_every_env_var_in_deploy_files_is_a_setting() -> None:
+    known = {f"MINICDN_{section}_{key}".upper() for section, key, _h, _d in iter_keys()}
+    used: set[str] = set()
+    for path in DEPLOY.rglob("*"):
+        if path.is_file():
+            used |= set(ENV_NAME.findall(path.read_text()))
+    assert used, "deploy files name settings through env vars"
+    assert sorted(used - known) == []
+
+
+def test_kubernetes_manifests(tmp_path: Path) -> None:
+    kustomization = yaml.safe_load((DEPLOY / "k8s/kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if d]
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+        kinds.setdefault(doc["kind"], []).append(doc)
+    statefulsets = kinds["StatefulSet"]
+    assert len(statefulsets) == 3 and kinds["Deployment"] and kinds["ConfigMap"] and kinds["Secret"]
+    regions = set()
+    for sts in statefulsets:
+        spec = sts["spec"]
+        assert spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        container = spec["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        regions.add(env["MINICDN_NODE_REGION"])
+        # The start script derives node id, set and base URL from the pod name: run it with a stand-in.
+        script = container["args"][0].replace("exec minicdn", "echo $MINICDN_NODE_NODE_ID $MINICDN_NODE_SET_ID #")
+        pod = f"{sts['metadata']['name']}-2"
+        out = subprocess.run(["sh", "-c", script], env={"POD_NAME": pod}, capture_output=True, text=True).stdout
+        assert out.split() == [pod, "set-3"]
+        assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+        assert spec["serviceName"] in {s["metadata"]["name"] for s in kinds["Service"]}
+    assert regions == {"us-east", "eu-west", "ap-southeast"}
+    config = kinds["ConfigMap"][0]["data"]["minicdn.toml"]
+    secret_env = {k: str(v) for k, v in kinds["Secret"][0]["stringData"].items()}
+    toml = tmp_path / "minicdn.toml"
+    toml.write_text(config)
+    query_container = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
+    query_env = {e["name"]: e["value"] for e in query_container["env"]}
+    require_query(load_settings(toml, env={**secret_env, **query_env}))
+
+
+def test_systemd_units_and_example_configs() -> None:
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    units = sorted((DEPLOY / "systemd").glob("*.service"))
+    assert len(units) >= 2
+    for unit in units:
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.read_string(unit.read_text())
+        assert {"Unit", "Service", "Install"} <= set(parser.sections()), unit
+        argv = shlex.split(parser["Service"]["ExecStart"])
+        assert argv[0].endswith("/minicdn") and argv[1] in commands and argv[2] == "--config", unit
+        assert parser["Service"]["User"] == "minicdn"
+    require_node(load_settings(DEPLOY / "systemd/node.example.toml", env={}))
+    require_query(load_settings(DEPLOY / "systemd/query.example.toml", env={}))
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (DEPLOY.parent / src).exists(), src
+    assert 'ENTRYPOINT ["minicdn"]' in text and "USER minicdn" in text
