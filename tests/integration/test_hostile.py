@@ -339,8 +339,16 @@ async def chunked_over_cap_raw(h: Hostile, ctx: dict[str, Any]) -> Outcome:
 
 
 async def slowloris(h: Hostile, _ctx: dict[str, Any]) -> Outcome:
+    return await _slowloris(h, h.node("us-east-1"))
+
+
+async def slowloris_query(h: Hostile, _ctx: dict[str, Any]) -> Outcome:
+    return await _slowloris(h, h.cluster.query_url)
+
+
+async def _slowloris(h: Hostile, target: str) -> Outcome:
     """Dribble a request line and headers, never finishing; meanwhile others must be served."""
-    base = urlsplit(h.node("us-east-1"))
+    base = urlsplit(target)
     reader, writer = await asyncio.open_connection(base.hostname, base.port)
     started = time.monotonic()
     closed_after = None
@@ -349,7 +357,7 @@ async def slowloris(h: Hostile, _ctx: dict[str, Any]) -> Outcome:
         for i in range(40):  # up to ~8 s of dribbling; the server's limit is 1 s
             await asyncio.sleep(0.2)
             if i == 2:
-                served = await http(h, "GET", f"{h.node('us-east-1')}/healthz")
+                served = await http(h, "GET", f"{target}/healthz")
                 assert served.status == 200  # the slow client does not block anyone
             try:
                 writer.write(b"X-a: b\r\n")
@@ -464,6 +472,16 @@ CASES = [
     Case("upload: over-long header (10 KB)", 431, "headers_too_large", setup=one_ticket,
          attack=put_jpeg(lambda h, c: c["t"]["upload_url"], headers={"X-Pad": PAD})),
     Case("node: slowloris headers (cut off after header_timeout_s)", CLOSED, None, attack=slowloris),
+    Case("api: slowloris headers (cut off after header_timeout_s)", CLOSED, None, attack=slowloris_query),
+    # Beyond what a handler ever sees: aiohttp's parser answers with its own plain-text 400.
+    Case("node: 20 KB request line (parser refuses)", 400, None,
+         attack=lambda h, c: raw(h.node("us-east-1"), f"GET /i/{'a' * 20_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())),
+    Case("node: 200 header fields (parser refuses)", 400, None,
+         attack=lambda h, c: raw(h.node("us-east-1"), b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                 + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n")),
+    Case("node: Content-Length and chunked together (request smuggling)", 400, None, setup=one_ticket,
+         attack=lambda h, c: raw(c["t"]["upload_url"],
+                                 put_head(c["t"]["upload_url"], 5, "Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n")),
     # --- node reads: private images, originals, ids, ranges ---
     Case("read: private image without signature", 403, "bad_signature", attack=get(private_variant)),
     Case("read: private image, tampered sig", 403, "bad_signature",
