@@ -12,6 +12,8 @@ from aiohttp import web
 
 from common.clientaddr import client_address
 from common.errors import InvalidRequest, PayloadTooLarge
+from common.hardening import read_small_body
+from query_service import keys
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_TAGS = 20
@@ -66,8 +68,8 @@ def check_ip(value: str, field: str = "client_ip") -> str:
 
 
 async def parse_upload_request(request: web.Request, max_upload_bytes: int) -> UploadRequest:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = await read_small_body(request, MAX_BODY_BYTES, request.app[keys.SETTINGS].http.body_read_timeout_s)
+    if raw is None:
         raise InvalidRequest("request body too large")
     try:
         body = json.loads(raw) if raw.strip() else {}
@@ -148,6 +150,4 @@ def parse_url_query(request: web.Request) -> UrlQuery:
 
 def remote_address(request: web.Request) -> str | None:
     """The client's address: the TCP peer, or what a trusted proxy says it forwarded for."""
-    from query_service import keys
-
     return client_address(request.remote, request.headers, request.app[keys.PROXIES])

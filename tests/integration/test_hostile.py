@@ -534,6 +534,10 @@ CASES = [
     Case("api: malformed JSON", 400, "invalid_request",
          attack=api("POST", lambda h, c: "/v1/uploads", data=b'{"visibility": "pub',
                     headers={"Content-Type": "application/json"})),
+    Case("api: body shorter than Content-Length, client stalls", 408, "timeout",
+         attack=lambda h, c: raw(h.cluster.query_url, (
+             f"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {h.cluster.api_key}\r\n"
+             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"visibility\":").encode())),
     Case("api: JSON nested 30,000 deep", 400, "invalid_request",
          attack=api("POST", lambda h, c: "/v1/uploads", data=b"[" * 30_000 + b"]" * 30_000,
                     headers={"Content-Type": "application/json"})),
