@@ -70,7 +70,7 @@ async def hostile(tmp_path_factory: pytest.TempPathFactory, pg: EmbeddedPostgres
     cluster = TestCluster(tmp_path_factory.mktemp("hostile"), database_url, nats_server.url, geoip_db)
     keys = {"k1": secrets.token_urlsafe(24), "k2": secrets.token_urlsafe(24), "k0": secrets.token_urlsafe(24)}
     cluster.common["signing"] = {"keys": keys, "active_kid": "k1", "retired_kids": ["k0"], "max_ttl_s": MAX_TTL_S}
-    cluster.common["http"] = {"header_timeout_s": 1.0, "body_read_timeout_s": 1.0}
+    cluster.common["http"] = {"header_timeout_s": 1.0, "body_read_timeout_s": 1.0, "hotlink_refresh_s": 0.2}
     cluster.common["node"] = {"cors_origin": ORIGIN_OK}
     cluster.common["ratelimit"] = {"burst": 5}
     await cluster.start()
@@ -93,6 +93,11 @@ async def hostile(tmp_path_factory: pytest.TempPathFactory, pg: EmbeddedPostgres
                                            headers={"Authorization": f"Bearer {h.shop_key}"})
         assert status == 201 and (await cluster.put(ticket["upload_url"], make_jpeg(seed=3)))[0] == 201
         h.hotlinked_id = ticket["image_id"]
+        from storage_node import keys as node_keys
+
+        await cluster.wait_for(
+            lambda: all(cluster.apps[n][node_keys.HOTLINK].restricted for n in cluster.node_settings),
+            "nodes know the shop's Referer allowlist")
         for image_id in (h.public_id, h.private_id, h.hotlinked_id):
             await cluster.wait_ready(image_id)
             await cluster.wait_replicated(image_id)
@@ -575,6 +580,9 @@ CASES = [
     Case("api: Referer from another site (hotlink)", 403, "hotlink_forbidden",
          attack=api("GET", lambda h, c: f"/img/{h.hotlinked_id}", headers={"Authorization": "",
                                                                             "Referer": "https://evil.example/x"})),
+    Case("read: Referer from another site on a node URL (hotlink)", 403, "hotlink_forbidden",
+         attack=get(lambda h, c: f"{h.node('us-east-1')}/i/{h.hotlinked_id}/w300.jpg",
+                    headers={"Referer": "https://evil.example/page"})),
     Case("api: spoofed X-Forwarded-For from an untrusted peer (ignored)", 302, None, check=redirects_to("us-east-1"),
          attack=api("GET", lambda h, c: f"/img/{h.public_id}", headers={"Authorization": "",
                                                                          "X-Forwarded-For": "52.16.1.10"})),

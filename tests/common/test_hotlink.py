@@ -4,7 +4,7 @@ import pytest
 
 from common.db.api_keys import App
 from common.errors import Forbidden
-from query_service.hotlink import check_referer, referer_allowed
+from common.hotlink import check_referer, referer_allowed
 
 SHOP = App("a1", "shop", ("shop.example", "cdn-friend.example"), True)
 STRICT = App("a2", "strict", ("shop.example",), False)
