@@ -266,6 +266,8 @@ class HttpSettings:
                                        default=15.0)
     max_header_bytes: int = _help("Largest total size of a request's headers; more is refused with 431.",
                                   default=8192)
+    hotlink_refresh_s: float = _help("Seconds between a node's reloads of the apps' Referer allowlists.",
+                                     default=10.0)
     trusted_proxies: tuple[str, ...] = _help(
         "Networks (CIDR) of reverse proxies whose X-Forwarded-For / Forwarded headers are believed.", default=())
 
