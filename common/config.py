@@ -235,7 +235,8 @@ class ProvisionerSettings:
 class DeletesSettings:
     purge_command: str = _help("Optional program run with the purged URLs as JSON on stdin after a delete.",
                                default="")
-    purge_webhook: str = _help("Optional URL that gets the purged URLs POSTed after a delete.", default="")
+    purge_webhook: str = _help("Optional URL that gets the purged URLs POSTed (signed) after a delete.",
+                               default="")
 
 
 @dataclass(frozen=True)
