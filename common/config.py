@@ -146,6 +146,9 @@ class CallbackSettings:
     timeout_s: float = _help("Timeout of one callback POST.", default=5.0)
     max_attempts: int = _help("Attempts per callback (with exponential backoff) before giving up.", default=5)
     backoff_s: float = _help("Delay before the second attempt; doubled after each failure.", default=1.0)
+    sweep_interval_s: float = _help("Seconds between sweeps of the callback outbox for due deliveries (retries "
+                                    "and rows a stopped process left).", default=5.0)
+    keep_days: float = _help("Days delivered and failed callbacks stay in the outbox table.", default=7.0)
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,8 @@ class HttpSettings:
                                        default=15.0)
     max_header_bytes: int = _help("Largest total size of a request's headers; more is refused with 431.",
                                   default=8192)
+    hotlink_refresh_s: float = _help("Seconds between a node's reloads of the apps' Referer allowlists.",
+                                     default=10.0)
     trusted_proxies: tuple[str, ...] = _help(
         "Networks (CIDR) of reverse proxies whose X-Forwarded-For / Forwarded headers are believed.", default=())
 
@@ -488,6 +493,10 @@ def _validate_pipeline(settings: Settings) -> None:
             raise ConfigError(f"pipeline.eager_variants: {name!r} needs a concrete format")
     if settings.limits.max_frames < 1 or settings.limits.max_variant_side < 16:
         raise ConfigError("limits.max_frames / limits.max_variant_side: must be positive")
+    cb = settings.callbacks
+    if cb.max_attempts < 1 or cb.timeout_s <= 0 or cb.sweep_interval_s <= 0 or cb.backoff_s < 0 or cb.keep_days < 0:
+        raise ConfigError("callbacks.*: max_attempts, timeout_s and sweep_interval_s must be positive, "
+                          "backoff_s and keep_days not negative")
 
 
 def require_common(settings: Settings) -> None:
