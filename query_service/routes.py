@@ -6,7 +6,9 @@ from aiohttp import web
 
 from query_service import (
     handlers_admin,
+    handlers_control,
     handlers_dashboard,
+    handlers_deletes,
     handlers_images,
     handlers_keys,
     handlers_moderation,
@@ -15,6 +17,7 @@ from query_service import (
 )
 
 IMAGE_ID = r"{image_id:[^/]{1,64}}"
+NODE_ID = r"{node_id:[a-z0-9][a-z0-9-]{0,62}}"
 
 
 def add_routes(app: web.Application) -> None:
@@ -22,7 +25,14 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"/v1/images/{IMAGE_ID}", handlers_images.get_image)
     app.router.add_get(f"/v1/images/{IMAGE_ID}/url", handlers_images.get_url)
     app.router.add_get(f"/img/{IMAGE_ID}", handlers_images.redirect)
-    app.router.add_get("/v1/nodes", handlers_admin.list_nodes)
+    app.router.add_delete(f"/v1/images/{IMAGE_ID}", handlers_deletes.delete_image)
+    app.router.add_get("/v1/nodes", handlers_control.list_nodes)
+    app.router.add_get("/v1/capacity", handlers_control.list_nodes)
+    app.router.add_post(f"/v1/nodes/{NODE_ID}/state", handlers_control.set_state)
+    app.router.add_post(f"/v1/nodes/{NODE_ID}/replace", handlers_control.replace_node)
+    app.router.add_get(f"/v1/nodes/{NODE_ID}/backfill", handlers_control.backfill)
+    app.router.add_get("/v1/repair", handlers_control.repair)
+    app.router.add_post("/v1/repair", handlers_control.repair)
     app.router.add_post(f"/v1/images/{IMAGE_ID}/approve", handlers_moderation.approve)
     app.router.add_post(f"/v1/images/{IMAGE_ID}/reject", handlers_moderation.reject)
     app.router.add_get("/healthz", handlers_admin.healthz)

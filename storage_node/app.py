@@ -21,6 +21,7 @@ from common.metrics import HttpMetrics, NodeMetrics
 from common.reqlog import request_id_middleware
 from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext
+from replicator.scrub import Scrubber
 from storage_node import cors, keys
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
@@ -32,6 +33,7 @@ from storage_node.store import Store
 from storage_node.validate import restrict_loaders
 
 REPLICATOR = web.AppKey("replicator", Replicator)
+SCRUBBER = web.AppKey("scrubber", Scrubber)
 
 
 def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web.Application:
@@ -89,6 +91,11 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
             replicator = app[REPLICATOR] = Replicator(ctx, bus)
             await replicator.start()
             stack.push_async_callback(replicator.stop)
+            scrub = settings.scrub
+            if scrub.bytes_per_s > 0:
+                scrubber = app[SCRUBBER] = Scrubber(replicator.ctx, scrub.bytes_per_s, scrub.interval_s,
+                                                    app[keys.METRICS])
+                stack.push_async_callback(_cancel, asyncio.create_task(scrubber.run_forever(), name="scrubber"))
         yield
 
 
