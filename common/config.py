@@ -146,6 +146,9 @@ class CallbackSettings:
     timeout_s: float = _help("Timeout of one callback POST.", default=5.0)
     max_attempts: int = _help("Attempts per callback (with exponential backoff) before giving up.", default=5)
     backoff_s: float = _help("Delay before the second attempt; doubled after each failure.", default=1.0)
+    sweep_interval_s: float = _help("Seconds between sweeps of the callback outbox for due deliveries (retries "
+                                    "and rows a stopped process left).", default=5.0)
+    keep_days: float = _help("Days delivered and failed callbacks stay in the outbox table.", default=7.0)
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,8 @@ class ProvisionerSettings:
 class DeletesSettings:
     purge_command: str = _help("Optional program run with the purged URLs as JSON on stdin after a delete.",
                                default="")
-    purge_webhook: str = _help("Optional URL that gets the purged URLs POSTed after a delete.", default="")
+    purge_webhook: str = _help("Optional URL that gets the purged URLs POSTed (signed) after a delete.",
+                               default="")
 
 
 @dataclass(frozen=True)
@@ -489,6 +493,10 @@ def _validate_pipeline(settings: Settings) -> None:
             raise ConfigError(f"pipeline.eager_variants: {name!r} needs a concrete format")
     if settings.limits.max_frames < 1 or settings.limits.max_variant_side < 16:
         raise ConfigError("limits.max_frames / limits.max_variant_side: must be positive")
+    cb = settings.callbacks
+    if cb.max_attempts < 1 or cb.timeout_s <= 0 or cb.sweep_interval_s <= 0 or cb.backoff_s < 0 or cb.keep_days < 0:
+        raise ConfigError("callbacks.*: max_attempts, timeout_s and sweep_interval_s must be positive, "
+                          "backoff_s and keep_days not negative")
 
 
 def require_common(settings: Settings) -> None:

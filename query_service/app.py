@@ -10,7 +10,7 @@ from aiohttp import web
 
 from common import hardening
 from common.bus import open_bus
-from common.callbacks import CallbackSender
+from common.callback_outbox import CallbackOutbox
 from common.clientaddr import TrustedProxies
 from common.config import Settings, require_query
 from common.db.pool import open_pool
@@ -69,8 +69,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, "query-service"))
         limits = settings.ratelimit
         app[keys.AUTH] = ApiKeyAuth(pool, RateLimiter(limits.requests_per_s, limits.burst))
-        callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
+        callbacks = app[keys.CALLBACKS] = CallbackOutbox(settings, pool)
         stack.push_async_callback(callbacks.close)
+        callbacks.start()
         app[keys.LOCATIONS] = LocationCache(pool, settings.query.location_cache_size)
         registry = app[keys.REGISTRY]
         await registry.reload(pool)

@@ -6,7 +6,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
-from common.callbacks import CallbackSender
+from common.callback_outbox import CallbackOutbox
 from common.clientaddr import TrustedProxies
 from common.config import Settings
 from common.geo import GeoLocator
@@ -30,4 +30,4 @@ PROXIES = web.AppKey("proxies", TrustedProxies)
 QUERY_METRICS = web.AppKey("query_metrics", QueryMetrics)
 CLUSTER_STATS = web.AppKey("cluster_stats", ClusterStats)
 ASSETS = web.AppKey("assets", dict)
-CALLBACKS = web.AppKey("callbacks", CallbackSender)
+CALLBACKS = web.AppKey("callbacks", CallbackOutbox)

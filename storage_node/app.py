@@ -11,7 +11,7 @@ from aiohttp import web
 
 from common import __version__, hardening
 from common.bus import open_bus
-from common.callbacks import CallbackSender
+from common.callback_outbox import CallbackOutbox
 from common.config import Settings, require_node
 from common.db import nodes as db_nodes
 from common.db.pool import open_pool
@@ -71,8 +71,9 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
             store, settings.node.render_threads, RenderOptions.from_settings(settings.pipeline), app[keys.METRICS],
             memory_mb=settings.pipeline.worker_memory_mb, timeout_s=settings.pipeline.job_timeout_s)
         stack.push_async_callback(renderer.close)
-        callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
+        callbacks = app[keys.CALLBACKS] = CallbackOutbox(settings, pool)
         stack.push_async_callback(callbacks.close)
+        callbacks.start()  # delivers what a stop left pending, first
         app[keys.GATE] = ServeGate(pool)
         hotlink = app[keys.HOTLINK] = HotlinkGuard(pool, settings.http.hotlink_refresh_s)
         await hotlink.reload()

@@ -8,7 +8,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
-from common.callbacks import CallbackSender
+from common.callback_outbox import CallbackOutbox
 from common.config import Settings
 from common.metrics import NodeMetrics
 from storage_node.gate import ServeGate
@@ -33,7 +33,7 @@ STORE = web.AppKey("store", Store)
 RENDERER = web.AppKey("renderer", Renderer)
 PROCESSOR = web.AppKey("processor", Processor)
 GATE = web.AppKey("gate", ServeGate)
-CALLBACKS = web.AppKey("callbacks", CallbackSender)
+CALLBACKS = web.AppKey("callbacks", CallbackOutbox)
 METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)
 HOTLINK = web.AppKey("hotlink", HotlinkGuard)
