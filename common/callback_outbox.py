@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from common.callbacks import CallbackSender
 from common.config import Settings
 from common.db import callbacks as db_callbacks
+from common.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 32  # deliveries at once per process (the sender's connection limit)
@@ -106,10 +107,5 @@ class CallbackOutbox:
         """Stop delivering; rows in flight keep their lease and are retried by whoever claims them next."""
         for handle in self._timers:
             handle.cancel()
-        tasks = [t for t in (self._loop_task, *self._in_flight) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all([self._loop_task, *self._in_flight])
         await self.sender.close()
