@@ -238,7 +238,8 @@ class ProvisionerSettings:
 class DeletesSettings:
     purge_command: str = _help("Optional program run with the purged URLs as JSON on stdin after a delete.",
                                default="")
-    purge_webhook: str = _help("Optional URL that gets the purged URLs POSTed after a delete.", default="")
+    purge_webhook: str = _help("Optional URL that gets the purged URLs POSTed (signed) after a delete.",
+                               default="")
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,8 @@ class HttpSettings:
                                        default=15.0)
     max_header_bytes: int = _help("Largest total size of a request's headers; more is refused with 431.",
                                   default=8192)
+    hotlink_refresh_s: float = _help("Seconds between a node's reloads of the apps' Referer allowlists.",
+                                     default=10.0)
     trusted_proxies: tuple[str, ...] = _help(
         "Networks (CIDR) of reverse proxies whose X-Forwarded-For / Forwarded headers are believed.", default=())
 

@@ -41,10 +41,13 @@ async def delete_image(request: web.Request) -> web.Response:
             await app[keys.BUS].publish_set_event(done["set_id"], ImageDeleted(image_id, done["set_id"]), image_id)
         except Exception as exc:  # the members' sweep of their delete rows removes the files anyway
             logger.warning("publish of delete %s failed (the sweep will do it): %s", image_id, exc)
-        settings = app[keys.SETTINGS].deletes
-        if settings.purge_command or settings.purge_webhook:
+        settings = app[keys.SETTINGS]
+        if settings.deletes.purge_command or settings.deletes.purge_webhook:
             payload = purge_payload(image_id, done["base_urls"], public_base(request))
-            task = asyncio.create_task(run_purge_hooks(settings, payload), name=f"purge-{image_id}")
+            kid = settings.signing.active_kid
+            key = settings.signing_key(kid)
+            task = asyncio.create_task(run_purge_hooks(settings.deletes, payload, (kid, key) if key else None),
+                                       name=f"purge-{image_id}")
             _background.add(task)
             task.add_done_callback(_background.discard)
     return json_response({"image_id": image_id, "status": "deleted"}, status=202)

@@ -2,12 +2,16 @@
 
 The payload (JSON) is ``{"event": "purge", "image_id", "url_prefixes": [...], "urls": [...]}``: every
 member's ``/i/<id>/`` prefix (originals and all variants) and the query service's ``/img/<id>``. It
-runs in the background after the delete has committed; a failing hook is logged, never retried.
+runs in the background after the delete has committed; a failing hook is logged, never retried. The
+webhook is signed like the provisioner's (``X-Minicdn-Signature: <kid>:<hex HMAC-SHA256 of the body>``)
+so the receiver can refuse forged purges, and carries ``Idempotency-Key: minicdn-purge-<id>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import shlex
@@ -29,10 +33,16 @@ def purge_payload(image_id: str, node_base_urls: list[str], query_base_url: str)
     }
 
 
-async def run_purge_hooks(settings: DeletesSettings, payload: dict[str, Any]) -> list[str]:
-    """Run the configured command and/or webhook; returns the failures (empty when all went well)."""
+async def run_purge_hooks(settings: DeletesSettings, payload: dict[str, Any],
+                          sign: tuple[str, bytes] | None = None) -> list[str]:
+    """Run the configured command and/or webhook (signing it with ``sign`` = (kid, key) when given);
+    returns the failures (empty when all went well)."""
     failures = []
     body = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", "Idempotency-Key": f"minicdn-purge-{payload['image_id']}"}
+    if sign is not None:
+        kid, key = sign
+        headers["X-Minicdn-Signature"] = f"{kid}:{hmac.new(key, body, hashlib.sha256).hexdigest()}"
     if settings.purge_command:
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -46,7 +56,7 @@ async def run_purge_hooks(settings: DeletesSettings, payload: dict[str, Any]) ->
     if settings.purge_webhook:
         try:
             async with aiohttp.ClientSession() as session, session.post(
-                    settings.purge_webhook, data=body, headers={"Content-Type": "application/json"},
+                    settings.purge_webhook, data=body, headers=headers,
                     timeout=aiohttp.ClientTimeout(total=HOOK_TIMEOUT_S)) as resp:
                 if resp.status >= 300:
                     failures.append(f"purge webhook answered {resp.status}")

@@ -13,6 +13,7 @@ from query_service import (
     handlers_keys,
     handlers_moderation,
     handlers_uploads,
+    openapi,
 )
 
 IMAGE_ID = r"{image_id:[^/]{1,64}}"
@@ -35,6 +36,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/v1/images/{IMAGE_ID}/approve", handlers_moderation.approve)
     app.router.add_post(f"/v1/images/{IMAGE_ID}/reject", handlers_moderation.reject)
     app.router.add_get("/healthz", handlers_admin.healthz)
+    app.router.add_get("/openapi.json", openapi.openapi_json)
     app.router.add_post("/v1/keys", handlers_keys.create_key)
     app.router.add_get("/v1/keys", handlers_keys.list_keys)
     app.router.add_delete("/v1/keys/{key_id:[^/]{1,64}}", handlers_keys.revoke_key)

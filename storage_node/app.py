@@ -25,6 +25,7 @@ from replicator.scrub import Scrubber
 from storage_node import cors, keys
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
+from storage_node.hotlink import HotlinkGuard
 from storage_node.process import Processor
 from storage_node.render import Renderer, RenderOptions, configure_process
 from storage_node.routes import add_routes
@@ -74,6 +75,10 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
         stack.push_async_callback(callbacks.close)
         callbacks.start()  # delivers what a stop left pending, first
         app[keys.GATE] = ServeGate(pool)
+        hotlink = app[keys.HOTLINK] = HotlinkGuard(pool, settings.http.hotlink_refresh_s)
+        await hotlink.reload()
+        hotlink_task = asyncio.create_task(hotlink.run(), name="hotlink-reload")
+        stack.push_async_callback(_cancel, hotlink_task)
         processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
         processor.metrics = app[keys.METRICS]
         stack.push_async_callback(processor.close)

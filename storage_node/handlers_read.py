@@ -132,6 +132,8 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     if meta.private and not signed:
         raise SignatureInvalid("this image is served only with a signed URL")
     await app[keys.GATE].check(image_id)  # only `ready` images (memory-only once known ready)
+    if not signed:  # a signed URL is the owner's own grant; public reads obey the app's Referer allowlist
+        await app[keys.HOTLINK].check(image_id, request.headers.get("Referer"))
     etag = _etag_for(meta, name)
     headers = {"Cache-Control": CACHE_PRIVATE if (meta.private or spec is None) else CACHE_PUBLIC,
                "X-Content-Type-Options": "nosniff", "Content-Security-Policy": IMAGE_CSP}

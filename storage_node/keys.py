@@ -12,6 +12,7 @@ from common.callback_outbox import CallbackOutbox
 from common.config import Settings
 from common.metrics import NodeMetrics
 from storage_node.gate import ServeGate
+from storage_node.hotlink import HotlinkGuard
 from storage_node.process import Processor
 from storage_node.render import Renderer
 from storage_node.store import Store
@@ -35,3 +36,4 @@ GATE = web.AppKey("gate", ServeGate)
 CALLBACKS = web.AppKey("callbacks", CallbackOutbox)
 METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)
+HOTLINK = web.AppKey("hotlink", HotlinkGuard)

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from common.embedded import EmbeddedNats
 from tests.cluster import NODE_REGIONS, TestCluster, make_jpeg
 
 NODES = [f"{r}-1" for r in NODE_REGIONS]
@@ -133,3 +134,82 @@ async def test_delete_stops_resolving_on_every_query_service_instance(cluster: T
             return resp.status == 404
 
     await cluster.wait_for(gone_there, "the other instance forgets the image", 2)
+
+
+async def test_a_real_delete_runs_the_purge_command_and_a_signed_webhook(
+        tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str) -> None:
+    """Through `DELETE /v1/images/{id}`: the command gets the payload on stdin, the webhook gets it POSTed,
+    signed and with an idempotency key; a repeat delete purges nothing again; a failing webhook does not
+    change the answer (the delete has committed)."""
+    import asyncio
+    import hashlib
+    import hmac
+
+    from aiohttp import web
+
+    from common.embedded import free_port
+
+    got: list[tuple[bytes, dict[str, str]]] = []
+    answer = {"status": 200}
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append((await request.read(), dict(request.headers)))
+        return web.json_response({}, status=answer["status"])
+
+    app = web.Application()
+    app.router.add_post("/purge", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    purged = tmp_path / "purged.jsonl"
+    script = tmp_path / "purge.py"
+    script.write_text(f"import sys\nopen({str(purged)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
+    c = TestCluster(tmp_path, database_url, nats_server.url, geoip_db, extra={"deletes": {
+        "purge_command": f"{sys.executable} {script}", "purge_webhook": f"http://127.0.0.1:{port}/purge"}})
+    await c.start()
+    try:
+        up = await c.upload(make_jpeg(seed=26), client_ip="3.0.1.10")
+        second = await c.upload(make_jpeg(seed=27), client_ip="3.0.1.10")
+        image_id = up["image_id"]
+        await c.wait_replicated(image_id)
+        for i in (image_id, second["image_id"]):
+            await c.wait_ready(i)  # deleting mid-processing is another test's subject
+        status, body = await c.api("DELETE", f"/v1/images/{image_id}")
+        assert status == 202 and body["status"] == "deleted"
+
+        def command_lines() -> list[dict[str, object]]:
+            return [json.loads(x) for x in purged.read_text().splitlines() if x] if purged.exists() else []
+
+        await c.wait_for(lambda: len(got) == 1 and len(command_lines()) == 1, "both purge hooks", 10)
+        members = sorted(s.node.base_url for s in c.node_settings.values())
+        expected = {"event": "purge", "image_id": image_id,
+                    "url_prefixes": [f"{u}/i/{image_id}/" for u in members], "urls": [f"{c.query_url}/img/{image_id}"]}
+        assert command_lines() == [expected]
+        raw, headers = got[0]
+        assert json.loads(raw) == expected
+        assert headers["Content-Type"] == "application/json"
+        assert headers["Idempotency-Key"] == f"minicdn-purge-{image_id}"
+        kid, mac = headers["X-Minicdn-Signature"].split(":")
+        key = c.settings().signing_key(kid)
+        assert kid == "k1" and key is not None
+        assert hmac.compare_digest(mac, hmac.new(key, raw, hashlib.sha256).hexdigest())
+        assert not hmac.compare_digest(mac, hmac.new(key, raw + b" ", hashlib.sha256).hexdigest())
+
+        # Deleting it again is accepted and purges nothing more.
+        status, _ = await c.api("DELETE", f"/v1/images/{image_id}")
+        assert status == 202
+        await asyncio.sleep(0.5)
+        assert len(got) == 1 and len(command_lines()) == 1
+
+        # A webhook that fails is logged; the delete stands and the command still ran.
+        answer["status"] = 500
+        status, body = await c.api("DELETE", f"/v1/images/{second['image_id']}")
+        assert status == 202
+        await c.wait_for(lambda: len(got) == 2 and len(command_lines()) == 2, "hooks for the second delete", 10)
+        assert json.loads(got[1][0])["image_id"] == second["image_id"]
+        status, body = await c.api("GET", f"/v1/images/{second['image_id']}/url")
+        assert status == 404
+    finally:
+        await c.stop()
+        await runner.cleanup()
