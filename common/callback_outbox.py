@@ -75,8 +75,8 @@ class CallbackOutbox:
 
     async def _deliver(self, row: dict[str, Any]) -> None:
         delivery_id = row["delivery_id"]
-        outcome = await self.sender.post(row["url"], row["body"], str(delivery_id))
         try:
+            outcome = await self.sender.post(row["url"], row["body"], str(delivery_id))
             if outcome.delivered:
                 await db_callbacks.delivered(self.pool, delivery_id)
             elif outcome.refused or row["attempts"] >= self.cfg.max_attempts:
@@ -87,8 +87,8 @@ class CallbackOutbox:
                 delay = self.cfg.backoff_s * 2 ** (row["attempts"] - 1)
                 await db_callbacks.failed(self.pool, delivery_id, outcome.error, delay)
                 self._retry_after(delay)
-        except Exception as exc:  # the lease runs out and the row is claimed again
-            logger.warning("recording callback %s failed: %s", delivery_id, exc)
+        except Exception:  # e.g. Postgres away: the lease runs out and the row is claimed again
+            logger.exception("callback %s: attempt or its record failed", delivery_id)
 
     def _retry_after(self, delay_s: float) -> None:
         def fire() -> None:

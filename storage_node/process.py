@@ -77,9 +77,7 @@ class Processor:
         started = time.perf_counter()
         try:
             status = await self.process(image_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except Exception:  # (cancellation is a BaseException: it passes through)
             status = "failed"
             failures = self._failures[image_id] = self._failures.get(image_id, 0) + 1
             logger.exception("processing %s failed (attempt %d)", image_id, failures)
@@ -158,8 +156,6 @@ class Processor:
         while True:
             try:
                 await self.sweep_once()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 logger.warning("processing sweep failed: %s", exc)
             await asyncio.sleep(self.settings.pipeline.sweep_interval_s)
