@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -26,6 +27,7 @@ from common.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 32  # deliveries at once per process (the sender's connection limit)
+PURGE_EVERY_S = 3600.0  # finished rows are deleted by the day: hourly is often enough
 
 
 class CallbackOutbox:
@@ -49,11 +51,14 @@ class CallbackOutbox:
         self._wake.set()
 
     async def _run(self) -> None:
+        purged_at = -PURGE_EVERY_S
         while True:
             self._wake.clear()
             try:
                 await self.deliver_due()
-                await db_callbacks.purge_finished(self.pool, self.cfg.keep_days * 86400.0)
+                if time.monotonic() - purged_at >= PURGE_EVERY_S:
+                    await db_callbacks.purge_finished(self.pool, self.cfg.keep_days * 86400.0)
+                    purged_at = time.monotonic()
             except Exception as exc:  # Postgres away: the rows wait there, the next round tries again
                 logger.warning("callback sweep failed: %s", exc)
             with contextlib.suppress(TimeoutError):
