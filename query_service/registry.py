@@ -6,13 +6,13 @@ heartbeat is younger than the timeout.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
 
 from psycopg_pool import AsyncConnectionPool
 
+from common import loops
 from common.bus import Bus
 from common.db import nodes as db_nodes
 from common.events import NodeHeartbeat
@@ -88,10 +88,11 @@ class NodeRegistry:
         sub = await bus.nc.subscribe(bus.subjects.all_heartbeats(), cb=on_msg)
         try:
             while True:
-                await asyncio.sleep(refresh_s)
+                await loops.sleep(refresh_s)
                 try:
                     await self.reload(pool)
                 except Exception as exc:
+                    loops.raise_if_cancelling()
                     logger.warning("node reload failed: %s", exc)
         finally:
             await sub.unsubscribe()

@@ -16,23 +16,16 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from common import reqlog
+from common import loops, reqlog
 from common.bus import Bus
 from common.db import replicas as db_replicas
 from common.events import ImageRejected, ImageUploaded
+from common.loops import raise_if_cancelling
 from replicator.jobs import ReplicatorContext, Wanted, drop_rejected, replicate
 from replicator.outcomes import Permanent, Retry
 
 logger = logging.getLogger(__name__)
 FETCH_BATCH = 16
-
-
-def _raise_if_cancelling() -> None:
-    """Python 3.11's wait_for (inside fetch) can turn a cancellation that meets its own timeout into a
-    TimeoutError: the task is still being cancelled, so stop instead of looping on (stop() would hang)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class Replicator:
@@ -78,17 +71,18 @@ class Replicator:
     # --- JetStream path -----------------------------------------------------------------------------
     async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
         while True:
+            raise_if_cancelling()
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
             except nats.errors.TimeoutError:
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnecting, stream briefly unavailable...: the loop must live on
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 logger.warning("consumer fetch failed: %r", exc)
-                await asyncio.sleep(1)
+                await loops.sleep(1)
                 continue
             await asyncio.gather(*(self._handle(msg) for msg in msgs))
 
@@ -163,16 +157,18 @@ class Replicator:
 
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.ctx.settings.replicator.sweep_interval_s)
+            await loops.sleep(self.ctx.settings.replicator.sweep_interval_s)
             try:
                 await self.observe_consumer()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # metrics only: never stop the sweep for it
+                raise_if_cancelling()
                 logger.debug("consumer info failed: %r", exc)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelling()
                 logger.warning("sweep failed: %s", exc)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from common import loops
 from common.bus import Bus
 from common.callbacks import CallbackSender
 from common.config import Settings
@@ -161,8 +162,9 @@ class Processor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                loops.raise_if_cancelling()
                 logger.warning("processing sweep failed: %s", exc)
-            await asyncio.sleep(self.settings.pipeline.sweep_interval_s)
+            await loops.sleep(self.settings.pipeline.sweep_interval_s)
 
     async def wait_idle(self) -> None:
         """Tests and benchmarks: wait until nothing is being processed."""
