@@ -1,5 +1,5 @@
-"""`callback_url` delivery: a signed JSON POST when an image becomes ready or rejected, with timeouts and
-retries, and never to the operator's own networks.
+"""`callback_url` delivery: a signed JSON POST when an image becomes ready or rejected, with a timeout, and
+never to the operator's own networks. (Retries, durably: ``common.callback_outbox``.)
 
 A callback URL is attacker-chosen, so it is an SSRF vector: it is refused at `POST /v1/uploads` when it
 names (or resolves to) an address that is not globally routable — loopback, link-local (cloud metadata
@@ -7,13 +7,12 @@ at 169.254.169.254), private, shared, multicast, reserved — unless ``callbacks
 again at delivery time, where the HTTP client's resolver drops such addresses *before connecting*, so
 a name that was public at upload time and points inward later (DNS rebinding) reaches nothing.
 Redirects are not followed. Receivers verify ``X-Minicdn-Signature: t=<unix>,kid=<kid>,v1=<hex>``,
-an HMAC-SHA256 with the cluster's signing key over ``"<t>." + body``.
+an HMAC-SHA256 with the cluster's signing key over ``"<t>." + body``, and dedupe by ``X-Minicdn-Delivery``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -21,6 +20,7 @@ import json
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +33,7 @@ from common.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Minicdn-Signature"
+DELIVERY_HEADER = "X-Minicdn-Delivery"  # one id per callback, the same on every attempt: receivers dedupe by it
 
 
 class RefusedAddress(OSError):
@@ -130,25 +131,23 @@ def verify(header: str, body: bytes, keys: dict[str, bytes], max_age_s: float = 
     return hmac.compare_digest(expected, mac)
 
 
-def payload(row: dict[str, Any]) -> dict[str, Any]:
-    """The callback body for an image row (status `ready` or `rejected`)."""
-    ready_at = row.get("ready_at")
-    return {
-        "event": f"image.{row['status']}", "image_id": row["image_id"], "status": row["status"],
-        "reason": row.get("reason"), "duplicate_of": row.get("duplicate_of"), "format": row.get("format"),
-        "width": row.get("width"), "height": row.get("height"), "sha256": row.get("sha256"),
-        "ready_at": ready_at.isoformat() if ready_at is not None else None, "sent_at": int(time.time()),
-    }
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one POST: delivered, or why not (``refused``: the SSRF policy, retrying cannot help)."""
+
+    delivered: bool
+    error: str = ""
+    refused: bool = False
 
 
 class CallbackSender:
-    """Background delivery with exponential backoff; ``close()`` cancels what is still retrying."""
+    """One signed POST per call, through the SSRF-guarded client; retries and their state are the outbox's
+    (``common.callback_outbox``)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cfg = settings.callbacks
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[bool]] = set()
         self.delivered = 0
         self.failed = 0
         self.refused = 0
@@ -160,53 +159,35 @@ class CallbackSender:
                                                   timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
         return self._session
 
-    def send(self, url: str | None, row: dict[str, Any] | None) -> asyncio.Task[bool] | None:
-        """Schedule delivery of ``row``'s event to ``url`` (no-op without a URL)."""
-        if not url or row is None:
-            return None
-        task = asyncio.get_running_loop().create_task(self.deliver(url, payload(row)), name="callback")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def deliver(self, url: str, body_obj: dict[str, Any]) -> bool:
-        if _literal_refused(url, self.cfg.allow_private):  # aiohttp does not pass IP literals to the resolver
-            logger.warning("callback for %s refused: %s is not a public address", body_obj.get("image_id"), url)
+    async def post(self, url: str, event: dict[str, Any], delivery_id: str) -> Attempt:
+        """POST ``event`` (plus ``sent_at``) to ``url``, signed, without following redirects."""
+        outcome = await self._post(url, event, delivery_id)
+        if outcome.delivered:
+            self.delivered += 1
+        else:
             self.failed += 1
-            self.refused += 1
-            return False
-        body = json.dumps(body_obj, separators=(",", ":")).encode()
+            self.refused += outcome.refused
+            log = logger.warning if outcome.refused else logger.info
+            log("callback %s for %s failed: %s", delivery_id, event.get("image_id"), outcome.error)
+        return outcome
+
+    async def _post(self, url: str, event: dict[str, Any], delivery_id: str) -> Attempt:
+        if _literal_refused(url, self.cfg.allow_private):  # aiohttp does not pass IP literals to the resolver
+            return Attempt(False, f"{url} is not a public address", refused=True)
+        body = json.dumps({**event, "sent_at": int(time.time())}, separators=(",", ":")).encode()
         kid = self.settings.signing.active_kid
-        key = self.settings.signing_key(kid) or b""
-        delay = self.cfg.backoff_s
-        for attempt in range(1, self.cfg.max_attempts + 1):
-            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, kid, key),
-                       "User-Agent": "minicdn-callback/1"}
-            try:
-                async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                    if 200 <= resp.status < 300:
-                        self.delivered += 1
-                        return True
-                    outcome = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                if isinstance(exc, RefusedAddress) or isinstance(getattr(exc, "os_error", None), RefusedAddress):
-                    logger.warning("callback for %s refused: %s", body_obj.get("image_id"), exc)
-                    self.failed += 1
-                    self.refused += 1
-                    return False  # policy, not a transient failure: retrying cannot help
-                outcome = repr(exc)
-            logger.info("callback for %s attempt %d failed: %s", body_obj.get("image_id"), attempt, outcome)
-            if attempt < self.cfg.max_attempts:
-                await asyncio.sleep(delay)
-                delay *= 2
-        self.failed += 1
-        return False
+        headers = {"Content-Type": "application/json", "User-Agent": "minicdn-callback/1",
+                   SIGNATURE_HEADER: sign(body, kid, self.settings.signing_key(kid) or b""),
+                   DELIVERY_HEADER: delivery_id}
+        try:
+            async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                if 200 <= resp.status < 300:
+                    return Attempt(True)
+                return Attempt(False, f"HTTP {resp.status}")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            refused = isinstance(exc, RefusedAddress) or isinstance(getattr(exc, "os_error", None), RefusedAddress)
+            return Attempt(False, repr(exc), refused=refused)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         if self._session is not None:
             await self._session.close()

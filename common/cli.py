@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from common import cli_keys
+from common import cli_control, cli_keys
 from common.client import ClientError, find_cluster, get_json, upload_file
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
@@ -68,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     url.add_argument("--client-ip")
     _add_client_flags(url)
 
-    status = sub.add_parser("status", help="table of regions, sets, nodes, health and capacity")
-    _add_client_flags(status)
+    cli_control.add_parsers(sub, _add_client_flags)
 
     bench = sub.add_parser("bench", help="load a running cluster through the public API and print figures")
     bench.add_argument("--uploads", type=int, default=300, help="uploads to time")
@@ -102,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return asyncio.run(cli_keys.cmd_keys(args, console))
-        handler = {"upload": cmd_upload, "url": cmd_url, "status": cmd_status, "bench": cmd_bench}[args.command]
+        handler = {"upload": cmd_upload, "url": cmd_url, "status": cli_control.cmd_status, "bench": cmd_bench,
+                   "node": cli_control.cmd_node, "repair": cli_control.cmd_repair}[args.command]
         return asyncio.run(handler(args))
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/red] {exc}")
@@ -216,23 +216,6 @@ async def cmd_url(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_status(args: argparse.Namespace) -> int:
-    cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
-    async with aiohttp.ClientSession() as session:
-        data = await get_json(session, cluster, "/v1/nodes")
-    table = Table(title="minicdn nodes")
-    for col in ("region", "set", "node", "state", "health", "used", "free", "capacity", "objects", "heartbeat"):
-        table.add_column(col)
-    for n in data["nodes"]:
-        age = n["heartbeat_age_s"]
-        table.add_row(n["region"], f"{n['set_id']} ({n['set_state']})", n["node_id"], n["state"],
-                      "[green]healthy[/green]" if n["healthy"] else "[red]down[/red]", _human(n["used_bytes"]),
-                      _human(n["free_bytes"]), _human(n["capacity_bytes"]), str(n["objects"]),
-                      "never" if age is None else f"{age:.1f}s ago")
-    console.print(table)
-    return 0
-
-
 async def cmd_bench(args: argparse.Namespace) -> int:
     from common.bench import run_bench
 
@@ -246,15 +229,6 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     await run_bench(cluster, uploads=args.uploads, concurrency=args.concurrency, lookups=args.lookups,
                     gets=args.gets, console=console)
     return 0
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return str(n)
 
 
 if __name__ == "__main__":

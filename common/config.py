@@ -146,6 +146,9 @@ class CallbackSettings:
     timeout_s: float = _help("Timeout of one callback POST.", default=5.0)
     max_attempts: int = _help("Attempts per callback (with exponential backoff) before giving up.", default=5)
     backoff_s: float = _help("Delay before the second attempt; doubled after each failure.", default=1.0)
+    sweep_interval_s: float = _help("Seconds between sweeps of the callback outbox for due deliveries (retries "
+                                    "and rows a stopped process left).", default=5.0)
+    keep_days: float = _help("Days delivered and failed callbacks stay in the outbox table.", default=7.0)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,9 @@ class ReplicatorSettings:
     sweep_age_s: float = _help("A pending row older than this is copied by the sweep.", default=5.0)
     concurrency: int = _help("Images copied at once.", default=8)
     fetch_timeout_s: float = _help("Timeout of one copy from a peer.", default=60.0)
+    max_bytes_per_s: int = _help(
+        "Cap on the bytes/s this node's replicator copies from peers (backfill, repair, replication); 0 no cap.",
+        default=0)
     metrics_port: int = _help("Port of /metrics for `minicdn replicator` run on its own (0: none; inside a node "
                               "process its metrics are on the node's /metrics).", default=0)
 
@@ -186,6 +192,60 @@ class QuerySettings:
 @dataclass(frozen=True)
 class HealthSettings:
     heartbeat_timeout_s: float = _help("A node whose last heartbeat is older than this is unhealthy.", default=10.0)
+    recover_s: float = _help(
+        "An unhealthy node is used again only after heartbeating this long without a gap (hysteresis).", default=10.0)
+    dead_after_s: float = _help("A node silent this long is marked `dead` (by the capacity monitor).", default=600.0)
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    enabled: bool = _help("Run the capacity monitor (one leader among the query services acts).", default=True)
+    interval_s: float = _help("Seconds between capacity checks of the leader.", default=5.0)
+    sample_interval_s: float = _help("Seconds between usage samples kept for growth rates.", default=60.0)
+    growth_window_s: float = _help("Usage history used for growth rates and days until full.", default=86400.0)
+    forecast_min_span_s: float = _help(
+        "Forecasts act (provision) only on usage samples spanning at least this long.", default=3600.0)
+    provision_cooldown_s: float = _help(
+        "After a provisioning ends, the forecast may not start another for this long.", default=3600.0)
+    high_water: float = _help("A set with a member this full (0..1) is closed for new uploads.", default=0.80)
+    critical: float = _help("A node this full (0..1) goes `readonly`.", default=0.95)
+    provision_headroom: float = _help(
+        "Provision a new set when the open sets' room before the high-water mark falls below this fraction "
+        "of one set's capacity.", default=0.25)
+    provision_horizon_days: float = _help(
+        "Provision a new set when the open sets are forecast to close within this many days.", default=7.0)
+    provision_timeout_s: float = _help("A provisioning whose nodes have not all registered by then failed.",
+                                       default=600.0)
+    auto_replace_after_s: float = _help(
+        "Replace a `dead` node automatically this long after it died; 0 never (operators run `node replace`).",
+        default=0.0)
+
+
+@dataclass(frozen=True)
+class ProvisionerSettings:
+    kind: str = _help("`none`, `local` (node configs for `minicdn dev` to start), `command` or `webhook`.",
+                      default="none")
+    local_dir: str = _help("Local provisioner: directory the new nodes' configs and data go to.", default="")
+    local_node_capacity_bytes: int = _help("Local provisioner: capacity of each new node; 0 the disk.", default=0)
+    local_host: str = _help("Local provisioner: address the new nodes listen on.", default="127.0.0.1")
+    command: str = _help("Command provisioner: program run with the plan as JSON on stdin.", default="")
+    webhook_url: str = _help("Webhook provisioner: URL the plan is POSTed to (signed with the signing key).",
+                             default="")
+    timeout_s: float = _help("How long the command or webhook may take to accept a plan.", default=60.0)
+
+
+@dataclass(frozen=True)
+class DeletesSettings:
+    purge_command: str = _help("Optional program run with the purged URLs as JSON on stdin after a delete.",
+                               default="")
+    purge_webhook: str = _help("Optional URL that gets the purged URLs POSTed (signed) after a delete.",
+                               default="")
+
+
+@dataclass(frozen=True)
+class ScrubSettings:
+    bytes_per_s: int = _help("Re-hash stored originals at this rate; 0 disables scrubbing.", default=8 * 1024 * 1024)
+    interval_s: float = _help("Pause between two full scrub passes over a node.", default=86400.0)
 
 
 @dataclass(frozen=True)
@@ -210,6 +270,8 @@ class HttpSettings:
                                        default=15.0)
     max_header_bytes: int = _help("Largest total size of a request's headers; more is refused with 431.",
                                   default=8192)
+    hotlink_refresh_s: float = _help("Seconds between a node's reloads of the apps' Referer allowlists.",
+                                     default=10.0)
     trusted_proxies: tuple[str, ...] = _help(
         "Networks (CIDR) of reverse proxies whose X-Forwarded-For / Forwarded headers are believed.", default=())
 
@@ -235,6 +297,10 @@ class Settings:
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)
+    provisioner: ProvisionerSettings = field(default_factory=ProvisionerSettings)
+    deletes: DeletesSettings = field(default_factory=DeletesSettings)
+    scrub: ScrubSettings = field(default_factory=ScrubSettings)
     geoip: GeoipSettings = field(default_factory=GeoipSettings)
     log: LogSettings = field(default_factory=LogSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -372,6 +438,13 @@ def validate(settings: Settings) -> None:
         raise ConfigError("log.format: must be `text` or `json`")
     if settings.signing.active_kid and settings.signing.active_kid not in settings.signing.keys:
         raise ConfigError("signing.active_kid: no key with that id in signing.keys")
+    cap = settings.capacity
+    if not 0 < cap.high_water <= cap.critical <= 1:
+        raise ConfigError("capacity.high_water: need 0 < high_water <= critical <= 1")
+    if settings.provisioner.kind not in ("none", "local", "command", "webhook"):
+        raise ConfigError("provisioner.kind: must be none, local, command or webhook")
+    if settings.scrub.bytes_per_s < 0:
+        raise ConfigError("scrub.bytes_per_s: must be 0 or positive")
     for kid, secret in settings.signing.keys.items():
         if len(secret.reveal()) < 16:
             raise ConfigError(f"signing.keys.{kid}: secret must be at least 16 characters")
@@ -420,6 +493,10 @@ def _validate_pipeline(settings: Settings) -> None:
             raise ConfigError(f"pipeline.eager_variants: {name!r} needs a concrete format")
     if settings.limits.max_frames < 1 or settings.limits.max_variant_side < 16:
         raise ConfigError("limits.max_frames / limits.max_variant_side: must be positive")
+    cb = settings.callbacks
+    if cb.max_attempts < 1 or cb.timeout_s <= 0 or cb.sweep_interval_s <= 0 or cb.backoff_s < 0 or cb.keep_days < 0:
+        raise ConfigError("callbacks.*: max_attempts, timeout_s and sweep_interval_s must be positive, "
+                          "backoff_s and keep_days not negative")
 
 
 def require_common(settings: Settings) -> None:
@@ -445,6 +522,13 @@ def require_node(settings: Settings) -> None:
 
 def require_query(settings: Settings) -> None:
     require_common(settings)
+    prov = settings.provisioner
+    if prov.kind == "local" and not prov.local_dir:
+        raise ConfigError("provisioner.local_dir: required for the local provisioner")
+    if prov.kind == "command" and not prov.command:
+        raise ConfigError("provisioner.command: required for the command provisioner")
+    if prov.kind == "webhook" and not prov.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("provisioner.webhook_url: required, an http(s) URL, for the webhook provisioner")
     if not -90 <= settings.query.default_lat <= 90:
         raise ConfigError("query.default_lat: must be within -90..90")
     if not -180 <= settings.query.default_lon <= 180:

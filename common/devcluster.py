@@ -113,6 +113,7 @@ class DevCluster:
         self.nats = EmbeddedNats(self.state / "nats")
         self.children: list[Child] = []
         self.info: dict[str, Any] = {}
+        self.provisioned_dir = self.state / "provisioned"
 
     def _port(self, offset: int) -> int:
         return free_port() if self.opt.port == 0 else self.opt.port + offset
@@ -152,17 +153,21 @@ class DevCluster:
                 nodes.append({"node_id": node_id, "region": region, "set_id": f"set-{set_no}", "url": url})
         self._spawn("query", "query-service",
                     {**common, "query": {"host": self.opt.host, "port": query_port, "public_url": query_url,
-                                         "upload_demo": True}},
+                                         "upload_demo": True},
+                     # Automatic provisioning: the monitor writes new nodes' configs here, watch() starts them.
+                     "provisioner": {"kind": "local", "local_dir": str(self.provisioned_dir),
+                                     "local_node_capacity_bytes": self.opt.node_capacity_bytes,
+                                     "local_host": self.opt.host},
+                     "capacity": {"interval_s": 2.0, "sample_interval_s": 10.0}},
                     query_url)
+        nodes += self._start_provisioned()
         for child in self.children:
             _wait_http(f"{child.url}/healthz", child.proc, 60, self.state / "logs" / f"{child.name}.log")
         self._wait_all_healthy(query_url, len(nodes))
         self.info = {"query_url": query_url, "dashboard_url": f"{query_url}/dashboard",
                      "upload_demo_url": f"{query_url}/upload-demo",
                      "api_key": secrets_["api_key"], "nodes": nodes}
-        tmp = self.state / "cluster.json.tmp"
-        tmp.write_text(json.dumps(self.info, indent=2))
-        os.replace(tmp, self.state / "cluster.json")
+        self._write_info()
         return self.info
 
     async def _bootstrap(self, database_url: str, api_key: str) -> None:
@@ -194,10 +199,42 @@ class DevCluster:
             time.sleep(0.2)
         raise RuntimeError(f"the query service does not see {count} healthy nodes after {timeout_s}s")
 
+    def _start_provisioned(self) -> list[dict[str, Any]]:
+        """Start a node for every config the local provisioner wrote that is not running yet."""
+        from common.config import load_settings
+
+        running = {c.name for c in self.children}
+        started = []
+        for cfg_path in sorted(self.provisioned_dir.glob("*.toml")):
+            name = cfg_path.stem
+            if name in running:
+                continue
+            node = load_settings(cfg_path, env={}).node
+            with open(self.state / "logs" / f"{name}.log", "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "common.cli", "storage-node", "--config", str(cfg_path)],
+                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, start_new_session=True,
+                )
+            self.children.append(Child(name, node.base_url, proc))
+            started.append({"node_id": node.node_id, "region": node.region, "set_id": node.set_id,
+                            "url": node.base_url})
+        return started
+
+    def _write_info(self) -> None:
+        tmp = self.state / "cluster.json.tmp"
+        tmp.write_text(json.dumps(self.info, indent=2))
+        os.replace(tmp, self.state / "cluster.json")
+
     def watch(self, stop: Any) -> None:
-        """Block until ``stop`` (a threading.Event) is set; report children that die on their own."""
+        """Block until ``stop`` (a threading.Event) is set; start nodes the capacity monitor provisions;
+        report children that die on their own."""
         reported: set[str] = set()
         while not stop.wait(0.5):
+            for node in self._start_provisioned():
+                console.print(f"[green]provisioned[/green] {node['node_id']} ({node['region']}, {node['set_id']}) "
+                              f"at {node['url']}")
+                self.info.setdefault("nodes", []).append(node)
+                self._write_info()
             for child in self.children:
                 if child.proc.poll() is not None and child.name not in reported:
                     reported.add(child.name)

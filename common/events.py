@@ -71,3 +71,12 @@ class ImageRejected(Event):
     image_id: str
     set_id: str
     reason: str
+
+
+@dataclass(frozen=True)
+class ImageDeleted(Event):
+    """An image was deleted (tombstoned in Postgres): every member of ``set_id`` removes its files."""
+
+    name: ClassVar[str] = "deleted"
+    image_id: str
+    set_id: str

@@ -68,3 +68,19 @@ async def timed_chunks(stream: StreamReader, timeout_s: float,
 
 def apply(app: web.Application) -> None:
     app.on_response_prepare.append(security_headers)
+
+
+async def read_small_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes | None:
+    """The whole body of a small request (JSON), or None when it is longer than ``max_bytes``.
+
+    Reads until the end (a single ``read(n)`` may return only the first segment), with the same stall
+    timeout and hang-up handling as uploads.
+    """
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in timed_chunks(request.content, timeout_s, chunk_bytes=max_bytes + 1):
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from common import hardening
 from common.bus import open_bus
-from common.callbacks import CallbackSender
+from common.callback_outbox import CallbackOutbox
 from common.clientaddr import TrustedProxies
 from common.config import Settings, require_query
 from common.db.pool import open_pool
@@ -23,7 +23,10 @@ from query_service import keys
 from query_service.auth import ApiKeyAuth
 from query_service.cluster_stats import ClusterStats
 from query_service.handlers_dashboard import load_assets
+from query_service.handlers_deletes import watch_deletes
 from query_service.locations import LocationCache
+from query_service.monitor import CapacityMonitor
+from query_service.provisioners import make_provisioner
 from query_service.ratelimit import RateLimiter
 from query_service.registry import NodeRegistry
 from query_service.routes import add_routes
@@ -41,7 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.PROXIES] = TrustedProxies.parse(settings.http.trusted_proxies)
     app[keys.METRICS] = metrics
     app[keys.QUERY_METRICS] = qmetrics
-    registry = app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s)
+    registry = app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s, settings.health.recover_s)
     stats = app[keys.CLUSTER_STATS] = ClusterStats()
     app[keys.ASSETS] = load_assets()
 
@@ -66,13 +69,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, "query-service"))
         limits = settings.ratelimit
         app[keys.AUTH] = ApiKeyAuth(pool, RateLimiter(limits.requests_per_s, limits.burst))
-        callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
+        callbacks = app[keys.CALLBACKS] = CallbackOutbox(settings, pool)
         stack.push_async_callback(callbacks.close)
+        callbacks.start()
         app[keys.LOCATIONS] = LocationCache(pool, settings.query.location_cache_size)
         registry = app[keys.REGISTRY]
         await registry.reload(pool)
         task = asyncio.create_task(registry.run(pool, bus, settings.query.node_refresh_s), name="node-registry")
         stack.push_async_callback(_cancel, task)
+        deletes = asyncio.create_task(watch_deletes(bus, app[keys.LOCATIONS]), name="delete-watch")
+        stack.push_async_callback(_cancel, deletes)
+        monitor = app[keys.MONITOR] = CapacityMonitor(settings, pool, make_provisioner(settings), registry)
+        if settings.capacity.enabled:
+            watcher = asyncio.create_task(monitor.run(), name="capacity-monitor")
+            stack.push_async_callback(_cancel, watcher)
         stats = asyncio.create_task(app[keys.CLUSTER_STATS].run(pool, bus, settings.query.stats_interval_s),
                                     name="cluster-stats")
         stack.push_async_callback(_cancel, stats)

@@ -12,12 +12,12 @@ from common import signing
 from common.db import images as db_images
 from common.db.api_keys import ApiKey
 from common.errors import Conflict, Forbidden, NotFound, Unavailable
+from common.hotlink import check_referer
 from common.httpkit import json_response
 from common.ids import check_image_id
 from common.variants import pick_variant
 from query_service import keys
 from query_service.handlers_uploads import rfc3339
-from query_service.hotlink import check_referer
 from query_service.nearest import rank
 from query_service.requests import UrlQuery, parse_url_query, remote_address
 

@@ -13,9 +13,10 @@ from aiohttp import web
 
 from common.db import api_keys as db_keys
 from common.errors import InvalidRequest, NotFound
+from common.hardening import read_small_body
 from common.httpkit import json_response
 from query_service import keys
-from query_service.requests import MAX_BODY_BYTES, remote_address
+from query_service.requests import MAX_BODY_BYTES, check_storable, remote_address
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 _KEY_ID_RE = re.compile(r"^[0-9a-f]{8}$")
@@ -23,15 +24,16 @@ _HOST_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = await read_small_body(request, MAX_BODY_BYTES, request.app[keys.SETTINGS].http.body_read_timeout_s)
+    if raw is None:
         raise InvalidRequest("request body too large")
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise InvalidRequest("body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
+    check_storable(body)
     return body
 
 

@@ -1,8 +1,8 @@
 """Admin decisions on quarantined images: `POST /v1/images/{id}/approve` and `POST /v1/images/{id}/reject`.
 
 Approve makes the image `ready` (nodes serve it within their gate's recheck time); reject makes it
-`rejected` and publishes ``ImageRejected`` so every member of its set removes the files. Both send the
-image's callback.
+`rejected` and publishes ``ImageRejected`` so every member of its set removes the files. Both record the
+image's callback in the decision's transaction (``common.callback_outbox`` delivers it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ async def approve(request: web.Request) -> web.Response:
     if row is None:
         await _explain(request, image_id)
     app[keys.LOCATIONS].invalidate(image_id)
-    app[keys.CALLBACKS].send(row["callback_url"], row)
+    app[keys.CALLBACKS].wake()  # the callback was recorded with the decision
     return json_response({"image_id": image_id, "status": row["status"]})
 
 
@@ -49,7 +49,7 @@ async def reject(request: web.Request) -> web.Response:
         await _explain(request, image_id)
     app[keys.LOCATIONS].invalidate(image_id)
     await app[keys.BUS].publish_set_event(row["set_id"], ImageRejected(image_id, row["set_id"], reason), image_id)
-    app[keys.CALLBACKS].send(row["callback_url"], row)
+    app[keys.CALLBACKS].wake()
     return json_response({"image_id": image_id, "status": row["status"], "reason": reason})
 
 

@@ -6,7 +6,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
-from common.callbacks import CallbackSender
+from common.callback_outbox import CallbackOutbox
 from common.clientaddr import TrustedProxies
 from common.config import Settings
 from common.geo import GeoLocator
@@ -14,6 +14,7 @@ from common.metrics import HttpMetrics, QueryMetrics
 from query_service.auth import ApiKeyAuth
 from query_service.cluster_stats import ClusterStats
 from query_service.locations import LocationCache
+from query_service.monitor import CapacityMonitor
 from query_service.registry import NodeRegistry
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -24,8 +25,9 @@ REGISTRY = web.AppKey("registry", NodeRegistry)
 LOCATIONS = web.AppKey("locations", LocationCache)
 AUTH = web.AppKey("auth", ApiKeyAuth)
 METRICS = web.AppKey("metrics", HttpMetrics)
+MONITOR = web.AppKey("monitor", CapacityMonitor)
 PROXIES = web.AppKey("proxies", TrustedProxies)
 QUERY_METRICS = web.AppKey("query_metrics", QueryMetrics)
 CLUSTER_STATS = web.AppKey("cluster_stats", ClusterStats)
 ASSETS = web.AppKey("assets", dict)
-CALLBACKS = web.AppKey("callbacks", CallbackSender)
+CALLBACKS = web.AppKey("callbacks", CallbackOutbox)

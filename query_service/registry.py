@@ -1,7 +1,8 @@
 """In-memory node list and health: loaded from Postgres, kept fresh by NATS heartbeats.
 
-URL lookups read only this (no Postgres). A node is healthy when its state serves reads and its last
-heartbeat is younger than the timeout.
+URL lookups read only this (no Postgres). A node is healthy when its state serves reads, its last
+heartbeat is younger than the timeout, and -- once it has been unhealthy -- it has heartbeaten without
+a gap for ``recover_s`` (hysteresis: a flapping node is not handed to clients, nor repaired, at every beat).
 """
 
 from __future__ import annotations
@@ -38,14 +39,48 @@ class NodeInfo:
     last_seen: float  # time.monotonic() of the last heartbeat; -inf when never seen
 
 
+@dataclass
+class Health:
+    """Hysteresis state of one node as this process sees it."""
+
+    up: bool
+    back_since: float | None = None  # first heartbeat after a gap (while not yet `up` again)
+    changed_at: float = 0.0
+    flaps: int = 0  # times it went down
+
+
 class NodeRegistry:
-    def __init__(self, heartbeat_timeout_s: float) -> None:
+    def __init__(self, heartbeat_timeout_s: float, recover_s: float = 0.0) -> None:
         self.timeout_s = heartbeat_timeout_s
+        self.recover_s = recover_s
         self.nodes: dict[str, NodeInfo] = {}
+        self._health: dict[str, Health] = {}
+
+    def _observe(self, node: NodeInfo, now: float) -> Health:
+        """Advance the node's up/down state machine to ``now``; returns it."""
+        fresh = now - node.last_seen < self.timeout_s
+        h = self._health.get(node.node_id)
+        if h is None:  # first sight: trust what the table says, no waiting at start-up
+            h = self._health[node.node_id] = Health(up=fresh, changed_at=now)
+        elif h.up and not fresh:
+            h.up, h.back_since, h.changed_at, h.flaps = False, None, now, h.flaps + 1
+            logger.warning("node %s unhealthy: no heartbeat for %.1fs", node.node_id, now - node.last_seen)
+        elif not h.up and fresh:
+            if h.back_since is None:
+                h.back_since = node.last_seen
+            if now - h.back_since >= self.recover_s:
+                h.up, h.back_since, h.changed_at = True, None, now
+                logger.info("node %s healthy again", node.node_id)
+        elif not h.up:
+            h.back_since = None
+        return h
 
     def healthy(self, node: NodeInfo, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        return node.state in SERVING_STATES and now - node.last_seen < self.timeout_s
+        return node.state in SERVING_STATES and self._observe(node, now).up
+
+    def health(self, node: NodeInfo) -> Health:
+        return self._observe(node, time.monotonic())
 
     def heartbeat_age_s(self, node: NodeInfo) -> float | None:
         age = time.monotonic() - node.last_seen
@@ -60,6 +95,7 @@ class NodeRegistry:
             seen = now - age if age is not None else float("-inf")
             old = self.nodes.get(r["node_id"])
             if old is not None:
+                self._observe(old, now)  # notice a gap before a newer heartbeat in the row ends it
                 seen = max(seen, old.last_seen)  # a NATS heartbeat may be newer than the row we read
             fresh[r["node_id"]] = NodeInfo(
                 r["node_id"], r["region"], r["set_id"], r["base_url"], Point(r["lat"], r["lon"]), r["state"],
@@ -71,6 +107,7 @@ class NodeRegistry:
         node = self.nodes.get(event.node_id)
         if node is None:
             return  # a node we have not loaded yet: the next reload brings it
+        self._observe(node, time.monotonic())  # notice a gap before this beat ends it
         self.nodes[event.node_id] = replace(
             node, capacity_bytes=event.capacity_bytes, used_bytes=event.used_bytes, free_bytes=event.free_bytes,
             objects=event.objects, last_seen=time.monotonic(),
@@ -90,6 +127,8 @@ class NodeRegistry:
             while True:
                 await loops.sleep(refresh_s)
                 try:
+                    for node in list(self.nodes.values()):
+                        self._observe(node, time.monotonic())
                     await self.reload(pool)
                 except Exception as exc:
                     loops.raise_if_cancelling()

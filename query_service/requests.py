@@ -12,6 +12,8 @@ from aiohttp import web
 
 from common.clientaddr import client_address
 from common.errors import InvalidRequest, PayloadTooLarge
+from common.hardening import read_small_body
+from query_service import keys
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_TAGS = 20
@@ -27,6 +29,26 @@ class UploadRequest:
     metadata: dict[str, Any]
     callback_url: str | None
     client_ip: str | None
+
+
+def check_storable(body: Any) -> None:
+    """Postgres text and jsonb take neither NUL characters nor lone UTF-16 surrogates (which JSON can
+    spell as escapes): refuse them here as a bad request instead of failing at the INSERT."""
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise InvalidRequest("strings must not contain NUL characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequest("strings must be valid Unicode (no lone surrogates)") from None
 
 
 def _opt_str(body: dict[str, Any], key: str, max_len: int) -> str | None:
@@ -46,15 +68,16 @@ def check_ip(value: str, field: str = "client_ip") -> str:
 
 
 async def parse_upload_request(request: web.Request, max_upload_bytes: int) -> UploadRequest:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = await read_small_body(request, MAX_BODY_BYTES, request.app[keys.SETTINGS].http.body_read_timeout_s)
+    if raw is None:
         raise InvalidRequest("request body too large")
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise InvalidRequest("body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
+    check_storable(body)
     size = body.get("size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -127,6 +150,4 @@ def parse_url_query(request: web.Request) -> UrlQuery:
 
 def remote_address(request: web.Request) -> str | None:
     """The client's address: the TCP peer, or what a trusted proxy says it forwarded for."""
-    from query_service import keys
-
     return client_address(request.remote, request.headers, request.app[keys.PROXIES])

@@ -19,10 +19,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from common import loops, reqlog
 from common.bus import Bus
 from common.db import replicas as db_replicas
-from common.events import ImageRejected, ImageUploaded
+from common.events import ImageDeleted, ImageRejected, ImageUploaded
 from common.loops import raise_if_cancelling
+from replicator.deletes import delete_local, sweep_deletions
 from replicator.jobs import ReplicatorContext, Wanted, drop_rejected, replicate
 from replicator.outcomes import Permanent, Retry
+from replicator.ratelimit import ByteRate
 
 logger = logging.getLogger(__name__)
 FETCH_BATCH = 16
@@ -35,6 +37,9 @@ class Replicator:
         self._tasks: list[asyncio.Task[None]] = []
         self._sem = asyncio.Semaphore(ctx.settings.replicator.concurrency)
         self.swept = 0
+        self.last_batch = 0
+        self._stopping = False
+        self.rate = ByteRate(ctx.settings.replicator.max_bytes_per_s)
         self._sub: nats.js.JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
@@ -56,11 +61,15 @@ class Replicator:
                        asyncio.create_task(self._sweep_forever(), name="replicator-sweep")]
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # nats-py's fetch can swallow a cancellation (turning it into a TimeoutError), so cancel until
+            # the task is really done; the loop also checks the flag.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=0.5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
         self._tasks = []
         if self._sub is not None:
             # Without this, draining the connection waits out a pull request that will never be answered.
@@ -70,7 +79,7 @@ class Replicator:
 
     # --- JetStream path -----------------------------------------------------------------------------
     async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
-        while True:
+        while not self._stopping:
             raise_if_cancelling()
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
@@ -81,6 +90,8 @@ class Replicator:
                 raise
             except Exception as exc:  # reconnecting, stream briefly unavailable...: the loop must live on
                 raise_if_cancelling()
+                if self._stopping:
+                    return
                 logger.warning("consumer fetch failed: %r", exc)
                 await loops.sleep(1)
                 continue
@@ -104,6 +115,13 @@ class Replicator:
 
     async def _dispatch(self, msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]
+        if kind == ImageDeleted.name:
+            try:
+                deleted = ImageDeleted.from_json(msg.data)
+            except (ValueError, TypeError) as exc:
+                raise Permanent(f"malformed event: {exc}") from None
+            await delete_local(self.ctx, deleted.image_id)
+            return
         if kind == ImageRejected.name:
             try:
                 rejected = ImageRejected.from_json(msg.data)
@@ -120,19 +138,26 @@ class Replicator:
         if event.origin_node == self.ctx.node_id:
             return
         attempt = msg.metadata.num_delivered if msg.metadata else 1
+        await self.rate.take(event.bytes)
         await replicate(self.ctx, Wanted(event.image_id, event.sha256, event.bytes, event.content_type), attempt)
 
     # --- Postgres path ------------------------------------------------------------------------------
     async def sweep_once(self) -> int:
-        """Copy this node's pending rows older than ``sweep_age_s``; returns how many copies were made."""
+        """Copy this node's pending rows older than ``sweep_age_s`` and its `missing`/`corrupt` rows (repair,
+        backfill of a new member), and catch up on deletes; returns how many copies were made."""
         cfg = self.ctx.settings.replicator
+        self.last_batch = 0
+        await sweep_deletions(self.ctx)
         rows = await db_replicas.pending_for_node(self.ctx.pool, self.ctx.node_id, cfg.sweep_age_s)
+        rows += await db_replicas.needs_copy_for_node(self.ctx.pool, self.ctx.node_id)
+        self.last_batch = len(rows)
 
         async def one(row: dict[str, object]) -> bool:
             reqlog.adopt(None)  # a fresh id per swept copy (each gather() child runs in its own context)
             async with self._sem:
                 want = Wanted(str(row["image_id"]), str(row["sha256"]), int(row["bytes"]),  # type: ignore[call-overload]
                               str(row["content_type"]))
+                await self.rate.take(want.bytes)
                 try:
                     return await replicate(self.ctx, want)
                 except Retry as exc:
@@ -141,8 +166,9 @@ class Replicator:
 
         done = sum(await asyncio.gather(*(one(row) for row in rows)))
         self.swept += done
+        self.last_batch = len(rows) if done else 0
         if done:
-            logger.info("sweep copied %d pending image(s)", done)
+            logger.info("sweep copied %d image(s)", done)
         return done
 
     async def observe_consumer(self) -> None:
@@ -157,7 +183,9 @@ class Replicator:
 
     async def _sweep_forever(self) -> None:
         while True:
-            await loops.sleep(self.ctx.settings.replicator.sweep_interval_s)
+            if self.last_batch < 200:  # a full, successful batch (a backfill): go on at once
+                await loops.sleep(self.ctx.settings.replicator.sweep_interval_s)
+            raise_if_cancelling()
             try:
                 await self.observe_consumer()
             except asyncio.CancelledError:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -50,28 +52,44 @@ class Wanted:
     content_type: str
 
 
+@contextlib.asynccontextmanager
+async def image_lock(ctx: ReplicatorContext, image_id: str) -> AsyncIterator[None]:
+    """One job per image at a time on this node (the consumer, the sweeps and read repair may race)."""
+    lock = ctx.locks.setdefault(image_id, asyncio.Lock())
+    try:
+        async with lock:
+            yield
+    finally:
+        if not lock.locked() and ctx.locks.get(image_id) is lock:
+            del ctx.locks[image_id]
+
+
 async def replicate(ctx: ReplicatorContext, want: Wanted, attempt: int = 1) -> bool:
     """Idempotent: returns False when the image was already here (no copy made), True after a copy.
 
     Raises Retry when no peer could supply verified bytes right now.
     """
-    lock = ctx.locks.setdefault(want.image_id, asyncio.Lock())  # the consumer and the sweep may race
-    try:
-        async with lock:
+    async with image_lock(ctx, want.image_id):
+        try:
             return await _replicate_locked(ctx, want, attempt)
-    finally:
-        if not lock.locked() and ctx.locks.get(want.image_id) is lock:
-            del ctx.locks[want.image_id]
+        except db_replicas.ImageGone:  # deleted while we copied: leave nothing behind
+            await asyncio.to_thread(ctx.store.remove_image, want.image_id)
+            return False
 
 
 async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) -> bool:
     started = time.perf_counter()
+    state = await db_replicas.replica_state(ctx.pool, want.image_id, ctx.node_id)
+    if state is None:
+        return False  # no longer wanted here: deleted meanwhile, or this node left the set
     have = await asyncio.to_thread(ctx.store.meta, want.image_id)
-    if have is not None and have.sha256 == want.sha256:
-        if await db_replicas.replica_state(ctx.pool, want.image_id, ctx.node_id) != "ok":
+    if have is not None and have.sha256 == want.sha256 and state in ("ok", "pending", "missing"):
+        if state != "ok":
             await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
         ctx.count("present")
         return False
+    if have is not None:  # a corrupt or stale copy: drop it (variants too) before fetching a good one
+        await asyncio.to_thread(ctx.store.remove_image, want.image_id)
     if await db_pipeline.status_of(ctx.pool, want.image_id) in db_pipeline.GONE:
         return False  # rejected (or deleted) while queued: nothing to copy
     meta = ObjectMeta(want.sha256, want.content_type, want.bytes)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from common import __version__, hardening
 from common.bus import open_bus
-from common.callbacks import CallbackSender
+from common.callback_outbox import CallbackOutbox
 from common.config import Settings, require_node
 from common.db import nodes as db_nodes
 from common.db.pool import open_pool
@@ -21,9 +21,11 @@ from common.metrics import HttpMetrics, NodeMetrics
 from common.reqlog import request_id_middleware
 from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext
+from replicator.scrub import Scrubber
 from storage_node import cors, keys
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
+from storage_node.hotlink import HotlinkGuard
 from storage_node.process import Processor
 from storage_node.render import Renderer, RenderOptions, configure_process
 from storage_node.routes import add_routes
@@ -31,6 +33,7 @@ from storage_node.store import Store
 from storage_node.validate import restrict_loaders
 
 REPLICATOR = web.AppKey("replicator", Replicator)
+SCRUBBER = web.AppKey("scrubber", Scrubber)
 
 
 def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web.Application:
@@ -68,9 +71,14 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
             store, settings.node.render_threads, RenderOptions.from_settings(settings.pipeline), app[keys.METRICS],
             memory_mb=settings.pipeline.worker_memory_mb, timeout_s=settings.pipeline.job_timeout_s)
         stack.push_async_callback(renderer.close)
-        callbacks = app[keys.CALLBACKS] = CallbackSender(settings)
+        callbacks = app[keys.CALLBACKS] = CallbackOutbox(settings, pool)
         stack.push_async_callback(callbacks.close)
+        callbacks.start()  # delivers what a stop left pending, first
         app[keys.GATE] = ServeGate(pool)
+        hotlink = app[keys.HOTLINK] = HotlinkGuard(pool, settings.http.hotlink_refresh_s)
+        await hotlink.reload()
+        hotlink_task = asyncio.create_task(hotlink.run(), name="hotlink-reload")
+        stack.push_async_callback(_cancel, hotlink_task)
         processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
         processor.metrics = app[keys.METRICS]
         stack.push_async_callback(processor.close)
@@ -84,6 +92,11 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
             replicator = app[REPLICATOR] = Replicator(ctx, bus)
             await replicator.start()
             stack.push_async_callback(replicator.stop)
+            scrub = settings.scrub
+            if scrub.bytes_per_s > 0:
+                scrubber = app[SCRUBBER] = Scrubber(replicator.ctx, scrub.bytes_per_s, scrub.interval_s,
+                                                    app[keys.METRICS])
+                stack.push_async_callback(_cancel, asyncio.create_task(scrubber.run_forever(), name="scrubber"))
         yield
 
 

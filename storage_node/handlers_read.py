@@ -18,11 +18,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from common import signing
-from common.errors import NotFound, RangeNotSatisfiable, SignatureInvalid
+from common.errors import RangeNotSatisfiable, SignatureInvalid
 from common.hardening import IMAGE_CSP
 from common.ids import check_image_id
 from common.variants import VariantSpec, check_size, parse_variant, resolve_format
-from storage_node import keys
+from storage_node import keys, misses
 from storage_node.store import ORIGINAL, ObjectMeta
 
 CACHE_PUBLIC = "public, max-age=31536000, immutable"
@@ -127,10 +127,13 @@ async def get_image(request: web.Request) -> web.StreamResponse:
             raise SignatureInvalid("the original is served only with a signed URL")
     meta = store.cached_meta(image_id) or await asyncio.to_thread(store.meta, image_id)
     if meta is None:
-        raise NotFound("no such image on this node")
+        # 307 to a holder + read repair, or 404
+        return await misses.redirect_to_holder(request, image_id, signed=signed)
     if meta.private and not signed:
         raise SignatureInvalid("this image is served only with a signed URL")
     await app[keys.GATE].check(image_id)  # only `ready` images (memory-only once known ready)
+    if not signed:  # a signed URL is the owner's own grant; public reads obey the app's Referer allowlist
+        await app[keys.HOTLINK].check(image_id, request.headers.get("Referer"))
     etag = _etag_for(meta, name)
     headers = {"Cache-Control": CACHE_PRIVATE if (meta.private or spec is None) else CACHE_PUBLIC,
                "X-Content-Type-Options": "nosniff", "Content-Security-Policy": IMAGE_CSP}

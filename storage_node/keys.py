@@ -8,10 +8,11 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
-from common.callbacks import CallbackSender
+from common.callback_outbox import CallbackOutbox
 from common.config import Settings
 from common.metrics import NodeMetrics
 from storage_node.gate import ServeGate
+from storage_node.hotlink import HotlinkGuard
 from storage_node.process import Processor
 from storage_node.render import Renderer
 from storage_node.store import Store
@@ -32,6 +33,7 @@ STORE = web.AppKey("store", Store)
 RENDERER = web.AppKey("renderer", Renderer)
 PROCESSOR = web.AppKey("processor", Processor)
 GATE = web.AppKey("gate", ServeGate)
-CALLBACKS = web.AppKey("callbacks", CallbackSender)
+CALLBACKS = web.AppKey("callbacks", CallbackOutbox)
 METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)
+HOTLINK = web.AppKey("hotlink", HotlinkGuard)

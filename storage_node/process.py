@@ -4,7 +4,8 @@
 After the ``201`` the upload handler hands the image id to :class:`Processor`. The decode-heavy part
 (full decode check, metadata, EXIF facts, perceptual hash, eager variants) runs in a sandboxed worker
 process (``storage_node.sandbox``); this module commits the eager variant files, looks for
-near-duplicates, asks the moderation hooks, records the outcome in Postgres and sends the callback.
+near-duplicates, asks the moderation hooks, and records the outcome in Postgres together with its callback
+(delivered by ``common.callback_outbox``).
 A rejected image's files are removed here and, through an ``ImageRejected`` event, on every other
 member of its set. Postgres is the queue of record: a sweep re-claims uploads a crash left behind.
 """
@@ -22,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from common import loops
 from common.bus import Bus
-from common.callbacks import CallbackSender
+from common.callback_outbox import CallbackOutbox
 from common.config import Settings
 from common.db import pipeline as db_pipeline
 from common.errors import InvalidImage, UnsupportedImage
@@ -41,7 +42,7 @@ MAX_ATTEMPTS = 3  # processing failures that are not the image's fault, before i
 
 class Processor:
     def __init__(self, settings: Settings, pool: AsyncConnectionPool, store: Store, bus: Bus,
-                 callbacks: CallbackSender) -> None:
+                 callbacks: CallbackOutbox) -> None:
         self.settings = settings
         self.pool = pool
         self.store = store
@@ -132,8 +133,8 @@ class Processor:
         self._failures.pop(image_id, None)
         self.processed += 1
         logger.info("processed %s -> %s in %.3fs", image_id, status, time.perf_counter() - started)
-        if done is not None and status == "ready":
-            self.callbacks.send(done["callback_url"], done)
+        if done is not None and done["callback_url"]:
+            self.callbacks.wake()  # `finish` recorded the callback (of `ready`) with the outcome
         return status
 
     async def reject(self, image_id: str, reason: str) -> None:
@@ -146,7 +147,8 @@ class Processor:
             await self.bus.publish_set_event(row["set_id"], ImageRejected(image_id, row["set_id"], reason), image_id)
         except Exception as exc:  # members that copied it keep a file nobody is served; logged for the operator
             logger.warning("publish of rejection of %s failed: %s", image_id, exc)
-        self.callbacks.send(row["callback_url"], row)
+        if row["callback_url"]:
+            self.callbacks.wake()  # recorded by `reject` in its transaction
 
     async def sweep_once(self) -> int:
         """Claim this node's uploads that are not being processed here (after a crash or a lost task)."""

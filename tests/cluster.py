@@ -34,17 +34,24 @@ NODE_REGIONS = ("us-east", "eu-west", "ap-southeast")
 class TestCluster:
     __test__ = False  # not a test class
 
-    def __init__(self, root: Path, database_url: str, nats_url: str, geoip_db: str) -> None:
+    def __init__(self, root: Path, database_url: str, nats_url: str, geoip_db: str,
+                 node_capacity_bytes: int = 0, extra: dict[str, dict[str, Any]] | None = None,
+                 node_capacities: dict[str, int] | None = None) -> None:
         self.root = root
+        self.node_capacity_bytes = node_capacity_bytes
+        self.node_capacities = node_capacities or {}  # node_id -> capacity, overriding node_capacity_bytes
         tag = secrets.token_hex(4)
         self.common: dict[str, dict[str, Any]] = {
             "database": {"url": database_url, "pool_max": 6},
             "nats": {"url": nats_url, "stream": f"T{tag.upper()}", "subject_prefix": f"t{tag}"},
             "signing": {"keys": {"k1": secrets.token_urlsafe(24)}, "active_kid": "k1"},
-            "health": {"heartbeat_timeout_s": 1.5},
+            "health": {"heartbeat_timeout_s": 1.5, "recover_s": 0.6},
             "replicator": {"sweep_interval_s": 0.5, "sweep_age_s": 0.5, "fetch_timeout_s": 10},
             "geoip": {"db": geoip_db},
+            "capacity": {"interval_s": 0.5},
         }
+        for section, values in (extra or {}).items():
+            self.common.setdefault(section, {}).update(values)
         self.node_settings: dict[str, Settings] = {}
         self.runners: dict[str, web.AppRunner] = {}
         self.apps: dict[str, web.Application] = {}
@@ -67,6 +74,7 @@ class TestCluster:
                 "node_id": node_id, "region": region, "lat": point.lat, "lon": point.lon, "set_id": "set-1",
                 "base_url": f"http://127.0.0.1:{port}", "port": port, "data_dir": str(self.root / node_id),
                 "heartbeat_interval_s": 0.3, "render_threads": 2,
+                "capacity_bytes": self.node_capacities.get(node_id, self.node_capacity_bytes),
             })
         await asyncio.gather(*(self.start_node(n) for n in self.node_settings))
         port = free_port()
@@ -80,6 +88,30 @@ class TestCluster:
             _key, self.api_key = await create_key(pool, "tests", ("app", "admin"), rate_per_s=0)
         self.session = aiohttp.ClientSession()
         await self.wait_for(lambda: self.healthy_count(3), "three healthy nodes")
+
+    async def start_query(self, name: str) -> str:
+        """Another query-service instance on the same database and NATS (they share nothing else)."""
+        from query_service.app import create_app
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        await self._serve(name, create_app(self.settings(query={"port": port, "public_url": url,
+                                                                "node_refresh_s": 0.3})), port)
+        return url
+
+    async def supervise(self, spool: Path) -> None:
+        """What `minicdn dev` does for the local provisioner: start a node for every config it writes."""
+        while True:
+            found = await asyncio.to_thread(lambda: sorted(spool.glob("*.toml")) if spool.exists() else [])
+            for path in found:
+                node_id = path.stem
+                if node_id not in self.node_settings:
+                    settings = load_settings(path, env={}, overrides={
+                        "node": {"heartbeat_interval_s": 0.3, "render_threads": 1},
+                        "replicator": self.common["replicator"]})
+                    self.node_settings[node_id] = settings
+                    await self.start_node(node_id)
+            await asyncio.sleep(0.1)
 
     async def _serve(self, name: str, app: web.Application, port: int) -> None:
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)

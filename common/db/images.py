@@ -68,7 +68,7 @@ async def mark_uploaded(conn: AsyncConnection[Any], image_id: str, node_id: str,
         "INSERT INTO replicas (image_id, node_id, state, bytes, verified_at)"
         " SELECT %s, node_id, CASE WHEN node_id = %s THEN 'ok' ELSE 'pending' END,"
         "        CASE WHEN node_id = %s THEN %s::bigint END, CASE WHEN node_id = %s THEN now() END"
-        " FROM nodes WHERE set_id = %s",
+        " FROM nodes WHERE set_id = %s AND state <> 'dead'",
         (image_id, node_id, node_id, size, node_id, set_id),
     )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg.errors
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from common.config import NodeSettings
@@ -15,18 +17,36 @@ NODE_COLUMNS = (
 )
 
 
-async def register_node(pool: AsyncConnectionPool, node: NodeSettings, version: str) -> None:
-    """Create the node's set (open) if new, then insert or refresh the node row."""
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute("INSERT INTO sets (set_id) VALUES (%s) ON CONFLICT DO NOTHING", (node.set_id,))
-        await conn.execute(
-            "INSERT INTO nodes (node_id, region, set_id, base_url, lat, lon, capacity_bytes, version)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (node_id) DO UPDATE SET region = EXCLUDED.region, set_id = EXCLUDED.set_id,"
-            " base_url = EXCLUDED.base_url, lat = EXCLUDED.lat, lon = EXCLUDED.lon,"
-            " capacity_bytes = EXCLUDED.capacity_bytes, version = EXCLUDED.version",
-            (node.node_id, node.region, node.set_id, node.base_url, node.lat, node.lon, node.capacity_bytes, version),
-        )
+class SlotTaken(RuntimeError):
+    """The set already has a live member in this node's region (replace it first)."""
+
+
+async def register_node(pool: AsyncConnectionPool, node: NodeSettings, version: str) -> int:
+    """Create the node's set (open) if new, then insert or refresh the node row. A node new to a set that
+    already holds images gets a `pending` replica row for each (backfill); returns how many."""
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            return await _register(conn, node, version)
+    except psycopg.errors.UniqueViolation:
+        raise SlotTaken(f"set {node.set_id} already has a live member in {node.region}: "
+                        f"run `minicdn node replace <old> --with {node.node_id}` first") from None
+
+
+async def _register(conn: AsyncConnection[Any], node: NodeSettings, version: str) -> int:
+    await conn.execute("INSERT INTO sets (set_id) VALUES (%s) ON CONFLICT DO NOTHING", (node.set_id,))
+    cur = await conn.execute("SELECT set_id, state FROM nodes WHERE node_id = %s", (node.node_id,))
+    before = await cur.fetchone()
+    await conn.execute(
+        "INSERT INTO nodes (node_id, region, set_id, base_url, lat, lon, capacity_bytes, version)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (node_id) DO UPDATE SET region = EXCLUDED.region, set_id = EXCLUDED.set_id,"
+        " base_url = EXCLUDED.base_url, lat = EXCLUDED.lat, lon = EXCLUDED.lon,"
+        " capacity_bytes = EXCLUDED.capacity_bytes, version = EXCLUDED.version",
+        (node.node_id, node.region, node.set_id, node.base_url, node.lat, node.lon, node.capacity_bytes, version),
+    )
+    if before is None or before["set_id"] != node.set_id:
+        return int(await join_set(conn, node.node_id, node.set_id))
+    return 0
 
 
 async def record_heartbeat(pool: AsyncConnectionPool, node_id: str, capacity_bytes: int, used_bytes: int,
@@ -52,3 +72,18 @@ async def set_members(pool: AsyncConnectionPool, set_id: str) -> list[str]:
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT node_id FROM nodes WHERE set_id = %s ORDER BY node_id", (set_id,))
         return [row["node_id"] for row in await cur.fetchall()]
+
+
+LIVE_IMAGE = "status IN ('uploaded', 'processing', 'ready', 'quarantined') AND sha256 IS NOT NULL"
+
+
+async def join_set(conn: AsyncConnection[Any], node_id: str, set_id: str) -> int:
+    """Backfill rows: a `pending` replica for this node for every live image of the set it lacks (made due
+    at once for the node's sweep)."""
+    cur = await conn.execute(
+        "INSERT INTO replicas (image_id, node_id, state, created_at)"
+        f" SELECT image_id, %s, 'pending', now() - interval '1 hour' FROM images WHERE set_id = %s AND {LIVE_IMAGE}"
+        " ON CONFLICT DO NOTHING",
+        (node_id, set_id),
+    )
+    return cur.rowcount

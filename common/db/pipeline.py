@@ -11,6 +11,8 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from common.db import callbacks as db_callbacks
+
 GONE = ("rejected", "deleted")
 
 
@@ -62,10 +64,11 @@ async def unprocessed(pool: AsyncConnectionPool, node_id: str, limit: int = 100)
 
 async def finish(pool: AsyncConnectionPool, image_id: str, result: dict[str, Any], *, status: str,
                  reason: str | None, duplicate_of: str | None) -> dict[str, Any] | None:
-    """Record what processing found and move the image to `ready` or `quarantined`."""
+    """Record what processing found and move the image to `ready` or `quarantined` (one transaction with the
+    `ready` callback's outbox row)."""
     phash = int(result["phash"])
     exif = dict(result["exif"])
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "UPDATE images SET status = %s, reason = %s, format = %s, width = %s, height = %s, pages = %s,"
             " animated = %s, colour_space = %s, exif = %s, had_gps = %s, phash = %s, ph0 = %s, ph1 = %s,"
@@ -76,7 +79,10 @@ async def finish(pool: AsyncConnectionPool, image_id: str, result: dict[str, Any
              result["animated"], result["colour_space"], Jsonb(exif), exif.get("had_gps"), to_signed64(phash),
              *chunks(phash), duplicate_of, status, image_id),
         )
-        return await cur.fetchone()
+        row = await cur.fetchone()
+        if row is not None and status == "ready":
+            await db_callbacks.enqueue(conn, row)
+        return row
 
 
 _EVENT_COLUMNS = ("image_id, status, reason, set_id, callback_url, duplicate_of, format, width, height, sha256,"
@@ -85,7 +91,8 @@ _EVENT_COLUMNS = ("image_id, status, reason, set_id, callback_url, duplicate_of,
 
 async def reject(pool: AsyncConnectionPool, image_id: str, reason: str,
                  from_status: tuple[str, ...] = ("uploaded", "processing")) -> dict[str, Any] | None:
-    """One transaction: image `rejected` with its reason, and its replica rows gone (nothing left to copy)."""
+    """One transaction: image `rejected` with its reason, its replica rows gone (nothing left to copy), and its
+    callback recorded."""
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "UPDATE images SET status = 'rejected', reason = %s, processed_at = now() WHERE image_id = %s"
@@ -95,18 +102,22 @@ async def reject(pool: AsyncConnectionPool, image_id: str, reason: str,
         row = await cur.fetchone()
         if row is not None:
             await conn.execute("DELETE FROM replicas WHERE image_id = %s", (image_id,))
+            await db_callbacks.enqueue(conn, row)
         return row
 
 
 async def approve(pool: AsyncConnectionPool, image_id: str) -> dict[str, Any] | None:
-    """An operator releases a quarantined image."""
-    async with pool.connection() as conn:
+    """An operator releases a quarantined image (one transaction with its callback)."""
+    async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "UPDATE images SET status = 'ready', reason = NULL, ready_at = now() WHERE image_id = %s"
             " AND status = 'quarantined' RETURNING " + _EVENT_COLUMNS,
             (image_id,),
         )
-        return await cur.fetchone()
+        row = await cur.fetchone()
+        if row is not None:
+            await db_callbacks.enqueue(conn, row)
+        return row
 
 
 async def status_of(pool: AsyncConnectionPool, image_id: str) -> str | None:

@@ -42,3 +42,54 @@ def test_expiry_unknown_kid_and_garbage() -> None:
         check({"exp": "soon", "kid": "k1", "sig": "x"})
     with pytest.raises(SignatureInvalid):
         check({})
+
+
+def test_retired_kid_is_refused_even_with_its_secret() -> None:
+    params = sign(BASE, "k0", KEYS["k0"])
+    with pytest.raises(SignatureInvalid, match="retired"):
+        verify(params, lambda exp: dataclasses.replace(BASE, exp=exp), KEYS.get, now=NOW, retired=("k0",))
+    assert verify(params, lambda exp: dataclasses.replace(BASE, exp=exp), KEYS.get, now=NOW, retired=("k9",))
+
+
+@pytest.mark.parametrize(("lifetime_s", "ok"), [(3600, True), (3600 + 30, True), (3600 + 31, False), (10**9, False)])
+def test_lifetime_is_bounded_with_a_skew_allowance(lifetime_s: int, ok: bool) -> None:
+    claims = dataclasses.replace(BASE, exp=NOW + lifetime_s)
+    params = sign(claims, "k1", KEYS["k1"])
+
+    def run() -> Claims:
+        return verify(params, lambda exp: dataclasses.replace(claims, exp=exp), KEYS.get, now=NOW,
+                      max_ttl_s=3600, clock_skew_s=30)
+
+    if ok:
+        assert run() == claims
+    else:
+        with pytest.raises(SignatureInvalid, match="maximum"):
+            run()
+
+
+def test_expiry_is_strict_by_one_second() -> None:
+    params = sign(BASE, "k1", KEYS["k1"])
+    assert check(params, now=BASE.exp) == BASE
+    with pytest.raises(SignatureExpired):
+        check(params, now=BASE.exp + 1)
+
+
+def test_verify_with_settings_rotation() -> None:
+    from common.config import load_settings
+    from common.signing import sign_with, verify_with
+
+    old = load_settings(env={"MINICDN_SIGNING_KEYS": "k1:" + "a" * 20, "MINICDN_SIGNING_ACTIVE_KID": "k1"})
+    new = load_settings(env={"MINICDN_SIGNING_KEYS": f"k1:{'a' * 20},k2:{'b' * 20}",
+                             "MINICDN_SIGNING_ACTIVE_KID": "k2"})
+    retired = load_settings(env={"MINICDN_SIGNING_KEYS": f"k1:{'a' * 20},k2:{'b' * 20}",
+                                 "MINICDN_SIGNING_ACTIVE_KID": "k2", "MINICDN_SIGNING_RETIRED_KIDS": "k1"})
+    claims = Claims("download", "img", "", int(__import__("time").time()) + 60, path="w300.jpg")
+    by_old, by_new = sign_with(old.signing, claims), sign_with(new.signing, claims)
+    assert by_old["kid"] == "k1" and by_new["kid"] == "k2"
+    for settings in (old, new):
+        assert verify_with(settings.signing, by_old, lambda exp: dataclasses.replace(claims, exp=exp)) == claims
+    assert verify_with(retired.signing, by_new, lambda exp: dataclasses.replace(claims, exp=exp)) == claims
+    with pytest.raises(SignatureInvalid):
+        verify_with(retired.signing, by_old, lambda exp: dataclasses.replace(claims, exp=exp))
+    with pytest.raises(SignatureInvalid):
+        verify_with(old.signing, by_new, lambda exp: dataclasses.replace(claims, exp=exp))  # k2 unknown there

@@ -172,6 +172,18 @@ async def test_hotlink_protection_on_img(cluster: TestCluster) -> None:
         assert status == expected, referer
         if expected == 403:
             assert b"hotlink_forbidden" in body
+    # The nodes hold the same line on their image URLs (signed URLs are the owner's grant: exempt).
+    from storage_node import keys as node_keys
+
+    for node_id in cluster.node_settings:  # instead of waiting for the periodic reload (http.hotlink_refresh_s)
+        await cluster.apps[node_id][node_keys.HOTLINK].reload()
+    _, found = await cluster.api("GET", f"/v1/images/{image_id}/url?w=300")
+    for referer, expected in (("https://shop.example/", 200), ("", 200), ("https://evil.example/", 403)):
+        status, body, _ = await get(cluster, found["url"], headers={"Referer": referer} if referer else {})
+        assert status == expected, referer
+    _, original = await cluster.api("GET", f"/v1/images/{image_id}/url?variant=original",
+                                    headers=bearer(shop["api_key"]))
+    assert (await get(cluster, original["url"], headers={"Referer": "https://evil.example/"}))[0] == 200
     # Another app's images (no allowlist) embed anywhere.
     up = await cluster.upload(make_jpeg(seed=9))
     await cluster.wait_ready(up["image_id"])

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import pyvips
-from aiohttp import web
 from multidict import CIMultiDict
 
 from common import callbacks
-from common.embedded import EmbeddedNats, free_port
+from common.embedded import EmbeddedNats
+from query_service import keys as query_keys
 from storage_node import keys as node_keys
 from storage_node.store import ORIGINAL
 from tests.cluster import NODE_REGIONS, TestCluster
@@ -31,6 +31,7 @@ from tests.hostile import (
     text_as_jpeg,
     truncated_jpeg,
 )
+from tests.receiver import CallbackReceiver
 
 NODES = [f"{r}-1" for r in NODE_REGIONS]
 MakeCluster = Callable[..., Awaitable[TestCluster]]
@@ -260,39 +261,77 @@ async def _status_of(cluster: TestCluster, url: str, want: int) -> bool:
 
 
 async def test_callbacks_signed_retried_and_guarded(make_cluster: MakeCluster, testdata: Path) -> None:
-    received: list[dict[str, Any]] = []
-    attempts = 0
-
-    async def hook(request: web.Request) -> web.Response:
-        nonlocal attempts
-        attempts += 1
-        if attempts == 1:
-            return web.Response(status=500)  # the first delivery fails: it must be retried
-        body = await request.read()
-        received.append({"body": json.loads(body), "signed": callbacks.verify(
-            request.headers[callbacks.SIGNATURE_HEADER], body, {"k1": signing_key})})
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    receiver = await CallbackReceiver(answers=[500]).start()  # the first delivery fails: it must be retried
     try:
         cluster = await make_cluster(callbacks={"allow_private": True, "backoff_s": 0.05})
-        signing_key = cluster.node_settings[NODES[0]].signing_key("k1") or b""
-        hook_url = f"http://127.0.0.1:{port}/hook"
-        ok = await cluster.upload((testdata / "chelsea_gps.jpg").read_bytes(), callback_url=hook_url)
-        bad = await cluster.upload(truncated_jpeg(testdata / "chelsea_gps.jpg"), callback_url=hook_url)
-        await cluster.wait_for(lambda: len(received) == 2, "two callbacks", 10)
-        by_id = {r["body"]["image_id"]: r for r in received}
-        assert by_id[ok["image_id"]]["body"]["event"] == "image.ready" and by_id[ok["image_id"]]["signed"]
-        assert by_id[bad["image_id"]]["body"]["event"] == "image.rejected" and by_id[bad["image_id"]]["signed"]
-        assert "truncated" in by_id[bad["image_id"]]["body"]["reason"]
-        assert attempts == 3
+        receiver.signing_keys["k1"] = cluster.node_settings[NODES[0]].signing_key("k1") or b""
+        ok = await cluster.upload((testdata / "chelsea_gps.jpg").read_bytes(), callback_url=receiver.url)
+        bad = await cluster.upload(truncated_jpeg(testdata / "chelsea_gps.jpg"), callback_url=receiver.url)
+        await cluster.wait_for(lambda: len(receiver.delivered()) == 2, "two callbacks", 10)
+        by_id = {h.body["image_id"]: h for h in receiver.delivered()}
+        assert by_id[ok["image_id"]].body["event"] == "image.ready" and by_id[ok["image_id"]].signed
+        assert by_id[bad["image_id"]].body["event"] == "image.rejected" and by_id[bad["image_id"]].signed
+        assert "truncated" in by_id[bad["image_id"]].body["reason"]
+        assert len(receiver.hits) == 3
+        # The retry of the refused POST carries the same delivery id; the two callbacks have different ones.
+        failed, *rest = receiver.hits
+        assert failed.status == 500 and [h.delivery_id for h in rest].count(failed.delivery_id) == 1
+        assert len({h.delivery_id for h in rest}) == 2 and all(h.delivery_id for h in rest)
+        async with cluster.apps["query"][query_keys.POOL].connection() as conn:
+            cur = await conn.execute("SELECT delivery_id::text AS d, state, attempts FROM callback_outbox")
+            rows = {r["d"]: (r["state"], r["attempts"]) for r in await cur.fetchall()}
+        assert rows == {failed.delivery_id: ("delivered", 2),
+                        next(h.delivery_id for h in rest if h.delivery_id != failed.delivery_id): ("delivered", 1)}
     finally:
-        await runner.cleanup()
+        await receiver.stop()
+
+
+async def test_callback_survives_a_node_restart(make_cluster: MakeCluster, testdata: Path) -> None:
+    """The receiver is down while the image is processed; the origin node is stopped with the retry pending
+    (only in Postgres now: sweeps are hours apart, so only the restart's start-up pass can send it)."""
+    receiver = CallbackReceiver()  # port reserved, nothing listening yet
+    cluster = await make_cluster(callbacks={"allow_private": True, "backoff_s": 0.3, "max_attempts": 20,
+                                            "timeout_s": 1.0, "sweep_interval_s": 3600})
+    receiver.signing_keys["k1"] = cluster.node_settings[NODES[0]].signing_key("k1") or b""
+    up = await cluster.upload((testdata / "coins_gray.png").read_bytes(), callback_url=receiver.url)
+    await cluster.wait_ready(up["image_id"])
+    pool = cluster.apps["query"][query_keys.POOL]
+
+    async def outbox() -> dict[str, Any]:
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT state, attempts, last_error, next_at <= now() AS due,"
+                                     " delivery_id::text AS delivery_id FROM callback_outbox")
+            return dict(await cur.fetchone() or {})
+
+    await cluster.wait_for(lambda: _attempted(outbox()), "a failed first attempt")
+    await cluster.stop_node(origin(up))
+    await receiver.start()
+    try:
+        await cluster.wait_for(lambda: _due(outbox()), "the retry due")
+        await asyncio.sleep(0.3)
+        assert receiver.hits == []  # nobody else sends it: the node's in-memory retry died with it
+        await cluster.start_node(origin(up))
+        await cluster.wait_for(lambda: len(receiver.hits) == 1, "the callback after the restart", 10)
+        for name, app in cluster.apps.items():  # every process sweeps once more: still exactly one POST
+            if name != origin(up):
+                await app[node_keys.CALLBACKS if name != "query" else query_keys.CALLBACKS].deliver_due()
+        await asyncio.sleep(0.3)
+        row = await outbox()
+        [hit] = receiver.hits
+        assert hit.signed and hit.body["image_id"] == up["image_id"] and hit.body["event"] == "image.ready"
+        assert row["state"] == "delivered" and hit.delivery_id == row["delivery_id"] and row["attempts"] >= 2
+    finally:
+        await receiver.stop()
+
+
+async def _attempted(row: Awaitable[dict[str, Any]]) -> bool:
+    got = await row
+    return bool(got) and got["attempts"] >= 1 and got["last_error"] is not None
+
+
+async def _due(row: Awaitable[dict[str, Any]]) -> bool:
+    got = await row
+    return got["state"] == "pending" and bool(got["due"])
 
 
 async def test_callback_urls_into_private_networks_are_refused(cluster: TestCluster) -> None:
@@ -306,19 +345,7 @@ async def test_callback_urls_into_private_networks_are_refused(cluster: TestClus
 
 
 async def test_delivery_refuses_private_addresses_without_connecting() -> None:
-    hits = 0
-
-    async def hook(request: web.Request) -> web.Response:
-        nonlocal hits
-        hits += 1
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    receiver = await CallbackReceiver().start()
     from common.config import load_settings
 
     settings = load_settings(env={}, overrides={"signing": {"keys": {"k1": "x" * 20}, "active_kid": "k1"},
@@ -326,11 +353,12 @@ async def test_delivery_refuses_private_addresses_without_connecting() -> None:
     sender = callbacks.CallbackSender(settings)
     try:
         for host in ("127.0.0.1", "localhost"):
-            assert await sender.deliver(f"http://{host}:{port}/hook", {"image_id": "x"}) is False
-        assert hits == 0 and sender.refused == 2
+            outcome = await sender.post(receiver.url.replace("127.0.0.1", host), {"image_id": "x"}, "d1")
+            assert not outcome.delivered and outcome.refused
+        assert receiver.hits == [] and sender.refused == 2
     finally:
         await sender.close()
-        await runner.cleanup()
+        await receiver.stop()
 
 
 async def test_sweep_reclaims_an_upload_a_crash_left_in_processing(cluster: TestCluster, testdata: Path) -> None:

@@ -1,0 +1,70 @@
+"""DELETE /v1/images/{id}: tombstone, tell the set's members (they remove every file), purge hook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from common.bus import Bus
+from common.db import deletions as db_deletions
+from common.errors import Forbidden, NotFound
+from common.events import ImageDeleted
+from common.httpkit import json_response
+from common.ids import check_image_id
+from query_service import keys
+from query_service.handlers_uploads import public_base
+from query_service.locations import LocationCache
+from query_service.purge import purge_payload, run_purge_hooks
+
+logger = logging.getLogger(__name__)
+_background: set[asyncio.Task[Any]] = set()
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    app = request.app
+    image_id = check_image_id(request.match_info["image_id"])
+    auth = app[keys.AUTH]
+    key = await auth.required(request)
+    pool = app[keys.POOL]
+    row = await db_deletions.owner_of(pool, image_id)
+    if not key.is_admin and not await auth.owns(key, row["owner_key_id"]):  # any key of the owning app
+        if row["visibility"] != "public":
+            raise NotFound("no such image")  # another app's private image is not revealed
+        raise Forbidden("only the owner's API key may delete this image")
+    done = await db_deletions.tombstone(pool, image_id)
+    app[keys.LOCATIONS].invalidate(image_id)  # stops resolving here at once; other instances via NATS
+    if done is not None:
+        try:
+            await app[keys.BUS].publish_set_event(done["set_id"], ImageDeleted(image_id, done["set_id"]), image_id)
+        except Exception as exc:  # the members' sweep of their delete rows removes the files anyway
+            logger.warning("publish of delete %s failed (the sweep will do it): %s", image_id, exc)
+        settings = app[keys.SETTINGS]
+        if settings.deletes.purge_command or settings.deletes.purge_webhook:
+            payload = purge_payload(image_id, done["base_urls"], public_base(request))
+            kid = settings.signing.active_kid
+            key = settings.signing_key(kid)
+            task = asyncio.create_task(run_purge_hooks(settings.deletes, payload, (kid, key) if key else None),
+                                       name=f"purge-{image_id}")
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+    return json_response({"image_id": image_id, "status": "deleted"}, status=202)
+
+
+async def watch_deletes(bus: Bus, cache: LocationCache) -> None:
+    """Drop cached locations of images deleted through any query-service instance (core NATS sees the
+    JetStream publishes too)."""
+
+    async def on_msg(msg: Any) -> None:
+        try:
+            cache.invalidate(ImageDeleted.from_json(msg.data).image_id)
+        except (ValueError, TypeError) as exc:
+            logger.warning("bad delete event: %s", exc)
+
+    sub = await bus.nc.subscribe(f"{bus.subjects.prefix}.set.*.{ImageDeleted.name}", cb=on_msg)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,129 @@
+"""Scrubbing: re-hash every stored original at a bounded rate; a copy whose bytes no longer match is marked
+`corrupt` and replaced from a member whose copy hashes to the SHA-256 recorded at upload (the fetch
+verifies against that hash, so a peer with bad bytes is skipped, never trusted because it answered first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import loops
+from common.db import replicas as db_replicas
+from common.metrics import NodeMetrics
+from replicator.jobs import ReplicatorContext, Wanted, replicate
+from replicator.outcomes import Retry
+from replicator.ratelimit import ByteRate
+from storage_node.store import ORIGINAL
+
+logger = logging.getLogger(__name__)
+BLOCK = 1024 * 1024
+
+
+@dataclass
+class ScrubResult:
+    checked: int = 0
+    bytes: int = 0
+    corrupt: int = 0
+    repaired: int = 0
+    seconds: float = 0.0
+
+
+def sha256_file(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fobj:
+            for block in iter(lambda: fobj.read(BLOCK), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return None  # deleted meanwhile
+    return digest.hexdigest()
+
+
+def iter_image_ids(objects: Path) -> Iterator[str]:
+    """Image ids on disk (objects/<aa>/<bb>/<id>/original), one directory listing at a time (blocking)."""
+    for aa in sorted(os.scandir(objects), key=lambda e: e.name) if objects.exists() else []:
+        if not aa.is_dir():
+            continue
+        for bb in os.scandir(aa.path):
+            if not bb.is_dir():
+                continue
+            for image in os.scandir(bb.path):
+                if os.path.exists(os.path.join(image.path, ORIGINAL)):
+                    yield image.name
+
+
+class Scrubber:
+    def __init__(self, ctx: ReplicatorContext, bytes_per_s: int, interval_s: float,
+                 metrics: NodeMetrics | None = None) -> None:
+        self.ctx = ctx
+        self.rate = ByteRate(bytes_per_s)
+        self.interval_s = interval_s
+        self.metrics = metrics
+        self.passes = 0
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                result = await self.run_pass()
+                logger.info("scrub pass: %d originals, %d bytes, %d corrupt, %d repaired in %.1fs", result.checked,
+                            result.bytes, result.corrupt, result.repaired, result.seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                loops.raise_if_cancelling()
+                logger.warning("scrub pass failed: %r", exc)
+            await loops.sleep(self.interval_s)
+
+    async def run_pass(self) -> ScrubResult:
+        started = time.perf_counter()
+        result = ScrubResult()
+        store = self.ctx.store
+        ids = await asyncio.to_thread(lambda: list(iter_image_ids(store.objects)))
+        for done, image_id in enumerate(ids):
+            if self.metrics is not None:
+                self.metrics.scrub_progress.set(done / len(ids))
+            meta = await asyncio.to_thread(store.meta, image_id)
+            if meta is None:
+                continue
+            await self.rate.take(meta.bytes)
+            actual = await asyncio.to_thread(sha256_file, store.path_for(image_id, ORIGINAL))
+            if actual is None:
+                continue
+            result.checked += 1
+            result.bytes += meta.bytes
+            if self.metrics is not None:
+                self.metrics.scrub_checked.inc()
+            if actual != meta.sha256:
+                result.corrupt += 1
+                result.repaired += await self._repair(image_id, actual)
+        self.passes += 1
+        if self.metrics is not None:
+            self.metrics.scrub_progress.set(1.0)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    async def _repair(self, image_id: str, actual: str) -> int:
+        row = await db_replicas.miss_lookup(self.ctx.pool, image_id, self.ctx.node_id,
+                                            self.ctx.settings.health.heartbeat_timeout_s)
+        if row is None or row["sha256"] is None or row["my_state"] is None:
+            return 0  # not an image this node should hold (deleted meanwhile): the delete sweep removes it
+        if actual == row["sha256"]:
+            return 0  # the bytes are right (a stale sidecar); nothing to repair
+        logger.error("scrub: %s is corrupt on this node (sha256 %s..., recorded %s...); replacing it from a peer",
+                     image_id, actual[:12], row["sha256"][:12])
+        if self.metrics is not None:
+            self.metrics.scrub_corruptions.inc()
+        await db_replicas.mark_state(self.ctx.pool, image_id, self.ctx.node_id, "corrupt")
+        try:
+            await replicate(self.ctx, Wanted(image_id, row["sha256"], row["bytes"], row["content_type"]))
+        except Retry as exc:
+            logger.warning("scrub: repair of %s deferred (the sweep retries corrupt rows): %s", image_id, exc)
+            return 0
+        return 1

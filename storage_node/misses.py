@@ -1,0 +1,64 @@
+"""A node asked for an image it does not hold (replication lag, or a lost file): `307` to the nearest
+healthy member holding a verified copy, and a background copy here (read repair) so the next request
+is served locally. Only this rare path touches Postgres; a hit never does."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from common.db import replicas as db_replicas
+from common.errors import NotFound, SignatureInvalid, Unavailable
+from common.geo import Point, haversine_km
+from storage_node import keys
+
+logger = logging.getLogger(__name__)
+SERVABLE = ("uploaded", "processing", "ready")
+_background: set[asyncio.Task[Any]] = set()
+
+
+async def redirect_to_holder(request: web.Request, image_id: str, signed: bool = False) -> web.Response:
+    """``signed``: whether the request carried a valid signature (private images need one, here too)."""
+    app = request.app
+    settings = app[keys.SETTINGS]
+    node = settings.node
+    row = await db_replicas.miss_lookup(app[keys.POOL], image_id, node.node_id, settings.health.heartbeat_timeout_s)
+    if row is None or row["status"] not in SERVABLE or row["sha256"] is None:
+        raise NotFound("no such image on this node")
+    if row["visibility"] == "private" and not signed:
+        raise SignatureInvalid("this image is served only with a signed URL")
+    if row["my_state"] is not None:
+        if row["my_state"] == "ok":  # recorded as here, but the file is gone: lost
+            logger.warning("image %s is recorded on this node but its file is missing", image_id)
+            await db_replicas.mark_state(app[keys.POOL], image_id, node.node_id, "missing")
+        _read_repair(app, row, image_id)
+    here = Point(node.lat, node.lon)
+    holders = sorted(row["holders"], key=lambda h: haversine_km(here, Point(h["lat"], h["lon"])))
+    if not holders:
+        raise Unavailable("no healthy node holds this image right now", code="no_replica",
+                          headers={"Retry-After": "1"})
+    location = f"{holders[0]['base_url'].rstrip('/')}{request.path_qs}"
+    return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def _read_repair(app: web.Application, row: dict[str, Any], image_id: str) -> None:
+    """Copy the image here in the background through this node's replicator (when it runs in-process)."""
+    from replicator.jobs import Wanted, replicate
+    from storage_node.app import REPLICATOR
+
+    replicator = app.get(REPLICATOR)
+    if replicator is None:
+        return  # a separate replicator process: its sweep of pending/missing rows copies it
+
+    async def copy() -> None:
+        try:
+            await replicate(replicator.ctx, Wanted(image_id, row["sha256"], row["bytes"], row["content_type"]))
+        except Exception as exc:  # the sweep retries
+            logger.info("read repair of %s deferred: %s", image_id, exc)
+
+    task = asyncio.create_task(copy(), name=f"read-repair-{image_id}")
+    _background.add(task)
+    task.add_done_callback(_background.discard)

@@ -1,0 +1,80 @@
+"""Pure capacity figures and decisions, table-driven."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.config import CapacitySettings, HealthSettings
+from query_service.capacity import DAY_S, build_report, decide, growth_per_day, node_figures
+
+CAP = CapacitySettings(high_water=0.8, critical=0.95, provision_headroom=0.25, provision_horizon_days=7)
+HEALTH = HealthSettings(heartbeat_timeout_s=10, dead_after_s=600)
+
+
+def _row(node_id: str, set_id: str, used: int, capacity: int = 1000, state: str = "active", set_state: str = "open",
+         age: float | None = 1.0, set_by: str = "auto") -> dict[str, Any]:
+    return {"node_id": node_id, "region": node_id.rsplit("-", 1)[0], "set_id": set_id, "set_state": set_state,
+            "state": state, "state_set_by": set_by, "heartbeat_age_s": age, "capacity_bytes": capacity,
+            "used_bytes": used, "free_bytes": capacity - used, "objects": used // 100, "lat": 0.0, "lon": 0.0}
+
+
+def _report(rows: list[dict[str, Any]], growth: dict[str, float] | None = None, history_s: float = 7200.0) -> Any:
+    nodes = [node_figures(r, True, (growth or {}).get(r["node_id"])) for r in rows]
+    return build_report(nodes, {r["set_id"]: r["set_state"] for r in rows}, CAP, history_s)
+
+
+def test_growth_needs_enough_history() -> None:
+    assert growth_per_day(None, 60) is None
+    assert growth_per_day((30.0, 0, 100), 60) is None
+    assert growth_per_day((3600.0, 0, 100), 60) == 100 * 24
+
+
+def test_figures_per_set_and_region() -> None:
+    rows = [_row("us-east-1", "set-1", 500), _row("eu-west-1", "set-1", 700),
+            _row("us-east-2", "set-2", 100), _row("eu-west-2", "set-2", 100)]
+    report = _report(rows, growth={"us-east-1": 100.0, "eu-west-1": 100.0})
+    s1 = next(s for s in report.sets if s.name == "set-1")
+    assert s1.used_bytes == 700 and s1.free_bytes == 300 and s1.headroom_bytes == 100
+    assert s1.days_until_full == 3.0 and s1.days_until_closed == 1.0
+    east = next(r for r in report.regions if r.name == "us-east")
+    assert east.capacity_bytes == 2000 and east.used_bytes == 600 and east.days_until_full == 14.0
+    assert report.open_headroom_bytes == 100 + 700
+    node = report.nodes[0]
+    assert node.days_until_full == 5.0 and node.used_ratio == 0.5
+
+
+def test_marks_close_sets_and_make_nodes_readonly_and_dead() -> None:
+    rows = [_row("us-east-1", "set-1", 960), _row("eu-west-1", "set-1", 810),
+            _row("us-east-2", "set-2", 10), _row("eu-west-2", "set-2", 10, age=700.0)]
+    d = decide(_report(rows), CAP, HEALTH)
+    assert ("us-east-1", "readonly") in [(n, s) for n, s, _ in d.node_states]
+    assert ("eu-west-2", "dead") in [(n, s) for n, s, _ in d.node_states]
+    assert [(s, st) for s, st, _ in d.set_states] == [("set-1", "closed")]
+    assert d.provision_reason is None  # set-2 still has room
+
+
+def test_hysteresis_and_operator_states_are_kept() -> None:
+    rows = [_row("us-east-1", "set-1", 930, state="readonly"),  # below critical, not far enough: stays
+            _row("eu-west-1", "set-1", 500, state="readonly", set_by="operator"),  # an operator's: kept
+            _row("us-east-2", "set-2", 100, state="readonly"),
+            _row("eu-west-2", "set-2", 100, state="dead", set_by="operator")]
+    d = decide(_report(rows), CAP, HEALTH)
+    assert [(n, s) for n, s, _ in d.node_states] == [("us-east-2", "active")]
+    rows = [_row("us-east-1", "set-1", 760, set_state="closed"), _row("us-east-2", "set-2", 100, set_state="closed")]
+    d = decide(_report(rows), CAP, HEALTH)
+    assert [(s, st) for s, st, _ in d.set_states] == [("set-2", "open")]  # 76% is within the margin
+
+
+def test_provisioning_reasons() -> None:
+    closed = [_row("us-east-1", "set-1", 900, set_state="closed")]
+    assert "no open set" in (decide(_report(closed), CAP, HEALTH).provision_reason or "")
+    tight = [_row("us-east-1", "set-1", 600)]  # 200 B of headroom < 25 % of 1000
+    assert "headroom" in (decide(_report(tight), CAP, HEALTH).provision_reason or "")
+    roomy = [_row("us-east-1", "set-1", 100)]
+    assert decide(_report(roomy), CAP, HEALTH).provision_reason is None
+    fast = decide(_report(roomy, growth={"us-east-1": 700 / 3}), CAP, HEALTH)  # 700 B of room, gone in 3 days
+    assert fast.by_forecast and "forecast" in (fast.provision_reason or "")
+    young = decide(_report(roomy, growth={"us-east-1": 700 / 3}, history_s=60), CAP, HEALTH)
+    assert young.provision_reason is None  # a minute of history is shown, but not acted upon
+    assert decide(_report([]), CAP, HEALTH).provision_reason is None  # an empty cluster: nothing to copy
+    assert DAY_S == 86400
