@@ -44,12 +44,13 @@ async def create_upload(request: web.Request) -> web.Response:
         raise Unavailable("no healthy node with room can take this upload", code="no_capacity")
     node = chosen.node
     image_id = new_image_id()
-    await db_images.create_requested(app[keys.POOL], db_images.NewImage(
-        image_id=image_id, owner_key_id=api_key.key_id, set_id=node.set_id, origin_node=node.node_id,
-        max_bytes=max_bytes, visibility=body.visibility, filename=body.filename, tags=body.tags,
-        metadata=body.metadata, callback_url=body.callback_url,
-    ))
-    async with app[keys.POOL].connection() as conn:
+    # The image row and its `upload.request` audit row commit (or roll back) together.
+    async with app[keys.POOL].connection() as conn, conn.transaction():
+        await db_images.create_requested(conn, db_images.NewImage(
+            image_id=image_id, owner_key_id=api_key.key_id, set_id=node.set_id, origin_node=node.node_id,
+            max_bytes=max_bytes, visibility=body.visibility, filename=body.filename, tags=body.tags,
+            metadata=body.metadata, callback_url=body.callback_url,
+        ))
         await audit.record(conn, "upload.request", app_id=api_key.app_id, key_id=api_key.key_id, image_id=image_id,
                            node_id=node.node_id, client_ip=remote,
                            detail={"visibility": body.visibility, "size": body.size})

@@ -26,14 +26,14 @@ class NewImage:
     callback_url: str | None = None
 
 
-async def create_requested(pool: AsyncConnectionPool, img: NewImage) -> None:
-    async with pool.connection() as conn:
-        await conn.execute(
-            "INSERT INTO images (image_id, owner_key_id, status, visibility, filename, max_bytes, set_id,"
-            " origin_node, tags, metadata, callback_url) VALUES (%s, %s, 'requested', %s, %s, %s, %s, %s, %s, %s, %s)",
-            (img.image_id, img.owner_key_id, img.visibility, img.filename, img.max_bytes, img.set_id,
-             img.origin_node, list(img.tags), Jsonb(img.metadata or {}), img.callback_url),
-        )
+async def create_requested(conn: AsyncConnection[Any], img: NewImage) -> None:
+    """Insert the `requested` row; the caller owns the transaction (so its audit row commits with it)."""
+    await conn.execute(
+        "INSERT INTO images (image_id, owner_key_id, status, visibility, filename, max_bytes, set_id,"
+        " origin_node, tags, metadata, callback_url) VALUES (%s, %s, 'requested', %s, %s, %s, %s, %s, %s, %s, %s)",
+        (img.image_id, img.owner_key_id, img.visibility, img.filename, img.max_bytes, img.set_id,
+         img.origin_node, list(img.tags), Jsonb(img.metadata or {}), img.callback_url),
+    )
 
 
 async def upload_state(pool: AsyncConnectionPool, image_id: str) -> dict[str, Any] | None:

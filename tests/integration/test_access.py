@@ -25,6 +25,11 @@ async def sql(cluster: TestCluster, query: str, *args: Any) -> list[dict[str, An
         return list(await cur.fetchall())
 
 
+async def ddl(cluster: TestCluster, statement: str) -> None:
+    async with open_pool(cluster.settings().database) as pool, pool.connection() as conn:
+        await conn.execute(statement)  # type: ignore[arg-type]
+
+
 async def make_key(cluster: TestCluster, name: str, **fields: Any) -> dict[str, Any]:
     status, body = await cluster.api("POST", "/v1/keys", json={"name": name, **fields})
     assert status == 201, body
@@ -313,6 +318,26 @@ async def test_deletes_are_by_app_and_audited(cluster: TestCluster) -> None:
     assert status == 202 and body["status"] == "deleted"
     rows = await sql(cluster, "SELECT app_id, key_id, image_id FROM audit_log WHERE action = 'image.delete'")
     assert rows == [{"app_id": shop["app_id"], "key_id": shop2["key_id"], "image_id": ids["private"]}]
+
+
+async def test_upload_request_and_its_audit_row_commit_together(cluster: TestCluster) -> None:
+    # A real Postgres trigger makes this app's `upload.request` audit insert fail: the image row must go too.
+    shop = await make_key(cluster, "audit-fails")
+    await ddl(cluster, "CREATE FUNCTION test_fail_audit() RETURNS trigger LANGUAGE plpgsql AS"
+                        " $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$")
+    await ddl(cluster, "CREATE TRIGGER test_fail_audit BEFORE INSERT ON audit_log FOR EACH ROW"
+                        f" WHEN (NEW.action = 'upload.request' AND NEW.app_id = '{shop['app_id']}')"
+                        " EXECUTE FUNCTION test_fail_audit()")
+    try:
+        status, body = await cluster.api("POST", "/v1/uploads", json={}, headers=bearer(shop["api_key"]))
+        assert status == 500 and body["error"]["code"] == "internal_error", body
+        assert await sql(cluster, "SELECT 1 FROM images WHERE owner_key_id = %s", shop["key_id"]) == []
+    finally:
+        await ddl(cluster, "DROP TRIGGER test_fail_audit ON audit_log")
+        await ddl(cluster, "DROP FUNCTION test_fail_audit()")
+    status, ticket = await cluster.api("POST", "/v1/uploads", json={}, headers=bearer(shop["api_key"]))
+    assert status == 201
+    assert len(await sql(cluster, "SELECT 1 FROM images WHERE owner_key_id = %s", shop["key_id"])) == 1
 
 
 async def test_deduplicated_copies_keep_their_own_privacy(cluster: TestCluster) -> None:
