@@ -3,6 +3,10 @@
 Written by hand as data (the routes are few and the contract is API.md): every status a route can
 answer is listed with its body, so a schema-driven fuzzer (schemathesis, in the test suite) can check
 that no request gets a 5xx or an undocumented answer.
+
+Both the app-facing API and the operator (admin) endpoints are described. Operations marked
+``x-destructive: true`` change the cluster's shape (node states, replacements): the fuzzing test
+leaves them out so that a run cannot take nodes away from the cluster it is checking.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from common import __version__
 
 JSON = "application/json"
 IMAGE_ID = {"type": "string", "pattern": "^[a-z2-7]{22}$"}
+NODE_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
+NODE_STATES = ["active", "readonly", "draining", "dead"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -45,6 +51,8 @@ _URL_PARAMS = [
      "description": "`original`: a signed URL of the uploaded bytes, for the owner only"},
 ]
 _IMAGE_PATH = [{"name": "image_id", "in": "path", "required": True, "schema": IMAGE_ID}]
+_NODE_PATH = [{"name": "node_id", "in": "path", "required": True, "schema": NODE_ID}]
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -99,6 +107,44 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["node_id", "region", "set_id", "state", "healthy"]}}}},
     "Deleted": {"type": "object", "required": ["image_id", "status"],
                 "properties": {"image_id": IMAGE_ID, "status": {"type": "string", "enum": ["deleted"]}}},
+    "NodeStateRequest": {"type": "object", "required": ["state"], "properties": {
+        "state": {"type": "string", "enum": NODE_STATES}}},
+    "NodeState": {"type": "object", "required": ["node_id", "state", "state_set_by"],
+                  "properties": {"node_id": NODE_ID, "state": {"type": "string", "enum": NODE_STATES},
+                                 "state_set_by": {"type": "string", "enum": ["operator"]}}},
+    "ReplaceRequest": {"type": "object", "properties": {
+        "with": NODE_ID, "reason": {"type": "string"},
+        "provision": {"type": "boolean", "description": "call the configured provisioner (default true)"}}},
+    "Replacement": {"type": "object", "required": ["plan", "config"], "properties": {
+        "plan": {"type": "object", "required": ["nodes"], "properties": {"nodes": {"type": "array"}}},
+        "config": {"type": "object", "required": ["node_id", "region", "set_id", "lat", "lon"], "properties": {
+            "node_id": NODE_ID, "region": {"type": "string"}, "set_id": {"type": "string"},
+            "lat": {"type": "number"}, "lon": {"type": "number"}}}}},
+    "Backfill": {"type": "object", "required": ["node_id", "set_id", "state", "expected", "done", "pending",
+                                                "missing", "corrupt", "complete"],
+                 "properties": {"node_id": NODE_ID, "set_id": {"type": "string"},
+                                "state": {"type": "string", "enum": NODE_STATES},
+                                "expected": {"type": "integer"}, "done": {"type": "integer"},
+                                "pending": {"type": "integer"}, "missing": {"type": "integer"},
+                                "corrupt": {"type": "integer"}, "complete": {"type": "boolean"}}},
+    "Repair": {"type": "object", "required": ["under_replicated", "replicas_waiting", "by_node", "nudged",
+                                              "on_dead_nodes", "hint"],
+               "properties": {"under_replicated": {"type": "integer"}, "replicas_waiting": {"type": "integer"},
+                              "by_node": {"type": "object", "additionalProperties": _COUNTS},
+                              "nudged": {"type": "integer"},
+                              "on_dead_nodes": {"type": "array", "items": {"type": "string"}},
+                              "hint": {"type": "string", "nullable": True}}},
+    "Decision": {"type": "object", "required": ["image_id", "status"], "properties": {
+        "image_id": IMAGE_ID, "status": {"type": "string", "enum": ["ready", "rejected"]},
+        "reason": {"type": "string"}}},
+    "RejectRequest": {"type": "object", "properties": {"reason": {"type": "string"}}},
+    "Dashboard": {"type": "object", "required": ["generated_at", "stats_age_s", "summary", "regions", "sets",
+                                                 "nodes", "events"],
+                  "properties": {"generated_at": {"type": "string"},
+                                 "stats_age_s": {"type": "number", "nullable": True},
+                                 "summary": {"type": "object"}, "regions": {"type": "array"},
+                                 "sets": {"type": "array"}, "nodes": {"type": "array"},
+                                 "events": {"type": "array"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
 }
 
@@ -135,6 +181,45 @@ def spec(server_url: str = "") -> dict[str, Any]:
         "/v1/nodes": {"get": {
             "summary": "Every node with health and capacity (admin).", "security": auth,
             "responses": {"200": _json(_ref("Nodes"), "nodes"), **_errors(403, *_COMMON_ERRORS)}}},
+        "/v1/capacity": {"get": {
+            "summary": "The same view as /v1/nodes: sets, regions, growth and days until full (admin).",
+            "security": auth, "responses": {"200": _json(_ref("Nodes"), "capacity"), **_errors(403, *_COMMON_ERRORS)}}},
+        "/v1/nodes/{node_id}/state": {"post": {
+            "summary": "Set a node's state (admin); a dead node set live again is backfilled.",
+            "security": auth, "parameters": _NODE_PATH, "x-destructive": True,
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("NodeStateRequest")}}},
+            "responses": {"200": _json(_ref("NodeState"), "the new state"),
+                          **_errors(400, 403, 404, 409, *_COMMON_ERRORS)}}},
+        "/v1/nodes/{node_id}/replace": {"post": {
+            "summary": "Plan the replacement of a node (admin): a new member of its set and region, backfilled.",
+            "security": auth, "parameters": _NODE_PATH, "x-destructive": True,
+            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("ReplaceRequest")}}},
+            "responses": {"202": _json(_ref("Replacement"), "the plan and the new node's settings"),
+                          **_errors(400, 403, 404, 409, *_COMMON_ERRORS)}}},
+        "/v1/nodes/{node_id}/backfill": {"get": {
+            "summary": "How far a node's copy of its set has come (admin).", "security": auth,
+            "parameters": _NODE_PATH,
+            "responses": {"200": _json(_ref("Backfill"), "progress"), **_errors(403, 404, *_COMMON_ERRORS)}}},
+        "/v1/repair": {
+            "get": {"summary": "What is under-replicated, by node (admin).", "security": auth,
+                    "responses": {"200": _json(_ref("Repair"), "repair status"), **_errors(403, *_COMMON_ERRORS)}},
+            "post": {"summary": "Make every waiting copy due now (the members' sweeps copy them; admin).",
+                     "security": auth,
+                     "responses": {"200": _json(_ref("Repair"), "repair status"),
+                                   **_errors(403, *_COMMON_ERRORS)}}},
+        "/v1/images/{image_id}/approve": {"post": {
+            "summary": "Approve a quarantined image: it becomes ready (admin).", "security": auth,
+            "parameters": _IMAGE_PATH,
+            "responses": {"200": _json(_ref("Decision"), "approved"), **_errors(403, 404, 409, *_COMMON_ERRORS)}}},
+        "/v1/images/{image_id}/reject": {"post": {
+            "summary": "Reject a quarantined image: every copy is removed (admin).", "security": auth,
+            "parameters": _IMAGE_PATH,
+            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("RejectRequest")}}},
+            "responses": {"200": _json(_ref("Decision"), "rejected"),
+                          **_errors(400, 403, 404, 409, *_COMMON_ERRORS)}}},
+        "/v1/dashboard": {"get": {
+            "summary": "The operator dashboard's data (admin).", "security": auth,
+            "responses": {"200": _json(_ref("Dashboard"), "dashboard data"), **_errors(403, *_COMMON_ERRORS)}}},
         "/v1/keys": {
             "get": {"summary": "Every API key (never the secret; admin).", "security": auth,
                     "responses": {"200": _json(_ref("KeyList"), "keys"), **_errors(403, *_COMMON_ERRORS)}},
@@ -154,7 +239,7 @@ def spec(server_url: str = "") -> dict[str, Any]:
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {"title": "minicdn query service", "version": __version__,
-                 "description": "The app-facing API of minicdn (see API.md). Errors are "
+                 "description": "The app-facing and operator API of minicdn (see API.md). Errors are "
                                 "{\"error\": {\"code\", \"message\"}}."},
         "paths": paths,
         "components": {"schemas": SCHEMAS,

@@ -1,6 +1,9 @@
 """GET /openapi.json describes the query service, and schemathesis, driven by it against a live cluster,
 finds no 5xx, no undocumented status, and no response that breaks its schema.
 
+Operations marked `x-destructive` (setting node states, replacing nodes) are documented but not fuzzed:
+random calls would take nodes out of the cluster under test. They have their own tests (test_control*).
+
 Bounded: a fixed number of generated requests per operation (derandomized, so a run is repeatable).
 schemathesis speaks sync `requests`, so it runs in a thread while the cluster serves on the loop.
 """
@@ -26,15 +29,19 @@ EXAMPLES_PER_OPERATION = 25
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-def fuzz(base_url: str, headers: dict[str, str], known_image: str) -> dict[str, int]:
-    """Run every operation's strategy; returns the number of calls per operation (failures raise)."""
+def fuzz(base_url: str, headers: dict[str, str], known_image: str, known_node: str) -> dict[str, int]:
+    """Run every non-destructive operation's strategy; returns the number of calls per operation (failures raise)."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     calls: dict[str, int] = {}
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.definition.raw.get("x-destructive"):
+            continue
         strategies = [operation.as_strategy()]
         if "{image_id}" in operation.path:  # also aim at an image that exists, not only at random ids
             strategies.append(operation.as_strategy(path_parameters={"image_id": known_image}))
+        if "{node_id}" in operation.path:
+            strategies.append(operation.as_strategy(path_parameters={"node_id": known_node}))
         label = operation.label
         for strategy in strategies:
             _run_bounded(strategy, base_url, headers, label, calls)
@@ -63,10 +70,20 @@ async def test_openapi_document_and_schemathesis(cluster: TestCluster) -> None:
     up = await cluster.upload(make_jpeg(seed=40))
     await cluster.wait_ready(up["image_id"])
     await cluster.wait_replicated(up["image_id"])
-    calls = await asyncio.to_thread(fuzz, cluster.query_url, cluster.auth, up["image_id"])
+    # The destructive operator endpoints are documented (and flagged), and only those are flagged.
+    flagged = {f"{method.upper()} {path}" for path, item in doc["paths"].items() for method, op in item.items()
+               if op.get("x-destructive")}
+    assert flagged == {"POST /v1/nodes/{node_id}/state", "POST /v1/nodes/{node_id}/replace"}
+    nodes_before = {n["node_id"]: n["state"] for n in (await cluster.api("GET", "/v1/nodes"))[1]["nodes"]}
+    calls = await asyncio.to_thread(fuzz, cluster.query_url, cluster.auth, up["image_id"], sorted(nodes_before)[0])
     assert set(calls) >= {"POST /v1/uploads", "GET /v1/images/{image_id}", "GET /v1/images/{image_id}/url",
                           "GET /img/{image_id}",
                           "DELETE /v1/images/{image_id}", "GET /v1/keys", "POST /v1/keys", "DELETE /v1/keys/{key_id}",
-                          "GET /v1/nodes", "GET /healthz"}
+                          "GET /v1/nodes", "GET /healthz", "GET /v1/capacity", "GET /v1/nodes/{node_id}/backfill",
+                          "GET /v1/repair", "POST /v1/repair", "POST /v1/images/{image_id}/approve",
+                          "POST /v1/images/{image_id}/reject", "GET /v1/dashboard"}
+    assert not set(calls) & flagged
+    # The run left every node where it was.
+    assert {n["node_id"]: n["state"] for n in (await cluster.api("GET", "/v1/nodes"))[1]["nodes"]} == nodes_before
     # Parameterless operations yield one distinct case; the others many.
     assert calls["POST /v1/uploads"] >= 10 and calls["GET /v1/images/{image_id}/url"] >= 20, calls
