@@ -3,7 +3,6 @@ replacing a node, backfill progress and cluster-wide repair."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg.errors
@@ -15,21 +14,18 @@ from common.httpkit import json_response
 from query_service import keys
 from query_service.capacity import decide
 from query_service.monitor import load_report
+from query_service.requests import read_json_object
 
 NODE_STATES = ("active", "readonly", "draining", "dead")
+MAX_BODY_BYTES = 16 * 1024
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(16 * 1024 + 1)
-    if len(raw) > 16 * 1024:
-        raise InvalidRequest("request body too large")
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a JSON object")
-    return body
+async def _nodes_having(request: web.Request, node_id: str) -> dict[str, dict[str, Any]]:
+    """Every node (with its set) by id; 404 when ``node_id`` is not one of them."""
+    rows = {r["node_id"]: r for r in await db_control.nodes_with_sets(request.app[keys.POOL])}
+    if node_id not in rows:
+        raise NotFound("no such node")
+    return rows
 
 
 async def cluster_view(request: web.Request) -> dict[str, Any]:
@@ -75,13 +71,11 @@ async def set_state(request: web.Request) -> web.Response:
     app = request.app
     await app[keys.AUTH].required(request, scope="admin")
     node_id = request.match_info["node_id"]
-    body = await _body(request)
+    body = await read_json_object(request, MAX_BODY_BYTES)
     state = body.get("state")
     if state not in NODE_STATES:
         raise InvalidRequest(f"state must be one of {', '.join(NODE_STATES)}")
-    rows = {r["node_id"]: r for r in await db_control.nodes_with_sets(app[keys.POOL])}
-    if node_id not in rows:
-        raise NotFound("no such node")
+    rows = await _nodes_having(request, node_id)
     try:
         await db_control.set_node_state(app[keys.POOL], node_id, state, "operator")
     except psycopg.errors.UniqueViolation:
@@ -99,14 +93,12 @@ async def replace_node(request: web.Request) -> web.Response:
     app = request.app
     await app[keys.AUTH].required(request, scope="admin")
     old = request.match_info["node_id"]
-    body = await _body(request)
+    body = await read_json_object(request, MAX_BODY_BYTES)
     new = body.get("with")
     if new is not None and (not isinstance(new, str) or not new or len(new) > 63
                             or not all(c.isalnum() or c == "-" for c in new) or new != new.lower()):
         raise InvalidRequest("with must be a node id (lowercase letters, digits and '-')")
-    rows = {r["node_id"]: r for r in await db_control.nodes_with_sets(app[keys.POOL])}
-    if old not in rows:
-        raise NotFound("no such node")
+    rows = await _nodes_having(request, old)
     if new == old:
         raise InvalidRequest("a node cannot replace itself")
     if new is not None and new in rows and (rows[new]["set_id"], rows[new]["region"]) != (

@@ -5,7 +5,6 @@ The plaintext of a new key is returned once and never stored (only its SHA-256).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -13,28 +12,13 @@ from aiohttp import web
 
 from common.db import api_keys as db_keys
 from common.errors import InvalidRequest, NotFound
-from common.hardening import read_small_body
 from common.httpkit import json_response
 from query_service import keys
-from query_service.requests import MAX_BODY_BYTES, check_storable, remote_address
+from query_service.requests import read_json_object, remote_address
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 _KEY_ID_RE = re.compile(r"^[0-9a-f]{8}$")
 _HOST_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await read_small_body(request, MAX_BODY_BYTES, request.app[keys.SETTINGS].http.body_read_timeout_s)
-    if raw is None:
-        raise InvalidRequest("request body too large")
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise InvalidRequest("body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a JSON object")
-    check_storable(body)
-    return body
 
 
 def _parse_create(body: dict[str, Any]) -> tuple[str, tuple[str, ...], str | None, float | None, tuple[str, ...]]:
@@ -62,7 +46,7 @@ def _parse_create(body: dict[str, Any]) -> tuple[str, tuple[str, ...], str | Non
 async def create_key(request: web.Request) -> web.Response:
     app = request.app
     actor = await app[keys.AUTH].required(request, scope="admin")
-    name, scopes, app_id, rate, referers = _parse_create(await _json_body(request))
+    name, scopes, app_id, rate, referers = _parse_create(await read_json_object(request))
     key, plaintext = await db_keys.create_key(app[keys.POOL], name, scopes, app_id=app_id, rate_per_s=rate,
                                               referers=referers, actor=actor, client_ip=remote_address(request))
     return json_response({"key_id": key.key_id, "api_key": plaintext, "name": key.name, "app_id": key.app_id,

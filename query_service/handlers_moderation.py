@@ -7,17 +7,16 @@ image's callback in the decision's transaction (``common.callback_outbox`` deliv
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from common.db import images as db_images
 from common.db import pipeline as db_pipeline
-from common.errors import Conflict, InvalidRequest
+from common.errors import Conflict
 from common.events import ImageRejected
 from common.httpkit import json_response
 from common.ids import check_image_id
 from query_service import keys
+from query_service.requests import read_json_object
 
 
 async def approve(request: web.Request) -> web.Response:
@@ -36,14 +35,8 @@ async def reject(request: web.Request) -> web.Response:
     app = request.app
     await app[keys.AUTH].required(request, scope="admin")
     image_id = check_image_id(request.match_info["image_id"])
-    raw = await request.content.read(4096)
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-        reason = str(body.get("reason") or "rejected by an operator") if isinstance(body, dict) else None
-    except ValueError:
-        reason = None
-    if reason is None:
-        raise InvalidRequest('body must be a JSON object like {"reason": "..."}')
+    body = await read_json_object(request, 4096)
+    reason = str(body.get("reason") or "rejected by an operator")
     row = await db_pipeline.reject(app[keys.POOL], image_id, reason, from_status=("quarantined",))
     if row is None:
         await _explain(request, image_id)

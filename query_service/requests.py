@@ -67,8 +67,12 @@ def check_ip(value: str, field: str = "client_ip") -> str:
         raise InvalidRequest(f"{field} is not an IP address") from None
 
 
-async def parse_upload_request(request: web.Request, max_upload_bytes: int) -> UploadRequest:
-    raw = await read_small_body(request, MAX_BODY_BYTES, request.app[keys.SETTINGS].http.body_read_timeout_s)
+async def read_json_object(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The body as a JSON object (an empty body is ``{}``) whose strings Postgres can store; 400 otherwise.
+
+    Every JSON-bodied handler reads through here, so each gets the read timeout, the size cap and the
+    deep-nesting guard."""
+    raw = await read_small_body(request, max_bytes, request.app[keys.SETTINGS].http.body_read_timeout_s)
     if raw is None:
         raise InvalidRequest("request body too large")
     try:
@@ -78,6 +82,11 @@ async def parse_upload_request(request: web.Request, max_upload_bytes: int) -> U
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
     check_storable(body)
+    return body
+
+
+async def parse_upload_request(request: web.Request, max_upload_bytes: int) -> UploadRequest:
+    body = await read_json_object(request)
     size = body.get("size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:

@@ -249,6 +249,11 @@ async def test_quarantine_hook_holds_until_approved(make_cluster: MakeCluster, t
     held = await cluster.upload((testdata / "coins_gray.png").read_bytes())
     await cluster.wait_ready(held["image_id"], status="quarantined")
     await cluster.wait_replicated(held["image_id"])
+    for bad in (b"[" * 3000, b'{"reason": "a\\u0000b"}', b"[1]", b"{not json"):  # 400, and still held
+        status, body = await cluster.api("POST", f"/v1/images/{held['image_id']}/reject", data=bad)
+        assert status == 400 and body["error"]["code"] == "invalid_request", bad
+    status, image = await cluster.api("GET", f"/v1/images/{held['image_id']}")
+    assert image["status"] == "quarantined"
     status, body = await cluster.api("POST", f"/v1/images/{held['image_id']}/reject", json={"reason": "spam"})
     assert status == 200 and body["status"] == "rejected"
     await cluster.wait_for(lambda: on_disk(cluster, held["image_id"]) == {n: [] for n in NODES},

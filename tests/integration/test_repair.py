@@ -113,6 +113,11 @@ async def test_replace_rejections(cluster: TestCluster) -> None:
     assert status == 400
     status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/state", json={"state": "sleepy"})
     assert status == 400
+    # Bodies the shared JSON reader refuses: absurd nesting (not a 500) and a NUL Postgres cannot store.
+    status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/state", data=b"[" * 5000)
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/replace", json={"reason": "bad\u0000reason"})
+    assert status == 400 and body["error"]["code"] == "invalid_request"
     assert cluster.session is not None
     async with cluster.session.post(f"{cluster.query_url}/v1/nodes/eu-west-1/replace", json={}) as resp:
         assert resp.status == 401
