@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -25,6 +26,8 @@ from replicator.deletes import delete_local, sweep_deletions
 from replicator.jobs import ReplicatorContext, Wanted, drop_rejected, replicate
 from replicator.outcomes import Permanent, Retry
 from replicator.ratelimit import ByteRate
+
+E = TypeVar("E", ImageDeleted, ImageRejected, ImageUploaded)
 
 logger = logging.getLogger(__name__)
 FETCH_BATCH = 16
@@ -116,25 +119,14 @@ class Replicator:
     async def _dispatch(self, msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]
         if kind == ImageDeleted.name:
-            try:
-                deleted = ImageDeleted.from_json(msg.data)
-            except (ValueError, TypeError) as exc:
-                raise Permanent(f"malformed event: {exc}") from None
-            await delete_local(self.ctx, deleted.image_id)
+            await delete_local(self.ctx, _decode(ImageDeleted, msg.data).image_id)
             return
         if kind == ImageRejected.name:
-            try:
-                rejected = ImageRejected.from_json(msg.data)
-            except (ValueError, TypeError) as exc:
-                raise Permanent(f"malformed event: {exc}") from None
-            await drop_rejected(self.ctx, rejected.image_id)
+            await drop_rejected(self.ctx, _decode(ImageRejected, msg.data).image_id)
             return
         if kind != ImageUploaded.name:
             return  # other set events belong to later jobs; acking keeps the consumer moving
-        try:
-            event = ImageUploaded.from_json(msg.data)
-        except (ValueError, TypeError) as exc:
-            raise Permanent(f"malformed event: {exc}") from None
+        event = _decode(ImageUploaded, msg.data)
         if event.origin_node == self.ctx.node_id:
             return
         attempt = msg.metadata.num_delivered if msg.metadata else 1
@@ -200,3 +192,11 @@ class Replicator:
             except Exception as exc:
                 raise_if_cancelling()
                 logger.warning("sweep failed: %s", exc)
+
+
+def _decode(cls: type[E], data: bytes) -> E:
+    """A set event that cannot be decoded never will be: terminate it rather than redeliver it."""
+    try:
+        return cls.from_json(data)
+    except (ValueError, TypeError) as exc:
+        raise Permanent(f"malformed event: {exc}") from None
