@@ -12,6 +12,8 @@ from psycopg_pool import AsyncConnectionPool
 from common.db.nodes import LIVE_IMAGE, NODE_COLUMNS, join_set
 
 CONTROL_COLUMNS = f"{NODE_COLUMNS}, n.state_set_by, n.state_changed_at, n.registered_at"
+# An event's finished_at, from its new state (the parameter): set when the state is final.
+_FINISHED_AT = "CASE WHEN %s IN ('succeeded', 'failed', 'done') THEN now() END"
 __all__ = ["LIVE_IMAGE", "join_set"]  # re-exported: joining a set is a control-plane step too
 
 
@@ -83,7 +85,7 @@ async def record_event(pool: AsyncConnectionPool, kind: str, reason: str, *, sta
             "INSERT INTO provisioning_events (event_id, kind, set_id, node_id, state, reason, outcome, plan,"
             " provisioner, finished_at) VALUES (coalesce(%s, nextval('provisioning_events_event_id_seq')),"
             " %s, %s, %s, %s, %s, %s, %s, %s,"
-            " CASE WHEN %s IN ('succeeded', 'failed', 'done') THEN now() END) RETURNING event_id",
+            f" {_FINISHED_AT}) RETURNING event_id",
             (event_id, kind, set_id, node_id, state, reason, outcome, Jsonb(plan) if plan is not None else None,
              provisioner, state),
         )
@@ -98,7 +100,7 @@ async def update_event(pool: AsyncConnectionPool, event_id: int, state: str, out
         await conn.execute(
             "UPDATE provisioning_events SET state = %s, outcome = coalesce(%s, outcome),"
             " plan = coalesce(%s, plan), updated_at = now(),"
-            " finished_at = CASE WHEN %s IN ('succeeded', 'failed', 'done') THEN now() END WHERE event_id = %s",
+            f" finished_at = {_FINISHED_AT} WHERE event_id = %s",
             (state, outcome, Jsonb(plan) if plan is not None else None, state, event_id),
         )
 

@@ -61,10 +61,3 @@ async def pending_for_node(pool: AsyncConnectionPool, node_id: str, limit: int =
 async def mark_done(pool: AsyncConnectionPool, image_id: str, node_id: str) -> None:
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM deletions WHERE image_id = %s AND node_id = %s", (image_id, node_id))
-
-
-async def is_deleted(pool: AsyncConnectionPool, image_id: str) -> bool:
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT status FROM images WHERE image_id = %s", (image_id,))
-        row = await cur.fetchone()
-    return row is None or row["status"] == "deleted"

@@ -68,12 +68,6 @@ async def list_nodes(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
         return await cur.fetchall()
 
 
-async def set_members(pool: AsyncConnectionPool, set_id: str) -> list[str]:
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT node_id FROM nodes WHERE set_id = %s ORDER BY node_id", (set_id,))
-        return [row["node_id"] for row in await cur.fetchall()]
-
-
 LIVE_IMAGE = "status IN ('uploaded', 'processing', 'ready', 'quarantined') AND sha256 IS NOT NULL"
 
 

@@ -40,14 +40,6 @@ async def mark_ok(pool: AsyncConnectionPool, image_id: str, node_id: str, size: 
     return row["lag_s"]
 
 
-async def ok_holders(pool: AsyncConnectionPool, image_id: str) -> list[str]:
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT node_id FROM replicas WHERE image_id = %s AND state = 'ok'", (image_id,)
-        )
-        return [row["node_id"] for row in await cur.fetchall()]
-
-
 async def pending_for_node(pool: AsyncConnectionPool, node_id: str, older_than_s: float,
                            limit: int = 200) -> list[dict[str, Any]]:
     """This node's pending rows older than ``older_than_s`` (uses the partial index `replicas_pending`)."""
