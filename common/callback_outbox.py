@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -23,9 +24,11 @@ from common import loops
 from common.callbacks import CallbackSender
 from common.config import Settings
 from common.db import callbacks as db_callbacks
+from common.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 32  # deliveries at once per process (the sender's connection limit)
+PURGE_EVERY_S = 3600.0  # finished rows are deleted by the day: hourly is often enough
 
 
 class CallbackOutbox:
@@ -49,11 +52,14 @@ class CallbackOutbox:
         self._wake.set()
 
     async def _run(self) -> None:
+        purged_at = -PURGE_EVERY_S
         while True:
             self._wake.clear()
             try:
                 await self.deliver_due()
-                await db_callbacks.purge_finished(self.pool, self.cfg.keep_days * 86400.0)
+                if time.monotonic() - purged_at >= PURGE_EVERY_S:
+                    await db_callbacks.purge_finished(self.pool, self.cfg.keep_days * 86400.0)
+                    purged_at = time.monotonic()
             except Exception as exc:  # Postgres away: the rows wait there, the next round tries again
                 loops.raise_if_cancelling()
                 logger.warning("callback sweep failed: %s", exc)
@@ -77,8 +83,8 @@ class CallbackOutbox:
 
     async def _deliver(self, row: dict[str, Any]) -> None:
         delivery_id = row["delivery_id"]
-        outcome = await self.sender.post(row["url"], row["body"], str(delivery_id))
         try:
+            outcome = await self.sender.post(row["url"], row["body"], str(delivery_id))
             if outcome.delivered:
                 await db_callbacks.delivered(self.pool, delivery_id)
             elif outcome.refused or row["attempts"] >= self.cfg.max_attempts:
@@ -89,8 +95,8 @@ class CallbackOutbox:
                 delay = self.cfg.backoff_s * 2 ** (row["attempts"] - 1)
                 await db_callbacks.failed(self.pool, delivery_id, outcome.error, delay)
                 self._retry_after(delay)
-        except Exception as exc:  # the lease runs out and the row is claimed again
-            logger.warning("recording callback %s failed: %s", delivery_id, exc)
+        except Exception:  # e.g. Postgres away: the lease runs out and the row is claimed again
+            logger.exception("callback %s: attempt or its record failed", delivery_id)
 
     def _retry_after(self, delay_s: float) -> None:
         def fire() -> None:
@@ -109,10 +115,5 @@ class CallbackOutbox:
         """Stop delivering; rows in flight keep their lease and are retried by whoever claims them next."""
         for handle in self._timers:
             handle.cancel()
-        tasks = [t for t in (self._loop_task, *self._in_flight) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all([self._loop_task, *self._in_flight])
         await self.sender.close()

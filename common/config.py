@@ -434,6 +434,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("limits.widths: need at least one width, each 1..16384")
     _validate_access(settings)
     _validate_pipeline(settings)
+    _validate_callbacks(settings)
     if settings.log.format not in ("text", "json"):
         raise ConfigError("log.format: must be `text` or `json`")
     if settings.signing.active_kid and settings.signing.active_kid not in settings.signing.keys:
@@ -493,10 +494,15 @@ def _validate_pipeline(settings: Settings) -> None:
             raise ConfigError(f"pipeline.eager_variants: {name!r} needs a concrete format")
     if settings.limits.max_frames < 1 or settings.limits.max_variant_side < 16:
         raise ConfigError("limits.max_frames / limits.max_variant_side: must be positive")
-    cb = settings.callbacks
-    if cb.max_attempts < 1 or cb.timeout_s <= 0 or cb.sweep_interval_s <= 0 or cb.backoff_s < 0 or cb.keep_days < 0:
-        raise ConfigError("callbacks.*: max_attempts, timeout_s and sweep_interval_s must be positive, "
-                          "backoff_s and keep_days not negative")
+
+
+def _validate_callbacks(settings: Settings) -> None:
+    for key in ("max_attempts", "timeout_s", "sweep_interval_s"):
+        if getattr(settings.callbacks, key) <= 0:
+            raise ConfigError(f"callbacks.{key}: must be positive")
+    for key in ("backoff_s", "keep_days"):
+        if getattr(settings.callbacks, key) < 0:
+            raise ConfigError(f"callbacks.{key}: must not be negative")
 
 
 def require_common(settings: Settings) -> None:

@@ -26,7 +26,6 @@ _VARIANT_RE = re.compile(
     rf"^(?:w(?P<w>{_SIDE})|(?P<cw>{_SIDE})x(?P<ch>{_SIDE})|fit(?P<fw>{_SIDE})x(?P<fh>{_SIDE})|(?P<thumb>thumb))"
     r"\.(?P<fmt>[a-z]{3,4})$"
 )
-KINDS = ("w", "cover", "fit", "thumb")
 
 
 @dataclass(frozen=True)

@@ -123,15 +123,17 @@ def build_report(nodes: list[NodeFigures], set_states: dict[str, str], cap: Capa
         members = [n for n in nodes if n.set_id == set_id and n.live]
         if not members:
             continue
-        # Every member holds every image: the set is as full as its fullest member.
+        # Every member holds (or will hold, once it has caught up) every image: the set is as full as its
+        # fullest member's data on its smallest disk. Per-member ratios would miss a lagging small member
+        # (down, or backfilling) that later receives everything.
         capacity = min(n.capacity_bytes for n in members)
         used = max(n.used_bytes for n in members)
         growth = max((n.growth_bytes_per_day for n in members if n.growth_bytes_per_day is not None), default=None)
-        headroom = min(int(cap.high_water * n.capacity_bytes) - n.used_bytes for n in members)
+        headroom = int(cap.high_water * capacity) - used
         sets.append(GroupFigures(
             name=set_id, state=state, nodes=tuple(n.node_id for n in members), capacity_bytes=capacity,
             used_bytes=used, free_bytes=min(n.free_bytes for n in members), objects=max(n.objects for n in members),
-            used_ratio=max(n.used_ratio for n in members), growth_bytes_per_day=growth,
+            used_ratio=round(used / capacity, 4) if capacity else 0.0, growth_bytes_per_day=growth,
             days_until_full=_days(min(n.free_bytes for n in members), growth),
             headroom_bytes=max(headroom, 0), days_until_closed=_days(headroom, growth),
         ))

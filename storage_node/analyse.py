@@ -26,7 +26,6 @@ def analyse(job: dict[str, Any]) -> dict[str, Any]:
     info = probe(path, fmt, int(job["max_pixels"]), int(job["max_frames"]))
     decode_check(path, info.pages)
     header = pyvips.Image.new_from_file(str(path))
-    fields = set(header.get_fields())
     animated = info.pages > 1 and info.content_type in MULTI_PAGE_TYPES
     opts = RenderOptions(**job.get("render", {}))
     for name, dest in job.get("eager", []):
@@ -34,7 +33,7 @@ def analyse(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "format": fmt, "content_type": info.content_type, "width": info.width, "height": info.height,
         "pages": info.pages, "animated": animated, "colour_space": str(header.interpretation),
-        "icc_profile": "icc-profile-data" in fields, "has_alpha": bool(header.hasalpha()),
+        "icc_profile": bool(header.get_typeof("icc-profile-data")), "has_alpha": bool(header.hasalpha()),
         "exif": exif_facts(header, bool(job.get("keep_gps"))), "phash": dhash(path),
     }
 

@@ -13,7 +13,6 @@ member of its set. Postgres is the queue of record: a sweep re-claims uploads a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from common.config import Settings
 from common.db import pipeline as db_pipeline
 from common.errors import InvalidImage, UnsupportedImage
 from common.events import ImageRejected
+from common.tasks import cancel_all
 from storage_node.moderation import Moderation
 from storage_node.render import RenderOptions
 from storage_node.sandbox import SandboxPool
@@ -78,18 +78,15 @@ class Processor:
         started = time.perf_counter()
         try:
             status = await self.process(image_id)
-            if status is not None and self.metrics is not None:
-                self.metrics.observe_processing(status, time.perf_counter() - started)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            if self.metrics is not None:
-                self.metrics.observe_processing("failed", time.perf_counter() - started)
+        except Exception:  # (cancellation is a BaseException: it passes through)
+            status = "failed"
             failures = self._failures[image_id] = self._failures.get(image_id, 0) + 1
             logger.exception("processing %s failed (attempt %d)", image_id, failures)
-            if failures >= MAX_ATTEMPTS:
-                self._failures.pop(image_id, None)
-                await self.reject(image_id, "processing failed repeatedly")
+        if status is not None and self.metrics is not None:
+            self.metrics.observe_processing(status, time.perf_counter() - started)
+        if status == "failed" and self._failures[image_id] >= MAX_ATTEMPTS:
+            self._failures.pop(image_id, None)
+            await self.reject(image_id, "processing failed repeatedly")
 
     async def process(self, image_id: str) -> str | None:
         """Run the state machine for one upload; returns the final status (None when not ours to process)."""
@@ -104,15 +101,14 @@ class Processor:
                "max_frames": limits.max_frames, "keep_gps": self.settings.pipeline.keep_gps,
                "render": asdict(self.render), "eager": [[name, str(path)] for name, path in eager]}
         try:
-            try:
-                result = await self.sandbox.run(job)
-            except (InvalidImage, UnsupportedImage) as exc:
-                await self.reject(image_id, exc.message)
-                logger.info("rejected %s: %s", image_id, exc.message)
-                return "rejected"
+            result = await self.sandbox.run(job)
             for name, path in eager:
                 await asyncio.to_thread(self.store.commit, path, image_id, name)
                 self.store.note_variant(image_id, name)
+        except (InvalidImage, UnsupportedImage) as exc:
+            await self.reject(image_id, exc.message)
+            logger.info("rejected %s: %s", image_id, exc.message)
+            return "rejected"
         finally:
             for _name, path in eager:
                 await asyncio.to_thread(self.store.discard_tmp, path)
@@ -161,8 +157,6 @@ class Processor:
         while True:
             try:
                 await self.sweep_once()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 loops.raise_if_cancelling()
                 logger.warning("processing sweep failed: %s", exc)
@@ -174,11 +168,6 @@ class Processor:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
 
     async def close(self) -> None:
-        tasks = [t for t in (self._sweeper, *self._inflight.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all([self._sweeper, *self._inflight.values()])
         await self.sandbox.close()
         await self.moderation.close()

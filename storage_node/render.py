@@ -1,7 +1,7 @@
 """Variant builds with libvips: every kind and format, and the node's bounded, single-flight build pool.
 
-``build_variant`` is the one place pixels are made (the sandboxed workers call it for eager variants,
-the node's thread pool for lazy ones). It uses ``thumbnail`` (shrink-on-load, so memory follows the
+``build_variant`` is the one place pixels are made (in sandboxed worker processes, for eager and lazy
+variants alike). It uses ``thumbnail`` (shrink-on-load, so memory follows the
 output size rather than the source's), auto-orients from EXIF, never upscales, converts to sRGB through
 the embedded ICC profile (CMYK with or without one), strips every metadata field from the output, keeps alpha
 for png/webp/avif and flattens it on white for jpg, and keeps animations animated for webp/avif.
@@ -14,15 +14,18 @@ import contextlib
 import ctypes
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyvips
 
 from common.config import PipelineSettings
+from common.errors import InvalidImage, MinicdnError, UnsupportedImage
 from common.variants import ANIMATED_FORMATS, VariantSpec
+from storage_node.sandbox import SandboxPool
 from storage_node.store import ORIGINAL, Store
+from storage_node.validate import displayed_size, first_frame, header_field
 
 if TYPE_CHECKING:
     from common.metrics import NodeMetrics
@@ -58,6 +61,12 @@ def _target(spec: VariantSpec, opts: RenderOptions) -> tuple[int, int, bool]:
     return opts.thumb_size, opts.thumb_size, True
 
 
+def _shrink_box(width: int, height: int, avail_w: int, avail_h: int) -> tuple[int, int]:
+    """A cover box no larger than the pixels available, keeping its aspect ratio (never upscale)."""
+    scale = min(1.0, avail_w / width, avail_h / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _load(src: Path, spec: VariantSpec, opts: RenderOptions, animated: bool) -> pyvips.Image:
     width, height, crop = _target(spec, opts)
     if animated and crop:
@@ -65,12 +74,8 @@ def _load(src: Path, spec: VariantSpec, opts: RenderOptions, animated: bool) -> 
     name = f"{src}[n=-1]" if animated else str(src)
     # size="down": never upscale. A cover crop of a small image keeps the box's aspect ratio instead.
     if crop:
-        probe = pyvips.Image.new_from_file(str(src), access="sequential")
-        w, h = probe.width, probe.height
-        if "orientation" in probe.get_fields() and probe.get("orientation") in (5, 6, 7, 8):
-            w, h = h, w
-        scale = min(1.0, w / width, h / height)
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        width, height = _shrink_box(width, height,
+                                    *displayed_size(pyvips.Image.new_from_file(str(src), access="sequential")))
         return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down", fail_on="error")
     return pyvips.Image.thumbnail(name, width, height=height, size="down", fail_on="error")
 
@@ -78,13 +83,12 @@ def _load(src: Path, spec: VariantSpec, opts: RenderOptions, animated: bool) -> 
 def _cover_animation(src: Path, width: int, height: int) -> pyvips.Image:
     """Cover-crop every frame of an animation the same way (centre; attention would make frames jump)."""
     first = pyvips.Image.new_from_file(str(src))
-    frame_w, frame_h = first.width, first.get("page-height") if "page-height" in first.get_fields() else first.height
-    fit = min(1.0, frame_w / width, frame_h / height)  # never upscale: shrink the box, keep its aspect ratio
-    width, height = max(1, round(width * fit)), max(1, round(height * fit))
+    frame_w, frame_h = first.width, header_field(first, "page-height", first.height)
+    width, height = _shrink_box(width, height, frame_w, frame_h)
     scale = max(width / frame_w, height / frame_h)
     strip = pyvips.Image.thumbnail(f"{src}[n=-1]", max(1, round(frame_w * scale)), height=HUGE, size="down",
                                    fail_on="error")
-    page_h = strip.get("page-height") if "page-height" in strip.get_fields() else strip.height
+    page_h = header_field(strip, "page-height", strip.height)
     pages = max(1, strip.height // page_h)
     width, height = min(width, strip.width), min(height, page_h)
     left, top = (strip.width - width) // 2, (page_h - height) // 2
@@ -99,7 +103,7 @@ def _cover_animation(src: Path, width: int, height: int) -> pyvips.Image:
 def _to_srgb(image: pyvips.Image) -> pyvips.Image:
     # Colour-manage only images that carry a profile (on the small, already shrunk image): an untagged
     # image is sRGB by definition, and a transform on it would cost ~40% of a build for nothing.
-    if "icc-profile-data" in image.get_fields():
+    if image.get_typeof("icc-profile-data"):
         image = image.icc_transform("srgb", embedded=True, intent="perceptual")
     if image.interpretation != "srgb":
         image = image.colourspace("srgb")  # CMYK without a profile, grey, 16-bit, labs...
@@ -112,9 +116,8 @@ def build_variant(src: Path, spec: VariantSpec, dest: Path, opts: RenderOptions,
     """Blocking: write the variant ``spec`` of the image at ``src`` to ``dest``."""
     keep_frames = animated and spec.fmt in ANIMATED_FORMATS
     image = _to_srgb(_load(src, spec, opts, keep_frames))
-    fields = image.get_fields()
-    if not keep_frames and "page-height" in fields and image.get("page-height") < image.height:
-        image = image.crop(0, 0, image.width, image.get("page-height"))
+    if not keep_frames:
+        image = first_frame(image)
     if spec.fmt == "jpg":
         if image.hasalpha():
             image = image.flatten(background=[255, 255, 255])
@@ -145,8 +148,6 @@ class Renderer:
 
     def __init__(self, store: Store, workers: int, opts: RenderOptions | None = None,
                  metrics: NodeMetrics | None = None, *, memory_mb: int = 1536, timeout_s: float = 60.0) -> None:
-        from storage_node.sandbox import SandboxPool
-
         self.store = store
         self.opts = opts or RenderOptions()
         self.metrics = metrics
@@ -187,10 +188,6 @@ class Renderer:
             del self._inflight[key]
 
     async def _build(self, image_id: str, spec: VariantSpec, animated: bool) -> Path:
-        from dataclasses import asdict
-
-        from common.errors import InvalidImage, MinicdnError, UnsupportedImage
-
         tmp = self.store.new_tmp_path().with_suffix("." + spec.fmt)
         try:
             started = time.perf_counter()

@@ -26,11 +26,11 @@ from typing import Any
 from common.embedded import die_with_parent
 from common.errors import InvalidImage, MinicdnError, UnsupportedImage
 
+OUT_OF_MEMORY = "decoding this image needs more memory than a worker may use"
+
 
 class SandboxFailure(InvalidImage):
     """The worker crashed, was killed for running too long, or ran out of memory on this input."""
-
-    code = "invalid_image"
 
 
 @dataclass(eq=False)
@@ -136,17 +136,22 @@ def _serve() -> None:
         try:
             job = json.loads(line)
             answer: dict[str, Any] = {"ok": True, "result": JOBS[job.get("op", "analyse")](job)}
-        except MinicdnError as exc:
-            answer = {"ok": False, "status": exc.status, "code": exc.code, "message": exc.message}
-        except MemoryError:
-            answer = {"ok": False, "status": 422, "code": "invalid_image",
-                      "message": "decoding this image needs more memory than a worker may use"}
-        except Exception as exc:  # a libvips error outside the checks: this image cannot be processed
-            traceback.print_exc()
-            first = str(exc).strip().splitlines()
-            answer = {"ok": False, "status": 422, "code": "invalid_image",
-                      "message": f"cannot process the image: {first[-1] if first else type(exc).__name__}"}
+        except Exception as exc:
+            error = _as_error(exc)
+            answer = {"ok": False, "status": error.status, "code": error.code, "message": error.message}
         proto.write(json.dumps(answer) + "\n")
+
+
+def _as_error(exc: Exception) -> MinicdnError:
+    """What a job's exception tells the node: the checks' own errors as they are; anything else (a libvips
+    error outside the checks, memory exhausted) means this image cannot be processed."""
+    if isinstance(exc, MinicdnError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return InvalidImage(OUT_OF_MEMORY)
+    traceback.print_exc()
+    lines = str(exc).strip().splitlines()
+    return InvalidImage(f"cannot process the image: {lines[-1] if lines else type(exc).__name__}")
 
 
 if __name__ == "__main__":

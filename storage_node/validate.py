@@ -16,6 +16,7 @@ from typing import Any
 import pyvips
 
 from common.errors import InvalidImage, UnsupportedImage
+from storage_node.sandbox import OUT_OF_MEMORY
 
 CONTENT_TYPES = {
     "jpeg": "image/jpeg",
@@ -46,6 +47,24 @@ class ImageInfo:
 # ...) is blocked, so nothing minicdn does can reach their parsers, whatever the bytes claim.
 ALLOWED_LOADER_CLASSES = ("VipsForeignLoadJpeg", "VipsForeignLoadPng", "VipsForeignLoadNsgif",
                           "VipsForeignLoadWebp", "VipsForeignLoadHeif")
+
+
+def header_field(image: pyvips.Image, name: str, default: Any = None) -> Any:
+    """A metadata field of ``image``, or ``default`` when it has none by that name."""
+    return image.get(name) if image.get_typeof(name) else default
+
+
+def displayed_size(image: pyvips.Image) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied (5-8 are the quarter turns)."""
+    if header_field(image, "orientation", 1) in (5, 6, 7, 8):
+        return image.height, image.width
+    return image.width, image.height
+
+
+def first_frame(image: pyvips.Image) -> pyvips.Image:
+    """The top page of a multi-page (animated) image, which libvips loads as one tall strip."""
+    page_h = header_field(image, "page-height", image.height)
+    return image.crop(0, 0, image.width, page_h) if page_h < image.height else image
 
 
 def restrict_loaders() -> None:
@@ -81,10 +100,8 @@ def probe(path: Path, fmt: str, max_pixels: int, max_frames: int = 500) -> Image
     try:
         image = pyvips.Image.new_from_file(str(path), access="sequential")
         loader = image.get("vips-loader")
-        width, height = image.width, image.height
-        fields = set(image.get_fields())
-        pages = image.get("n-pages") if "n-pages" in fields else 1
-        orientation = image.get("orientation") if "orientation" in fields else 1
+        width, height = displayed_size(image)
+        pages = header_field(image, "n-pages", 1)
     except pyvips.Error as exc:
         raise InvalidImage(f"cannot read the image header: {str(exc).splitlines()[0]}") from None
     if loader != LOADERS[fmt]:
@@ -93,8 +110,6 @@ def probe(path: Path, fmt: str, max_pixels: int, max_frames: int = 500) -> Image
         raise InvalidImage(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
     if pages > max_frames:
         raise InvalidImage(f"image has {pages} frames, over the {max_frames}-frame limit")
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
     return ImageInfo(fmt, CONTENT_TYPES[fmt], width, height, pages)
 
 
@@ -108,22 +123,19 @@ def decode_check(path: Path, pages: int) -> None:
     except pyvips.Error as exc:
         detail = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
         if any("out of memory" in line for line in detail):
-            raise InvalidImage("decoding this image needs more memory than a worker may use") from None
+            raise InvalidImage(OUT_OF_MEMORY) from None
         raise InvalidImage(f"image data is corrupt or truncated: {(detail or ['decode failed'])[0]}") from None
 
 
-def _exif_text(image: pyvips.Image, field: str, fields: set[str]) -> str | None:
+def _exif_text(image: pyvips.Image, field: str) -> str | None:
     """libvips shows an EXIF string as ``value (description, type, ...)``: keep the value."""
-    if field not in fields:
-        return None
-    raw = str(image.get(field))
-    value = raw.split(" (", 1)[0].strip()
-    return value or None
+    raw = header_field(image, field)
+    return (str(raw).split(" (", 1)[0].strip() or None) if raw is not None else None
 
 
-def _gps_degrees(image: pyvips.Image, fields: set[str], axis: str) -> float | None:
-    text = _exif_text(image, f"exif-ifd3-GPS{axis}", fields)
-    ref = _exif_text(image, f"exif-ifd3-GPS{axis}Ref", fields)
+def _gps_degrees(image: pyvips.Image, axis: str) -> float | None:
+    text = _exif_text(image, f"exif-ifd3-GPS{axis}")
+    ref = _exif_text(image, f"exif-ifd3-GPS{axis}Ref")
     if not text:
         return None
     try:
@@ -137,21 +149,18 @@ def _gps_degrees(image: pyvips.Image, fields: set[str], axis: str) -> float | No
 def exif_facts(image: pyvips.Image, keep_gps: bool) -> dict[str, Any]:
     """Camera make/model, when taken, the orientation tag and whether GPS was present (the position itself
     only when ``keep_gps``)."""
-    fields = set(image.get_fields())
-    taken = _exif_text(image, "exif-ifd2-DateTimeOriginal", fields) or _exif_text(image, "exif-ifd0-DateTime",
-                                                                                fields)
+    taken = _exif_text(image, "exif-ifd2-DateTimeOriginal") or _exif_text(image, "exif-ifd0-DateTime")
     if taken and len(taken) >= 19 and taken[4] == ":" and taken[7] == ":":
         taken = f"{taken[:4]}-{taken[5:7]}-{taken[8:10]}T{taken[11:19]}"
     facts: dict[str, Any] = {
-        "make": _exif_text(image, "exif-ifd0-Make", fields),
-        "model": _exif_text(image, "exif-ifd0-Model", fields),
+        "make": _exif_text(image, "exif-ifd0-Make"),
+        "model": _exif_text(image, "exif-ifd0-Model"),
         "taken_at": taken,
-        "orientation": int(image.get("orientation")) if "orientation" in fields else None,
-        "had_gps": any(f.startswith("exif-ifd3-") for f in fields),
+        "orientation": header_field(image, "orientation"),
+        "had_gps": any(f.startswith("exif-ifd3-") for f in image.get_fields()),
     }
     if keep_gps and facts["had_gps"]:
-        facts["gps"] = {"lat": _gps_degrees(image, fields, "Latitude"), "lon": _gps_degrees(image, fields,
-                                                                                            "Longitude")}
+        facts["gps"] = {"lat": _gps_degrees(image, "Latitude"), "lon": _gps_degrees(image, "Longitude")}
     return facts
 
 
@@ -160,9 +169,7 @@ def dhash(path: Path) -> int:
 
     Stable under re-encoding, resizing and metadata changes; a different photo lands ~32 bits away.
     """
-    small = pyvips.Image.thumbnail(str(path), 9, height=8, size="force", fail_on="error")
-    if "page-height" in small.get_fields() and small.get("page-height") < small.height:
-        small = small.crop(0, 0, small.width, small.get("page-height"))
+    small = first_frame(pyvips.Image.thumbnail(str(path), 9, height=8, size="force", fail_on="error"))
     grey = small.colourspace("b-w")[0].cast("uchar")
     pixels = grey.write_to_memory()
     bits = 0

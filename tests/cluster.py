@@ -35,11 +35,9 @@ class TestCluster:
     __test__ = False  # not a test class
 
     def __init__(self, root: Path, database_url: str, nats_url: str, geoip_db: str,
-                 node_capacity_bytes: int = 0, extra: dict[str, dict[str, Any]] | None = None,
-                 node_capacities: dict[str, int] | None = None) -> None:
+                 node_capacity_bytes: int = 0, extra: dict[str, dict[str, Any]] | None = None) -> None:
         self.root = root
         self.node_capacity_bytes = node_capacity_bytes
-        self.node_capacities = node_capacities or {}  # node_id -> capacity, overriding node_capacity_bytes
         tag = secrets.token_hex(4)
         self.common: dict[str, dict[str, Any]] = {
             "database": {"url": database_url, "pool_max": 6},
@@ -73,8 +71,7 @@ class TestCluster:
             self.node_settings[node_id] = self.settings(node={
                 "node_id": node_id, "region": region, "lat": point.lat, "lon": point.lon, "set_id": "set-1",
                 "base_url": f"http://127.0.0.1:{port}", "port": port, "data_dir": str(self.root / node_id),
-                "heartbeat_interval_s": 0.3, "render_threads": 2,
-                "capacity_bytes": self.node_capacities.get(node_id, self.node_capacity_bytes),
+                "heartbeat_interval_s": 0.3, "render_threads": 2, "capacity_bytes": self.node_capacity_bytes,
             })
         await asyncio.gather(*(self.start_node(n) for n in self.node_settings))
         port = free_port()

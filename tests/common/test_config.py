@@ -72,6 +72,9 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     ("pipeline", {"avif_quality": 0}, "pipeline.avif_quality"),
     ("pipeline", {"avif_effort": 10}, "pipeline.avif_effort"),
     ("pipeline", {"near_duplicate_distance": 40}, "pipeline.near_duplicate_distance"),
+    ("callbacks", {"max_attempts": 0}, "callbacks.max_attempts"),
+    ("callbacks", {"sweep_interval_s": 0}, "callbacks.sweep_interval_s"),
+    ("callbacks", {"backoff_s": -1}, "callbacks.backoff_s"),
 ])
 def test_pipeline_settings_are_validated(section: str, values: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):

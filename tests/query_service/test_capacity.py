@@ -78,3 +78,16 @@ def test_provisioning_reasons() -> None:
     assert young.provision_reason is None  # a minute of history is shown, but not acted upon
     assert decide(_report([]), CAP, HEALTH).provision_reason is None  # an empty cluster: nothing to copy
     assert DAY_S == 86400
+
+
+def test_a_lagging_small_member_counts_with_the_data_it_will_receive() -> None:
+    """eu-west-1 (a 500 B disk) was down while us-east-1 took 450 B: once it catches up it holds 450 B too, so
+    the set is 90 % full now, not 45 % (the fullest member's ratio)."""
+    rows = [_row("us-east-1", "set-1", 450, capacity=1000), _row("eu-west-1", "set-1", 0, capacity=500)]
+    report = _report(rows)
+    s1 = report.sets[0]
+    assert s1.capacity_bytes == 500 and s1.used_bytes == 450 and s1.used_ratio == 0.9 and s1.headroom_bytes == 0
+    assert [(s, st) for s, st, _ in decide(report, CAP, HEALTH).set_states] == [("set-1", "closed")]
+    rows = [_row("us-east-1", "set-1", 300, capacity=1000), _row("eu-west-1", "set-1", 0, capacity=500)]
+    s1 = _report(rows).sets[0]
+    assert s1.used_ratio == 0.6 and s1.headroom_bytes == 100  # 80 % of 500 B minus 300 B
