@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from query_service.cluster_stats import ClusterStats
 from query_service.handlers_dashboard import load_assets
 from query_service.handlers_deletes import watch_deletes
 from query_service.locations import LocationCache
-from query_service.monitor import CapacityMonitor
+from query_service.monitor import CapacityMonitor, load_report
 from query_service.provisioners import make_provisioner
 from query_service.ratelimit import RateLimiter
 from query_service.registry import NodeRegistry
@@ -83,7 +84,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         if settings.capacity.enabled:
             watcher = asyncio.create_task(monitor.run(), name="capacity-monitor")
             stack.push_async_callback(_cancel, watcher)
-        stats = asyncio.create_task(app[keys.CLUSTER_STATS].run(pool, bus, settings.query.stats_interval_s),
+        async def capacity_report() -> dict[str, Any]:
+            return (await load_report(pool, settings, registry)).to_json()
+
+        stats = asyncio.create_task(app[keys.CLUSTER_STATS].run(pool, bus, settings.query.stats_interval_s,
+                                                                capacity_report),
                                     name="cluster-stats")
         stack.push_async_callback(_cancel, stats)
         yield
