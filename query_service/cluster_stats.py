@@ -33,6 +33,7 @@ class Backlog:
     oldest_pending_s: float | None = None
     under_replicated: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
+    event_counts: dict[str, int] = field(default_factory=dict)
     read_at: float = float("-inf")  # time.monotonic() of the last successful read
 
 
@@ -96,8 +97,9 @@ class ClusterStats:
     async def refresh(self, pool: AsyncConnectionPool, capacity: CapacityLoader | None = None) -> None:
         backlog = await db_stats.replication_backlog(pool)
         events = await db_stats.recent_events(pool)
+        counts = await db_stats.event_counts(pool)
         self.backlog = Backlog(backlog["pending_by_node"], backlog["oldest_pending_s"], backlog["under_replicated"],
-                               events, time.monotonic())
+                               events, counts, time.monotonic())
         if capacity is not None:
             self.capacity = await capacity()
 
@@ -106,7 +108,8 @@ class ClusterStats:
         b = self.backlog
         age = time.monotonic() - b.read_at
         return {"pending_by_node": b.pending_by_node, "oldest_pending_s": b.oldest_pending_s,
-                "under_replicated": b.under_replicated, "age_s": age if age != float("inf") else -1.0}
+                "under_replicated": b.under_replicated, "event_counts": b.event_counts,
+                "age_s": age if age != float("inf") else -1.0}
 
     async def run(self, pool: AsyncConnectionPool, bus: Bus, interval_s: float,
                   capacity: CapacityLoader | None = None) -> None:
