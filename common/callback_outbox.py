@@ -20,6 +20,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from common import loops
 from common.callbacks import CallbackSender
 from common.config import Settings
 from common.db import callbacks as db_callbacks
@@ -60,9 +61,11 @@ class CallbackOutbox:
                     await db_callbacks.purge_finished(self.pool, self.cfg.keep_days * 86400.0)
                     purged_at = time.monotonic()
             except Exception as exc:  # Postgres away: the rows wait there, the next round tries again
+                loops.raise_if_cancelling()
                 logger.warning("callback sweep failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.sweep_interval_s)
+            loops.raise_if_cancelling()  # wait_for may have turned a cancellation into that timeout
 
     async def deliver_due(self) -> int:
         """Claim due rows (as many as there is room for) and start delivering them; returns how many."""

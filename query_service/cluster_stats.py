@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from common import loops
 from common.bus import Bus
 from common.db import stats as db_stats
 from common.events import NodeHeartbeat
@@ -113,7 +114,8 @@ class ClusterStats:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Postgres briefly away: keep the last figures, say how old they are
+                    loops.raise_if_cancelling()
                     logger.warning("cluster stats refresh failed: %s", exc)
-                await asyncio.sleep(interval_s)
+                await loops.sleep(interval_s)
         finally:
             await sub.unsubscribe()

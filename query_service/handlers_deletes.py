@@ -18,6 +18,7 @@ from query_service import keys
 from query_service.handlers_uploads import public_base
 from query_service.locations import LocationCache
 from query_service.purge import purge_payload, run_purge_hooks
+from query_service.requests import remote_address
 
 logger = logging.getLogger(__name__)
 _background: set[asyncio.Task[Any]] = set()
@@ -34,7 +35,8 @@ async def delete_image(request: web.Request) -> web.Response:
         if row["visibility"] != "public":
             raise NotFound("no such image")  # another app's private image is not revealed
         raise Forbidden("only the owner's API key may delete this image")
-    done = await db_deletions.tombstone(pool, image_id)
+    done = await db_deletions.tombstone(pool, image_id, actor_key_id=key.key_id, actor_app_id=key.app_id,
+                                        client_ip=remote_address(request))
     app[keys.LOCATIONS].invalidate(image_id)  # stops resolving here at once; other instances via NATS
     if done is not None:
         try:

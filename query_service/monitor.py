@@ -20,6 +20,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
+from common import loops
 from common.config import Settings
 from common.db import control as db_control
 from query_service.capacity import Decisions, Report, build_report, decide, growth_per_day, node_figures
@@ -88,14 +89,15 @@ class CapacityMonitor:
                         while True:
                             await conn.execute("SELECT 1")  # still holding the lock (the session lives)
                             await self.tick()
-                            await asyncio.sleep(interval)
+                            await loops.sleep(interval)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                loops.raise_if_cancelling()
                 logger.warning("capacity monitor: %r", exc)
             finally:
                 self.is_leader = False
-            await asyncio.sleep(interval)
+            await loops.sleep(interval)
 
     async def tick(self) -> Report:
         """One round of the leader's work (also called directly by tests)."""

@@ -97,6 +97,8 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"key_id": {"type": "string"}, "revoked_at": {"type": "string"}}},
     "Nodes": {"type": "object", "required": ["nodes"], "properties": {"nodes": {"type": "array", "items": {
         "type": "object", "required": ["node_id", "region", "set_id", "state", "healthy"]}}}},
+    "Deleted": {"type": "object", "required": ["image_id", "status"],
+                "properties": {"image_id": IMAGE_ID, "status": {"type": "string", "enum": ["deleted"]}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
 }
 
@@ -111,10 +113,14 @@ def spec(server_url: str = "") -> dict[str, Any]:
             "requestBody": {"required": False, "content": {JSON: {"schema": _ref("UploadRequest")}}},
             "responses": {"201": _json(_ref("UploadTicket"), "upload ticket"),
                           **_errors(400, 403, 413, 503, *_COMMON_ERRORS)}}},
-        "/v1/images/{image_id}": {"get": {
-            "summary": "Status, metadata and replicas of an image (another app's private image is not found).",
-            "security": anonymous_or_key, "parameters": _IMAGE_PATH,
-            "responses": {"200": _json(_ref("Image"), "the image"), **_errors(404, *_COMMON_ERRORS)}}},
+        "/v1/images/{image_id}": {
+            "get": {"summary": "Status, metadata and replicas of an image (another app's private image is not found).",
+                    "security": anonymous_or_key, "parameters": _IMAGE_PATH,
+                    "responses": {"200": _json(_ref("Image"), "the image"), **_errors(404, *_COMMON_ERRORS)}},
+            "delete": {"summary": "Delete an image (a key of the owning app, or admin): served no more, files go.",
+                       "security": auth, "parameters": _IMAGE_PATH,
+                       "responses": {"202": _json(_ref("Deleted"), "deleted"),
+                                     **_errors(403, 404, *_COMMON_ERRORS)}}},
         "/v1/images/{image_id}/url": {"get": {
             "summary": "URL of the nearest healthy replica for the variant that fits the box (signed when private).",
             "security": anonymous_or_key, "parameters": _IMAGE_PATH + _URL_PARAMS,

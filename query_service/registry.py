@@ -7,13 +7,13 @@ a gap for ``recover_s`` (hysteresis: a flapping node is not handed to clients, n
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
 
 from psycopg_pool import AsyncConnectionPool
 
+from common import loops
 from common.bus import Bus
 from common.db import nodes as db_nodes
 from common.events import NodeHeartbeat
@@ -125,12 +125,13 @@ class NodeRegistry:
         sub = await bus.nc.subscribe(bus.subjects.all_heartbeats(), cb=on_msg)
         try:
             while True:
-                await asyncio.sleep(refresh_s)
+                await loops.sleep(refresh_s)
                 try:
                     for node in list(self.nodes.values()):
                         self._observe(node, time.monotonic())
                     await self.reload(pool)
                 except Exception as exc:
+                    loops.raise_if_cancelling()
                     logger.warning("node reload failed: %s", exc)
         finally:
             await sub.unsubscribe()

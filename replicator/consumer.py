@@ -16,10 +16,11 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from common import reqlog
+from common import loops, reqlog
 from common.bus import Bus
 from common.db import replicas as db_replicas
 from common.events import ImageDeleted, ImageRejected, ImageUploaded
+from common.loops import raise_if_cancelling
 from replicator.deletes import delete_local, sweep_deletions
 from replicator.jobs import ReplicatorContext, Wanted, drop_rejected, replicate
 from replicator.outcomes import Permanent, Retry
@@ -27,14 +28,6 @@ from replicator.ratelimit import ByteRate
 
 logger = logging.getLogger(__name__)
 FETCH_BATCH = 16
-
-
-def _raise_if_cancelling() -> None:
-    """Python 3.11's wait_for (inside fetch) can turn a cancellation that meets its own timeout into a
-    TimeoutError: the task is still being cancelled, so stop instead of looping on (stop() would hang)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class Replicator:
@@ -87,19 +80,20 @@ class Replicator:
     # --- JetStream path -----------------------------------------------------------------------------
     async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
         while not self._stopping:
+            raise_if_cancelling()
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
             except nats.errors.TimeoutError:
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnecting, stream briefly unavailable...: the loop must live on
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 if self._stopping:
                     return
                 logger.warning("consumer fetch failed: %r", exc)
-                await asyncio.sleep(1)
+                await loops.sleep(1)
                 continue
             await asyncio.gather(*(self._handle(msg) for msg in msgs))
 
@@ -190,16 +184,19 @@ class Replicator:
     async def _sweep_forever(self) -> None:
         while True:
             if self.last_batch < 200:  # a full, successful batch (a backfill): go on at once
-                await asyncio.sleep(self.ctx.settings.replicator.sweep_interval_s)
+                await loops.sleep(self.ctx.settings.replicator.sweep_interval_s)
+            raise_if_cancelling()
             try:
                 await self.observe_consumer()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # metrics only: never stop the sweep for it
+                raise_if_cancelling()
                 logger.debug("consumer info failed: %r", exc)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelling()
                 logger.warning("sweep failed: %s", exc)

@@ -13,6 +13,7 @@ import aiohttp
 from psycopg_pool import AsyncConnectionPool
 
 from common.config import Settings
+from common.db import images as db_images
 from common.db import pipeline as db_pipeline
 from common.db import replicas as db_replicas
 from common.geo import Point
@@ -92,7 +93,9 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
         await asyncio.to_thread(ctx.store.remove_image, want.image_id)
     if await db_pipeline.status_of(ctx.pool, want.image_id) in db_pipeline.GONE:
         return False  # rejected (or deleted) while queued: nothing to copy
-    meta = ObjectMeta(want.sha256, want.content_type, want.bytes)
+    # A linked copy takes its privacy from the image row (a fetched one from the peer's answer).
+    meta = ObjectMeta(want.sha256, want.content_type, want.bytes,
+                      private=await db_images.is_private(ctx.pool, want.image_id))
     same = await db_pipeline.local_copy(ctx.pool, want.sha256, ctx.node_id, want.image_id)
     if same is not None and await asyncio.to_thread(ctx.store.link_copy, same, want.image_id, meta):
         await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)  # dedupe: no bytes copied

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import loops
 from common.db import replicas as db_replicas
 from common.metrics import NodeMetrics
 from replicator.jobs import ReplicatorContext, Wanted, replicate
@@ -76,8 +77,9 @@ class Scrubber:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                loops.raise_if_cancelling()
                 logger.warning("scrub pass failed: %r", exc)
-            await asyncio.sleep(self.interval_s)
+            await loops.sleep(self.interval_s)
 
     async def run_pass(self) -> ScrubResult:
         started = time.perf_counter()

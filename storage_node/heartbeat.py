@@ -8,7 +8,7 @@ import time
 
 from psycopg_pool import AsyncConnectionPool
 
-from common import __version__
+from common import __version__, loops
 from common.bus import Bus
 from common.config import NodeSettings
 from common.db import nodes as db_nodes
@@ -50,5 +50,6 @@ async def run_heartbeats(node: NodeSettings, store: Store, pool: AsyncConnection
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Postgres or NATS down: keep trying, the node keeps serving
+            loops.raise_if_cancelling()
             logger.warning("heartbeat failed: %s", exc)
-        await asyncio.sleep(node.heartbeat_interval_s)
+        await loops.sleep(node.heartbeat_interval_s)

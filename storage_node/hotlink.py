@@ -8,12 +8,12 @@ image (an indexed query, then cached), like the serve gate's status.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 
 from psycopg_pool import AsyncConnectionPool
 
+from common import loops
 from common.db.api_keys import App
 from common.hotlink import check_referer
 
@@ -39,10 +39,11 @@ class HotlinkGuard:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_s)
+            await loops.sleep(self.refresh_s)
             try:
                 await self.reload()
             except Exception as exc:  # keep the last allowlists; try again next time
+                loops.raise_if_cancelling()
                 logger.warning("reloading hotlink allowlists failed: %s", exc)
 
     async def _app_of(self, image_id: str) -> str | None:

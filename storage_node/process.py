@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from common import loops
 from common.bus import Bus
 from common.callback_outbox import CallbackOutbox
 from common.config import Settings
@@ -157,8 +158,9 @@ class Processor:
             try:
                 await self.sweep_once()
             except Exception as exc:
+                loops.raise_if_cancelling()
                 logger.warning("processing sweep failed: %s", exc)
-            await asyncio.sleep(self.settings.pipeline.sweep_interval_s)
+            await loops.sleep(self.settings.pipeline.sweep_interval_s)
 
     async def wait_idle(self) -> None:
         """Tests and benchmarks: wait until nothing is being processed."""

@@ -108,3 +108,11 @@ async def get_locations(pool: AsyncConnectionPool, image_id: str) -> dict[str, A
             (image_id,),
         )
         return await cur.fetchone()
+
+
+async def is_private(pool: AsyncConnectionPool, image_id: str) -> bool:
+    """Whether a copy of this image must be kept private (unknown counts as private: fail closed)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT visibility FROM images WHERE image_id = %s", (image_id,))
+        row = await cur.fetchone()
+    return row is None or row["visibility"] != "public"

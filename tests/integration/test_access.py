@@ -290,3 +290,42 @@ async def test_keys_api_rejects_bad_input(cluster: TestCluster) -> None:
     assert status == 404 and answer["error"]["code"] == "not_found"
     status, answer = await cluster.api("DELETE", "/v1/keys/deadbeef")
     assert status == 404
+
+
+async def test_deletes_are_by_app_and_audited(cluster: TestCluster) -> None:
+    shop = await make_key(cluster, "shop")
+    shop2 = await make_key(cluster, "shop-2", app_id=shop["app_id"])
+    blog = await make_key(cluster, "blog")
+    ids = {}
+    for visibility in ("public", "private"):
+        status, ticket = await cluster.api("POST", "/v1/uploads", json={"visibility": visibility},
+                                           headers=bearer(shop["api_key"]))
+        assert (await cluster.put(ticket["upload_url"], make_jpeg(seed=50 + len(ids))))[0] == 201
+        ids[visibility] = ticket["image_id"]
+    # Another app: 403 for a public image, 404 for a private one (not revealed); nothing recorded.
+    status, body = await cluster.api("DELETE", f"/v1/images/{ids['public']}", headers=bearer(blog["api_key"]))
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    status, body = await cluster.api("DELETE", f"/v1/images/{ids['private']}", headers=bearer(blog["api_key"]))
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert await sql(cluster, "SELECT 1 FROM audit_log WHERE action = 'image.delete'") == []
+    # Any key of the owning app may delete.
+    status, body = await cluster.api("DELETE", f"/v1/images/{ids['private']}", headers=bearer(shop2["api_key"]))
+    assert status == 202 and body["status"] == "deleted"
+    rows = await sql(cluster, "SELECT app_id, key_id, image_id FROM audit_log WHERE action = 'image.delete'")
+    assert rows == [{"app_id": shop["app_id"], "key_id": shop2["key_id"], "image_id": ids["private"]}]
+
+
+async def test_deduplicated_copies_keep_their_own_privacy(cluster: TestCluster) -> None:
+    """The same bytes uploaded public then private: every node links the private copy to the public bytes
+    (dedupe), and must still refuse it without a signature."""
+    data = make_jpeg(seed=60)
+    public = await cluster.upload(data, client_ip="3.0.1.10")
+    await cluster.wait_ready(public["image_id"])
+    await cluster.wait_replicated(public["image_id"])
+    private = await cluster.upload(data, client_ip="3.0.1.10", visibility="private")
+    await cluster.wait_replicated(private["image_id"])
+    for node_id, settings in cluster.node_settings.items():
+        url = f"{settings.node.base_url}/i/{private['image_id']}/w300.jpg"
+        status, body, _ = await get(cluster, url)
+        assert status in (403, 409), (node_id, status)  # never served unsigned (409: not processed yet)
+        assert (cluster.store(node_id).image_dir(private["image_id"]) / "private").exists(), node_id
