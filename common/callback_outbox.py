@@ -24,7 +24,7 @@ from common import loops
 from common.callbacks import CallbackSender
 from common.config import Settings
 from common.db import callbacks as db_callbacks
-from common.tasks import cancel_all
+from common.loops import cancel_all
 
 logger = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 32  # deliveries at once per process (the sender's connection limit)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -218,7 +218,7 @@ class ClusterCollector(Collector):
         self._nodes = nodes
         self._stats = stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         labels = ["node_id", "region", "set_id"]
         up = GaugeMetricFamily("minicdn_cluster_node_up",
                                "1 when the query service considers the node healthy (fresh heartbeat, serving state)",
@@ -247,6 +247,11 @@ class ClusterCollector(Collector):
         yield GaugeMetricFamily("minicdn_images_under_replicated",
                                 "Images with at least one replica that is not `ok`",
                                 value=float(stats["under_replicated"]))
+        events = CounterMetricFamily("minicdn_provisioning_events", "Control-plane actions recorded in Postgres "
+                                     "(cluster-wide), by kind", labels=["kind"])
+        for kind in sorted({*PROVISIONING_KINDS, *stats["event_counts"]}):
+            events.add_metric([kind], float(stats["event_counts"].get(kind, 0)))
+        yield events
         yield GaugeMetricFamily("minicdn_cluster_stats_age_seconds",
                                 "Seconds since the cluster figures above were read from Postgres",
                                 value=float(stats["age_s"]))
@@ -260,10 +265,6 @@ class QueryMetrics:
         reg = self.http.registry
         self.upload_tickets = Counter("minicdn_upload_tickets_total", "Signed upload URLs handed out",
                                       registry=reg)
-        self.provisioning_events = Counter("minicdn_provisioning_events_total",
-                                           "Capacity/provisioning actions taken, by kind", ["kind"], registry=reg)
-        for kind in PROVISIONING_KINDS:
-            self.provisioning_events.labels(kind)
 
     def watch_cluster(self, collector: ClusterCollector) -> None:
         self.http.registry.register(collector)

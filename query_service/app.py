@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from common.db.pool import open_pool
 from common.geo import GeoLocator, Point
 from common.hardening import handler_args, make_header_limit_middleware
 from common.httpkit import make_error_middleware
+from common.loops import cancel_all
 from common.metrics import ClusterCollector, NodeView, QueryMetrics
 from common.reqlog import request_id_middleware
 from query_service import keys
@@ -25,7 +27,7 @@ from query_service.cluster_stats import ClusterStats
 from query_service.handlers_dashboard import load_assets
 from query_service.handlers_deletes import watch_deletes
 from query_service.locations import LocationCache
-from query_service.monitor import CapacityMonitor
+from query_service.monitor import CapacityMonitor, load_report
 from query_service.provisioners import make_provisioner
 from query_service.ratelimit import RateLimiter
 from query_service.registry import NodeRegistry
@@ -76,20 +78,19 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         registry = app[keys.REGISTRY]
         await registry.reload(pool)
         task = asyncio.create_task(registry.run(pool, bus, settings.query.node_refresh_s), name="node-registry")
-        stack.push_async_callback(_cancel, task)
+        stack.push_async_callback(cancel_all, [task])
         deletes = asyncio.create_task(watch_deletes(bus, app[keys.LOCATIONS]), name="delete-watch")
-        stack.push_async_callback(_cancel, deletes)
+        stack.push_async_callback(cancel_all, [deletes])
         monitor = app[keys.MONITOR] = CapacityMonitor(settings, pool, make_provisioner(settings), registry)
         if settings.capacity.enabled:
             watcher = asyncio.create_task(monitor.run(), name="capacity-monitor")
-            stack.push_async_callback(_cancel, watcher)
-        stats = asyncio.create_task(app[keys.CLUSTER_STATS].run(pool, bus, settings.query.stats_interval_s),
+            stack.push_async_callback(cancel_all, [watcher])
+        async def capacity_report() -> dict[str, Any]:
+            return (await load_report(pool, settings, registry)).to_json()
+
+        stats = asyncio.create_task(app[keys.CLUSTER_STATS].run(pool, bus, settings.query.stats_interval_s,
+                                                                capacity_report),
                                     name="cluster-stats")
-        stack.push_async_callback(_cancel, stats)
+        stack.push_async_callback(cancel_all, [stats])
         yield
 
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

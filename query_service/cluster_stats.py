@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ class Backlog:
     oldest_pending_s: float | None = None
     under_replicated: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
+    event_counts: dict[str, int] = field(default_factory=dict)
     read_at: float = float("-inf")  # time.monotonic() of the last successful read
 
 
@@ -58,9 +60,15 @@ def rates(samples: deque[tuple[float, dict[str, float]]]) -> dict[str, float]:
     return {name: max(last[name] - first[name], 0.0) / span for name in COUNTERS}
 
 
+CapacityLoader = Callable[[], Awaitable[dict[str, Any]]]
+
+
 class ClusterStats:
     def __init__(self) -> None:
         self.backlog = Backlog()
+        # The capacity monitor's report (growth, days until full, set headroom) as JSON, refreshed with the
+        # backlog on every instance (only the leader runs the monitor itself).
+        self.capacity: dict[str, Any] | None = None
         self._samples: dict[str, deque[tuple[float, dict[str, float]]]] = {}
         self._lags: dict[str, tuple[float | None, float | None]] = {}
 
@@ -86,20 +94,25 @@ class ClusterStats:
                             p50, worst)
 
     # --- Postgres --------------------------------------------------------------------------------------
-    async def refresh(self, pool: AsyncConnectionPool) -> None:
+    async def refresh(self, pool: AsyncConnectionPool, capacity: CapacityLoader | None = None) -> None:
         backlog = await db_stats.replication_backlog(pool)
         events = await db_stats.recent_events(pool)
+        counts = await db_stats.event_counts(pool)
         self.backlog = Backlog(backlog["pending_by_node"], backlog["oldest_pending_s"], backlog["under_replicated"],
-                               events, time.monotonic())
+                               events, counts, time.monotonic())
+        if capacity is not None:
+            self.capacity = await capacity()
 
     def as_mapping(self) -> dict[str, Any]:
         """The figures the Prometheus collector exports."""
         b = self.backlog
         age = time.monotonic() - b.read_at
         return {"pending_by_node": b.pending_by_node, "oldest_pending_s": b.oldest_pending_s,
-                "under_replicated": b.under_replicated, "age_s": age if age != float("inf") else -1.0}
+                "under_replicated": b.under_replicated, "event_counts": b.event_counts,
+                "age_s": age if age != float("inf") else -1.0}
 
-    async def run(self, pool: AsyncConnectionPool, bus: Bus, interval_s: float) -> None:
+    async def run(self, pool: AsyncConnectionPool, bus: Bus, interval_s: float,
+                  capacity: CapacityLoader | None = None) -> None:
         async def on_msg(msg: Any) -> None:
             try:
                 self.on_heartbeat(NodeHeartbeat.from_json(msg.data))
@@ -110,7 +123,7 @@ class ClusterStats:
         try:
             while True:
                 try:
-                    await self.refresh(pool)
+                    await self.refresh(pool, capacity)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Postgres briefly away: keep the last figures, say how old they are

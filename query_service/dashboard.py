@@ -59,17 +59,31 @@ def _min_days(members: list[dict[str, Any]]) -> float | None:
     return min(days) if days else None
 
 
+def _by_name(items: Any, key: str) -> dict[str, dict[str, Any]]:
+    return {str(i[key]): i for i in items or () if isinstance(i, dict) and key in i}
+
+
 def build_dashboard(nodes: Iterable[NodeInfo], healthy: Callable[[NodeInfo], bool],
                     heartbeat_age: Callable[[NodeInfo], float | None], stats: ClusterStats) -> dict[str, Any]:
+    capacity = stats.capacity or {}
+    forecast = _by_name(capacity.get("nodes"), "node_id")
     entries = [node_entry(n, healthy(n), heartbeat_age(n), stats)
                for n in sorted(nodes, key=lambda n: (n.set_id, n.region, n.node_id))]
+    for entry in entries:  # the capacity monitor's figures, when it has any for this node
+        figures = forecast.get(entry["node_id"], {})
+        for key in ("days_until_full", "growth_bytes_per_day"):
+            if entry.get(key) is None:
+                entry[key] = figures.get(key)
     regions = [{"region": region, **_totals(members)} for region, members in sorted(_group(entries, "region").items())]
+    set_forecast = _by_name(capacity.get("sets"), "name")
     sets = []
     for set_id, members in sorted(_group(entries, "set_id").items()):
+        figures = set_forecast.get(set_id, {})
         sets.append({"set_id": set_id, "state": members[0].get("set_state"),
                      "regions": sorted(str(n["region"]) for n in members),
                      "node_ids": [n["node_id"] for n in members], "days_until_full": _min_days(members),
-                     **_totals(members)})
+                     "days_until_closed": figures.get("days_until_closed"),
+                     "headroom_bytes": figures.get("headroom_bytes"), **_totals(members)})
     backlog = stats.backlog
     lags = [n["replication_lag_max_s"] for n in entries if n.get("replication_lag_max_s") is not None]
     p50s = [n["replication_lag_p50_s"] for n in entries if n.get("replication_lag_p50_s") is not None]
@@ -87,6 +101,7 @@ def build_dashboard(nodes: Iterable[NodeInfo], healthy: Callable[[NodeInfo], boo
         "replication_lag_p50_s": round(max(p50s), 3) if p50s else None,
         "replication_lag_max_s": round(max(lags), 3) if lags else None,
         "days_until_full": _min_days(entries),
+        "days_until_open_sets_close": capacity.get("days_until_open_sets_close"),
     }
     return {
         "generated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),

@@ -17,6 +17,7 @@ from common.db import nodes as db_nodes
 from common.db.pool import open_pool
 from common.hardening import handler_args, make_header_limit_middleware
 from common.httpkit import make_error_middleware
+from common.loops import cancel_all
 from common.metrics import HttpMetrics, NodeMetrics
 from common.reqlog import request_id_middleware
 from replicator.consumer import Replicator
@@ -78,14 +79,14 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
         hotlink = app[keys.HOTLINK] = HotlinkGuard(pool, settings.http.hotlink_refresh_s)
         await hotlink.reload()
         hotlink_task = asyncio.create_task(hotlink.run(), name="hotlink-reload")
-        stack.push_async_callback(_cancel, hotlink_task)
+        stack.push_async_callback(cancel_all, [hotlink_task])
         processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
         processor.metrics = app[keys.METRICS]
         stack.push_async_callback(processor.close)
         processor.start()
         heartbeat = asyncio.create_task(run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS],
                                                        app[keys.METRICS]), name="heartbeat")
-        stack.push_async_callback(_cancel, heartbeat)
+        stack.push_async_callback(cancel_all, [heartbeat])
         if with_replicator:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             ctx = ReplicatorContext(settings, pool, store, session, metrics=app[keys.METRICS].replication)
@@ -96,11 +97,6 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
             if scrub.bytes_per_s > 0:
                 scrubber = app[SCRUBBER] = Scrubber(replicator.ctx, scrub.bytes_per_s, scrub.interval_s,
                                                     app[keys.METRICS])
-                stack.push_async_callback(_cancel, asyncio.create_task(scrubber.run_forever(), name="scrubber"))
+                stack.push_async_callback(cancel_all, [asyncio.create_task(scrubber.run_forever(), name="scrubber")])
         yield
 
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

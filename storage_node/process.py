@@ -27,7 +27,7 @@ from common.config import Settings
 from common.db import pipeline as db_pipeline
 from common.errors import InvalidImage, UnsupportedImage
 from common.events import ImageRejected
-from common.tasks import cancel_all
+from common.loops import cancel_all
 from storage_node.moderation import Moderation
 from storage_node.render import RenderOptions
 from storage_node.sandbox import SandboxPool

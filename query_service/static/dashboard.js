@@ -61,7 +61,9 @@ function renderSummary(s) {
            sub: `${pct(s.used_ratio)} of ${humanBytes(s.capacity_bytes)} · ${humanBytes(s.free_bytes)} free` }),
     tile("objects", String(s.objects), { name: "objects", raw: s.objects, sub: "replicas on all nodes" }),
     tile("days until full", fmtDays(s.days_until_full),
-         { name: "days", raw: s.days_until_full, level: s.days_until_full !== null && s.days_until_full < 7 ? "warn" : "" }),
+         { name: "days", raw: s.days_until_full, level: s.days_until_full != null && s.days_until_full < 7 ? "warn" : "",
+           sub: s.days_until_open_sets_close != null ? "open sets close in " + fmtDays(s.days_until_open_sets_close)
+                                                     : "soonest node" }),
     tile("uploads", fmtRate(s.uploads_per_s, "/s"), { name: "uploads", raw: s.uploads_per_s,
          sub: `${fmtRate(s.replicated_per_s, "copies/s")}` }),
     tile("serving", fmtRate(s.requests_per_s, "req/s"), { name: "serving", raw: s.requests_per_s,
@@ -95,6 +97,8 @@ function nodeCard(n) {
     ["capacity", humanBytes(n.capacity_bytes), "capacity_bytes", n.capacity_bytes],
     ["objects", String(n.objects), "objects", n.objects],
     ["days until full", fmtDays(n.days_until_full), "days_until_full", n.days_until_full],
+    ["growth", n.growth_bytes_per_day == null ? "–" : humanBytes(n.growth_bytes_per_day) + "/day",
+     "growth_bytes_per_day", n.growth_bytes_per_day],
     ["pending copies", String(n.pending_replicas ?? 0), "pending_replicas", n.pending_replicas],
     ["serving", fmtRate(n.requests_per_s, "req/s"), "requests_per_s", n.requests_per_s],
     ["replication lag", fmtSeconds(n.replication_lag_p50_s), "replication_lag_p50_s", n.replication_lag_p50_s],
@@ -120,7 +124,8 @@ function renderSets(sets, nodes) {
     el("h3", {}, `${s.set_id} `, el("span", { class: "badge state-" + (s.state || "unknown"), text: s.state || "?" }),
        el("span", { class: "muted small",
                     text: ` ${s.regions.join(", ")} · ${humanBytes(s.used_bytes)} of ${humanBytes(s.capacity_bytes)}` +
-                          (s.days_until_full !== null && s.days_until_full !== undefined ? ` · full in ${fmtDays(s.days_until_full)}` : "") })),
+                          (s.days_until_full != null ? ` · full in ${fmtDays(s.days_until_full)}` : "") +
+                          (s.days_until_closed != null ? ` · closes in ${fmtDays(s.days_until_closed)}` : "") })),
     el("div", { class: "cards" }, ...s.node_ids.map((id) => nodeCard(byId[id]))))));
 }
 

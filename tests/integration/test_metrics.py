@@ -116,3 +116,20 @@ async def test_backlog_gauges_follow_a_node_outage(cluster: TestCluster) -> None
     await cluster.start_node("eu-west-1")
     await cluster.wait_replicated(image["image_id"])
     await cluster.wait_for(lambda: backlog(0), "the backlog to drain")
+
+
+async def test_provisioning_events_are_counted_from_postgres(cluster: TestCluster) -> None:
+    """The counter is read from the events table, so every query-service instance shows every action."""
+    from common.db import control as db_control
+    from common.db.pool import open_pool
+
+    assert cluster.session is not None
+    async with open_pool(cluster.settings().database) as pool:
+        await db_control.record_event(pool, "node_state", "test", node_id="eu-west-1", outcome="state readonly")
+
+    async def counted() -> bool:
+        q = await scrape(cluster.session, cluster.query_url)  # type: ignore[arg-type]
+        return (value(q, "minicdn_provisioning_events_total", kind="node_state") == 1
+                and value(q, "minicdn_provisioning_events_total", kind="new_set") == 0)
+
+    await cluster.wait_for(counted, "the event in the query service's /metrics")

@@ -225,13 +225,22 @@ async def test_exact_and_near_duplicates(cluster: TestCluster, testdata: Path, t
     assert (await cluster.wait_ready(other["image_id"]))["duplicate_of"] is None
 
 
-async def test_quarantine_hook_holds_until_approved(make_cluster: MakeCluster, testdata: Path,
-                                                   tmp_path: Path) -> None:
+@pytest.fixture
+async def receiver() -> AsyncIterator[CallbackReceiver]:
+    started = await CallbackReceiver().start()
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
+async def test_quarantine_hook_holds_until_approved(make_cluster: MakeCluster, testdata: Path, tmp_path: Path,
+                                                   receiver: CallbackReceiver) -> None:
     hook = tmp_path / "moderate.sh"
     hook.write_text('#!/bin/sh\necho "needs a human look: $MINICDN_CONTENT_TYPE"\nexit 1\n')
     hook.chmod(0o755)
-    cluster = await make_cluster(moderation={"command": str(hook)})
-    up = await cluster.upload((testdata / "chelsea_gps.jpg").read_bytes())
+    cluster = await make_cluster(moderation={"command": str(hook)}, callbacks={"allow_private": True})
+    up = await cluster.upload((testdata / "chelsea_gps.jpg").read_bytes(), callback_url=receiver.url)
     body = await cluster.wait_ready(up["image_id"], status="quarantined")
     assert body["reason"] == "needs a human look: image/jpeg"
     status, _, _ = await get(cluster, node_url(cluster, origin(up), up["image_id"], "thumb.jpg"))
@@ -239,6 +248,7 @@ async def test_quarantine_hook_holds_until_approved(make_cluster: MakeCluster, t
     status, body = await cluster.api("GET", f"/v1/images/{up['image_id']}/url")
     assert status == 409 and body["error"]["code"] == "not_ready"
 
+    assert receiver.hits == []  # held is not an outcome: the app hears of the operator's decision
     status, body = await cluster.api("POST", f"/v1/images/{up['image_id']}/approve")
     assert status == 200 and body["status"] == "ready"
     status, body = await cluster.api("POST", f"/v1/images/{up['image_id']}/approve")
@@ -246,7 +256,7 @@ async def test_quarantine_hook_holds_until_approved(make_cluster: MakeCluster, t
     await cluster.wait_for(lambda: _status_of(cluster, node_url(cluster, origin(up), up["image_id"], "thumb.jpg"),
                                               200), "approved image served", 5)
 
-    held = await cluster.upload((testdata / "coins_gray.png").read_bytes())
+    held = await cluster.upload((testdata / "coins_gray.png").read_bytes(), callback_url=receiver.url)
     await cluster.wait_ready(held["image_id"], status="quarantined")
     await cluster.wait_replicated(held["image_id"])
     for bad in (b"[" * 3000, b'{"reason": "a\\u0000b"}', b"[1]", b"{not json"):  # 400, and still held
@@ -258,6 +268,9 @@ async def test_quarantine_hook_holds_until_approved(make_cluster: MakeCluster, t
     assert status == 200 and body["status"] == "rejected"
     await cluster.wait_for(lambda: on_disk(cluster, held["image_id"]) == {n: [] for n in NODES},
                            "rejected files gone from every node")
+    await cluster.wait_for(lambda: len(receiver.hits) == 2, "the decisions' callbacks", 5)
+    assert [(h.body["image_id"], h.body["event"], h.body["reason"]) for h in receiver.hits] == [
+        (up["image_id"], "image.ready", None), (held["image_id"], "image.rejected", "spam")]
 
 
 async def _status_of(cluster: TestCluster, url: str, want: int) -> bool:
@@ -265,30 +278,28 @@ async def _status_of(cluster: TestCluster, url: str, want: int) -> bool:
     return status == want
 
 
-async def test_callbacks_signed_retried_and_guarded(make_cluster: MakeCluster, testdata: Path) -> None:
-    receiver = await CallbackReceiver(answers=[500]).start()  # the first delivery fails: it must be retried
-    try:
-        cluster = await make_cluster(callbacks={"allow_private": True, "backoff_s": 0.05})
-        receiver.signing_keys["k1"] = cluster.node_settings[NODES[0]].signing_key("k1") or b""
-        ok = await cluster.upload((testdata / "chelsea_gps.jpg").read_bytes(), callback_url=receiver.url)
-        bad = await cluster.upload(truncated_jpeg(testdata / "chelsea_gps.jpg"), callback_url=receiver.url)
-        await cluster.wait_for(lambda: len(receiver.delivered()) == 2, "two callbacks", 10)
-        by_id = {h.body["image_id"]: h for h in receiver.delivered()}
-        assert by_id[ok["image_id"]].body["event"] == "image.ready" and by_id[ok["image_id"]].signed
-        assert by_id[bad["image_id"]].body["event"] == "image.rejected" and by_id[bad["image_id"]].signed
-        assert "truncated" in by_id[bad["image_id"]].body["reason"]
-        assert len(receiver.hits) == 3
-        # The retry of the refused POST carries the same delivery id; the two callbacks have different ones.
-        failed, *rest = receiver.hits
-        assert failed.status == 500 and [h.delivery_id for h in rest].count(failed.delivery_id) == 1
-        assert len({h.delivery_id for h in rest}) == 2 and all(h.delivery_id for h in rest)
-        async with cluster.apps["query"][query_keys.POOL].connection() as conn:
-            cur = await conn.execute("SELECT delivery_id::text AS d, state, attempts FROM callback_outbox")
-            rows = {r["d"]: (r["state"], r["attempts"]) for r in await cur.fetchall()}
-        assert rows == {failed.delivery_id: ("delivered", 2),
-                        next(h.delivery_id for h in rest if h.delivery_id != failed.delivery_id): ("delivered", 1)}
-    finally:
-        await receiver.stop()
+async def test_callbacks_signed_retried_and_guarded(make_cluster: MakeCluster, testdata: Path,
+                                                    receiver: CallbackReceiver) -> None:
+    receiver.answers.append(500)  # the first delivery fails: it must be retried
+    cluster = await make_cluster(callbacks={"allow_private": True, "backoff_s": 0.05})
+    receiver.signing_keys["k1"] = cluster.node_settings[NODES[0]].signing_key("k1") or b""
+    ok = await cluster.upload((testdata / "chelsea_gps.jpg").read_bytes(), callback_url=receiver.url)
+    bad = await cluster.upload(truncated_jpeg(testdata / "chelsea_gps.jpg"), callback_url=receiver.url)
+    await cluster.wait_for(lambda: len(receiver.delivered()) == 2, "two callbacks", 10)
+    by_id = {h.body["image_id"]: h for h in receiver.delivered()}
+    assert by_id[ok["image_id"]].body["event"] == "image.ready" and by_id[ok["image_id"]].signed
+    assert by_id[bad["image_id"]].body["event"] == "image.rejected" and by_id[bad["image_id"]].signed
+    assert "truncated" in by_id[bad["image_id"]].body["reason"]
+    assert len(receiver.hits) == 3
+    # The retry of the refused POST carries the same delivery id; the two callbacks have different ones.
+    failed, *rest = receiver.hits
+    assert failed.status == 500 and [h.delivery_id for h in rest].count(failed.delivery_id) == 1
+    assert len({h.delivery_id for h in rest}) == 2 and all(h.delivery_id for h in rest)
+    async with cluster.apps["query"][query_keys.POOL].connection() as conn:
+        cur = await conn.execute("SELECT delivery_id::text AS d, state, attempts FROM callback_outbox")
+        rows = {r["d"]: (r["state"], r["attempts"]) for r in await cur.fetchall()}
+    assert rows == {failed.delivery_id: ("delivered", 2),
+                    next(h.delivery_id for h in rest if h.delivery_id != failed.delivery_id): ("delivered", 1)}
 
 
 async def test_callback_survives_a_node_restart(make_cluster: MakeCluster, testdata: Path) -> None:

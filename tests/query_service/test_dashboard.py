@@ -72,3 +72,18 @@ def test_fields_the_control_plane_adds_show_up() -> None:
     doc = build_dashboard(nodes, lambda n: True, lambda n: 0.5, ClusterStats())
     assert {n["node_id"]: n["days_until_full"] for n in doc["nodes"]} == {"a": 6.5, "b": 9.0}
     assert doc["sets"][0]["days_until_full"] == 6.5 and doc["summary"]["days_until_full"] == 6.5
+
+
+def test_capacity_monitor_figures_fill_the_forecasts() -> None:
+    stats = ClusterStats()
+    stats.capacity = {"nodes": [{"node_id": "us-1", "days_until_full": 3.0, "growth_bytes_per_day": 100.0}],
+                      "sets": [{"name": "set-1", "days_until_closed": 1.5, "headroom_bytes": 10}],
+                      "days_until_open_sets_close": 1.5}
+    nodes = [_node("us-1", "us", "set-1", 800), _node("eu-1", "eu", "set-1", 200)]
+    doc = build_dashboard(nodes, lambda n: True, lambda n: 1.0, stats)
+    by_id = {n["node_id"]: n for n in doc["nodes"]}
+    assert (by_id["us-1"]["days_until_full"], by_id["us-1"]["growth_bytes_per_day"]) == (3.0, 100.0)
+    assert (by_id["eu-1"]["days_until_full"], by_id["eu-1"]["growth_bytes_per_day"]) == (None, None)
+    (only_set,) = doc["sets"]
+    assert (only_set["days_until_full"], only_set["days_until_closed"], only_set["headroom_bytes"]) == (3.0, 1.5, 10)
+    assert doc["summary"]["days_until_full"] == 3.0 and doc["summary"]["days_until_open_sets_close"] == 1.5
