@@ -3,6 +3,7 @@ replacing a node, backfill progress and cluster-wide repair."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg.errors
@@ -18,6 +19,7 @@ from query_service.requests import read_json_object
 
 NODE_STATES = ("active", "readonly", "draining", "dead")
 MAX_BODY_BYTES = 16 * 1024
+_NODE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # as the routes' {node_id}: ASCII only, no leading '-'
 
 
 async def _nodes_having(request: web.Request, node_id: str) -> dict[str, dict[str, Any]]:
@@ -95,8 +97,7 @@ async def replace_node(request: web.Request) -> web.Response:
     old = request.match_info["node_id"]
     body = await read_json_object(request, MAX_BODY_BYTES)
     new = body.get("with")
-    if new is not None and (not isinstance(new, str) or not new or len(new) > 63
-                            or not all(c.isalnum() or c == "-" for c in new) or new != new.lower()):
+    if new is not None and (not isinstance(new, str) or not _NODE_ID_RE.fullmatch(new)):
         raise InvalidRequest("with must be a node id (lowercase letters, digits and '-')")
     rows = await _nodes_having(request, old)
     if new == old:

@@ -105,8 +105,9 @@ async def test_replace_a_node_backfills_resumably_without_duplicates(cluster: Te
 async def test_replace_rejections(cluster: TestCluster) -> None:
     status, body = await cluster.api("POST", "/v1/nodes/nope-1/replace", json={"with": "x-1"})
     assert status == 404 and body["error"]["code"] == "not_found"
-    status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/replace", json={"with": "Bad Id"})
-    assert status == 400 and body["error"]["code"] == "invalid_request"
+    for bad in ("Bad Id", "\u00e9u-west-9", "-eu-west-9", "x" * 64):  # what no {node_id} route could address
+        status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/replace", json={"with": bad})
+        assert status == 400 and body["error"]["code"] == "invalid_request", bad
     status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/replace", json={"with": "us-east-1"})
     assert status == 409
     status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/replace", data=b"{not json")
