@@ -24,6 +24,7 @@ from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext
 from replicator.scrub import Scrubber
 from storage_node import cors, keys
+from storage_node.codecs import codec_versions
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
 from storage_node.hotlink import HotlinkGuard
@@ -64,6 +65,11 @@ def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web
 async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterator[None]:
     settings, store = app[keys.SETTINGS], app[keys.STORE]
     await asyncio.to_thread(store.prepare)
+    # /healthz is polled often: its body (versions read from installed packages and the library) is built once.
+    node = settings.node
+    codecs = await asyncio.to_thread(codec_versions)
+    app[keys.HEALTH] = {"status": "ok", "component": "storage-node", "node_id": node.node_id, "region": node.region,
+                        "version": __version__, "libvips": codecs["libvips"], "codecs": codecs}
     async with contextlib.AsyncExitStack() as stack:
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         await db_nodes.register_node(pool, settings.node, __version__)

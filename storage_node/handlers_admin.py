@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import pyvips
 from aiohttp import web
 
-from common import __version__
 from storage_node import keys
-from storage_node.codecs import codec_versions
 
 
 async def healthz(request: web.Request) -> web.Response:
-    node = request.app[keys.SETTINGS].node
-    return web.json_response({
-        "status": "ok", "component": "storage-node", "node_id": node.node_id, "region": node.region,
-        "version": __version__, "libvips": ".".join(str(pyvips.version(i)) for i in range(3)),
-        "codecs": await asyncio.to_thread(codec_versions),
-    })
+    return web.json_response(request.app[keys.HEALTH])
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -37,3 +37,4 @@ CALLBACKS = web.AppKey("callbacks", CallbackOutbox)
 METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)
 HOTLINK = web.AppKey("hotlink", HotlinkGuard)
+HEALTH = web.AppKey("health", dict)  # the /healthz body: fixed for the life of the process
