@@ -56,10 +56,16 @@ async def test_dev_cluster_provisions_a_new_set_when_filled(tmp_path: Path) -> N
                 assert time.monotonic() - started < 90, "no new set within 90 s"
             assert uploaded[-1]["node_id"].endswith("-2"), [u["node_id"] for u in uploaded]
             took_s = time.monotonic() - started
-            view = await get_json(session, cluster, "/v1/nodes")
-            await asyncio.sleep(5)  # both monitors keep running: still one provisioning
-            view = await get_json(session, cluster, "/v1/nodes")
-            new_sets = [e for e in view["events"] if e["kind"] == "new_set"]
+            # The plan succeeds once the leader has seen every new node healthy (its own heartbeats, after
+            # recovery hysteresis and a monitor tick); both monitors keep running meanwhile: still one plan.
+            await asyncio.sleep(5)
+            deadline = time.monotonic() + 30
+            while True:
+                view = await get_json(session, cluster, "/v1/nodes")
+                new_sets = [e for e in view["events"] if e["kind"] == "new_set"]
+                if all(e["state"] in ("succeeded", "failed") for e in new_sets) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
             assert [(e["set_id"], e["state"]) for e in new_sets] == [("set-2", "succeeded")], new_sets
             assert sorted(s["name"] for s in view["sets"]) == ["set-1", "set-2"]
             first = uploaded[0]["image_id"]
