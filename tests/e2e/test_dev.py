@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from common.client import find_cluster, get_json, upload_file
+from common.client import ClusterRef, find_cluster, get_json, upload_file
 
 READY_TIMEOUT_S = 120
 
@@ -33,6 +33,18 @@ async def wait_ready(proc: subprocess.Popen[bytes], state_dir: Path) -> dict[str
         assert time.monotonic() < deadline, "minicdn dev did not become ready"
         await asyncio.sleep(0.2)
     return dict(json.loads((state_dir / "cluster.json").read_text()))
+
+
+async def wait_everywhere(session: aiohttp.ClientSession, cluster: ClusterRef, image_id: str,
+                          timeout_s: float = 20) -> None:
+    """Until the image is `ready` with an `ok` replica in each of the three regions."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = await get_json(session, cluster, f"/v1/images/{image_id}")
+        if [r["state"] for r in body["replicas"]] == ["ok"] * 3 and body["status"] == "ready":
+            return
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.2)
 
 
 def stop_and_check_no_leftovers(proc: subprocess.Popen[bytes]) -> None:
@@ -85,13 +97,7 @@ async def test_dev_cluster_end_to_end(tmp_path: Path, testdata: Path) -> None:
         async with aiohttp.ClientSession() as session:
             up = await upload_file(session, cluster, testdata / "chelsea_gps.jpg")
             image_id = up["image_id"]
-            deadline = time.monotonic() + 20
-            while True:
-                body = await get_json(session, cluster, f"/v1/images/{image_id}")
-                if [r["state"] for r in body["replicas"]] == ["ok"] * 3 and body["status"] == "ready":
-                    break
-                assert time.monotonic() < deadline, body
-                await asyncio.sleep(0.2)
+            await wait_everywhere(session, cluster, image_id)
             found = await get_json(session, cluster, f"/v1/images/{image_id}/url", {"w": 300})
             async with session.get(found["url"]) as resp:
                 assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"

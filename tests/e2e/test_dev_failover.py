@@ -16,7 +16,7 @@ import aiohttp
 import psutil
 
 from common.client import find_cluster, get_json, request_upload, upload_file
-from tests.e2e.test_dev import wait_ready
+from tests.e2e.test_dev import wait_everywhere, wait_ready
 
 HEARTBEAT_S = 0.3
 TIMEOUT_S = 1.5
@@ -56,13 +56,7 @@ async def test_sigkilled_node_fails_over_within_the_heartbeat_timeout(tmp_path: 
         async with aiohttp.ClientSession() as session:
             up = await upload_file(session, cluster, testdata / "chelsea_gps.jpg")
             image_id = up["image_id"]
-            deadline = time.monotonic() + 20
-            while True:
-                body = await get_json(session, cluster, f"/v1/images/{image_id}")
-                if [r["state"] for r in body["replicas"]] == ["ok"] * 3 and body["status"] == "ready":
-                    break
-                assert time.monotonic() < deadline, body
-                await asyncio.sleep(0.2)
+            await wait_everywhere(session, cluster, image_id)
 
             async def nearest() -> dict[str, str]:
                 return dict(await get_json(session, cluster, f"/v1/images/{image_id}/url",
