@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from common import loops
 from common.bus import Bus
+from common.db import control as db_control
 from common.db import stats as db_stats
 from common.events import NodeHeartbeat
 
@@ -96,7 +97,7 @@ class ClusterStats:
     # --- Postgres --------------------------------------------------------------------------------------
     async def refresh(self, pool: AsyncConnectionPool, capacity: CapacityLoader | None = None) -> None:
         backlog = await db_stats.replication_backlog(pool)
-        events = await db_stats.recent_events(pool)
+        events = [dict(e) for e in await db_control.recent_events(pool, limit=20)]
         counts = await db_stats.event_counts(pool)
         self.backlog = Backlog(backlog["pending_by_node"], backlog["oldest_pending_s"], backlog["under_replicated"],
                                events, counts, time.monotonic())

@@ -1,6 +1,6 @@
 """Cluster-wide figures for the dashboard and the query service's gauges: replication backlog and the
-control plane's recent events and their totals. The replica queries go through partial indexes; the
-events table is small (a row per control-plane action)."""
+control plane's event totals (its recent events come from common.db.control). The replica queries go
+through partial indexes; the events table is small (a row per control-plane action)."""
 
 from __future__ import annotations
 
@@ -31,15 +31,6 @@ async def replication_backlog(pool: AsyncConnectionPool) -> dict[str, Any]:
         "oldest_pending_s": max((r["oldest_s"] for r in rows), default=None),
         "under_replicated": int(under["n"]) if under else 0,
     }
-
-
-async def recent_events(pool: AsyncConnectionPool, limit: int = 20) -> list[dict[str, Any]]:
-    """The newest provisioning/repair events."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT to_jsonb(e) AS event FROM provisioning_events e ORDER BY e.created_at DESC LIMIT %s", (limit,)
-        )
-        return [dict(r["event"]) for r in await cur.fetchall()]
 
 
 async def event_counts(pool: AsyncConnectionPool) -> dict[str, int]:
