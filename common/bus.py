@@ -66,8 +66,12 @@ async def open_bus(settings: NatsSettings, name: str) -> AsyncIterator[Bus]:
 
     nc = await nats.connect(
         [url.strip() for url in settings.url.split(",") if url.strip()],  # a cluster: any of its servers
-        name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
-        connect_timeout=5, drain_timeout=5,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        connect_timeout=5,
+        drain_timeout=5,
     )
     bus = Bus(nc, nc.jetstream(), Subjects(settings.subject_prefix, settings.stream), settings)
     try:

@@ -89,8 +89,13 @@ class CallbackOutbox:
                 await db_callbacks.delivered(self.pool, delivery_id)
             elif outcome.refused or row["attempts"] >= self.cfg.max_attempts:
                 await db_callbacks.failed(self.pool, delivery_id, outcome.error, None)
-                logger.warning("callback %s for %s given up after %d attempts: %s", delivery_id, row["image_id"],
-                               row["attempts"], outcome.error)
+                logger.warning(
+                    "callback %s for %s given up after %d attempts: %s",
+                    delivery_id,
+                    row["image_id"],
+                    row["attempts"],
+                    outcome.error,
+                )
             else:
                 delay = self.cfg.backoff_s * 2 ** (row["attempts"] - 1)
                 await db_callbacks.failed(self.pool, delivery_id, outcome.error, delay)

@@ -70,7 +70,8 @@ async def check_callback_url(url: str, allow_private: bool) -> str:
     except ValueError:
         try:
             infos = await asyncio.wait_for(
-                asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM), 2.0)
+                asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM), 2.0
+            )
             addresses = [str(info[4][0]) for info in infos]
         except (OSError, TimeoutError):
             addresses = []
@@ -99,8 +100,9 @@ class GuardedResolver(AbstractResolver):
         self._inner = ThreadedResolver()
         self.allow_private = allow_private
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-                      ) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         allowed = [r for r in results if address_allowed(r["host"], self.allow_private)]
         if not allowed:
@@ -155,8 +157,9 @@ class CallbackSender:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.cfg.allow_private), limit=32)
-            self._session = aiohttp.ClientSession(connector=connector,
-                                                  timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s)
+            )
         return self._session
 
     async def post(self, url: str, event: dict[str, Any], delivery_id: str) -> Attempt:
@@ -176,9 +179,12 @@ class CallbackSender:
             return Attempt(False, f"{url} is not a public address", refused=True)
         body = json.dumps({**event, "sent_at": int(time.time())}, separators=(",", ":")).encode()
         kid = self.settings.signing.active_kid
-        headers = {"Content-Type": "application/json", "User-Agent": "minicdn-callback/1",
-                   SIGNATURE_HEADER: sign(body, kid, self.settings.signing_key(kid) or b""),
-                   DELIVERY_HEADER: delivery_id}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "minicdn-callback/1",
+            SIGNATURE_HEADER: sign(body, kid, self.settings.signing_key(kid) or b""),
+            DELIVERY_HEADER: delivery_id,
+        }
         try:
             async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 if 200 <= resp.status < 300:

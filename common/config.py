@@ -63,8 +63,9 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class NatsSettings:
-    url: str = _help("NATS server URL (JetStream enabled); a cluster's servers comma-separated.",
-                     default="nats://127.0.0.1:4222")
+    url: str = _help(
+        "NATS server URL (JetStream enabled); a cluster's servers comma-separated.", default="nats://127.0.0.1:4222"
+    )
     stream: str = _help("JetStream stream holding the replication events.", default="MINICDN")
     subject_prefix: str = _help("Prefix of every minicdn subject.", default="minicdn")
     stream_max_age_s: int = _help("How long events are kept: must cover the longest node outage.", default=7 * 86400)
@@ -83,10 +84,12 @@ class SigningSettings:
     retired_kids: tuple[str, ...] = _help(
         "Key ids that must never verify again, even if their secret is still listed in signing.keys.", default=()
     )
-    max_ttl_s: int = _help("Longest lifetime a signature may claim; a later `exp` is refused (bad_signature).",
-                           default=7 * 86400)
-    clock_skew_s: int = _help("Allowance for a signer whose clock runs ahead, on the maximum-lifetime check.",
-                              default=30)
+    max_ttl_s: int = _help(
+        "Longest lifetime a signature may claim; a later `exp` is refused (bad_signature).", default=7 * 86400
+    )
+    clock_skew_s: int = _help(
+        "Allowance for a signer whose clock runs ahead, on the maximum-lifetime check.", default=30
+    )
 
 
 @dataclass(frozen=True)
@@ -111,33 +114,41 @@ class NodeSettings:
     data_dir: str = _help("Directory holding objects/ and tmp/ (one file system).", default="./data")
     capacity_bytes: int = _help("Usable capacity; 0 means the size of the disk.", default=0)
     heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
-    render_threads: int = _help("Sandboxed worker processes building variants on request; 0 means the number of cores.",
-                                default=0)
-    cors_origin: str = _help("Origins allowed to PUT uploads from a browser (CORS): `*` (any: the signed URL is the "
-                             "credential), a comma-separated list of origins, or empty to turn CORS off.", default="*")
+    render_threads: int = _help(
+        "Sandboxed worker processes building variants on request; 0 means the number of cores.", default=0
+    )
+    cors_origin: str = _help(
+        "Origins allowed to PUT uploads from a browser (CORS): `*` (any: the signed URL is the "
+        "credential), a comma-separated list of origins, or empty to turn CORS off.",
+        default="*",
+    )
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    workers: int = _help("Sandboxed worker processes that decode and process uploads; 0 means the number of cores.",
-                         default=0)
+    workers: int = _help(
+        "Sandboxed worker processes that decode and process uploads; 0 means the number of cores.", default=0
+    )
     job_timeout_s: float = _help("Wall-clock limit of one processing job; a worker over it is killed.", default=60.0)
     worker_memory_mb: int = _help("Address-space limit of each worker process (RLIMIT_AS), MB.", default=1536)
     worker_max_jobs: int = _help("Jobs a worker runs before it is replaced (bounds leaks).", default=500)
-    eager_variants: tuple[str, ...] = _help("Variants made at upload, before the image is `ready`.",
-                                            default=("thumb.jpg", "thumb.webp"))
+    eager_variants: tuple[str, ...] = _help(
+        "Variants made at upload, before the image is `ready`.", default=("thumb.jpg", "thumb.webp")
+    )
     thumb_size: int = _help("Side of the square `thumb` variant (attention-cropped).", default=150)
     jpeg_quality: int = _help("JPEG quality of variants (1-100).", default=82)
     webp_quality: int = _help("WebP quality of variants (1-100).", default=80)
     avif_quality: int = _help("AVIF quality of variants (1-100).", default=55)
     avif_effort: int = _help("AVIF encoder effort 0 (fastest) .. 9 (smallest); AVIF is the slow format.", default=2)
     png_compression: int = _help("PNG zlib compression level of variants (0-9).", default=6)
-    keep_gps: bool = _help("Store the GPS position found in EXIF (only whether it was present is stored otherwise).",
-                           default=False)
-    near_duplicate_distance: int = _help("Largest Hamming distance (of 64 bits) between perceptual hashes of "
-                                         "near-duplicates; -1 turns the search off.", default=6)
-    sweep_interval_s: float = _help("Seconds between sweeps for uploads this node has not processed yet.",
-                                    default=5.0)
+    keep_gps: bool = _help(
+        "Store the GPS position found in EXIF (only whether it was present is stored otherwise).", default=False
+    )
+    near_duplicate_distance: int = _help(
+        "Largest Hamming distance (of 64 bits) between perceptual hashes of near-duplicates; -1 turns the search off.",
+        default=6,
+    )
+    sweep_interval_s: float = _help("Seconds between sweeps for uploads this node has not processed yet.", default=5.0)
 
 
 @dataclass(frozen=True)
@@ -146,17 +157,25 @@ class CallbackSettings:
     timeout_s: float = _help("Timeout of one callback POST.", default=5.0)
     max_attempts: int = _help("Attempts per callback (with exponential backoff) before giving up.", default=5)
     backoff_s: float = _help("Delay before the second attempt; doubled after each failure.", default=1.0)
-    sweep_interval_s: float = _help("Seconds between sweeps of the callback outbox for due deliveries (retries "
-                                    "and rows a stopped process left).", default=5.0)
+    sweep_interval_s: float = _help(
+        "Seconds between sweeps of the callback outbox for due deliveries (retries and rows a stopped process left).",
+        default=5.0,
+    )
     keep_days: float = _help("Days delivered and failed callbacks stay in the outbox table.", default=7.0)
 
 
 @dataclass(frozen=True)
 class ModerationSettings:
-    command: str = _help("Command run on each upload before `ready` (file path appended); exit 0 passes, "
-                         "exit 1 quarantines (first stdout line is the reason).", default="")
-    url: str = _help("HTTP endpoint sent each upload (POST, raw bytes) before `ready`; a JSON answer "
-                     "`{\"flag\": true, \"reason\": ...}` quarantines.", default="")
+    command: str = _help(
+        "Command run on each upload before `ready` (file path appended); exit 0 passes, "
+        "exit 1 quarantines (first stdout line is the reason).",
+        default="",
+    )
+    url: str = _help(
+        "HTTP endpoint sent each upload (POST, raw bytes) before `ready`; a JSON answer "
+        '`{"flag": true, "reason": ...}` quarantines.',
+        default="",
+    )
     timeout_s: float = _help("Timeout of one moderation check; a failed check quarantines.", default=30.0)
 
 
@@ -169,9 +188,13 @@ class ReplicatorSettings:
     fetch_timeout_s: float = _help("Timeout of one copy from a peer.", default=60.0)
     max_bytes_per_s: int = _help(
         "Cap on the bytes/s this node's replicator copies from peers (backfill, repair, replication); 0 no cap.",
-        default=0)
-    metrics_port: int = _help("Port of /metrics for `minicdn replicator` run on its own (0: none; inside a node "
-                              "process its metrics are on the node's /metrics).", default=0)
+        default=0,
+    )
+    metrics_port: int = _help(
+        "Port of /metrics for `minicdn replicator` run on its own (0: none; inside a node "
+        "process its metrics are on the node's /metrics).",
+        default=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -183,17 +206,20 @@ class QuerySettings:
     default_lon: float = _help("Longitude used for clients GeoIP cannot place.", default=-77.5)
     node_refresh_s: float = _help("Seconds between reloads of the node table.", default=5.0)
     location_cache_size: int = _help("Fully replicated images whose locations are kept in memory.", default=100_000)
-    stats_interval_s: float = _help("Seconds between reads of the replication backlog for /dashboard and /metrics.",
-                                    default=5.0)
-    upload_demo: bool = _help("Serve the browser upload page at /upload-demo (`minicdn dev` turns it on).",
-                              default=False)
+    stats_interval_s: float = _help(
+        "Seconds between reads of the replication backlog for /dashboard and /metrics.", default=5.0
+    )
+    upload_demo: bool = _help(
+        "Serve the browser upload page at /upload-demo (`minicdn dev` turns it on).", default=False
+    )
 
 
 @dataclass(frozen=True)
 class HealthSettings:
     heartbeat_timeout_s: float = _help("A node whose last heartbeat is older than this is unhealthy.", default=10.0)
     recover_s: float = _help(
-        "An unhealthy node is used again only after heartbeating this long without a gap (hysteresis).", default=10.0)
+        "An unhealthy node is used again only after heartbeating this long without a gap (hysteresis).", default=10.0
+    )
     dead_after_s: float = _help("A node silent this long is marked `dead` (by the capacity monitor).", default=600.0)
 
 
@@ -204,42 +230,49 @@ class CapacitySettings:
     sample_interval_s: float = _help("Seconds between usage samples kept for growth rates.", default=60.0)
     growth_window_s: float = _help("Usage history used for growth rates and days until full.", default=86400.0)
     forecast_min_span_s: float = _help(
-        "Forecasts act (provision) only on usage samples spanning at least this long.", default=3600.0)
+        "Forecasts act (provision) only on usage samples spanning at least this long.", default=3600.0
+    )
     provision_cooldown_s: float = _help(
-        "After a provisioning ends, the forecast may not start another for this long.", default=3600.0)
+        "After a provisioning ends, the forecast may not start another for this long.", default=3600.0
+    )
     high_water: float = _help("A set with a member this full (0..1) is closed for new uploads.", default=0.80)
     critical: float = _help("A node this full (0..1) goes `readonly`.", default=0.95)
     provision_headroom: float = _help(
         "Provision a new set when the open sets' room before the high-water mark falls below this fraction "
-        "of one set's capacity.", default=0.25)
+        "of one set's capacity.",
+        default=0.25,
+    )
     provision_horizon_days: float = _help(
-        "Provision a new set when the open sets are forecast to close within this many days.", default=7.0)
-    provision_timeout_s: float = _help("A provisioning whose nodes have not all registered by then failed.",
-                                       default=600.0)
+        "Provision a new set when the open sets are forecast to close within this many days.", default=7.0
+    )
+    provision_timeout_s: float = _help(
+        "A provisioning whose nodes have not all registered by then failed.", default=600.0
+    )
     auto_replace_after_s: float = _help(
         "Replace a `dead` node automatically this long after it died; 0 never (operators run `node replace`).",
-        default=0.0)
+        default=0.0,
+    )
 
 
 @dataclass(frozen=True)
 class ProvisionerSettings:
-    kind: str = _help("`none`, `local` (node configs for `minicdn dev` to start), `command` or `webhook`.",
-                      default="none")
+    kind: str = _help(
+        "`none`, `local` (node configs for `minicdn dev` to start), `command` or `webhook`.", default="none"
+    )
     local_dir: str = _help("Local provisioner: directory the new nodes' configs and data go to.", default="")
     local_node_capacity_bytes: int = _help("Local provisioner: capacity of each new node; 0 the disk.", default=0)
     local_host: str = _help("Local provisioner: address the new nodes listen on.", default="127.0.0.1")
     command: str = _help("Command provisioner: program run with the plan as JSON on stdin.", default="")
-    webhook_url: str = _help("Webhook provisioner: URL the plan is POSTed to (signed with the signing key).",
-                             default="")
+    webhook_url: str = _help(
+        "Webhook provisioner: URL the plan is POSTed to (signed with the signing key).", default=""
+    )
     timeout_s: float = _help("How long the command or webhook may take to accept a plan.", default=60.0)
 
 
 @dataclass(frozen=True)
 class DeletesSettings:
-    purge_command: str = _help("Optional program run with the purged URLs as JSON on stdin after a delete.",
-                               default="")
-    purge_webhook: str = _help("Optional URL that gets the purged URLs POSTed (signed) after a delete.",
-                               default="")
+    purge_command: str = _help("Optional program run with the purged URLs as JSON on stdin after a delete.", default="")
+    purge_webhook: str = _help("Optional URL that gets the purged URLs POSTed (signed) after a delete.", default="")
 
 
 @dataclass(frozen=True)
@@ -257,30 +290,32 @@ class GeoipSettings:
 class LogSettings:
     level: str = _help("Log level.", default="INFO")
     format: str = _help("`text` or `json`.", default="text")
-    access: bool = _help("One log line per HTTP request (method, route, status, bytes, ms, request id).",
-                         default=True)
+    access: bool = _help("One log line per HTTP request (method, route, status, bytes, ms, request id).", default=True)
 
 
 @dataclass(frozen=True)
 class HttpSettings:
     header_timeout_s: float = _help(
         "Seconds a connection may take to send complete request headers (slowloris guard); also the idle "
-        "keep-alive timeout.", default=10.0)
-    body_read_timeout_s: float = _help("Longest pause while a request body arrives; a slower client gets 408.",
-                                       default=15.0)
-    max_header_bytes: int = _help("Largest total size of a request's headers; more is refused with 431.",
-                                  default=8192)
-    hotlink_refresh_s: float = _help("Seconds between a node's reloads of the apps' Referer allowlists.",
-                                     default=10.0)
+        "keep-alive timeout.",
+        default=10.0,
+    )
+    body_read_timeout_s: float = _help(
+        "Longest pause while a request body arrives; a slower client gets 408.", default=15.0
+    )
+    max_header_bytes: int = _help("Largest total size of a request's headers; more is refused with 431.", default=8192)
+    hotlink_refresh_s: float = _help("Seconds between a node's reloads of the apps' Referer allowlists.", default=10.0)
     trusted_proxies: tuple[str, ...] = _help(
-        "Networks (CIDR) of reverse proxies whose X-Forwarded-For / Forwarded headers are believed.", default=())
+        "Networks (CIDR) of reverse proxies whose X-Forwarded-For / Forwarded headers are believed.", default=()
+    )
 
 
 @dataclass(frozen=True)
 class RateLimitSettings:
     requests_per_s: float = _help(
         "Sustained requests per second per API key, per query-service instance (a key may override it); 0: off.",
-        default=50.0)
+        default=50.0,
+    )
     burst: int = _help("Requests a key may make at once before the rate applies.", default=100)
 
 
@@ -361,8 +396,10 @@ def _to_strs(value: Any) -> tuple[str, ...]:
 def _to_secrets(value: Any) -> dict[str, Secret]:
     if isinstance(value, str):
         text = value.strip()
-        value = json.loads(text) if text.startswith("{") else dict(
-            part.split(":", 1) for part in text.split(",") if part.strip()
+        value = (
+            json.loads(text)
+            if text.startswith("{")
+            else dict(part.split(":", 1) for part in text.split(",") if part.strip())
         )
     if not isinstance(value, Mapping):
         raise ValueError("expected a table of key id -> secret")
@@ -370,9 +407,14 @@ def _to_secrets(value: Any) -> dict[str, Secret]:
 
 
 _CONVERTERS: dict[Any, Any] = {
-    bool: _to_bool, int: _to_int, float: float, str: _to_str,
+    bool: _to_bool,
+    int: _to_int,
+    float: float,
+    str: _to_str,
     Secret: lambda v: v if isinstance(v, Secret) else Secret(str(v)),
-    tuple[int, ...]: _to_ints, tuple[str, ...]: _to_strs, dict[str, Secret]: _to_secrets,
+    tuple[int, ...]: _to_ints,
+    tuple[str, ...]: _to_strs,
+    dict[str, Secret]: _to_secrets,
 }
 
 
@@ -400,8 +442,11 @@ def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[st
     return cls(**values)
 
 
-def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
     """Read ``path`` (TOML, optional), apply ``overrides`` then env vars, validate and return Settings."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}

@@ -11,8 +11,9 @@ class MinicdnError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str = "internal error", *, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str = "internal error", *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:

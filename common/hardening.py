@@ -29,8 +29,12 @@ IMAGE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sand
 def handler_args(cfg: HttpSettings) -> dict[str, Any]:
     """aiohttp server limits: idle/header timeout and per-line limits (above ``max_header_bytes``)."""
     parser_limit = max(2 * cfg.max_header_bytes, 8190)
-    return {"keepalive_timeout": cfg.header_timeout_s, "max_line_size": parser_limit,
-            "max_field_size": parser_limit, "max_headers": 128}
+    return {
+        "keepalive_timeout": cfg.header_timeout_s,
+        "max_line_size": parser_limit,
+        "max_field_size": parser_limit,
+        "max_headers": 128,
+    }
 
 
 def make_header_limit_middleware(cfg: HttpSettings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -49,8 +53,9 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
-async def timed_chunks(stream: StreamReader, timeout_s: float,
-                       chunk_bytes: int = BODY_CHUNK_BYTES) -> AsyncIterator[bytes]:
+async def timed_chunks(
+    stream: StreamReader, timeout_s: float, chunk_bytes: int = BODY_CHUNK_BYTES
+) -> AsyncIterator[bytes]:
     """The body in chunks; 408 when nothing arrives for ``timeout_s``, 400 when the client hangs up
     before the body its Content-Length promised (or sends broken chunked framing)."""
     while True:

@@ -26,8 +26,7 @@ def _json_default(value: Any) -> Any:
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(data, status=status, headers=headers,
-                             dumps=lambda d: json.dumps(d, default=_json_default))
+    return web.json_response(data, status=status, headers=headers, dumps=lambda d: json.dumps(d, default=_json_default))
 
 
 def make_error_middleware(metrics: HttpMetrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:

@@ -13,8 +13,18 @@ from common.config import LogSettings
 from common.reqlog import RequestIdFilter
 
 # Structured fields that access lines (and any `extra=`) may carry into the JSON output.
-EXTRA_FIELDS = ("component", "method", "path", "route", "status", "bytes", "duration_ms", "remote", "image_id",
-                "node_id")
+EXTRA_FIELDS = (
+    "component",
+    "method",
+    "path",
+    "route",
+    "status",
+    "bytes",
+    "duration_ms",
+    "remote",
+    "image_id",
+    "node_id",
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,8 +54,9 @@ def make_handler(settings: LogSettings, component: str, stream: Any = None) -> l
     if settings.format == "json":
         handler.setFormatter(JsonFormatter(component))
     else:
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s {component} %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {component} %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+        )
     handler.addFilter(RequestIdFilter())
     return handler
 

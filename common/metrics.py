@@ -30,16 +30,31 @@ class HttpMetrics:
     def __init__(self, component: str) -> None:
         self.registry = CollectorRegistry()
         self.component = component
-        self.requests = Counter("minicdn_http_requests_total", "HTTP requests by route and status",
-                                ["component", "route", "method", "status"], registry=self.registry)
-        self.duration = Histogram("minicdn_http_request_duration_seconds", "HTTP request duration by route",
-                                  ["component", "route"], registry=self.registry, buckets=LATENCY_BUCKETS)
-        self.response_bytes = Counter("minicdn_http_response_bytes_total",
-                                      "Response body bytes sent, by route (HEAD and 304 send none)",
-                                      ["component", "route"], registry=self.registry)
-        self.rejections = Counter("minicdn_http_rejections_total",
-                                  "Requests refused with a 4xx error, by API error code",
-                                  ["component", "code"], registry=self.registry)
+        self.requests = Counter(
+            "minicdn_http_requests_total",
+            "HTTP requests by route and status",
+            ["component", "route", "method", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "minicdn_http_request_duration_seconds",
+            "HTTP request duration by route",
+            ["component", "route"],
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.response_bytes = Counter(
+            "minicdn_http_response_bytes_total",
+            "Response body bytes sent, by route (HEAD and 304 send none)",
+            ["component", "route"],
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "minicdn_http_rejections_total",
+            "Requests refused with a 4xx error, by API error code",
+            ["component", "code"],
+            registry=self.registry,
+        )
         # Plain totals for the heartbeat (the dashboard's rates), without reading the registry back.
         self.requests_seen = 0
         self.bytes_sent = 0
@@ -98,17 +113,28 @@ class ReplicationMetrics:
 
     def __post_init__(self) -> None:
         reg = self.registry
-        self.lag = Histogram("minicdn_replication_lag_seconds",
-                             "Time from an upload's 201 until this node holds a verified replica",
-                             ["node_id"], registry=reg, buckets=LAG_BUCKETS)
-        self.copies = Counter("minicdn_replication_copies_total", "Replication jobs by outcome",
-                              ["node_id", "outcome"], registry=reg)
-        self.consumer_pending = Gauge("minicdn_jetstream_consumer_pending_messages",
-                                      "Messages in the stream not yet delivered to this durable consumer",
-                                      ["consumer"], registry=reg)
-        self.consumer_ack_pending = Gauge("minicdn_jetstream_consumer_ack_pending_messages",
-                                          "Messages delivered to this consumer but not acked yet",
-                                          ["consumer"], registry=reg)
+        self.lag = Histogram(
+            "minicdn_replication_lag_seconds",
+            "Time from an upload's 201 until this node holds a verified replica",
+            ["node_id"],
+            registry=reg,
+            buckets=LAG_BUCKETS,
+        )
+        self.copies = Counter(
+            "minicdn_replication_copies_total", "Replication jobs by outcome", ["node_id", "outcome"], registry=reg
+        )
+        self.consumer_pending = Gauge(
+            "minicdn_jetstream_consumer_pending_messages",
+            "Messages in the stream not yet delivered to this durable consumer",
+            ["consumer"],
+            registry=reg,
+        )
+        self.consumer_ack_pending = Gauge(
+            "minicdn_jetstream_consumer_ack_pending_messages",
+            "Messages delivered to this consumer but not acked yet",
+            ["consumer"],
+            registry=reg,
+        )
         for outcome in ("copied", "present", "retry", "checksum_mismatch"):
             self.copies.labels(self.node_id, outcome)
 
@@ -150,35 +176,49 @@ class NodeMetrics:
     def __post_init__(self) -> None:
         reg = self.http.registry
         node_labels = ["node_id", "region", "set_id"]
-        self.uploads = Counter("minicdn_uploads_total", "Uploads by outcome (`ok` or the API error code)",
-                               ["outcome"], registry=reg)
+        self.uploads = Counter(
+            "minicdn_uploads_total", "Uploads by outcome (`ok` or the API error code)", ["outcome"], registry=reg
+        )
         self.upload_bytes = Counter("minicdn_upload_bytes_total", "Bytes of accepted uploads", registry=reg)
         self.variant_builds = Counter("minicdn_variant_builds_total", "Variants built", ["fmt"], registry=reg)
-        self.variant_build_duration = Histogram("minicdn_variant_build_duration_seconds",
-                                                "Time to build one variant with libvips", ["fmt"], registry=reg,
-                                                buckets=BUILD_BUCKETS)
-        self.variant_cache = Counter("minicdn_variant_cache_requests_total",
-                                     "Variant requests answered from disk (hit) or built first (miss)",
-                                     ["result"], registry=reg)
-        self.capacity = Gauge("minicdn_node_capacity_bytes", "Usable capacity of the node", node_labels,
-                              registry=reg)
-        self.used = Gauge("minicdn_node_used_bytes", "Bytes stored by minicdn on the node", node_labels,
-                          registry=reg)
-        self.free = Gauge("minicdn_node_free_bytes", "Bytes still free for minicdn on the node", node_labels,
-                          registry=reg)
+        self.variant_build_duration = Histogram(
+            "minicdn_variant_build_duration_seconds",
+            "Time to build one variant with libvips",
+            ["fmt"],
+            registry=reg,
+            buckets=BUILD_BUCKETS,
+        )
+        self.variant_cache = Counter(
+            "minicdn_variant_cache_requests_total",
+            "Variant requests answered from disk (hit) or built first (miss)",
+            ["result"],
+            registry=reg,
+        )
+        self.capacity = Gauge("minicdn_node_capacity_bytes", "Usable capacity of the node", node_labels, registry=reg)
+        self.used = Gauge("minicdn_node_used_bytes", "Bytes stored by minicdn on the node", node_labels, registry=reg)
+        self.free = Gauge(
+            "minicdn_node_free_bytes", "Bytes still free for minicdn on the node", node_labels, registry=reg
+        )
         self.objects = Gauge("minicdn_node_objects", "Images stored on the node", node_labels, registry=reg)
         # Scrubbing (the control-plane work) updates these; exported from the start so rules can use them.
-        self.scrub_checked = Counter("minicdn_scrub_objects_checked_total", "Objects re-hashed by the scrubber",
-                                     registry=reg)
-        self.scrub_corruptions = Counter("minicdn_scrub_corruptions_total",
-                                         "Objects whose bytes no longer match their SHA-256", registry=reg)
-        self.scrub_progress = Gauge("minicdn_scrub_progress_ratio", "Share of the current scrub pass done (0..1)",
-                                    registry=reg)
-        self.processing = Counter("minicdn_processing_total",
-                                  "Uploads processed off the request path, by outcome", ["outcome"], registry=reg)
-        self.processing_duration = Histogram("minicdn_processing_duration_seconds",
-                                             "Validation, metadata, fingerprints and eager thumbnails of one upload",
-                                             registry=reg, buckets=BUILD_BUCKETS)
+        self.scrub_checked = Counter(
+            "minicdn_scrub_objects_checked_total", "Objects re-hashed by the scrubber", registry=reg
+        )
+        self.scrub_corruptions = Counter(
+            "minicdn_scrub_corruptions_total", "Objects whose bytes no longer match their SHA-256", registry=reg
+        )
+        self.scrub_progress = Gauge(
+            "minicdn_scrub_progress_ratio", "Share of the current scrub pass done (0..1)", registry=reg
+        )
+        self.processing = Counter(
+            "minicdn_processing_total", "Uploads processed off the request path, by outcome", ["outcome"], registry=reg
+        )
+        self.processing_duration = Histogram(
+            "minicdn_processing_duration_seconds",
+            "Validation, metadata, fingerprints and eager thumbnails of one upload",
+            registry=reg,
+            buckets=BUILD_BUCKETS,
+        )
         for outcome in PROCESSING_OUTCOMES:
             self.processing.labels(outcome)
         for result in ("hit", "miss"):
@@ -220,16 +260,23 @@ class ClusterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         labels = ["node_id", "region", "set_id"]
-        up = GaugeMetricFamily("minicdn_cluster_node_up",
-                               "1 when the query service considers the node healthy (fresh heartbeat, serving state)",
-                               labels=labels)
-        age = GaugeMetricFamily("minicdn_cluster_node_heartbeat_age_seconds",
-                                "Seconds since the node's last heartbeat (NaN: never seen)", labels=labels)
+        up = GaugeMetricFamily(
+            "minicdn_cluster_node_up",
+            "1 when the query service considers the node healthy (fresh heartbeat, serving state)",
+            labels=labels,
+        )
+        age = GaugeMetricFamily(
+            "minicdn_cluster_node_heartbeat_age_seconds",
+            "Seconds since the node's last heartbeat (NaN: never seen)",
+            labels=labels,
+        )
         views: Iterable[NodeView] = self._nodes()  # type: ignore[operator]
         stats = self._stats()  # type: ignore[operator]
-        pending = GaugeMetricFamily("minicdn_replication_pending_replicas",
-                                    "Replica rows still `pending` (the replication outbox), by target node",
-                                    labels=["node_id"])
+        pending = GaugeMetricFamily(
+            "minicdn_replication_pending_replicas",
+            "Replica rows still `pending` (the replication outbox), by target node",
+            labels=["node_id"],
+        )
         counts = dict(stats["pending_by_node"])
         for v in views:
             key = [v.node_id, v.region, v.set_id]
@@ -241,20 +288,29 @@ class ClusterCollector(Collector):
         yield up
         yield age
         yield pending
-        yield GaugeMetricFamily("minicdn_replication_oldest_pending_seconds",
-                                "Age of the oldest `pending` replica row (0 when none)",
-                                value=float(stats["oldest_pending_s"] or 0.0))
-        yield GaugeMetricFamily("minicdn_images_under_replicated",
-                                "Images with at least one replica that is not `ok`",
-                                value=float(stats["under_replicated"]))
-        events = CounterMetricFamily("minicdn_provisioning_events", "Control-plane actions recorded in Postgres "
-                                     "(cluster-wide), by kind", labels=["kind"])
+        yield GaugeMetricFamily(
+            "minicdn_replication_oldest_pending_seconds",
+            "Age of the oldest `pending` replica row (0 when none)",
+            value=float(stats["oldest_pending_s"] or 0.0),
+        )
+        yield GaugeMetricFamily(
+            "minicdn_images_under_replicated",
+            "Images with at least one replica that is not `ok`",
+            value=float(stats["under_replicated"]),
+        )
+        events = CounterMetricFamily(
+            "minicdn_provisioning_events",
+            "Control-plane actions recorded in Postgres (cluster-wide), by kind",
+            labels=["kind"],
+        )
         for kind in sorted({*PROVISIONING_KINDS, *stats["event_counts"]}):
             events.add_metric([kind], float(stats["event_counts"].get(kind, 0)))
         yield events
-        yield GaugeMetricFamily("minicdn_cluster_stats_age_seconds",
-                                "Seconds since the cluster figures above were read from Postgres",
-                                value=float(stats["age_s"]))
+        yield GaugeMetricFamily(
+            "minicdn_cluster_stats_age_seconds",
+            "Seconds since the cluster figures above were read from Postgres",
+            value=float(stats["age_s"]),
+        )
 
 
 class QueryMetrics:
@@ -263,8 +319,7 @@ class QueryMetrics:
     def __init__(self) -> None:
         self.http = HttpMetrics("query-service")
         reg = self.http.registry
-        self.upload_tickets = Counter("minicdn_upload_tickets_total", "Signed upload URLs handed out",
-                                      registry=reg)
+        self.upload_tickets = Counter("minicdn_upload_tickets_total", "Signed upload URLs handed out", registry=reg)
 
     def watch_cluster(self, collector: ClusterCollector) -> None:
         self.http.registry.register(collector)

@@ -60,8 +60,11 @@ def adopt(headers: Mapping[str, str] | CIMultiDictProxy[str] | None) -> str:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = (clean_request_id(request.headers.get(HEADER)) or clean_request_id(request.query.get(QUERY_PARAM))
-           or new_request_id())
+    rid = (
+        clean_request_id(request.headers.get(HEADER))
+        or clean_request_id(request.query.get(QUERY_PARAM))
+        or new_request_id()
+    )
     token = REQUEST_ID.set(rid)
     try:
         try:
@@ -98,10 +101,23 @@ class AccessLogger(AbstractAccessLogger):
         status, duration_ms = response.status, round(time * 1000, 2)
         size = _body_bytes(request, response)
         self.logger.info(
-            "%s %s %d %dB %.1fms", request.method, request.path, status, size, duration_ms,
-            extra={"request_id": rid, "component": self.component, "method": request.method,
-                   "path": request.path, "route": route, "status": status, "bytes": size,
-                   "duration_ms": duration_ms, "remote": request.remote or ""},
+            "%s %s %d %dB %.1fms",
+            request.method,
+            request.path,
+            status,
+            size,
+            duration_ms,
+            extra={
+                "request_id": rid,
+                "component": self.component,
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": status,
+                "bytes": size,
+                "duration_ms": duration_ms,
+                "remote": request.remote or "",
+            },
         )
 
     @property

@@ -51,9 +51,16 @@ def sign(claims: Claims, kid: str, key: bytes) -> dict[str, str]:
     return {"exp": str(claims.exp), "kid": kid, "sig": _mac(key, claims)}
 
 
-def verify(params: Mapping[str, str], make_claims: Callable[[int], Claims],
-           key_for: Callable[[str], bytes | None], now: float | None = None, *,
-           retired: Collection[str] = (), max_ttl_s: int | None = None, clock_skew_s: int = 0) -> Claims:
+def verify(
+    params: Mapping[str, str],
+    make_claims: Callable[[int], Claims],
+    key_for: Callable[[str], bytes | None],
+    now: float | None = None,
+    *,
+    retired: Collection[str] = (),
+    max_ttl_s: int | None = None,
+    clock_skew_s: int = 0,
+) -> Claims:
     """Check ``exp``/``kid``/``sig`` in ``params`` against the claims the verifier expects.
 
     ``make_claims(exp)`` rebuilds the claims from what the verifier knows (its own node id, the id in
@@ -90,11 +97,19 @@ def _key_for(cfg: SigningSettings) -> Callable[[str], bytes | None]:
     return key_for
 
 
-def verify_with(cfg: SigningSettings, params: Mapping[str, str], make_claims: Callable[[int], Claims],
-                now: float | None = None) -> Claims:
+def verify_with(
+    cfg: SigningSettings, params: Mapping[str, str], make_claims: Callable[[int], Claims], now: float | None = None
+) -> Claims:
     """``verify`` with the configured keys, retired key ids, maximum lifetime and clock-skew allowance."""
-    return verify(params, make_claims, _key_for(cfg), now, retired=cfg.retired_kids, max_ttl_s=cfg.max_ttl_s,
-                  clock_skew_s=cfg.clock_skew_s)
+    return verify(
+        params,
+        make_claims,
+        _key_for(cfg),
+        now,
+        retired=cfg.retired_kids,
+        max_ttl_s=cfg.max_ttl_s,
+        clock_skew_s=cfg.clock_skew_s,
+    )
 
 
 def sign_with(cfg: SigningSettings, claims: Claims) -> dict[str, str]:

@@ -118,8 +118,14 @@ def resolve_format(spec: VariantSpec, accept: str | None) -> tuple[VariantSpec, 
     return spec.with_format(negotiate(accept)), True
 
 
-def pick_width(widths: Sequence[int], box_w: float | None, box_h: float | None, dpr: float,
-               image_w: int | None, image_h: int | None) -> int:
+def pick_width(
+    widths: Sequence[int],
+    box_w: float | None,
+    box_h: float | None,
+    dpr: float,
+    image_w: int | None,
+    image_h: int | None,
+) -> int:
     """Smallest configured width covering the box at ``dpr``; the largest when none does.
 
     A height-only box is turned into a width with the image's aspect ratio when known.
@@ -155,8 +161,18 @@ def pick_format(fmt: str, accept: str | None = None) -> str:
     return fmt
 
 
-def pick_variant(widths: Sequence[int], *, w: float | None, h: float | None, dpr: float, fit: str, fmt: str,
-                 accept: str | None, image_w: int | None, image_h: int | None) -> str:
+def pick_variant(
+    widths: Sequence[int],
+    *,
+    w: float | None,
+    h: float | None,
+    dpr: float,
+    fit: str,
+    fmt: str,
+    accept: str | None,
+    image_w: int | None,
+    image_h: int | None,
+) -> str:
     """The variant name for a box (seed: "the server retrieves the most appropriate image").
 
     ``fit=inside`` (default): ``w{W}`` with W the smallest configured width covering the box at ``dpr``.

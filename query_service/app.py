@@ -38,9 +38,15 @@ def create_app(settings: Settings) -> web.Application:
     require_query(settings)
     qmetrics = QueryMetrics()
     metrics = qmetrics.http
-    app = web.Application(middlewares=[request_id_middleware, make_error_middleware(metrics),
-                                       make_header_limit_middleware(settings.http)],
-                          client_max_size=1024**2, handler_args=handler_args(settings.http))
+    app = web.Application(
+        middlewares=[
+            request_id_middleware,
+            make_error_middleware(metrics),
+            make_header_limit_middleware(settings.http),
+        ],
+        client_max_size=1024**2,
+        handler_args=handler_args(settings.http),
+    )
     hardening.apply(app)
     app[keys.SETTINGS] = settings
     app[keys.PROXIES] = TrustedProxies.parse(settings.http.trusted_proxies)
@@ -51,8 +57,10 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.ASSETS] = load_assets()
 
     def node_views() -> list[NodeView]:
-        return [NodeView(n.node_id, n.region, n.set_id, registry.healthy(n), registry.heartbeat_age_s(n))
-                for n in list(registry.nodes.values())]
+        return [
+            NodeView(n.node_id, n.region, n.set_id, registry.healthy(n), registry.heartbeat_age_s(n))
+            for n in list(registry.nodes.values())
+        ]
 
     qmetrics.watch_cluster(ClusterCollector(node_views, stats.as_mapping))
     # Open the GeoIP database now so a bad path fails at start-up, not on the first request.
@@ -85,12 +93,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         if settings.capacity.enabled:
             watcher = asyncio.create_task(monitor.run(), name="capacity-monitor")
             stack.push_async_callback(cancel_all, [watcher])
+
         async def capacity_report() -> dict[str, Any]:
             return (await load_report(pool, settings, registry)).to_json()
 
-        stats = asyncio.create_task(app[keys.CLUSTER_STATS].run(pool, bus, settings.query.stats_interval_s,
-                                                                capacity_report),
-                                    name="cluster-stats")
+        stats = asyncio.create_task(
+            app[keys.CLUSTER_STATS].run(pool, bus, settings.query.stats_interval_s, capacity_report),
+            name="cluster-stats",
+        )
         stack.push_async_callback(cancel_all, [stats])
         yield
-

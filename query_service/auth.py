@@ -47,8 +47,9 @@ class ApiKeyAuth:
         if self.limiter is not None:
             wait_s = self.limiter.take(key.key_id, key.rate_per_s)
             if wait_s > 0:
-                raise TooManyRequests("this API key is over its request rate",
-                                      headers={"Retry-After": retry_after_header(wait_s)})
+                raise TooManyRequests(
+                    "this API key is over its request rate", headers={"Retry-After": retry_after_header(wait_s)}
+                )
         return key
 
     async def required(self, request: web.Request, scope: str = "app") -> ApiKey:

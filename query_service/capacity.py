@@ -76,9 +76,12 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "nodes": [{**asdict(n), "live": n.live} for n in self.nodes],
-            "sets": [asdict(s) for s in self.sets], "regions": [asdict(r) for r in self.regions],
-            "open_headroom_bytes": self.open_headroom_bytes, "set_capacity_bytes": self.set_capacity_bytes,
-            "days_until_open_sets_close": self.days_until_open_sets_close, "history_s": self.history_s,
+            "sets": [asdict(s) for s in self.sets],
+            "regions": [asdict(r) for r in self.regions],
+            "open_headroom_bytes": self.open_headroom_bytes,
+            "set_capacity_bytes": self.set_capacity_bytes,
+            "days_until_open_sets_close": self.days_until_open_sets_close,
+            "history_s": self.history_s,
         }
 
 
@@ -102,12 +105,23 @@ def node_figures(row: dict[str, Any], healthy: bool, growth: float | None) -> No
     capacity = int(row["capacity_bytes"])
     used = int(row["used_bytes"])
     return NodeFigures(
-        node_id=row["node_id"], region=row["region"], set_id=row["set_id"], set_state=row["set_state"],
-        state=row["state"], state_set_by=row.get("state_set_by", "auto"), healthy=healthy,
-        heartbeat_age_s=row["heartbeat_age_s"], capacity_bytes=capacity, used_bytes=used,
-        free_bytes=int(row["free_bytes"]), objects=int(row["objects"]),
-        used_ratio=round(used / capacity, 4) if capacity else 0.0, growth_bytes_per_day=growth,
-        days_until_full=_days(int(row["free_bytes"]), growth), lat=row["lat"], lon=row["lon"],
+        node_id=row["node_id"],
+        region=row["region"],
+        set_id=row["set_id"],
+        set_state=row["set_state"],
+        state=row["state"],
+        state_set_by=row.get("state_set_by", "auto"),
+        healthy=healthy,
+        heartbeat_age_s=row["heartbeat_age_s"],
+        capacity_bytes=capacity,
+        used_bytes=used,
+        free_bytes=int(row["free_bytes"]),
+        objects=int(row["objects"]),
+        used_ratio=round(used / capacity, 4) if capacity else 0.0,
+        growth_bytes_per_day=growth,
+        days_until_full=_days(int(row["free_bytes"]), growth),
+        lat=row["lat"],
+        lon=row["lon"],
     )
 
 
@@ -116,8 +130,9 @@ def _sum_growth(nodes: Iterable[NodeFigures]) -> float | None:
     return sum(rates) if rates else None
 
 
-def build_report(nodes: list[NodeFigures], set_states: dict[str, str], cap: CapacitySettings,
-                 history_s: float = 0.0) -> Report:
+def build_report(
+    nodes: list[NodeFigures], set_states: dict[str, str], cap: CapacitySettings, history_s: float = 0.0
+) -> Report:
     sets = []
     for set_id, state in set_states.items():
         members = [n for n in nodes if n.set_id == set_id and n.live]
@@ -130,13 +145,22 @@ def build_report(nodes: list[NodeFigures], set_states: dict[str, str], cap: Capa
         used = max(n.used_bytes for n in members)
         growth = max((n.growth_bytes_per_day for n in members if n.growth_bytes_per_day is not None), default=None)
         headroom = int(cap.high_water * capacity) - used
-        sets.append(GroupFigures(
-            name=set_id, state=state, nodes=tuple(n.node_id for n in members), capacity_bytes=capacity,
-            used_bytes=used, free_bytes=min(n.free_bytes for n in members), objects=max(n.objects for n in members),
-            used_ratio=round(used / capacity, 4) if capacity else 0.0, growth_bytes_per_day=growth,
-            days_until_full=_days(min(n.free_bytes for n in members), growth),
-            headroom_bytes=max(headroom, 0), days_until_closed=_days(headroom, growth),
-        ))
+        sets.append(
+            GroupFigures(
+                name=set_id,
+                state=state,
+                nodes=tuple(n.node_id for n in members),
+                capacity_bytes=capacity,
+                used_bytes=used,
+                free_bytes=min(n.free_bytes for n in members),
+                objects=max(n.objects for n in members),
+                used_ratio=round(used / capacity, 4) if capacity else 0.0,
+                growth_bytes_per_day=growth,
+                days_until_full=_days(min(n.free_bytes for n in members), growth),
+                headroom_bytes=max(headroom, 0),
+                days_until_closed=_days(headroom, growth),
+            )
+        )
     regions = []
     for region in sorted({n.region for n in nodes}):
         members = [n for n in nodes if n.region == region and n.live]
@@ -146,18 +170,33 @@ def build_report(nodes: list[NodeFigures], set_states: dict[str, str], cap: Capa
         used = sum(n.used_bytes for n in members)
         growth = _sum_growth(members)
         free = sum(n.free_bytes for n in members)
-        regions.append(GroupFigures(
-            name=region, state="live", nodes=tuple(n.node_id for n in members), capacity_bytes=capacity,
-            used_bytes=used, free_bytes=free, objects=sum(n.objects for n in members),
-            used_ratio=round(used / capacity, 4) if capacity else 0.0, growth_bytes_per_day=growth,
-            days_until_full=_days(free, growth),
-        ))
+        regions.append(
+            GroupFigures(
+                name=region,
+                state="live",
+                nodes=tuple(n.node_id for n in members),
+                capacity_bytes=capacity,
+                used_bytes=used,
+                free_bytes=free,
+                objects=sum(n.objects for n in members),
+                used_ratio=round(used / capacity, 4) if capacity else 0.0,
+                growth_bytes_per_day=growth,
+                days_until_full=_days(free, growth),
+            )
+        )
     open_sets = [s for s in sets if s.state == "open"]
     headroom = sum(s.headroom_bytes for s in open_sets)
     growth = sum(s.growth_bytes_per_day or 0 for s in open_sets)
     set_capacity = max((s.capacity_bytes for s in sets), default=0)
-    return Report(tuple(nodes), tuple(sets), tuple(regions), headroom, set_capacity,
-                  _days(headroom, growth if growth > 0 else None), history_s)
+    return Report(
+        tuple(nodes),
+        tuple(sets),
+        tuple(regions),
+        headroom,
+        set_capacity,
+        _days(headroom, growth if growth > 0 else None),
+        history_s,
+    )
 
 
 @dataclass(frozen=True)
@@ -179,15 +218,15 @@ def decide(report: Report, cap: CapacitySettings, health: HealthSettings) -> Dec
             out.node_states.append((n.node_id, "active", "heartbeats again"))
         elif n.state == "active" and n.capacity_bytes and n.used_ratio >= cap.critical:
             out.node_states.append((n.node_id, "readonly", f"{n.used_ratio:.0%} used >= critical {cap.critical:.0%}"))
-        elif (n.state == "readonly" and n.state_set_by == "auto"
-              and n.used_ratio < cap.critical - REOPEN_MARGIN):
+        elif n.state == "readonly" and n.state_set_by == "auto" and n.used_ratio < cap.critical - REOPEN_MARGIN:
             out.node_states.append((n.node_id, "active", f"{n.used_ratio:.0%} used, below critical again"))
     closing = set()
     for s in report.sets:
         if s.state == "open" and s.used_ratio >= cap.high_water:
             closing.add(s.name)
-            out.set_states.append((s.name, "closed", f"a member is {s.used_ratio:.0%} full >= high water "
-                                                     f"{cap.high_water:.0%}"))
+            out.set_states.append(
+                (s.name, "closed", f"a member is {s.used_ratio:.0%} full >= high water {cap.high_water:.0%}")
+            )
         elif s.state == "closed" and s.used_ratio < cap.high_water - REOPEN_MARGIN:
             out.set_states.append((s.name, "open", f"{s.used_ratio:.0%} used, below high water again"))
     open_sets = [s for s in report.sets if s.state == "open" and s.name not in closing]
@@ -199,10 +238,15 @@ def decide(report: Report, cap: CapacitySettings, health: HealthSettings) -> Dec
         reason = "no open set left for new uploads"
     elif headroom < wanted:
         reason = f"open sets' headroom {headroom} B < {cap.provision_headroom:.0%} of a set ({int(wanted)} B)"
-    elif (report.days_until_open_sets_close is not None and report.history_s >= cap.forecast_min_span_s
-          and report.days_until_open_sets_close < cap.provision_horizon_days):
-        reason = (f"open sets forecast to close in {report.days_until_open_sets_close:.1f} days"
-                  f" < horizon {cap.provision_horizon_days:g}")
+    elif (
+        report.days_until_open_sets_close is not None
+        and report.history_s >= cap.forecast_min_span_s
+        and report.days_until_open_sets_close < cap.provision_horizon_days
+    ):
+        reason = (
+            f"open sets forecast to close in {report.days_until_open_sets_close:.1f} days"
+            f" < horizon {cap.provision_horizon_days:g}"
+        )
     else:
         reason = None
     return Decisions(out.node_states, out.set_states, reason, by_forecast=bool(reason and "forecast" in reason))

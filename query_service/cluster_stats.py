@@ -91,16 +91,23 @@ class ClusterStats:
         fresh = bool(samples) and now - samples[-1][0] <= RATE_WINDOW_S  # a silent node serves nothing we know of
         r = rates(samples) if samples and fresh else dict.fromkeys(COUNTERS, 0.0)
         p50, worst = self._lags.get(node_id, (None, None))
-        return NodeActivity(r["requests_total"], r["bytes_sent_total"], r["uploads_total"], r["replicated_total"],
-                            p50, worst)
+        return NodeActivity(
+            r["requests_total"], r["bytes_sent_total"], r["uploads_total"], r["replicated_total"], p50, worst
+        )
 
     # --- Postgres --------------------------------------------------------------------------------------
     async def refresh(self, pool: AsyncConnectionPool, capacity: CapacityLoader | None = None) -> None:
         backlog = await db_stats.replication_backlog(pool)
         events = [dict(e) for e in await db_control.recent_events(pool, limit=20)]
         counts = await db_stats.event_counts(pool)
-        self.backlog = Backlog(backlog["pending_by_node"], backlog["oldest_pending_s"], backlog["under_replicated"],
-                               events, counts, time.monotonic())
+        self.backlog = Backlog(
+            backlog["pending_by_node"],
+            backlog["oldest_pending_s"],
+            backlog["under_replicated"],
+            events,
+            counts,
+            time.monotonic(),
+        )
         if capacity is not None:
             self.capacity = await capacity()
 
@@ -108,12 +115,17 @@ class ClusterStats:
         """The figures the Prometheus collector exports."""
         b = self.backlog
         age = time.monotonic() - b.read_at
-        return {"pending_by_node": b.pending_by_node, "oldest_pending_s": b.oldest_pending_s,
-                "under_replicated": b.under_replicated, "event_counts": b.event_counts,
-                "age_s": age if age != float("inf") else -1.0}
+        return {
+            "pending_by_node": b.pending_by_node,
+            "oldest_pending_s": b.oldest_pending_s,
+            "under_replicated": b.under_replicated,
+            "event_counts": b.event_counts,
+            "age_s": age if age != float("inf") else -1.0,
+        }
 
-    async def run(self, pool: AsyncConnectionPool, bus: Bus, interval_s: float,
-                  capacity: CapacityLoader | None = None) -> None:
+    async def run(
+        self, pool: AsyncConnectionPool, bus: Bus, interval_s: float, capacity: CapacityLoader | None = None
+    ) -> None:
         async def on_msg(msg: Any) -> None:
             try:
                 self.on_heartbeat(NodeHeartbeat.from_json(msg.data))

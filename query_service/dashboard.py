@@ -30,10 +30,14 @@ def _sum(items: Iterable[dict[str, Any]], key: str) -> float:
 
 def node_entry(node: NodeInfo, healthy: bool, heartbeat_age_s: float | None, stats: ClusterStats) -> dict[str, Any]:
     entry = {f.name: getattr(node, f.name) for f in dataclasses.fields(node) if f.name not in HIDDEN_NODE_FIELDS}
-    entry.update(lat=node.point.lat, lon=node.point.lon, healthy=healthy,
-                 heartbeat_age_s=None if heartbeat_age_s is None else round(heartbeat_age_s, 2),
-                 used_ratio=_ratio(node.used_bytes, node.capacity_bytes),
-                 pending_replicas=stats.backlog.pending_by_node.get(node.node_id, 0))
+    entry.update(
+        lat=node.point.lat,
+        lon=node.point.lon,
+        healthy=healthy,
+        heartbeat_age_s=None if heartbeat_age_s is None else round(heartbeat_age_s, 2),
+        used_ratio=_ratio(node.used_bytes, node.capacity_bytes),
+        pending_replicas=stats.backlog.pending_by_node.get(node.node_id, 0),
+    )
     activity = dataclasses.asdict(stats.activity(node.node_id))
     entry.update({k: round(v, 3) if isinstance(v, float) else v for k, v in activity.items()})
     entry.setdefault("days_until_full", None)
@@ -49,9 +53,15 @@ def _group(nodes: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, An
 
 def _totals(members: list[dict[str, Any]]) -> dict[str, Any]:
     capacity, used = _sum(members, "capacity_bytes"), _sum(members, "used_bytes")
-    return {"nodes": len(members), "healthy_nodes": sum(1 for n in members if n["healthy"]),
-            "capacity_bytes": int(capacity), "used_bytes": int(used), "free_bytes": int(_sum(members, "free_bytes")),
-            "objects": int(_sum(members, "objects")), "used_ratio": _ratio(used, capacity)}
+    return {
+        "nodes": len(members),
+        "healthy_nodes": sum(1 for n in members if n["healthy"]),
+        "capacity_bytes": int(capacity),
+        "used_bytes": int(used),
+        "free_bytes": int(_sum(members, "free_bytes")),
+        "objects": int(_sum(members, "objects")),
+        "used_ratio": _ratio(used, capacity),
+    }
 
 
 def _min_days(members: list[dict[str, Any]]) -> float | None:
@@ -63,12 +73,18 @@ def _by_name(items: Any, key: str) -> dict[str, dict[str, Any]]:
     return {str(i[key]): i for i in items or () if isinstance(i, dict) and key in i}
 
 
-def build_dashboard(nodes: Iterable[NodeInfo], healthy: Callable[[NodeInfo], bool],
-                    heartbeat_age: Callable[[NodeInfo], float | None], stats: ClusterStats) -> dict[str, Any]:
+def build_dashboard(
+    nodes: Iterable[NodeInfo],
+    healthy: Callable[[NodeInfo], bool],
+    heartbeat_age: Callable[[NodeInfo], float | None],
+    stats: ClusterStats,
+) -> dict[str, Any]:
     capacity = stats.capacity or {}
     forecast = _by_name(capacity.get("nodes"), "node_id")
-    entries = [node_entry(n, healthy(n), heartbeat_age(n), stats)
-               for n in sorted(nodes, key=lambda n: (n.set_id, n.region, n.node_id))]
+    entries = [
+        node_entry(n, healthy(n), heartbeat_age(n), stats)
+        for n in sorted(nodes, key=lambda n: (n.set_id, n.region, n.node_id))
+    ]
     for entry in entries:  # the capacity monitor's figures, when it has any for this node
         figures = forecast.get(entry["node_id"], {})
         for key in ("days_until_full", "growth_bytes_per_day"):
@@ -79,18 +95,26 @@ def build_dashboard(nodes: Iterable[NodeInfo], healthy: Callable[[NodeInfo], boo
     sets = []
     for set_id, members in sorted(_group(entries, "set_id").items()):
         figures = set_forecast.get(set_id, {})
-        sets.append({"set_id": set_id, "state": members[0].get("set_state"),
-                     "regions": sorted(str(n["region"]) for n in members),
-                     "node_ids": [n["node_id"] for n in members], "days_until_full": _min_days(members),
-                     "days_until_closed": figures.get("days_until_closed"),
-                     "headroom_bytes": figures.get("headroom_bytes"), **_totals(members)})
+        sets.append(
+            {
+                "set_id": set_id,
+                "state": members[0].get("set_state"),
+                "regions": sorted(str(n["region"]) for n in members),
+                "node_ids": [n["node_id"] for n in members],
+                "days_until_full": _min_days(members),
+                "days_until_closed": figures.get("days_until_closed"),
+                "headroom_bytes": figures.get("headroom_bytes"),
+                **_totals(members),
+            }
+        )
     backlog = stats.backlog
     lags = [n["replication_lag_max_s"] for n in entries if n.get("replication_lag_max_s") is not None]
     p50s = [n["replication_lag_p50_s"] for n in entries if n.get("replication_lag_p50_s") is not None]
     stats_age = time.monotonic() - backlog.read_at
     summary = {
         **_totals(entries),
-        "regions": len(regions), "sets": len(sets),
+        "regions": len(regions),
+        "sets": len(sets),
         "requests_per_s": round(_sum(entries, "requests_per_s"), 3),
         "bytes_per_s": round(_sum(entries, "bytes_per_s"), 1),
         "uploads_per_s": round(_sum(entries, "uploads_per_s"), 3),
@@ -106,5 +130,9 @@ def build_dashboard(nodes: Iterable[NodeInfo], healthy: Callable[[NodeInfo], boo
     return {
         "generated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "stats_age_s": None if stats_age == float("inf") else round(stats_age, 1),
-        "summary": summary, "regions": regions, "sets": sets, "nodes": entries, "events": backlog.events,
+        "summary": summary,
+        "regions": regions,
+        "sets": sets,
+        "nodes": entries,
+        "events": backlog.events,
     }

@@ -12,6 +12,12 @@ from query_service import keys
 async def healthz(request: web.Request) -> web.Response:
     registry = request.app[keys.REGISTRY]
     healthy = sum(registry.healthy(n) for n in registry.nodes.values())
-    return json_response({"status": "ok", "component": "query-service", "version": __version__,
-                          "nodes": len(registry.nodes), "healthy_nodes": healthy})
-
+    return json_response(
+        {
+            "status": "ok",
+            "component": "query-service",
+            "version": __version__,
+            "nodes": len(registry.nodes),
+            "healthy_nodes": healthy,
+        }
+    )

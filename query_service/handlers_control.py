@@ -46,11 +46,15 @@ async def cluster_view(request: web.Request) -> dict[str, Any]:
         node["base_url"] = info.base_url if info else None
     decisions = decide(report, settings.capacity, settings.health)
     monitor = app.get(keys.MONITOR)
-    view["thresholds"] = {"high_water": settings.capacity.high_water, "critical": settings.capacity.critical,
-                          "provision_headroom": settings.capacity.provision_headroom,
-                          "provision_horizon_days": settings.capacity.provision_horizon_days}
+    view["thresholds"] = {
+        "high_water": settings.capacity.high_water,
+        "critical": settings.capacity.critical,
+        "provision_headroom": settings.capacity.provision_headroom,
+        "provision_horizon_days": settings.capacity.provision_horizon_days,
+    }
     view["provisioning"] = {
-        "provisioner": settings.provisioner.kind, "wanted": decisions.provision_reason,
+        "provisioner": settings.provisioner.kind,
+        "wanted": decisions.provision_reason,
         "in_flight": [_event(e) for e in await db_control.in_flight(pool)],
     }
     view["monitor"] = {"enabled": settings.capacity.enabled, "leader_here": bool(monitor and monitor.is_leader)}
@@ -59,8 +63,19 @@ async def cluster_view(request: web.Request) -> dict[str, Any]:
 
 
 def _event(row: dict[str, Any]) -> dict[str, Any]:
-    keep = ("event_id", "kind", "set_id", "node_id", "state", "reason", "outcome", "plan", "provisioner",
-            "created_at", "finished_at")
+    keep = (
+        "event_id",
+        "kind",
+        "set_id",
+        "node_id",
+        "state",
+        "reason",
+        "outcome",
+        "plan",
+        "provisioner",
+        "created_at",
+        "finished_at",
+    )
     return {k: row.get(k) for k in keep}
 
 
@@ -81,12 +96,14 @@ async def set_state(request: web.Request) -> web.Response:
     try:
         await db_control.set_node_state(app[keys.POOL], node_id, state, "operator")
     except psycopg.errors.UniqueViolation:
-        raise Conflict(f"another live node serves {rows[node_id]['set_id']} in {rows[node_id]['region']}",
-                       code="slot_taken") from None
+        raise Conflict(
+            f"another live node serves {rows[node_id]['set_id']} in {rows[node_id]['region']}", code="slot_taken"
+        ) from None
     if rows[node_id]["state"] == "dead" and state != "dead":
         await app[keys.MONITOR].rejoin(node_id)  # it missed the uploads while dead: backfill them
-    await db_control.record_event(app[keys.POOL], "node_state", f"set by an operator: {state}", node_id=node_id,
-                                  outcome=f"state {state}")
+    await db_control.record_event(
+        app[keys.POOL], "node_state", f"set by an operator: {state}", node_id=node_id, outcome=f"state {state}"
+    )
     await app[keys.REGISTRY].reload(app[keys.POOL])
     return json_response({"node_id": node_id, "state": state, "state_set_by": "operator"})
 
@@ -102,24 +119,43 @@ async def replace_node(request: web.Request) -> web.Response:
     rows = await _nodes_having(request, old)
     if new == old:
         raise InvalidRequest("a node cannot replace itself")
-    if new is not None and new in rows and (rows[new]["set_id"], rows[new]["region"]) != (
-            rows[old]["set_id"], rows[old]["region"]):
+    if (
+        new is not None
+        and new in rows
+        and (rows[new]["set_id"], rows[new]["region"]) != (rows[old]["set_id"], rows[old]["region"])
+    ):
         raise Conflict(f"{new} already serves {rows[new]['set_id']} in {rows[new]['region']}", code="node_exists")
     o = rows[old]
-    taken = [r["node_id"] for r in rows.values() if r["node_id"] not in (old, new) and r["state"] != "dead"
-             and (r["set_id"], r["region"]) == (o["set_id"], o["region"])]
+    taken = [
+        r["node_id"]
+        for r in rows.values()
+        if r["node_id"] not in (old, new)
+        and r["state"] != "dead"
+        and (r["set_id"], r["region"]) == (o["set_id"], o["region"])
+    ]
     if taken:
         raise Conflict(f"{old} was already replaced by {taken[0]}", code="already_replaced")
     try:
-        plan = await app[keys.MONITOR].plan_replacement(old, new, str(body.get("reason") or "operator request"),
-                                                        call_provisioner=bool(body.get("provision", True)))
+        plan = await app[keys.MONITOR].plan_replacement(
+            old, new, str(body.get("reason") or "operator request"), call_provisioner=bool(body.get("provision", True))
+        )
     except psycopg.errors.UniqueViolation:
         raise Conflict(f"a replacement of {old} is already in flight", code="already_replaced") from None
     await app[keys.REGISTRY].reload(app[keys.POOL])
     node = plan["nodes"][0]
-    return json_response({"plan": plan, "config": {"node_id": node["node_id"], "region": node["region"],
-                                                   "set_id": node["set_id"], "lat": node["lat"],
-                                                   "lon": node["lon"]}}, status=202)
+    return json_response(
+        {
+            "plan": plan,
+            "config": {
+                "node_id": node["node_id"],
+                "region": node["region"],
+                "set_id": node["set_id"],
+                "lat": node["lat"],
+                "lon": node["lon"],
+            },
+        },
+        status=202,
+    )
 
 
 async def backfill(request: web.Request) -> web.Response:
@@ -144,6 +180,13 @@ async def repair(request: web.Request) -> web.Response:
         counts = by_node.setdefault(r["node_id"], {"pending": 0, "missing": 0, "corrupt": 0})
         counts[r["state"]] += 1
     dead = sorted({r["node_id"] for r in rows if r["node_state"] == "dead"})
-    return json_response({"under_replicated": len({r["image_id"] for r in rows}), "replicas_waiting": len(rows),
-                          "by_node": by_node, "nudged": nudged, "on_dead_nodes": dead,
-                          "hint": ("replace dead nodes: minicdn node replace OLD --with NEW" if dead else None)})
+    return json_response(
+        {
+            "under_replicated": len({r["image_id"] for r in rows}),
+            "replicas_waiting": len(rows),
+            "by_node": by_node,
+            "nudged": nudged,
+            "on_dead_nodes": dead,
+            "hint": ("replace dead nodes: minicdn node replace OLD --with NEW" if dead else None),
+        }
+    )

@@ -15,12 +15,18 @@ from common.httpkit import json_response
 from query_service import keys
 from query_service.dashboard import build_dashboard
 
-ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-               ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+ASSET_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 # The dashboard talks only to its own origin; the upload demo also PUTs to nodes and shows their images.
 CSP_DASHBOARD = "default-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
-CSP_UPLOAD = "default-src 'self'; connect-src 'self' http: https:; img-src 'self' http: https: data: blob:;" \
-             " base-uri 'none'; frame-ancestors 'none'"
+CSP_UPLOAD = (
+    "default-src 'self'; connect-src 'self' http: https:; img-src 'self' http: https: data: blob:;"
+    " base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,13 @@ def _send(request: web.Request, name: str, csp: str | None = None) -> web.Respon
     asset = request.app[keys.ASSETS].get(name)
     if asset is None:
         raise NotFound("no such asset")
-    headers = {"Content-Type": asset.content_type, "ETag": f'"{asset.etag}"', "Cache-Control": "no-cache",
-               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+    headers = {
+        "Content-Type": asset.content_type,
+        "ETag": f'"{asset.etag}"',
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
     if csp:
         headers["Content-Security-Policy"] = csp
     if any(tag.value == asset.etag for tag in request.if_none_match or ()):
@@ -74,6 +85,7 @@ async def asset(request: web.Request) -> web.Response:
 async def dashboard_data(request: web.Request) -> web.Response:
     await request.app[keys.AUTH].required(request, scope="admin")
     registry = request.app[keys.REGISTRY]
-    data = build_dashboard(registry.nodes.values(), registry.healthy, registry.heartbeat_age_s,
-                           request.app[keys.CLUSTER_STATS])
+    data = build_dashboard(
+        registry.nodes.values(), registry.healthy, registry.heartbeat_age_s, request.app[keys.CLUSTER_STATS]
+    )
     return json_response(data, headers={"Cache-Control": "no-store"})

@@ -35,8 +35,9 @@ async def delete_image(request: web.Request) -> web.Response:
         if row["visibility"] != "public":
             raise NotFound("no such image")  # another app's private image is not revealed
         raise Forbidden("only the owner's API key may delete this image")
-    done = await db_deletions.tombstone(pool, image_id, actor_key_id=key.key_id, actor_app_id=key.app_id,
-                                        client_ip=remote_address(request))
+    done = await db_deletions.tombstone(
+        pool, image_id, actor_key_id=key.key_id, actor_app_id=key.app_id, client_ip=remote_address(request)
+    )
     app[keys.LOCATIONS].invalidate(image_id)  # stops resolving here at once; other instances via NATS
     if done is not None:
         try:
@@ -48,8 +49,9 @@ async def delete_image(request: web.Request) -> web.Response:
             payload = purge_payload(image_id, done["base_urls"], public_base(request))
             kid = settings.signing.active_kid
             key = settings.signing_key(kid)
-            task = asyncio.create_task(run_purge_hooks(settings.deletes, payload, (kid, key) if key else None),
-                                       name=f"purge-{image_id}")
+            task = asyncio.create_task(
+                run_purge_hooks(settings.deletes, payload, (kid, key) if key else None), name=f"purge-{image_id}"
+            )
             _background.add(task)
             task.add_done_callback(_background.discard)
     return json_response({"image_id": image_id, "status": "deleted"}, status=202)

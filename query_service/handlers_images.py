@@ -22,9 +22,29 @@ from query_service.nearest import rank
 from query_service.requests import UrlQuery, parse_url_query, remote_address
 
 SERVABLE = ("ready",)  # validated, processed and not held: nothing else gets a URL
-IMAGE_FIELDS = ("image_id", "status", "reason", "visibility", "format", "width", "height", "bytes", "sha256",
-                "created_at", "uploaded_at", "ready_at", "tags", "metadata", "duplicate_of", "replicas",
-                "pages", "animated", "colour_space", "exif", "had_gps")
+IMAGE_FIELDS = (
+    "image_id",
+    "status",
+    "reason",
+    "visibility",
+    "format",
+    "width",
+    "height",
+    "bytes",
+    "sha256",
+    "created_at",
+    "uploaded_at",
+    "ready_at",
+    "tags",
+    "metadata",
+    "duplicate_of",
+    "replicas",
+    "pages",
+    "animated",
+    "colour_space",
+    "exif",
+    "had_gps",
+)
 
 
 async def get_image(request: web.Request) -> web.Response:
@@ -37,8 +57,9 @@ async def get_image(request: web.Request) -> web.Response:
     return json_response({field: row[field] for field in IMAGE_FIELDS})
 
 
-async def resolve_url(request: web.Request, image_id: str, q: UrlQuery, key: ApiKey | None,
-                      public_only: bool = False) -> dict[str, Any]:
+async def resolve_url(
+    request: web.Request, image_id: str, q: UrlQuery, key: ApiKey | None, public_only: bool = False
+) -> dict[str, Any]:
     """The nearest healthy `ok` replica's URL for the variant that fits the box (no Postgres when cached)."""
     app = request.app
     settings, registry = app[keys.SETTINGS], app[keys.REGISTRY]
@@ -63,8 +84,17 @@ async def resolve_url(request: web.Request, image_id: str, q: UrlQuery, key: Api
     if q.variant == "original":
         variant = "original"
     else:
-        variant = pick_variant(settings.limits.widths, w=q.w, h=q.h, dpr=q.dpr, fit=q.fit, fmt=q.fmt,
-                               accept=request.headers.get("Accept"), image_w=loc.width, image_h=loc.height)
+        variant = pick_variant(
+            settings.limits.widths,
+            w=q.w,
+            h=q.h,
+            dpr=q.dpr,
+            fit=q.fit,
+            fmt=q.fmt,
+            accept=request.headers.get("Accept"),
+            image_w=loc.width,
+            image_h=loc.height,
+        )
     # Private images and originals get a signed URL, bound to the image and the variant path (not to a
     # node, so that the alternatives and a node's 307 to a peer work with the same signature).
     expires_at: int | None = None
@@ -79,11 +109,21 @@ async def resolve_url(request: web.Request, image_id: str, q: UrlQuery, key: Api
 
     best, rest = ranked[0], ranked[1:]
     return {
-        "url": url(best.node.base_url), "node_id": best.node.node_id, "region": best.node.region,
-        "distance_km": round(best.distance_km, 1), "variant": variant,
+        "url": url(best.node.base_url),
+        "node_id": best.node.node_id,
+        "region": best.node.region,
+        "distance_km": round(best.distance_km, 1),
+        "variant": variant,
         "expires_at": rfc3339(expires_at) if expires_at is not None else None,
-        "alternatives": [{"url": url(r.node.base_url), "node_id": r.node.node_id, "region": r.node.region,
-                          "distance_km": round(r.distance_km, 1)} for r in rest],
+        "alternatives": [
+            {
+                "url": url(r.node.base_url),
+                "node_id": r.node.node_id,
+                "region": r.node.region,
+                "distance_km": round(r.distance_km, 1),
+            }
+            for r in rest
+        ],
     }
 
 

@@ -35,8 +35,11 @@ def _parse_create(body: dict[str, Any]) -> tuple[str, tuple[str, ...], str | Non
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1e6):
         raise InvalidRequest("rate_per_s must be a number within 0..1000000 (0: unlimited)")
     referers = body.get("referers", [])
-    if (not isinstance(referers, list) or len(referers) > 50
-            or not all(isinstance(r, str) and _HOST_RE.match(r.lower()) for r in referers)):
+    if (
+        not isinstance(referers, list)
+        or len(referers) > 50
+        or not all(isinstance(r, str) and _HOST_RE.match(r.lower()) for r in referers)
+    ):
         raise InvalidRequest("referers must be a list of at most 50 host names")
     if referers and app_id is not None:
         raise InvalidRequest("referers are set when an app is created, not when a key joins one")
@@ -47,11 +50,28 @@ async def create_key(request: web.Request) -> web.Response:
     app = request.app
     actor = await app[keys.AUTH].required(request, scope="admin")
     name, scopes, app_id, rate, referers = _parse_create(await read_json_object(request))
-    key, plaintext = await db_keys.create_key(app[keys.POOL], name, scopes, app_id=app_id, rate_per_s=rate,
-                                              referers=referers, actor=actor, client_ip=remote_address(request))
-    return json_response({"key_id": key.key_id, "api_key": plaintext, "name": key.name, "app_id": key.app_id,
-                          "scopes": list(key.scopes), "rate_per_s": key.rate_per_s, "referers": list(referers)},
-                         status=201)
+    key, plaintext = await db_keys.create_key(
+        app[keys.POOL],
+        name,
+        scopes,
+        app_id=app_id,
+        rate_per_s=rate,
+        referers=referers,
+        actor=actor,
+        client_ip=remote_address(request),
+    )
+    return json_response(
+        {
+            "key_id": key.key_id,
+            "api_key": plaintext,
+            "name": key.name,
+            "app_id": key.app_id,
+            "scopes": list(key.scopes),
+            "rate_per_s": key.rate_per_s,
+            "referers": list(referers),
+        },
+        status=201,
+    )
 
 
 async def list_keys(request: web.Request) -> web.Response:

@@ -46,28 +46,49 @@ async def create_upload(request: web.Request) -> web.Response:
     image_id = new_image_id()
     # The image row and its `upload.request` audit row commit (or roll back) together.
     async with app[keys.POOL].connection() as conn, conn.transaction():
-        await db_images.create_requested(conn, db_images.NewImage(
-            image_id=image_id, owner_key_id=api_key.key_id, set_id=node.set_id, origin_node=node.node_id,
-            max_bytes=max_bytes, visibility=body.visibility, filename=body.filename, tags=body.tags,
-            metadata=body.metadata, callback_url=body.callback_url,
-        ))
-        await audit.record(conn, "upload.request", app_id=api_key.app_id, key_id=api_key.key_id, image_id=image_id,
-                           node_id=node.node_id, client_ip=remote,
-                           detail={"visibility": body.visibility, "size": body.size})
+        await db_images.create_requested(
+            conn,
+            db_images.NewImage(
+                image_id=image_id,
+                owner_key_id=api_key.key_id,
+                set_id=node.set_id,
+                origin_node=node.node_id,
+                max_bytes=max_bytes,
+                visibility=body.visibility,
+                filename=body.filename,
+                tags=body.tags,
+                metadata=body.metadata,
+                callback_url=body.callback_url,
+            ),
+        )
+        await audit.record(
+            conn,
+            "upload.request",
+            app_id=api_key.app_id,
+            key_id=api_key.key_id,
+            image_id=image_id,
+            node_id=node.node_id,
+            client_ip=remote,
+            detail={"visibility": body.visibility, "size": body.size},
+        )
     exp = int(time.time()) + settings.signing.upload_ttl_s
     claims = signing.Claims("upload", image_id, node.node_id, exp, max_bytes=max_bytes)
     # `rid` (not signed, only logged) lets the node's log line for the PUT name this request's id.
-    query = urlencode({"max": max_bytes, **signing.sign_with(settings.signing, claims),
-                       reqlog.QUERY_PARAM: reqlog.current() or ""})
+    query = urlencode(
+        {"max": max_bytes, **signing.sign_with(settings.signing, claims), reqlog.QUERY_PARAM: reqlog.current() or ""}
+    )
     app[keys.QUERY_METRICS].upload_tickets.inc()
-    return json_response({
-        "image_id": image_id,
-        "upload_url": f"{node.base_url.rstrip('/')}/upload/{image_id}?{query}",
-        "upload_method": "PUT",
-        "expires_at": rfc3339(exp),
-        "max_bytes": max_bytes,
-        "node_id": node.node_id,
-        "region": node.region,
-        "status": "requested",
-        "status_url": f"{public_base(request)}/v1/images/{image_id}",
-    }, status=201)
+    return json_response(
+        {
+            "image_id": image_id,
+            "upload_url": f"{node.base_url.rstrip('/')}/upload/{image_id}?{query}",
+            "upload_method": "PUT",
+            "expires_at": rfc3339(exp),
+            "max_bytes": max_bytes,
+            "node_id": node.node_id,
+            "region": node.region,
+            "status": "requested",
+            "status_url": f"{public_base(request)}/v1/images/{image_id}",
+        },
+        status=201,
+    )

@@ -43,8 +43,9 @@ class LocationCache:
         row = await db_images.get_locations(self.pool, image_id)
         if row is None:
             return None
-        loc = Location(row["status"], row["visibility"], row["owner_key_id"], row["width"], row["height"],
-                       tuple(row["ok_nodes"]))
+        loc = Location(
+            row["status"], row["visibility"], row["owner_key_id"], row["width"], row["height"], tuple(row["ok_nodes"])
+        )
         if row["not_ok"] == 0 and loc.ok_nodes and loc.status == "ready":
             self._entries[image_id] = loc
             if len(self._entries) > self.max_entries:

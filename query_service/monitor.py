@@ -66,8 +66,13 @@ async def load_report(pool: AsyncConnectionPool, settings: Settings, registry: N
 
 
 class CapacityMonitor:
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool, provisioner: Provisioner | None,
-                 registry: NodeRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool,
+        provisioner: Provisioner | None,
+        registry: NodeRegistry | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.provisioner = provisioner
@@ -106,8 +111,11 @@ class CapacityMonitor:
         if time.monotonic() - self.last_sample >= cap.sample_interval_s:
             rows = await db_control.nodes_with_sets(self.pool)
             timeout_s = self.settings.health.heartbeat_timeout_s
-            live = [(r["node_id"], r["used_bytes"], r["objects"]) for r in rows
-                    if r["heartbeat_age_s"] is not None and r["heartbeat_age_s"] < timeout_s]
+            live = [
+                (r["node_id"], r["used_bytes"], r["objects"])
+                for r in rows
+                if r["heartbeat_age_s"] is not None and r["heartbeat_age_s"] < timeout_s
+            ]
             await db_control.add_samples(self.pool, live, keep_s=2 * cap.growth_window_s)
             self.last_sample = time.monotonic()
         report = await load_report(self.pool, self.settings, self.registry)
@@ -116,8 +124,11 @@ class CapacityMonitor:
         await self._apply(decisions)
         await self._drive_in_flight(report)
         reason = decisions.provision_reason
-        if reason and decisions.by_forecast and await db_control.seconds_since_provisioning(self.pool) < \
-                cap.provision_cooldown_s:
+        if (
+            reason
+            and decisions.by_forecast
+            and await db_control.seconds_since_provisioning(self.pool) < cap.provision_cooldown_s
+        ):
             reason = None  # the last new set's room is not in the growth history yet
         if reason and self.provisioner is not None:
             await self._plan_new_set(report, reason)
@@ -132,15 +143,21 @@ class CapacityMonitor:
                 continue
             if changed:
                 logger.warning("node %s -> %s: %s", node_id, state, reason)
-                await db_control.record_event(self.pool, "node_state", reason, node_id=node_id,
-                                              outcome=f"state {state}")
+                await db_control.record_event(
+                    self.pool, "node_state", reason, node_id=node_id, outcome=f"state {state}"
+                )
                 if state == "active":
                     await self.rejoin(node_id)
         for set_id, state, reason in decisions.set_states:
             if await db_control.set_set_state(self.pool, set_id, state):
                 logger.warning("set %s %s: %s", set_id, state, reason)
-                await db_control.record_event(self.pool, "set_closed" if state == "closed" else "set_opened", reason,
-                                              set_id=set_id, outcome=f"set {state}")
+                await db_control.record_event(
+                    self.pool,
+                    "set_closed" if state == "closed" else "set_opened",
+                    reason,
+                    set_id=set_id,
+                    outcome=f"set {state}",
+                )
 
     async def rejoin(self, node_id: str) -> None:
         """A node back from `dead` missed the uploads meanwhile (no rows were made for it): backfill them."""
@@ -165,13 +182,20 @@ class CapacityMonitor:
             ready = [n.node_id for n in plan.nodes if n.node_id in by_id and by_id[n.node_id].healthy]
             if len(ready) == len(plan.nodes):
                 took = event["age_s"]
-                await db_control.update_event(self.pool, event["event_id"], "succeeded",
-                                              f"{len(ready)} node(s) registered and healthy after {took:.1f}s")
+                await db_control.update_event(
+                    self.pool,
+                    event["event_id"],
+                    "succeeded",
+                    f"{len(ready)} node(s) registered and healthy after {took:.1f}s",
+                )
                 logger.warning("provisioning %s succeeded in %.1fs", event["event_id"], took)
             elif event["age_s"] > self.settings.capacity.provision_timeout_s:
-                await db_control.update_event(self.pool, event["event_id"], "failed",
-                                              f"only {ready} registered within "
-                                              f"{self.settings.capacity.provision_timeout_s:g}s")
+                await db_control.update_event(
+                    self.pool,
+                    event["event_id"],
+                    "failed",
+                    f"only {ready} registered within {self.settings.capacity.provision_timeout_s:g}s",
+                )
 
     async def _call(self, event_id: int, plan: Plan) -> None:
         assert self.provisioner is not None
@@ -206,15 +230,24 @@ class CapacityMonitor:
         event_id = await db_control.new_event_id(self.pool)
         plan = Plan(event_id, "new_set", set_id, reason, tuple(nodes))
         try:
-            await db_control.record_event(self.pool, "new_set", reason, state="planned", set_id=set_id,
-                                          plan=plan.to_dict(), provisioner=self.provisioner.name, event_id=event_id)
+            await db_control.record_event(
+                self.pool,
+                "new_set",
+                reason,
+                state="planned",
+                set_id=set_id,
+                plan=plan.to_dict(),
+                provisioner=self.provisioner.name,
+                event_id=event_id,
+            )
         except psycopg.errors.UniqueViolation:
             return  # another leader's provisioning is in flight
         logger.warning("provisioning a new set %s (%s): %s", set_id, reason, [n.node_id for n in nodes])
         await self._call(event_id, plan)
 
-    async def plan_replacement(self, old_node_id: str, new_node_id: str | None, reason: str,
-                               call_provisioner: bool = True) -> dict[str, Any]:
+    async def plan_replacement(
+        self, old_node_id: str, new_node_id: str | None, reason: str, call_provisioner: bool = True
+    ) -> dict[str, Any]:
         """Mark ``old_node_id`` dead and record (and with a provisioner, start) its replacement in the
         same set and region. Its replica rows go: the new member backfills every image of the set."""
         rows = {r["node_id"]: r for r in await db_control.nodes_with_sets(self.pool)}
@@ -227,16 +260,25 @@ class CapacityMonitor:
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE nodes SET state = 'dead', state_set_by = 'operator', state_changed_at = now()"
-                " WHERE node_id = %s", (old_node_id,))
+                " WHERE node_id = %s",
+                (old_node_id,),
+            )
             await conn.execute("DELETE FROM replicas WHERE node_id = %s", (old_node_id,))
         planned = PlannedNode(new_node_id, old["region"], old["set_id"], old["lat"], old["lon"], old_node_id)
         use_provisioner = call_provisioner and self.provisioner is not None
         event_id = await db_control.new_event_id(self.pool)
         plan = Plan(event_id, "replace", old["set_id"], reason, (planned,))
         await db_control.record_event(
-            self.pool, "replace", reason, state="planned" if use_provisioner else "running", set_id=old["set_id"],
-            node_id=old_node_id, plan=plan.to_dict(), event_id=event_id,
-            provisioner=self.provisioner.name if use_provisioner and self.provisioner else "operator")
+            self.pool,
+            "replace",
+            reason,
+            state="planned" if use_provisioner else "running",
+            set_id=old["set_id"],
+            node_id=old_node_id,
+            plan=plan.to_dict(),
+            event_id=event_id,
+            provisioner=self.provisioner.name if use_provisioner and self.provisioner else "operator",
+        )
         if use_provisioner:
             await self._call(event_id, plan)
         return plan.to_dict()
@@ -252,7 +294,9 @@ class CapacityMonitor:
                 " AND NOT EXISTS (SELECT 1 FROM nodes m WHERE m.set_id = n.set_id AND m.region = n.region"
                 "                 AND m.state <> 'dead')"
                 " AND NOT EXISTS (SELECT 1 FROM provisioning_events e WHERE e.kind = 'replace'"
-                "                 AND e.node_id = n.node_id AND e.state <> 'failed')", (after,))
+                "                 AND e.node_id = n.node_id AND e.state <> 'failed')",
+                (after,),
+            )
             dead = [r["node_id"] for r in await cur.fetchall()]
         for node_id in dead:
             with contextlib.suppress(psycopg.errors.UniqueViolation):

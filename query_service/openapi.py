@@ -32,9 +32,17 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    texts = {400: "invalid request", 401: "no or bad API key", 403: "forbidden", 404: "not found",
-             409: "conflict", 413: "too large", 429: "over the key's rate (see Retry-After)",
-             431: "headers too large", 503: "unavailable"}
+    texts = {
+        400: "invalid request",
+        401: "no or bad API key",
+        403: "forbidden",
+        404: "not found",
+        409: "conflict",
+        413: "too large",
+        429: "over the key's rate (see Retry-After)",
+        431: "headers too large",
+        503: "unavailable",
+    }
     return {str(s): _json(_ref("Error"), texts[s]) for s in statuses}
 
 
@@ -45,106 +53,243 @@ _URL_PARAMS = [
     {"name": "dpr", "in": "query", "schema": {"type": "number", "minimum": 0.5, "maximum": 5}},
     {"name": "fit", "in": "query", "schema": {"type": "string", "enum": ["inside", "cover"]}},
     {"name": "fmt", "in": "query", "schema": {"type": "string", "enum": ["auto", "jpeg", "webp", "avif", "png"]}},
-    {"name": "client_ip", "in": "query", "schema": {"type": "string", "format": "ipv4"},
-     "description": "the end user's address; only honoured with an API key"},
-    {"name": "variant", "in": "query", "schema": {"type": "string", "enum": ["original"]},
-     "description": "`original`: a signed URL of the uploaded bytes, for the owner only"},
+    {
+        "name": "client_ip",
+        "in": "query",
+        "schema": {"type": "string", "format": "ipv4"},
+        "description": "the end user's address; only honoured with an API key",
+    },
+    {
+        "name": "variant",
+        "in": "query",
+        "schema": {"type": "string", "enum": ["original"]},
+        "description": "`original`: a signed URL of the uploaded bytes, for the owner only",
+    },
 ]
 _IMAGE_PATH = [{"name": "image_id", "in": "path", "required": True, "schema": IMAGE_ID}]
 _NODE_PATH = [{"name": "node_id", "in": "path", "required": True, "schema": NODE_ID}]
 _COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
 
 SCHEMAS: dict[str, Any] = {
-    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-        "type": "object", "required": ["code", "message"],
-        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-    "UploadRequest": {"type": "object", "properties": {
-        "filename": {"type": "string", "maxLength": 255},
-        "content_type": {"type": "string", "maxLength": 255},
-        "size": {"type": "integer", "minimum": 0},
-        "visibility": {"type": "string", "enum": ["public", "private"]},
-        "tags": {"type": "array", "maxItems": 20, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
-        "metadata": {"type": "object"},
-        "callback_url": {"type": "string", "maxLength": 2048},
-        "client_ip": {"type": "string", "format": "ipv4"}}},
-    "UploadTicket": {"type": "object", "required": ["image_id", "upload_url", "upload_method", "expires_at",
-                                                    "max_bytes", "node_id", "region", "status", "status_url"],
-                     "properties": {"image_id": IMAGE_ID, "upload_url": {"type": "string"},
-                                    "upload_method": {"type": "string", "enum": ["PUT"]},
-                                    "expires_at": {"type": "string"}, "max_bytes": {"type": "integer"},
-                                    "node_id": {"type": "string"}, "region": {"type": "string"},
-                                    "status": {"type": "string", "enum": ["requested"]},
-                                    "status_url": {"type": "string"}}},
-    "Image": {"type": "object", "required": ["image_id", "status", "visibility", "replicas"], "properties": {
-        "image_id": IMAGE_ID,
-        "status": {"type": "string", "enum": ["requested", "uploaded", "processing", "ready", "rejected",
-                                              "quarantined", "deleted"]},
-        "visibility": {"type": "string", "enum": ["public", "private"]},
-        "replicas": {"type": "array", "items": {"type": "object", "required": ["node_id", "region", "state"]}}}},
-    "ImageUrl": {"type": "object", "required": ["url", "node_id", "region", "distance_km", "variant", "expires_at",
-                                                "alternatives"],
-                 "properties": {"url": {"type": "string"}, "node_id": {"type": "string"},
-                                "region": {"type": "string"}, "distance_km": {"type": "number"},
-                                "variant": {"type": "string"}, "expires_at": {"type": "string", "nullable": True},
-                                "alternatives": {"type": "array", "items": {"type": "object"}}}},
-    "KeyRequest": {"type": "object", "required": ["name"], "properties": {
-        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$"},
-        "scopes": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": ["app", "admin"]}},
-        "app_id": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
-        "rate_per_s": {"type": "number", "minimum": 0, "maximum": 1000000},
-        "referers": {"type": "array", "maxItems": 50, "items": {"type": "string"}}}},
-    "NewKey": {"type": "object", "required": ["key_id", "api_key", "name", "app_id", "scopes"],
-               "properties": {"key_id": {"type": "string"}, "api_key": {"type": "string"},
-                              "name": {"type": "string"}, "app_id": {"type": "string"},
-                              "scopes": {"type": "array", "items": {"type": "string"}},
-                              "rate_per_s": {"type": "number", "nullable": True},
-                              "referers": {"type": "array", "items": {"type": "string"}}}},
-    "KeyList": {"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array", "items": {
-        "type": "object", "required": ["key_id", "name", "app_id", "scopes", "created_at"]}}}},
-    "Revoked": {"type": "object", "required": ["key_id", "revoked_at"],
-                "properties": {"key_id": {"type": "string"}, "revoked_at": {"type": "string"}}},
-    "Nodes": {"type": "object", "required": ["nodes"], "properties": {"nodes": {"type": "array", "items": {
-        "type": "object", "required": ["node_id", "region", "set_id", "state", "healthy"]}}}},
-    "Deleted": {"type": "object", "required": ["image_id", "status"],
-                "properties": {"image_id": IMAGE_ID, "status": {"type": "string", "enum": ["deleted"]}}},
-    "NodeStateRequest": {"type": "object", "required": ["state"], "properties": {
-        "state": {"type": "string", "enum": NODE_STATES}}},
-    "NodeState": {"type": "object", "required": ["node_id", "state", "state_set_by"],
-                  "properties": {"node_id": NODE_ID, "state": {"type": "string", "enum": NODE_STATES},
-                                 "state_set_by": {"type": "string", "enum": ["operator"]}}},
-    "ReplaceRequest": {"type": "object", "properties": {
-        "with": NODE_ID, "reason": {"type": "string"},
-        "provision": {"type": "boolean", "description": "call the configured provisioner (default true)"}}},
-    "Replacement": {"type": "object", "required": ["plan", "config"], "properties": {
-        "plan": {"type": "object", "required": ["nodes"], "properties": {"nodes": {"type": "array"}}},
-        "config": {"type": "object", "required": ["node_id", "region", "set_id", "lat", "lon"], "properties": {
-            "node_id": NODE_ID, "region": {"type": "string"}, "set_id": {"type": "string"},
-            "lat": {"type": "number"}, "lon": {"type": "number"}}}}},
-    "Backfill": {"type": "object", "required": ["node_id", "set_id", "state", "expected", "done", "pending",
-                                                "missing", "corrupt", "complete"],
-                 "properties": {"node_id": NODE_ID, "set_id": {"type": "string"},
-                                "state": {"type": "string", "enum": NODE_STATES},
-                                "expected": {"type": "integer"}, "done": {"type": "integer"},
-                                "pending": {"type": "integer"}, "missing": {"type": "integer"},
-                                "corrupt": {"type": "integer"}, "complete": {"type": "boolean"}}},
-    "Repair": {"type": "object", "required": ["under_replicated", "replicas_waiting", "by_node", "nudged",
-                                              "on_dead_nodes", "hint"],
-               "properties": {"under_replicated": {"type": "integer"}, "replicas_waiting": {"type": "integer"},
-                              "by_node": {"type": "object", "additionalProperties": _COUNTS},
-                              "nudged": {"type": "integer"},
-                              "on_dead_nodes": {"type": "array", "items": {"type": "string"}},
-                              "hint": {"type": "string", "nullable": True}}},
-    "Decision": {"type": "object", "required": ["image_id", "status"], "properties": {
-        "image_id": IMAGE_ID, "status": {"type": "string", "enum": ["ready", "rejected"]},
-        "reason": {"type": "string"}}},
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "UploadRequest": {
+        "type": "object",
+        "properties": {
+            "filename": {"type": "string", "maxLength": 255},
+            "content_type": {"type": "string", "maxLength": 255},
+            "size": {"type": "integer", "minimum": 0},
+            "visibility": {"type": "string", "enum": ["public", "private"]},
+            "tags": {"type": "array", "maxItems": 20, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+            "metadata": {"type": "object"},
+            "callback_url": {"type": "string", "maxLength": 2048},
+            "client_ip": {"type": "string", "format": "ipv4"},
+        },
+    },
+    "UploadTicket": {
+        "type": "object",
+        "required": [
+            "image_id",
+            "upload_url",
+            "upload_method",
+            "expires_at",
+            "max_bytes",
+            "node_id",
+            "region",
+            "status",
+            "status_url",
+        ],
+        "properties": {
+            "image_id": IMAGE_ID,
+            "upload_url": {"type": "string"},
+            "upload_method": {"type": "string", "enum": ["PUT"]},
+            "expires_at": {"type": "string"},
+            "max_bytes": {"type": "integer"},
+            "node_id": {"type": "string"},
+            "region": {"type": "string"},
+            "status": {"type": "string", "enum": ["requested"]},
+            "status_url": {"type": "string"},
+        },
+    },
+    "Image": {
+        "type": "object",
+        "required": ["image_id", "status", "visibility", "replicas"],
+        "properties": {
+            "image_id": IMAGE_ID,
+            "status": {
+                "type": "string",
+                "enum": ["requested", "uploaded", "processing", "ready", "rejected", "quarantined", "deleted"],
+            },
+            "visibility": {"type": "string", "enum": ["public", "private"]},
+            "replicas": {"type": "array", "items": {"type": "object", "required": ["node_id", "region", "state"]}},
+        },
+    },
+    "ImageUrl": {
+        "type": "object",
+        "required": ["url", "node_id", "region", "distance_km", "variant", "expires_at", "alternatives"],
+        "properties": {
+            "url": {"type": "string"},
+            "node_id": {"type": "string"},
+            "region": {"type": "string"},
+            "distance_km": {"type": "number"},
+            "variant": {"type": "string"},
+            "expires_at": {"type": "string", "nullable": True},
+            "alternatives": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "KeyRequest": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$"},
+            "scopes": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": ["app", "admin"]}},
+            "app_id": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+            "rate_per_s": {"type": "number", "minimum": 0, "maximum": 1000000},
+            "referers": {"type": "array", "maxItems": 50, "items": {"type": "string"}},
+        },
+    },
+    "NewKey": {
+        "type": "object",
+        "required": ["key_id", "api_key", "name", "app_id", "scopes"],
+        "properties": {
+            "key_id": {"type": "string"},
+            "api_key": {"type": "string"},
+            "name": {"type": "string"},
+            "app_id": {"type": "string"},
+            "scopes": {"type": "array", "items": {"type": "string"}},
+            "rate_per_s": {"type": "number", "nullable": True},
+            "referers": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "KeyList": {
+        "type": "object",
+        "required": ["keys"],
+        "properties": {
+            "keys": {
+                "type": "array",
+                "items": {"type": "object", "required": ["key_id", "name", "app_id", "scopes", "created_at"]},
+            }
+        },
+    },
+    "Revoked": {
+        "type": "object",
+        "required": ["key_id", "revoked_at"],
+        "properties": {"key_id": {"type": "string"}, "revoked_at": {"type": "string"}},
+    },
+    "Nodes": {
+        "type": "object",
+        "required": ["nodes"],
+        "properties": {
+            "nodes": {
+                "type": "array",
+                "items": {"type": "object", "required": ["node_id", "region", "set_id", "state", "healthy"]},
+            }
+        },
+    },
+    "Deleted": {
+        "type": "object",
+        "required": ["image_id", "status"],
+        "properties": {"image_id": IMAGE_ID, "status": {"type": "string", "enum": ["deleted"]}},
+    },
+    "NodeStateRequest": {
+        "type": "object",
+        "required": ["state"],
+        "properties": {"state": {"type": "string", "enum": NODE_STATES}},
+    },
+    "NodeState": {
+        "type": "object",
+        "required": ["node_id", "state", "state_set_by"],
+        "properties": {
+            "node_id": NODE_ID,
+            "state": {"type": "string", "enum": NODE_STATES},
+            "state_set_by": {"type": "string", "enum": ["operator"]},
+        },
+    },
+    "ReplaceRequest": {
+        "type": "object",
+        "properties": {
+            "with": NODE_ID,
+            "reason": {"type": "string"},
+            "provision": {"type": "boolean", "description": "call the configured provisioner (default true)"},
+        },
+    },
+    "Replacement": {
+        "type": "object",
+        "required": ["plan", "config"],
+        "properties": {
+            "plan": {"type": "object", "required": ["nodes"], "properties": {"nodes": {"type": "array"}}},
+            "config": {
+                "type": "object",
+                "required": ["node_id", "region", "set_id", "lat", "lon"],
+                "properties": {
+                    "node_id": NODE_ID,
+                    "region": {"type": "string"},
+                    "set_id": {"type": "string"},
+                    "lat": {"type": "number"},
+                    "lon": {"type": "number"},
+                },
+            },
+        },
+    },
+    "Backfill": {
+        "type": "object",
+        "required": ["node_id", "set_id", "state", "expected", "done", "pending", "missing", "corrupt", "complete"],
+        "properties": {
+            "node_id": NODE_ID,
+            "set_id": {"type": "string"},
+            "state": {"type": "string", "enum": NODE_STATES},
+            "expected": {"type": "integer"},
+            "done": {"type": "integer"},
+            "pending": {"type": "integer"},
+            "missing": {"type": "integer"},
+            "corrupt": {"type": "integer"},
+            "complete": {"type": "boolean"},
+        },
+    },
+    "Repair": {
+        "type": "object",
+        "required": ["under_replicated", "replicas_waiting", "by_node", "nudged", "on_dead_nodes", "hint"],
+        "properties": {
+            "under_replicated": {"type": "integer"},
+            "replicas_waiting": {"type": "integer"},
+            "by_node": {"type": "object", "additionalProperties": _COUNTS},
+            "nudged": {"type": "integer"},
+            "on_dead_nodes": {"type": "array", "items": {"type": "string"}},
+            "hint": {"type": "string", "nullable": True},
+        },
+    },
+    "Decision": {
+        "type": "object",
+        "required": ["image_id", "status"],
+        "properties": {
+            "image_id": IMAGE_ID,
+            "status": {"type": "string", "enum": ["ready", "rejected"]},
+            "reason": {"type": "string"},
+        },
+    },
     "RejectRequest": {"type": "object", "properties": {"reason": {"type": "string"}}},
-    "Dashboard": {"type": "object", "required": ["generated_at", "stats_age_s", "summary", "regions", "sets",
-                                                 "nodes", "events"],
-                  "properties": {"generated_at": {"type": "string"},
-                                 "stats_age_s": {"type": "number", "nullable": True},
-                                 "summary": {"type": "object"}, "regions": {"type": "array"},
-                                 "sets": {"type": "array"}, "nodes": {"type": "array"},
-                                 "events": {"type": "array"}}},
+    "Dashboard": {
+        "type": "object",
+        "required": ["generated_at", "stats_age_s", "summary", "regions", "sets", "nodes", "events"],
+        "properties": {
+            "generated_at": {"type": "string"},
+            "stats_age_s": {"type": "number", "nullable": True},
+            "summary": {"type": "object"},
+            "regions": {"type": "array"},
+            "sets": {"type": "array"},
+            "nodes": {"type": "array"},
+            "events": {"type": "array"},
+        },
+    },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
 }
 
@@ -153,97 +298,189 @@ def spec(server_url: str = "") -> dict[str, Any]:
     auth = [{"apiKey": []}]
     anonymous_or_key = [{"apiKey": []}, {}]
     paths: dict[str, Any] = {
-        "/v1/uploads": {"post": {
-            "summary": "Create an upload: the image row and a signed, expiring upload URL on the nearest node.",
-            "security": auth,
-            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("UploadRequest")}}},
-            "responses": {"201": _json(_ref("UploadTicket"), "upload ticket"),
-                          **_errors(400, 403, 413, 503, *_COMMON_ERRORS)}}},
+        "/v1/uploads": {
+            "post": {
+                "summary": "Create an upload: the image row and a signed, expiring upload URL on the nearest node.",
+                "security": auth,
+                "requestBody": {"required": False, "content": {JSON: {"schema": _ref("UploadRequest")}}},
+                "responses": {
+                    "201": _json(_ref("UploadTicket"), "upload ticket"),
+                    **_errors(400, 403, 413, 503, *_COMMON_ERRORS),
+                },
+            }
+        },
         "/v1/images/{image_id}": {
-            "get": {"summary": "Status, metadata and replicas of an image (another app's private image is not found).",
-                    "security": anonymous_or_key, "parameters": _IMAGE_PATH,
-                    "responses": {"200": _json(_ref("Image"), "the image"), **_errors(404, *_COMMON_ERRORS)}},
-            "delete": {"summary": "Delete an image (a key of the owning app, or admin): served no more, files go.",
-                       "security": auth, "parameters": _IMAGE_PATH,
-                       "responses": {"202": _json(_ref("Deleted"), "deleted"),
-                                     **_errors(403, 404, *_COMMON_ERRORS)}}},
-        "/v1/images/{image_id}/url": {"get": {
-            "summary": "URL of the nearest healthy replica for the variant that fits the box (signed when private).",
-            "security": anonymous_or_key, "parameters": _IMAGE_PATH + _URL_PARAMS,
-            "responses": {"200": _json(_ref("ImageUrl"), "the URL and alternatives"),
-                          **_errors(400, 403, 404, 409, 503, *_COMMON_ERRORS)}}},
-        "/img/{image_id}": {"get": {
-            "summary": "302 to the URL above; public images only, subject to the owner's Referer allowlist.",
-            "security": anonymous_or_key, "parameters": _IMAGE_PATH + _URL_PARAMS[:5],
-            "responses": {"302": {"description": "redirect to a node", "headers": {
-                "Location": {"schema": {"type": "string"}}}},
-                **_errors(400, 403, 404, 409, 503, *_COMMON_ERRORS)}}},
-        "/v1/nodes": {"get": {
-            "summary": "Every node with health and capacity (admin).", "security": auth,
-            "responses": {"200": _json(_ref("Nodes"), "nodes"), **_errors(403, *_COMMON_ERRORS)}}},
-        "/v1/capacity": {"get": {
-            "summary": "The same view as /v1/nodes: sets, regions, growth and days until full (admin).",
-            "security": auth, "responses": {"200": _json(_ref("Nodes"), "capacity"), **_errors(403, *_COMMON_ERRORS)}}},
-        "/v1/nodes/{node_id}/state": {"post": {
-            "summary": "Set a node's state (admin); a dead node set live again is backfilled.",
-            "security": auth, "parameters": _NODE_PATH, "x-destructive": True,
-            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("NodeStateRequest")}}},
-            "responses": {"200": _json(_ref("NodeState"), "the new state"),
-                          **_errors(400, 403, 404, 409, *_COMMON_ERRORS)}}},
-        "/v1/nodes/{node_id}/replace": {"post": {
-            "summary": "Plan the replacement of a node (admin): a new member of its set and region, backfilled.",
-            "security": auth, "parameters": _NODE_PATH, "x-destructive": True,
-            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("ReplaceRequest")}}},
-            "responses": {"202": _json(_ref("Replacement"), "the plan and the new node's settings"),
-                          **_errors(400, 403, 404, 409, *_COMMON_ERRORS)}}},
-        "/v1/nodes/{node_id}/backfill": {"get": {
-            "summary": "How far a node's copy of its set has come (admin).", "security": auth,
-            "parameters": _NODE_PATH,
-            "responses": {"200": _json(_ref("Backfill"), "progress"), **_errors(403, 404, *_COMMON_ERRORS)}}},
+            "get": {
+                "summary": "Status, metadata and replicas of an image (another app's private image is not found).",
+                "security": anonymous_or_key,
+                "parameters": _IMAGE_PATH,
+                "responses": {"200": _json(_ref("Image"), "the image"), **_errors(404, *_COMMON_ERRORS)},
+            },
+            "delete": {
+                "summary": "Delete an image (a key of the owning app, or admin): served no more, files go.",
+                "security": auth,
+                "parameters": _IMAGE_PATH,
+                "responses": {"202": _json(_ref("Deleted"), "deleted"), **_errors(403, 404, *_COMMON_ERRORS)},
+            },
+        },
+        "/v1/images/{image_id}/url": {
+            "get": {
+                "summary": "URL of the nearest healthy replica for the variant that fits the box (signed if private).",
+                "security": anonymous_or_key,
+                "parameters": _IMAGE_PATH + _URL_PARAMS,
+                "responses": {
+                    "200": _json(_ref("ImageUrl"), "the URL and alternatives"),
+                    **_errors(400, 403, 404, 409, 503, *_COMMON_ERRORS),
+                },
+            }
+        },
+        "/img/{image_id}": {
+            "get": {
+                "summary": "302 to the URL above; public images only, subject to the owner's Referer allowlist.",
+                "security": anonymous_or_key,
+                "parameters": _IMAGE_PATH + _URL_PARAMS[:5],
+                "responses": {
+                    "302": {
+                        "description": "redirect to a node",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 403, 404, 409, 503, *_COMMON_ERRORS),
+                },
+            }
+        },
+        "/v1/nodes": {
+            "get": {
+                "summary": "Every node with health and capacity (admin).",
+                "security": auth,
+                "responses": {"200": _json(_ref("Nodes"), "nodes"), **_errors(403, *_COMMON_ERRORS)},
+            }
+        },
+        "/v1/capacity": {
+            "get": {
+                "summary": "The same view as /v1/nodes: sets, regions, growth and days until full (admin).",
+                "security": auth,
+                "responses": {"200": _json(_ref("Nodes"), "capacity"), **_errors(403, *_COMMON_ERRORS)},
+            }
+        },
+        "/v1/nodes/{node_id}/state": {
+            "post": {
+                "summary": "Set a node's state (admin); a dead node set live again is backfilled.",
+                "security": auth,
+                "parameters": _NODE_PATH,
+                "x-destructive": True,
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("NodeStateRequest")}}},
+                "responses": {
+                    "200": _json(_ref("NodeState"), "the new state"),
+                    **_errors(400, 403, 404, 409, *_COMMON_ERRORS),
+                },
+            }
+        },
+        "/v1/nodes/{node_id}/replace": {
+            "post": {
+                "summary": "Plan the replacement of a node (admin): a new member of its set and region, backfilled.",
+                "security": auth,
+                "parameters": _NODE_PATH,
+                "x-destructive": True,
+                "requestBody": {"required": False, "content": {JSON: {"schema": _ref("ReplaceRequest")}}},
+                "responses": {
+                    "202": _json(_ref("Replacement"), "the plan and the new node's settings"),
+                    **_errors(400, 403, 404, 409, *_COMMON_ERRORS),
+                },
+            }
+        },
+        "/v1/nodes/{node_id}/backfill": {
+            "get": {
+                "summary": "How far a node's copy of its set has come (admin).",
+                "security": auth,
+                "parameters": _NODE_PATH,
+                "responses": {"200": _json(_ref("Backfill"), "progress"), **_errors(403, 404, *_COMMON_ERRORS)},
+            }
+        },
         "/v1/repair": {
-            "get": {"summary": "What is under-replicated, by node (admin).", "security": auth,
-                    "responses": {"200": _json(_ref("Repair"), "repair status"), **_errors(403, *_COMMON_ERRORS)}},
-            "post": {"summary": "Make every waiting copy due now (the members' sweeps copy them; admin).",
-                     "security": auth,
-                     "responses": {"200": _json(_ref("Repair"), "repair status"),
-                                   **_errors(403, *_COMMON_ERRORS)}}},
-        "/v1/images/{image_id}/approve": {"post": {
-            "summary": "Approve a quarantined image: it becomes ready (admin).", "security": auth,
-            "parameters": _IMAGE_PATH,
-            "responses": {"200": _json(_ref("Decision"), "approved"), **_errors(403, 404, 409, *_COMMON_ERRORS)}}},
-        "/v1/images/{image_id}/reject": {"post": {
-            "summary": "Reject a quarantined image: every copy is removed (admin).", "security": auth,
-            "parameters": _IMAGE_PATH,
-            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("RejectRequest")}}},
-            "responses": {"200": _json(_ref("Decision"), "rejected"),
-                          **_errors(400, 403, 404, 409, *_COMMON_ERRORS)}}},
-        "/v1/dashboard": {"get": {
-            "summary": "The operator dashboard's data (admin).", "security": auth,
-            "responses": {"200": _json(_ref("Dashboard"), "dashboard data"), **_errors(403, *_COMMON_ERRORS)}}},
+            "get": {
+                "summary": "What is under-replicated, by node (admin).",
+                "security": auth,
+                "responses": {"200": _json(_ref("Repair"), "repair status"), **_errors(403, *_COMMON_ERRORS)},
+            },
+            "post": {
+                "summary": "Make every waiting copy due now (the members' sweeps copy them; admin).",
+                "security": auth,
+                "responses": {"200": _json(_ref("Repair"), "repair status"), **_errors(403, *_COMMON_ERRORS)},
+            },
+        },
+        "/v1/images/{image_id}/approve": {
+            "post": {
+                "summary": "Approve a quarantined image: it becomes ready (admin).",
+                "security": auth,
+                "parameters": _IMAGE_PATH,
+                "responses": {"200": _json(_ref("Decision"), "approved"), **_errors(403, 404, 409, *_COMMON_ERRORS)},
+            }
+        },
+        "/v1/images/{image_id}/reject": {
+            "post": {
+                "summary": "Reject a quarantined image: every copy is removed (admin).",
+                "security": auth,
+                "parameters": _IMAGE_PATH,
+                "requestBody": {"required": False, "content": {JSON: {"schema": _ref("RejectRequest")}}},
+                "responses": {
+                    "200": _json(_ref("Decision"), "rejected"),
+                    **_errors(400, 403, 404, 409, *_COMMON_ERRORS),
+                },
+            }
+        },
+        "/v1/dashboard": {
+            "get": {
+                "summary": "The operator dashboard's data (admin).",
+                "security": auth,
+                "responses": {"200": _json(_ref("Dashboard"), "dashboard data"), **_errors(403, *_COMMON_ERRORS)},
+            }
+        },
         "/v1/keys": {
-            "get": {"summary": "Every API key (never the secret; admin).", "security": auth,
-                    "responses": {"200": _json(_ref("KeyList"), "keys"), **_errors(403, *_COMMON_ERRORS)}},
-            "post": {"summary": "Create a key (for a new app, or an existing app_id); the plaintext is shown once.",
-                     "security": auth,
-                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("KeyRequest")}}},
-                     "responses": {"201": _json(_ref("NewKey"), "the new key"),
-                                   **_errors(400, 403, 404, *_COMMON_ERRORS)}}},
-        "/v1/keys/{key_id}": {"delete": {
-            "summary": "Revoke a key (admin).", "security": auth,
-            "parameters": [{"name": "key_id", "in": "path", "required": True,
-                            "schema": {"type": "string", "pattern": "^[0-9a-f]{8}$"}}],
-            "responses": {"200": _json(_ref("Revoked"), "revoked"), **_errors(403, 404, *_COMMON_ERRORS)}}},
-        "/healthz": {"get": {"summary": "Liveness and node health counts.", "security": [{}],
-                             "responses": {"200": _json(_ref("Health"), "ok"), **_errors(431)}}},
+            "get": {
+                "summary": "Every API key (never the secret; admin).",
+                "security": auth,
+                "responses": {"200": _json(_ref("KeyList"), "keys"), **_errors(403, *_COMMON_ERRORS)},
+            },
+            "post": {
+                "summary": "Create a key (for a new app, or an existing app_id); the plaintext is shown once.",
+                "security": auth,
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("KeyRequest")}}},
+                "responses": {"201": _json(_ref("NewKey"), "the new key"), **_errors(400, 403, 404, *_COMMON_ERRORS)},
+            },
+        },
+        "/v1/keys/{key_id}": {
+            "delete": {
+                "summary": "Revoke a key (admin).",
+                "security": auth,
+                "parameters": [
+                    {
+                        "name": "key_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+                    }
+                ],
+                "responses": {"200": _json(_ref("Revoked"), "revoked"), **_errors(403, 404, *_COMMON_ERRORS)},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness and node health counts.",
+                "security": [{}],
+                "responses": {"200": _json(_ref("Health"), "ok"), **_errors(431)},
+            }
+        },
     }
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
-        "info": {"title": "minicdn query service", "version": __version__,
-                 "description": "The app-facing and operator API of minicdn (see API.md). Errors are "
-                                "{\"error\": {\"code\", \"message\"}}."},
+        "info": {
+            "title": "minicdn query service",
+            "version": __version__,
+            "description": "The app-facing and operator API of minicdn (see API.md). Errors are "
+            '{"error": {"code", "message"}}.',
+        },
         "paths": paths,
-        "components": {"schemas": SCHEMAS,
-                       "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
     }
     if server_url:
         doc["servers"] = [{"url": server_url}]

@@ -9,12 +9,12 @@ from query_service.nearest import Ranked, rank
 from query_service.registry import NodeInfo
 
 
-def place(nodes: Iterable[NodeInfo], uploader: Point, need_bytes: int,
-          healthy: Callable[[NodeInfo], bool]) -> Ranked | None:
+def place(
+    nodes: Iterable[NodeInfo], uploader: Point, need_bytes: int, healthy: Callable[[NodeInfo], bool]
+) -> Ranked | None:
     """``None`` when no node can take an upload of ``need_bytes`` right now."""
     candidates = [
-        n for n in nodes
-        if n.set_state == "open" and n.state == "active" and healthy(n) and n.free_bytes >= need_bytes
+        n for n in nodes if n.set_state == "open" and n.state == "active" and healthy(n) and n.free_bytes >= need_bytes
     ]
     ranked = rank(candidates, uploader)
     return ranked[0] if ranked else None

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from common.config import Settings
-from common.embedded import free_port
+from common.procs import free_port
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,23 @@ class Plan:
     nodes: tuple[PlannedNode, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan_id": self.plan_id, "kind": self.kind, "set_id": self.set_id, "reason": self.reason,
-                "nodes": [asdict(n) for n in self.nodes]}
+        return {
+            "plan_id": self.plan_id,
+            "kind": self.kind,
+            "set_id": self.set_id,
+            "reason": self.reason,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Plan:
-        return cls(int(raw["plan_id"]), raw["kind"], raw["set_id"], raw["reason"],
-                   tuple(PlannedNode(**n) for n in raw["nodes"]))
+        return cls(
+            int(raw["plan_id"]),
+            raw["kind"],
+            raw["set_id"],
+            raw["reason"],
+            tuple(PlannedNode(**n) for n in raw["nodes"]),
+        )
 
 
 class ProvisionError(Exception):
@@ -83,14 +93,28 @@ def node_config_toml(settings: Settings, node: PlannedNode, port: int, data_dir:
     host = settings.provisioner.local_host
     sections: dict[str, dict[str, Any]] = {
         "database": {"url": settings.database.url.reveal()},
-        "nats": {"url": settings.nats.url, "stream": settings.nats.stream,
-                 "subject_prefix": settings.nats.subject_prefix},
-        "signing": {"keys": {k: v.reveal() for k, v in settings.signing.keys.items()},
-                    "active_kid": settings.signing.active_kid},
+        "nats": {
+            "url": settings.nats.url,
+            "stream": settings.nats.stream,
+            "subject_prefix": settings.nats.subject_prefix,
+        },
+        "signing": {
+            "keys": {k: v.reveal() for k, v in settings.signing.keys.items()},
+            "active_kid": settings.signing.active_kid,
+        },
         "health": {"heartbeat_timeout_s": settings.health.heartbeat_timeout_s},
-        "node": {"node_id": node.node_id, "region": node.region, "lat": node.lat, "lon": node.lon,
-                 "set_id": node.set_id, "base_url": f"http://{host}:{port}", "host": host, "port": port,
-                 "data_dir": str(data_dir), "capacity_bytes": capacity_bytes},
+        "node": {
+            "node_id": node.node_id,
+            "region": node.region,
+            "lat": node.lat,
+            "lon": node.lon,
+            "set_id": node.set_id,
+            "base_url": f"http://{host}:{port}",
+            "host": host,
+            "port": port,
+            "data_dir": str(data_dir),
+            "capacity_bytes": capacity_bytes,
+        },
         "geoip": {"db": settings.geoip.db},
         "log": {"level": settings.log.level, "format": settings.log.format},
     }
@@ -116,8 +140,13 @@ class LocalProvisioner:
             path = self.dir / f"{node.node_id}.toml"
             if path.exists():
                 continue  # a retried plan (leader restarted): the node is already configured
-            text = node_config_toml(self.settings, node, free_port(), self.dir / node.node_id,
-                                    self.settings.provisioner.local_node_capacity_bytes)
+            text = node_config_toml(
+                self.settings,
+                node,
+                free_port(),
+                self.dir / node.node_id,
+                self.settings.provisioner.local_node_capacity_bytes,
+            )
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.chmod(0o600)  # holds the signing secret and the database URL
@@ -141,12 +170,20 @@ class CommandProvisioner:
         self.timeout_s = settings.provisioner.timeout_s
 
     async def provision(self, plan: Plan) -> str:
-        env = {**os.environ, "MINICDN_PLAN_ID": str(plan.plan_id), "MINICDN_PLAN_KIND": plan.kind,
-               "MINICDN_SET_ID": plan.set_id}
+        env = {
+            **os.environ,
+            "MINICDN_PLAN_ID": str(plan.plan_id),
+            "MINICDN_PLAN_KIND": plan.kind,
+            "MINICDN_SET_ID": plan.set_id,
+        }
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env)
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
         except OSError as exc:
             raise ProvisionError(f"cannot run {self.argv[0]}: {exc}") from None
         try:
@@ -172,11 +209,18 @@ class WebhookProvisioner:
     async def provision(self, plan: Plan) -> str:
         body = json.dumps(plan.to_dict()).encode()
         signature = hmac.new(self.key, body, hashlib.sha256).hexdigest()
-        headers = {"Content-Type": "application/json", "X-Minicdn-Signature": f"{self.kid}:{signature}",
-                   "Idempotency-Key": f"minicdn-plan-{plan.plan_id}"}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Minicdn-Signature": f"{self.kid}:{signature}",
+            "Idempotency-Key": f"minicdn-plan-{plan.plan_id}",
+        }
         try:
-            async with aiohttp.ClientSession() as session, session.post(
-                    self.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    self.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+                ) as resp,
+            ):
                 text = (await resp.text())[:300]
                 if resp.status >= 300:
                     raise ProvisionError(f"webhook answered {resp.status}: {text}")

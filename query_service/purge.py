@@ -27,14 +27,16 @@ HOOK_TIMEOUT_S = 30.0
 
 def purge_payload(image_id: str, node_base_urls: list[str], query_base_url: str) -> dict[str, Any]:
     return {
-        "event": "purge", "image_id": image_id,
+        "event": "purge",
+        "image_id": image_id,
         "url_prefixes": sorted(f"{u.rstrip('/')}/i/{image_id}/" for u in set(node_base_urls)),
         "urls": [f"{query_base_url.rstrip('/')}/img/{image_id}"],
     }
 
 
-async def run_purge_hooks(settings: DeletesSettings, payload: dict[str, Any],
-                          sign: tuple[str, bytes] | None = None) -> list[str]:
+async def run_purge_hooks(
+    settings: DeletesSettings, payload: dict[str, Any], sign: tuple[str, bytes] | None = None
+) -> list[str]:
     """Run the configured command and/or webhook (signing it with ``sign`` = (kid, key) when given);
     returns the failures (empty when all went well)."""
     failures = []
@@ -46,8 +48,11 @@ async def run_purge_hooks(settings: DeletesSettings, payload: dict[str, Any],
     if settings.purge_command:
         try:
             proc = await asyncio.create_subprocess_exec(
-                *shlex.split(settings.purge_command), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                *shlex.split(settings.purge_command),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
             _out, err = await asyncio.wait_for(proc.communicate(body), HOOK_TIMEOUT_S)
             if proc.returncode != 0:
                 failures.append(f"purge command exited {proc.returncode}: {err.decode(errors='replace')[-200:]}")
@@ -55,9 +60,15 @@ async def run_purge_hooks(settings: DeletesSettings, payload: dict[str, Any],
             failures.append(f"purge command failed: {exc!r}")
     if settings.purge_webhook:
         try:
-            async with aiohttp.ClientSession() as session, session.post(
-                    settings.purge_webhook, data=body, headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=HOOK_TIMEOUT_S)) as resp:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    settings.purge_webhook,
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=HOOK_TIMEOUT_S),
+                ) as resp,
+            ):
                 if resp.status >= 300:
                     failures.append(f"purge webhook answered {resp.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:

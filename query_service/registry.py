@@ -98,8 +98,18 @@ class NodeRegistry:
                 self._observe(old, now)  # notice a gap before a newer heartbeat in the row ends it
                 seen = max(seen, old.last_seen)  # a NATS heartbeat may be newer than the row we read
             fresh[r["node_id"]] = NodeInfo(
-                r["node_id"], r["region"], r["set_id"], r["base_url"], Point(r["lat"], r["lon"]), r["state"],
-                r["set_state"], r["capacity_bytes"], r["used_bytes"], r["free_bytes"], r["objects"], seen,
+                r["node_id"],
+                r["region"],
+                r["set_id"],
+                r["base_url"],
+                Point(r["lat"], r["lon"]),
+                r["state"],
+                r["set_state"],
+                r["capacity_bytes"],
+                r["used_bytes"],
+                r["free_bytes"],
+                r["objects"],
+                seen,
             )
         self.nodes = fresh
 
@@ -109,8 +119,12 @@ class NodeRegistry:
             return  # a node we have not loaded yet: the next reload brings it
         self._observe(node, time.monotonic())  # notice a gap before this beat ends it
         self.nodes[event.node_id] = replace(
-            node, capacity_bytes=event.capacity_bytes, used_bytes=event.used_bytes, free_bytes=event.free_bytes,
-            objects=event.objects, last_seen=time.monotonic(),
+            node,
+            capacity_bytes=event.capacity_bytes,
+            used_bytes=event.used_bytes,
+            free_bytes=event.free_bytes,
+            objects=event.objects,
+            last_seen=time.monotonic(),
         )
 
     async def run(self, pool: AsyncConnectionPool, bus: Bus, refresh_s: float) -> None:

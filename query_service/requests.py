@@ -97,21 +97,30 @@ async def parse_upload_request(request: web.Request, max_upload_bytes: int) -> U
     if visibility not in ("public", "private"):
         raise InvalidRequest("visibility must be `public` or `private`")
     tags = body.get("tags", [])
-    if (not isinstance(tags, list) or len(tags) > MAX_TAGS
-            or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in tags)):
+    if (
+        not isinstance(tags, list)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in tags)
+    ):
         raise InvalidRequest(f"tags must be a list of at most {MAX_TAGS} strings of 1-64 characters")
     metadata = body.get("metadata", {})
     if not isinstance(metadata, dict) or len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise InvalidRequest(f"metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes")
     callback_url = _opt_str(body, "callback_url", 2048)
-    if callback_url is not None and (urlsplit(callback_url).scheme not in ("http", "https")
-                                     or not urlsplit(callback_url).hostname):
+    if callback_url is not None and (
+        urlsplit(callback_url).scheme not in ("http", "https") or not urlsplit(callback_url).hostname
+    ):
         raise InvalidRequest("callback_url must be an http(s) URL")
     client_ip = _opt_str(body, "client_ip", 64)
     _opt_str(body, "content_type", 255)  # informative only: the node decides the type from the bytes
     return UploadRequest(
-        filename=_opt_str(body, "filename", 255), size=size, visibility=visibility, tags=tuple(tags),
-        metadata=metadata, callback_url=callback_url, client_ip=check_ip(client_ip) if client_ip else None,
+        filename=_opt_str(body, "filename", 255),
+        size=size,
+        visibility=visibility,
+        tags=tuple(tags),
+        metadata=metadata,
+        callback_url=callback_url,
+        client_ip=check_ip(client_ip) if client_ip else None,
     )
 
 
@@ -152,8 +161,13 @@ def parse_url_query(request: web.Request) -> UrlQuery:
     if variant not in (None, "original"):
         raise InvalidRequest("variant must be `original` (other variants are picked from w/h/dpr/fmt)")
     return UrlQuery(
-        w=_opt_number(q, "w", 1, 16384), h=_opt_number(q, "h", 1, 16384), dpr=_opt_number(q, "dpr", 0.5, 5) or 1.0,
-        fit=fit, fmt=fmt, client_ip=check_ip(client_ip) if client_ip else None, variant=variant,
+        w=_opt_number(q, "w", 1, 16384),
+        h=_opt_number(q, "h", 1, 16384),
+        dpr=_opt_number(q, "dpr", 0.5, 5) or 1.0,
+        fit=fit,
+        fmt=fmt,
+        client_ip=check_ip(client_ip) if client_ip else None,
+        variant=variant,
     )
 
 

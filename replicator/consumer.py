@@ -60,8 +60,10 @@ class Replicator:
             subjects.set_all(node.set_id), durable=config.durable_name, stream=subjects.stream, config=config
         )
         self._sub = sub
-        self._tasks = [asyncio.create_task(self._consume(sub), name="replicator-consume"),
-                       asyncio.create_task(self._sweep_forever(), name="replicator-sweep")]
+        self._tasks = [
+            asyncio.create_task(self._consume(sub), name="replicator-consume"),
+            asyncio.create_task(self._sweep_forever(), name="replicator-sweep"),
+        ]
 
     async def stop(self) -> None:
         self._stopping = True
@@ -147,8 +149,12 @@ class Replicator:
         async def one(row: dict[str, object]) -> bool:
             reqlog.adopt(None)  # a fresh id per swept copy (each gather() child runs in its own context)
             async with self._sem:
-                want = Wanted(str(row["image_id"]), str(row["sha256"]), int(row["bytes"]),  # type: ignore[call-overload]
-                              str(row["content_type"]))
+                want = Wanted(
+                    str(row["image_id"]),
+                    str(row["sha256"]),
+                    int(row["bytes"]),  # type: ignore[call-overload]
+                    str(row["content_type"]),
+                )
                 await self.rate.take(want.bytes)
                 try:
                     return await replicate(self.ctx, want)

@@ -11,8 +11,8 @@ import aiohttp
 from common import reqlog
 from common.config import Settings
 from replicator.peers import Peer
-from storage_node.handlers_peer import PEER_VISIBILITY_HEADER, peer_params
-from storage_node.ingest import Ingested, ingest
+from storage_node.objects.ingest import Ingested, ingest
+from storage_node.objects.peer import PEER_VISIBILITY_HEADER, peer_params
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,15 @@ class ChecksumMismatch(Exception):
     """The peer's bytes do not hash to the SHA-256 recorded at upload: never stored."""
 
 
-async def fetch_original(session: aiohttp.ClientSession, settings: Settings, peer: Peer, image_id: str,
-                         expected_sha256: str, max_bytes: int, dest: Path) -> Fetched:
+async def fetch_original(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    peer: Peer,
+    image_id: str,
+    expected_sha256: str,
+    max_bytes: int,
+    dest: Path,
+) -> Fetched:
     kid = settings.signing.active_kid
     key = settings.signing_key(kid)
     assert key is not None  # validated at start-up

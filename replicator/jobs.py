@@ -21,7 +21,7 @@ from common.metrics import ReplicationMetrics
 from replicator.fetch import ChecksumMismatch, fetch_original
 from replicator.outcomes import Retry, backoff_s
 from replicator.peers import sources
-from storage_node.store import ObjectMeta, Store
+from storage_node.objects.store import ObjectMeta, Store
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +94,18 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
     if await db_pipeline.status_of(ctx.pool, want.image_id) in db_pipeline.GONE:
         return False  # rejected (or deleted) while queued: nothing to copy
     # A linked copy takes its privacy from the image row (a fetched one from the peer's answer).
-    meta = ObjectMeta(want.sha256, want.content_type, want.bytes,
-                      private=await db_images.is_private(ctx.pool, want.image_id))
+    meta = ObjectMeta(
+        want.sha256, want.content_type, want.bytes, private=await db_images.is_private(ctx.pool, want.image_id)
+    )
     same = await db_pipeline.local_copy(ctx.pool, want.sha256, ctx.node_id, want.image_id)
     if same is not None and await asyncio.to_thread(ctx.store.link_copy, same, want.image_id, meta):
         await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)  # dedupe: no bytes copied
         logger.info("replicated %s as a link to identical %s", want.image_id, same)
         return True
     node = ctx.settings.node
-    peers = await sources(ctx.pool, want.image_id, ctx.node_id, Point(node.lat, node.lon),
-                          ctx.settings.health.heartbeat_timeout_s)
+    peers = await sources(
+        ctx.pool, want.image_id, ctx.node_id, Point(node.lat, node.lon), ctx.settings.health.heartbeat_timeout_s
+    )
     errors = []
     for peer in peers:
         tmp = ctx.store.new_tmp_path()
@@ -126,8 +128,13 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
         ctx.count("copied")
         if ctx.metrics is not None and lag_s is not None:
             ctx.metrics.observe_lag(max(lag_s, 0.0))
-        logger.info("replicated %s from %s (%d bytes) in %.3fs", want.image_id, peer.node_id, want.bytes,
-                    time.perf_counter() - started)
+        logger.info(
+            "replicated %s from %s (%d bytes) in %.3fs",
+            want.image_id,
+            peer.node_id,
+            want.bytes,
+            time.perf_counter() - started,
+        )
         return True
     reason = "; ".join(errors) or "no healthy peer holds it yet"
     ctx.count("retry")
@@ -141,9 +148,11 @@ async def drop_rejected(ctx: ReplicatorContext, image_id: str) -> None:
         async with lock:
             await asyncio.to_thread(ctx.store.remove_image, image_id)
             async with ctx.pool.connection() as conn:
-                await conn.execute("DELETE FROM replicas WHERE image_id = %s AND node_id = %s"
-                                   " AND EXISTS (SELECT 1 FROM images WHERE image_id = %s AND status = 'rejected')",
-                                   (image_id, ctx.node_id, image_id))
+                await conn.execute(
+                    "DELETE FROM replicas WHERE image_id = %s AND node_id = %s"
+                    " AND EXISTS (SELECT 1 FROM images WHERE image_id = %s AND status = 'rejected')",
+                    (image_id, ctx.node_id, image_id),
+                )
     finally:
         if not lock.locked() and ctx.locks.get(image_id) is lock:
             del ctx.locks[image_id]

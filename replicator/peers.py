@@ -16,8 +16,9 @@ class Peer:
     distance_km: float
 
 
-async def sources(pool: AsyncConnectionPool, image_id: str, me: str, here: Point,
-                  heartbeat_timeout_s: float) -> list[Peer]:
+async def sources(
+    pool: AsyncConnectionPool, image_id: str, me: str, here: Point, heartbeat_timeout_s: float
+) -> list[Peer]:
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT n.node_id, n.base_url, n.lat, n.lon FROM replicas r JOIN nodes n USING (node_id)"

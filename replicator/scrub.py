@@ -20,7 +20,7 @@ from common.metrics import NodeMetrics
 from replicator.jobs import ReplicatorContext, Wanted, replicate
 from replicator.outcomes import Retry
 from replicator.ratelimit import ByteRate
-from storage_node.store import ORIGINAL
+from storage_node.objects.store import ORIGINAL
 
 logger = logging.getLogger(__name__)
 BLOCK = 1024 * 1024
@@ -60,8 +60,9 @@ def iter_image_ids(objects: Path) -> Iterator[str]:
 
 
 class Scrubber:
-    def __init__(self, ctx: ReplicatorContext, bytes_per_s: int, interval_s: float,
-                 metrics: NodeMetrics | None = None) -> None:
+    def __init__(
+        self, ctx: ReplicatorContext, bytes_per_s: int, interval_s: float, metrics: NodeMetrics | None = None
+    ) -> None:
         self.ctx = ctx
         self.rate = ByteRate(bytes_per_s)
         self.interval_s = interval_s
@@ -72,8 +73,14 @@ class Scrubber:
         while True:
             try:
                 result = await self.run_pass()
-                logger.info("scrub pass: %d originals, %d bytes, %d corrupt, %d repaired in %.1fs", result.checked,
-                            result.bytes, result.corrupt, result.repaired, result.seconds)
+                logger.info(
+                    "scrub pass: %d originals, %d bytes, %d corrupt, %d repaired in %.1fs",
+                    result.checked,
+                    result.bytes,
+                    result.corrupt,
+                    result.repaired,
+                    result.seconds,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -110,14 +117,19 @@ class Scrubber:
         return result
 
     async def _repair(self, image_id: str, actual: str) -> int:
-        row = await db_replicas.miss_lookup(self.ctx.pool, image_id, self.ctx.node_id,
-                                            self.ctx.settings.health.heartbeat_timeout_s)
+        row = await db_replicas.miss_lookup(
+            self.ctx.pool, image_id, self.ctx.node_id, self.ctx.settings.health.heartbeat_timeout_s
+        )
         if row is None or row["sha256"] is None or row["my_state"] is None:
             return 0  # not an image this node should hold (deleted meanwhile): the delete sweep removes it
         if actual == row["sha256"]:
             return 0  # the bytes are right (a stale sidecar); nothing to repair
-        logger.error("scrub: %s is corrupt on this node (sha256 %s..., recorded %s...); replacing it from a peer",
-                     image_id, actual[:12], row["sha256"][:12])
+        logger.error(
+            "scrub: %s is corrupt on this node (sha256 %s..., recorded %s...); replacing it from a peer",
+            image_id,
+            actual[:12],
+            row["sha256"][:12],
+        )
         if self.metrics is not None:
             self.metrics.scrub_corruptions.inc()
         await db_replicas.mark_state(self.ctx.pool, image_id, self.ctx.node_id, "corrupt")

@@ -11,8 +11,9 @@ from typing import Any
 import pyvips
 
 from common.variants import parse_variant
+from storage_node.objects.formats import sniff
 from storage_node.render import MULTI_PAGE_TYPES, RenderOptions, build_variant
-from storage_node.validate import decode_check, dhash, exif_facts, probe, sniff
+from storage_node.validate import decode_check, dhash, exif_facts, probe
 
 
 def analyse(job: dict[str, Any]) -> dict[str, Any]:
@@ -31,17 +32,29 @@ def analyse(job: dict[str, Any]) -> dict[str, Any]:
     for name, dest in job.get("eager", []):
         build_variant(path, parse_variant(name), Path(dest), opts, animated)
     return {
-        "format": fmt, "content_type": info.content_type, "width": info.width, "height": info.height,
-        "pages": info.pages, "animated": animated, "colour_space": str(header.interpretation),
-        "icc_profile": bool(header.get_typeof("icc-profile-data")), "has_alpha": bool(header.hasalpha()),
-        "exif": exif_facts(header, bool(job.get("keep_gps"))), "phash": dhash(path),
+        "format": fmt,
+        "content_type": info.content_type,
+        "width": info.width,
+        "height": info.height,
+        "pages": info.pages,
+        "animated": animated,
+        "colour_space": str(header.interpretation),
+        "icc_profile": bool(header.get_typeof("icc-profile-data")),
+        "has_alpha": bool(header.hasalpha()),
+        "exif": exif_facts(header, bool(job.get("keep_gps"))),
+        "phash": dhash(path),
     }
 
 
 def variant(job: dict[str, Any]) -> dict[str, Any]:
     """``job``: path, variant (name), dest, animated, render (RenderOptions fields): build one lazy variant."""
-    build_variant(Path(job["path"]), parse_variant(job["variant"]), Path(job["dest"]),
-                  RenderOptions(**job.get("render", {})), bool(job.get("animated")))
+    build_variant(
+        Path(job["path"]),
+        parse_variant(job["variant"]),
+        Path(job["dest"]),
+        RenderOptions(**job.get("render", {})),
+        bool(job.get("animated")),
+    )
     return {"dest": job["dest"]}
 
 

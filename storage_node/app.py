@@ -1,4 +1,5 @@
-"""Composition root of a storage node: AppKeys, routes, middleware, and resources opened in cleanup_ctx."""
+"""A storage node's aiohttp app: AppKeys, routes, middleware, and resources opened in cleanup_ctx. The composition
+root of a node process (``replicator.node_root``) adds the in-process replicator to it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from common import __version__, hardening
@@ -20,35 +20,31 @@ from common.httpkit import make_error_middleware
 from common.loops import cancel_all
 from common.metrics import HttpMetrics, NodeMetrics
 from common.reqlog import request_id_middleware
-from replicator.consumer import Replicator
-from replicator.jobs import ReplicatorContext
-from replicator.scrub import Scrubber
 from storage_node import cors, keys
 from storage_node.codecs import codec_versions
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import run_heartbeats
 from storage_node.hotlink import HotlinkGuard
+from storage_node.objects.store import Store
 from storage_node.process import Processor
 from storage_node.render import Renderer, RenderOptions, configure_process
 from storage_node.routes import add_routes
-from storage_node.store import Store
 from storage_node.validate import restrict_loaders
 
-REPLICATOR = web.AppKey("replicator", Replicator)
-SCRUBBER = web.AppKey("scrubber", Scrubber)
 
-
-def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web.Application:
-    """``run_replicator`` defaults to ``settings.replicator.enabled``."""
+def create_app(settings: Settings) -> web.Application:
     require_node(settings)
     restrict_loaders()  # only the loaders of accepted formats, and none libvips considers unsafe
     configure_process()
     node = settings.node
     metrics = NodeMetrics(HttpMetrics("storage-node"), node.node_id, node.region, node.set_id)
-    middlewares = [request_id_middleware, make_error_middleware(metrics.http),
-                   make_header_limit_middleware(settings.http), cors.refuse_foreign_origins]
-    app = web.Application(middlewares=middlewares, client_max_size=1024**2,
-                          handler_args=handler_args(settings.http))
+    middlewares = [
+        request_id_middleware,
+        make_error_middleware(metrics.http),
+        make_header_limit_middleware(settings.http),
+        cors.refuse_foreign_origins,
+    ]
+    app = web.Application(middlewares=middlewares, client_max_size=1024**2, handler_args=handler_args(settings.http))
     hardening.apply(app)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
@@ -57,26 +53,37 @@ def create_app(settings: Settings, *, run_replicator: bool | None = None) -> web
     metrics.http.install(app)
     add_routes(app)
     cors.install(app)
-    with_replicator = settings.replicator.enabled if run_replicator is None else run_replicator
-    app.cleanup_ctx.append(lambda a: _resources(a, with_replicator))
+    app.cleanup_ctx.append(_resources)
     return app
 
 
-async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterator[None]:
+async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings, store = app[keys.SETTINGS], app[keys.STORE]
     await asyncio.to_thread(store.prepare)
     # /healthz is polled often: its body (versions read from installed packages and the library) is built once.
     node = settings.node
     codecs = await asyncio.to_thread(codec_versions)
-    app[keys.HEALTH] = {"status": "ok", "component": "storage-node", "node_id": node.node_id, "region": node.region,
-                        "version": __version__, "libvips": codecs["libvips"], "codecs": codecs}
+    app[keys.HEALTH] = {
+        "status": "ok",
+        "component": "storage-node",
+        "node_id": node.node_id,
+        "region": node.region,
+        "version": __version__,
+        "libvips": codecs["libvips"],
+        "codecs": codecs,
+    }
     async with contextlib.AsyncExitStack() as stack:
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         await db_nodes.register_node(pool, settings.node, __version__)
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, settings.node.node_id))
         renderer = app[keys.RENDERER] = Renderer(
-            store, settings.node.render_threads, RenderOptions.from_settings(settings.pipeline), app[keys.METRICS],
-            memory_mb=settings.pipeline.worker_memory_mb, timeout_s=settings.pipeline.job_timeout_s)
+            store,
+            settings.node.render_threads,
+            RenderOptions.from_settings(settings.pipeline),
+            app[keys.METRICS],
+            memory_mb=settings.pipeline.worker_memory_mb,
+            timeout_s=settings.pipeline.job_timeout_s,
+        )
         stack.push_async_callback(renderer.close)
         callbacks = app[keys.CALLBACKS] = CallbackOutbox(settings, pool)
         stack.push_async_callback(callbacks.close)
@@ -90,19 +97,8 @@ async def _resources(app: web.Application, with_replicator: bool) -> AsyncIterat
         processor.metrics = app[keys.METRICS]
         stack.push_async_callback(processor.close)
         processor.start()
-        heartbeat = asyncio.create_task(run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS],
-                                                       app[keys.METRICS]), name="heartbeat")
+        heartbeat = asyncio.create_task(
+            run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS], app[keys.METRICS]), name="heartbeat"
+        )
         stack.push_async_callback(cancel_all, [heartbeat])
-        if with_replicator:
-            session = await stack.enter_async_context(aiohttp.ClientSession())
-            ctx = ReplicatorContext(settings, pool, store, session, metrics=app[keys.METRICS].replication)
-            replicator = app[REPLICATOR] = Replicator(ctx, bus)
-            await replicator.start()
-            stack.push_async_callback(replicator.stop)
-            scrub = settings.scrub
-            if scrub.bytes_per_s > 0:
-                scrubber = app[SCRUBBER] = Scrubber(replicator.ctx, scrub.bytes_per_s, scrub.interval_s,
-                                                    app[keys.METRICS])
-                stack.push_async_callback(cancel_all, [asyncio.create_task(scrubber.run_forever(), name="scrubber")])
         yield
-

@@ -44,25 +44,33 @@ async def preflight(request: web.Request) -> web.Response:
     setting = request.app[keys.SETTINGS].node.cors_origin
     value = allow_origin_value(setting, request.headers.get("Origin"))
     method = request.headers.get("Access-Control-Request-Method", "")
-    asked = [h.strip().lower() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")
-             if h.strip()]
+    asked = [
+        h.strip().lower() for h in request.headers.get("Access-Control-Request-Headers", "").split(",") if h.strip()
+    ]
     if value is None or method != "PUT" or any(h not in ALLOWED_HEADERS for h in asked):
         return _refuse("this cross-origin upload is not allowed")
-    return web.Response(status=204, headers={
-        "Access-Control-Allow-Origin": value,
-        "Access-Control-Allow-Methods": "PUT",
-        "Access-Control-Allow-Headers": f"Content-Type, {HEADER}",
-        "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
-        "Vary": "Origin",
-    })
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Origin": value,
+            "Access-Control-Allow-Methods": "PUT",
+            "Access-Control-Allow-Headers": f"Content-Type, {HEADER}",
+            "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
+            "Vary": "Origin",
+        },
+    )
 
 
 @web.middleware
 async def refuse_foreign_origins(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A PUT whose Origin is not allowed is refused unread (a browser would hide the answer anyway)."""
     origin = request.headers.get("Origin")
-    if (origin is not None and request.method == "PUT" and request.path.startswith(UPLOAD_PREFIX)
-            and allow_origin_value(request.app[keys.SETTINGS].node.cors_origin, origin) is None):
+    if (
+        origin is not None
+        and request.method == "PUT"
+        and request.path.startswith(UPLOAD_PREFIX)
+        and allow_origin_value(request.app[keys.SETTINGS].node.cors_origin, origin) is None
+    ):
         return _refuse("uploads from this origin are not allowed")
     return await handler(request)
 

@@ -17,8 +17,15 @@ async def stats(request: web.Request) -> web.Response:
     app = request.app
     node = app[keys.SETTINGS].node
     usage = await asyncio.to_thread(app[keys.STORE].usage)
-    return web.json_response({
-        "node_id": node.node_id, "region": node.region, "set_id": node.set_id,
-        "capacity_bytes": usage.capacity_bytes, "used_bytes": usage.used_bytes, "free_bytes": usage.free_bytes,
-        "objects": usage.objects, "state": app[keys.STATUS].state,
-    })
+    return web.json_response(
+        {
+            "node_id": node.node_id,
+            "region": node.region,
+            "set_id": node.set_id,
+            "capacity_bytes": usage.capacity_bytes,
+            "used_bytes": usage.used_bytes,
+            "free_bytes": usage.free_bytes,
+            "objects": usage.objects,
+            "state": app[keys.STATUS].state,
+        }
+    )

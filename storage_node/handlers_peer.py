@@ -10,16 +10,8 @@ from common import signing
 from common.errors import NotFound
 from common.ids import check_image_id
 from storage_node import keys
-from storage_node.store import ORIGINAL
-
-PEER_SHA_HEADER = "X-Minicdn-Sha256"
-PEER_VISIBILITY_HEADER = "X-Minicdn-Visibility"  # a copy of a private image must stay private
-
-
-def peer_params(settings_key: bytes, kid: str, image_id: str, requester: str, exp: int) -> dict[str, str]:
-    """Query parameters a node adds to a peer request: its own id, bound into the signature."""
-    params = signing.sign(signing.Claims("peer", image_id, requester, exp), kid, settings_key)
-    return {"node": requester, **params}
+from storage_node.objects.peer import PEER_SHA_HEADER, PEER_VISIBILITY_HEADER
+from storage_node.objects.store import ORIGINAL
 
 
 async def get_original(request: web.Request) -> web.StreamResponse:
@@ -33,6 +25,10 @@ async def get_original(request: web.Request) -> web.StreamResponse:
         raise NotFound("no such image on this node")
     return web.FileResponse(
         store.path_for(image_id, ORIGINAL),
-        headers={"Content-Type": meta.content_type, PEER_SHA_HEADER: meta.sha256, "Cache-Control": "no-store",
-                 PEER_VISIBILITY_HEADER: "private" if meta.private else "public"},
+        headers={
+            "Content-Type": meta.content_type,
+            PEER_SHA_HEADER: meta.sha256,
+            "Cache-Control": "no-store",
+            PEER_VISIBILITY_HEADER: "private" if meta.private else "public",
+        },
     )

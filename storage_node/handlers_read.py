@@ -23,7 +23,7 @@ from common.hardening import IMAGE_CSP
 from common.ids import check_image_id
 from common.variants import VariantSpec, check_size, parse_variant, resolve_format
 from storage_node import keys, misses
-from storage_node.store import ORIGINAL, ObjectMeta
+from storage_node.objects.store import ORIGINAL, ObjectMeta
 
 CACHE_PUBLIC = "public, max-age=31536000, immutable"
 CACHE_PRIVATE = "private, max-age=3600"
@@ -80,8 +80,11 @@ def _check_signature(request: web.Request, image_id: str, variant: str) -> bool:
     """True for a valid download signature, False when the URL carries none; 403 for a bad one."""
     if not any(p in request.query for p in SIGNATURE_PARAMS):
         return False
-    signing.verify_with(request.app[keys.SETTINGS].signing, request.query,
-                        lambda exp: signing.Claims("download", image_id, "", exp, path=variant))
+    signing.verify_with(
+        request.app[keys.SETTINGS].signing,
+        request.query,
+        lambda exp: signing.Claims("download", image_id, "", exp, path=variant),
+    )
     return True
 
 
@@ -100,8 +103,9 @@ def _ignore_range(request: web.Request, size: int, etag: str) -> bool:
         return True
     if m[1]:
         if int(m[1]) >= size:
-            raise RangeNotSatisfiable(f"range starts past the end ({size} bytes)",
-                                      headers={"Content-Range": f"bytes */{size}"})
+            raise RangeNotSatisfiable(
+                f"range starts past the end ({size} bytes)", headers={"Content-Range": f"bytes */{size}"}
+            )
         return bool(m[2]) and int(m[2]) < int(m[1])
     if int(m[2]) == 0:
         raise RangeNotSatisfiable("empty suffix range", headers={"Content-Range": f"bytes */{size}"})
@@ -135,8 +139,11 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     if not signed:  # a signed URL is the owner's own grant; public reads obey the app's Referer allowlist
         await app[keys.HOTLINK].check(image_id, request.headers.get("Referer"))
     etag = _etag_for(meta, name)
-    headers = {"Cache-Control": CACHE_PRIVATE if (meta.private or spec is None) else CACHE_PUBLIC,
-               "X-Content-Type-Options": "nosniff", "Content-Security-Policy": IMAGE_CSP}
+    headers = {
+        "Cache-Control": CACHE_PRIVATE if (meta.private or spec is None) else CACHE_PUBLIC,
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": IMAGE_CSP,
+    }
     if vary:
         headers["Vary"] = "Accept"
     if _not_modified(request, etag):

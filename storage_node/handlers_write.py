@@ -16,9 +16,10 @@ from common.events import ImageUploaded
 from common.hardening import timed_chunks
 from common.ids import check_image_id
 from storage_node import keys
-from storage_node.ingest import Ingested, ingest
-from storage_node.store import ObjectMeta
-from storage_node.validate import ImageInfo, probe, sniff
+from storage_node.objects.formats import sniff
+from storage_node.objects.ingest import Ingested, ingest
+from storage_node.objects.store import ObjectMeta
+from storage_node.validate import ImageInfo, probe
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ async def put_upload(request: web.Request) -> web.Response:
         if state["status"] != "requested":
             raise Conflict("this upload URL has already been used", code="already_uploaded")
         got = await ingest(timed_chunks(request.content, settings.http.body_read_timeout_s), tmp, max_bytes)
-        info = await asyncio.to_thread(probe, tmp, sniff(got.head), settings.limits.max_pixels,
-                                       settings.limits.max_frames)
+        info = await asyncio.to_thread(
+            probe, tmp, sniff(got.head), settings.limits.max_pixels, settings.limits.max_frames
+        )
         # Shielded: a client hanging up mid-commit must not split the file move from the transaction.
         event = await asyncio.shield(asyncio.ensure_future(_commit(request, image_id, got, info)))
         outcome = "ok"
@@ -96,17 +98,38 @@ async def _commit(request: web.Request, image_id: str, got: Ingested, info: Imag
             if not linked:
                 await asyncio.to_thread(store.commit_original, got.path, image_id, meta)
             moved = True
-            await db_images.mark_uploaded(conn, image_id, node_id, row["set_id"], sha256=got.sha256, size=got.size,
-                                          content_type=info.content_type, fmt=info.fmt, width=info.width,
-                                          height=info.height)
+            await db_images.mark_uploaded(
+                conn,
+                image_id,
+                node_id,
+                row["set_id"],
+                sha256=got.sha256,
+                size=got.size,
+                content_type=info.content_type,
+                fmt=info.fmt,
+                width=info.width,
+                height=info.height,
+            )
             canonical = await db_pipeline.exact_duplicate(conn, got.sha256, row["owner_key_id"], image_id)
             if canonical is not None:
                 await db_pipeline.set_duplicate_of(conn, image_id, canonical)
-            await audit.record(conn, "upload.complete", image_id=image_id, node_id=node_id,
-                               client_ip=request.remote, detail={"bytes": got.size, "sha256": got.sha256})
+            await audit.record(
+                conn,
+                "upload.complete",
+                image_id=image_id,
+                node_id=node_id,
+                client_ip=request.remote,
+                detail={"bytes": got.size, "sha256": got.sha256},
+            )
     except BaseException:
         if moved:
             await asyncio.to_thread(store.remove_image, image_id)
         raise
-    return ImageUploaded(image_id=image_id, set_id=row["set_id"], origin_node=node_id, sha256=got.sha256,
-                         bytes=got.size, content_type=info.content_type)
+    return ImageUploaded(
+        image_id=image_id,
+        set_id=row["set_id"],
+        origin_node=node_id,
+        sha256=got.sha256,
+        bytes=got.size,
+        content_type=info.content_type,
+    )

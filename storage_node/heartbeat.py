@@ -14,36 +14,53 @@ from common.config import NodeSettings
 from common.db import nodes as db_nodes
 from common.events import NodeHeartbeat
 from storage_node.keys import NodeMetrics, NodeStatus
-from storage_node.store import Store
+from storage_node.objects.store import Store
 
 logger = logging.getLogger(__name__)
 
 
-async def beat_once(node: NodeSettings, store: Store, pool: AsyncConnectionPool, bus: Bus,
-                    status: NodeStatus, metrics: NodeMetrics) -> None:
+async def beat_once(
+    node: NodeSettings, store: Store, pool: AsyncConnectionPool, bus: Bus, status: NodeStatus, metrics: NodeMetrics
+) -> None:
     usage = await asyncio.to_thread(store.usage)
     metrics.set_usage(usage.capacity_bytes, usage.used_bytes, usage.free_bytes, usage.objects)
-    state = await db_nodes.record_heartbeat(pool, node.node_id, usage.capacity_bytes, usage.used_bytes,
-                                            usage.free_bytes, usage.objects)
+    state = await db_nodes.record_heartbeat(
+        pool, node.node_id, usage.capacity_bytes, usage.used_bytes, usage.free_bytes, usage.objects
+    )
     if state:
         status.state = state
-    event = NodeHeartbeat(node_id=node.node_id, region=node.region, set_id=node.set_id,
-                          capacity_bytes=usage.capacity_bytes, used_bytes=usage.used_bytes,
-                          free_bytes=usage.free_bytes, objects=usage.objects, in_flight=status.in_flight,
-                          version_str=__version__, sent_at=time.time(), **_counters(metrics))
+    event = NodeHeartbeat(
+        node_id=node.node_id,
+        region=node.region,
+        set_id=node.set_id,
+        capacity_bytes=usage.capacity_bytes,
+        used_bytes=usage.used_bytes,
+        free_bytes=usage.free_bytes,
+        objects=usage.objects,
+        in_flight=status.in_flight,
+        version_str=__version__,
+        sent_at=time.time(),
+        **_counters(metrics),
+    )
     await bus.publish_core(bus.subjects.heartbeat(node.node_id), event)
 
 
 def _counters(metrics: NodeMetrics) -> dict[str, object]:
     """Running totals and recent replication lag, from which the dashboard derives rates."""
     lag_p50, lag_max = metrics.replication.recent.summary()
-    return {"requests_total": metrics.http.requests_seen, "bytes_sent_total": metrics.http.bytes_sent,
-            "uploads_total": metrics.uploads_ok, "replicated_total": metrics.replication.copied,
-            "replication_lag_p50_s": lag_p50, "replication_lag_max_s": lag_max}
+    return {
+        "requests_total": metrics.http.requests_seen,
+        "bytes_sent_total": metrics.http.bytes_sent,
+        "uploads_total": metrics.uploads_ok,
+        "replicated_total": metrics.replication.copied,
+        "replication_lag_p50_s": lag_p50,
+        "replication_lag_max_s": lag_max,
+    }
 
 
-async def run_heartbeats(node: NodeSettings, store: Store, pool: AsyncConnectionPool, bus: Bus,
-                         status: NodeStatus, metrics: NodeMetrics) -> None:
+async def run_heartbeats(
+    node: NodeSettings, store: Store, pool: AsyncConnectionPool, bus: Bus, status: NodeStatus, metrics: NodeMetrics
+) -> None:
     while True:
         try:
             await beat_once(node, store, pool, bus, status, metrics)

@@ -34,8 +34,9 @@ class HotlinkGuard:
                 "SELECT app_id, name, referers, allow_empty_referer FROM apps WHERE referers <> '{}'"
             )
             rows = await cur.fetchall()
-        self.restricted = {r["app_id"]: App(r["app_id"], r["name"], tuple(r["referers"]), r["allow_empty_referer"])
-                           for r in rows}
+        self.restricted = {
+            r["app_id"]: App(r["app_id"], r["name"], tuple(r["referers"]), r["allow_empty_referer"]) for r in rows
+        }
 
     async def run(self) -> None:
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -13,9 +14,9 @@ from common.config import Settings
 from common.metrics import NodeMetrics
 from storage_node.gate import ServeGate
 from storage_node.hotlink import HotlinkGuard
+from storage_node.objects.store import Store
 from storage_node.process import Processor
 from storage_node.render import Renderer
-from storage_node.store import Store
 
 
 @dataclass
@@ -37,4 +38,8 @@ CALLBACKS = web.AppKey("callbacks", CallbackOutbox)
 METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)
 HOTLINK = web.AppKey("hotlink", HotlinkGuard)
+# Copies an image here in the background (image_id, sha256, bytes, content_type); set by the process's
+# composition root when a replicator runs in-process, absent otherwise.
+ReadRepair = Callable[[str, str, int, str], Awaitable[None]]
+READ_REPAIR = web.AppKey("read_repair", ReadRepair)
 HEALTH = web.AppKey("health", dict)  # the /healthz body: fixed for the life of the process

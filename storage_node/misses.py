@@ -38,24 +38,20 @@ async def redirect_to_holder(request: web.Request, image_id: str, signed: bool =
     here = Point(node.lat, node.lon)
     holders = sorted(row["holders"], key=lambda h: haversine_km(here, Point(h["lat"], h["lon"])))
     if not holders:
-        raise Unavailable("no healthy node holds this image right now", code="no_replica",
-                          headers={"Retry-After": "1"})
+        raise Unavailable("no healthy node holds this image right now", code="no_replica", headers={"Retry-After": "1"})
     location = f"{holders[0]['base_url'].rstrip('/')}{request.path_qs}"
     return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
 
 
 def _read_repair(app: web.Application, row: dict[str, Any], image_id: str) -> None:
     """Copy the image here in the background through this node's replicator (when it runs in-process)."""
-    from replicator.jobs import Wanted, replicate
-    from storage_node.app import REPLICATOR
-
-    replicator = app.get(REPLICATOR)
-    if replicator is None:
+    repair = app.get(keys.READ_REPAIR)
+    if repair is None:
         return  # a separate replicator process: its sweep of pending/missing rows copies it
 
     async def copy() -> None:
         try:
-            await replicate(replicator.ctx, Wanted(image_id, row["sha256"], row["bytes"], row["content_type"]))
+            await repair(image_id, row["sha256"], row["bytes"], row["content_type"])
         except Exception as exc:  # the sweep retries
             logger.info("read repair of %s deferred: %s", image_id, exc)
 

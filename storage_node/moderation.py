@@ -48,8 +48,13 @@ class Moderation:
         if not self.cfg.command:
             return Verdict(False)
         env = {**os.environ, "MINICDN_IMAGE_ID": image_id, "MINICDN_CONTENT_TYPE": content_type}
-        proc = await asyncio.create_subprocess_exec(*shlex.split(self.cfg.command), str(path), env=env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            *shlex.split(self.cfg.command),
+            str(path),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), self.cfg.timeout_s)
         except TimeoutError:
@@ -71,8 +76,9 @@ class Moderation:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
         try:
             data = await asyncio.to_thread(path.read_bytes)
-            async with self._session.post(self.cfg.url, data=data, headers={
-                    "Content-Type": content_type, "X-Minicdn-Image-Id": image_id}) as resp:
+            async with self._session.post(
+                self.cfg.url, data=data, headers={"Content-Type": content_type, "X-Minicdn-Image-Id": image_id}
+            ) as resp:
                 if resp.status // 100 != 2:
                     return Verdict(True, f"moderation check failed (HTTP {resp.status})")
                 answer = await resp.json(content_type=None)

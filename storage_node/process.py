@@ -29,9 +29,9 @@ from common.errors import InvalidImage, UnsupportedImage
 from common.events import ImageRejected
 from common.loops import cancel_all
 from storage_node.moderation import Moderation
+from storage_node.objects.store import ORIGINAL, Store
 from storage_node.render import RenderOptions
 from storage_node.sandbox import SandboxPool
-from storage_node.store import ORIGINAL, Store
 
 if TYPE_CHECKING:
     from common.metrics import NodeMetrics
@@ -41,8 +41,9 @@ MAX_ATTEMPTS = 3  # processing failures that are not the image's fault, before i
 
 
 class Processor:
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool, store: Store, bus: Bus,
-                 callbacks: CallbackOutbox) -> None:
+    def __init__(
+        self, settings: Settings, pool: AsyncConnectionPool, store: Store, bus: Bus, callbacks: CallbackOutbox
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.store = store
@@ -94,12 +95,19 @@ class Processor:
         row = await db_pipeline.claim(self.pool, image_id, self.node_id)
         if row is None:
             return None
-        eager = [(name, self.store.new_tmp_path().with_suffix("." + name.rsplit(".", 1)[-1]))
-                 for name in self.settings.pipeline.eager_variants]
+        eager = [
+            (name, self.store.new_tmp_path().with_suffix("." + name.rsplit(".", 1)[-1]))
+            for name in self.settings.pipeline.eager_variants
+        ]
         limits = self.settings.limits
-        job = {"path": str(self.store.path_for(image_id, ORIGINAL)), "max_pixels": limits.max_pixels,
-               "max_frames": limits.max_frames, "keep_gps": self.settings.pipeline.keep_gps,
-               "render": asdict(self.render), "eager": [[name, str(path)] for name, path in eager]}
+        job = {
+            "path": str(self.store.path_for(image_id, ORIGINAL)),
+            "max_pixels": limits.max_pixels,
+            "max_frames": limits.max_frames,
+            "keep_gps": self.settings.pipeline.keep_gps,
+            "render": asdict(self.render),
+            "eager": [[name, str(path)] for name, path in eager],
+        }
         try:
             result = await self.sandbox.run(job)
             for name, path in eager:
@@ -116,16 +124,22 @@ class Processor:
 
     async def _finish(self, image_id: str, row: dict[str, Any], result: dict[str, Any], started: float) -> str:
         duplicate_of = row["duplicate_of"] or await db_pipeline.near_duplicate(
-            self.pool, int(result["phash"]), self.settings.pipeline.near_duplicate_distance, row["owner_key_id"],
-            image_id)
+            self.pool,
+            int(result["phash"]),
+            self.settings.pipeline.near_duplicate_distance,
+            row["owner_key_id"],
+            image_id,
+        )
         status, reason = "ready", None
         if self.moderation.enabled:
-            verdict = await self.moderation.check(image_id, self.store.path_for(image_id, ORIGINAL),
-                                                  result["content_type"])
+            verdict = await self.moderation.check(
+                image_id, self.store.path_for(image_id, ORIGINAL), result["content_type"]
+            )
             if verdict.flagged:
                 status, reason = "quarantined", verdict.reason
-        done = await db_pipeline.finish(self.pool, image_id, result, status=status, reason=reason,
-                                        duplicate_of=duplicate_of)
+        done = await db_pipeline.finish(
+            self.pool, image_id, result, status=status, reason=reason, duplicate_of=duplicate_of
+        )
         self._failures.pop(image_id, None)
         self.processed += 1
         logger.info("processed %s -> %s in %.3fs", image_id, status, time.perf_counter() - started)

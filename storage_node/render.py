@@ -23,8 +23,8 @@ import pyvips
 from common.config import PipelineSettings
 from common.errors import InvalidImage, MinicdnError, UnsupportedImage
 from common.variants import ANIMATED_FORMATS, VariantSpec
+from storage_node.objects.store import ORIGINAL, Store
 from storage_node.sandbox import SandboxPool
-from storage_node.store import ORIGINAL, Store
 from storage_node.validate import displayed_size, first_frame, header_field
 
 if TYPE_CHECKING:
@@ -46,8 +46,14 @@ class RenderOptions:
 
     @classmethod
     def from_settings(cls, pipe: PipelineSettings) -> RenderOptions:
-        return cls(pipe.thumb_size, pipe.jpeg_quality, pipe.webp_quality, pipe.avif_quality, pipe.avif_effort,
-                   pipe.png_compression)
+        return cls(
+            pipe.thumb_size,
+            pipe.jpeg_quality,
+            pipe.webp_quality,
+            pipe.avif_quality,
+            pipe.avif_effort,
+            pipe.png_compression,
+        )
 
 
 def _target(spec: VariantSpec, opts: RenderOptions) -> tuple[int, int, bool]:
@@ -74,8 +80,9 @@ def _load(src: Path, spec: VariantSpec, opts: RenderOptions, animated: bool) -> 
     name = f"{src}[n=-1]" if animated else str(src)
     # size="down": never upscale. A cover crop of a small image keeps the box's aspect ratio instead.
     if crop:
-        width, height = _shrink_box(width, height,
-                                    *displayed_size(pyvips.Image.new_from_file(str(src), access="sequential")))
+        width, height = _shrink_box(
+            width, height, *displayed_size(pyvips.Image.new_from_file(str(src), access="sequential"))
+        )
         return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down", fail_on="error")
     return pyvips.Image.thumbnail(name, width, height=height, size="down", fail_on="error")
 
@@ -86,8 +93,9 @@ def _cover_animation(src: Path, width: int, height: int) -> pyvips.Image:
     frame_w, frame_h = first.width, header_field(first, "page-height", first.height)
     width, height = _shrink_box(width, height, frame_w, frame_h)
     scale = max(width / frame_w, height / frame_h)
-    strip = pyvips.Image.thumbnail(f"{src}[n=-1]", max(1, round(frame_w * scale)), height=HUGE, size="down",
-                                   fail_on="error")
+    strip = pyvips.Image.thumbnail(
+        f"{src}[n=-1]", max(1, round(frame_w * scale)), height=HUGE, size="down", fail_on="error"
+    )
     page_h = header_field(strip, "page-height", strip.height)
     pages = max(1, strip.height // page_h)
     width, height = min(width, strip.width), min(height, page_h)
@@ -146,8 +154,16 @@ class Renderer:
     a sandboxed worker process (``storage_node.sandbox``): a source that passed the full decode check can
     still meet a codec bug in a resize or encoder path, and that must cost one request, not the node."""
 
-    def __init__(self, store: Store, workers: int, opts: RenderOptions | None = None,
-                 metrics: NodeMetrics | None = None, *, memory_mb: int = 1536, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        workers: int,
+        opts: RenderOptions | None = None,
+        metrics: NodeMetrics | None = None,
+        *,
+        memory_mb: int = 1536,
+        timeout_s: float = 60.0,
+    ) -> None:
         self.store = store
         self.opts = opts or RenderOptions()
         self.metrics = metrics
@@ -192,12 +208,20 @@ class Renderer:
         try:
             started = time.perf_counter()
             try:
-                await self.sandbox.run({"op": "variant", "path": str(self.store.path_for(image_id, ORIGINAL)),
-                                        "variant": spec.name, "dest": str(tmp), "animated": animated,
-                                        "render": asdict(self.opts)})
+                await self.sandbox.run(
+                    {
+                        "op": "variant",
+                        "path": str(self.store.path_for(image_id, ORIGINAL)),
+                        "variant": spec.name,
+                        "dest": str(tmp),
+                        "animated": animated,
+                        "render": asdict(self.opts),
+                    }
+                )
             except (InvalidImage, UnsupportedImage) as exc:
-                raise MinicdnError(f"variant {spec.name} could not be built: {exc.message}",
-                                   code="render_failed") from None
+                raise MinicdnError(
+                    f"variant {spec.name} could not be built: {exc.message}", code="render_failed"
+                ) from None
             self.builds += 1
             if self.metrics is not None:
                 self.metrics.variant_build_duration.labels(spec.fmt).observe(time.perf_counter() - started)

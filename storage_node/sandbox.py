@@ -3,7 +3,7 @@
 Why processes (and not threads or a ProcessPoolExecutor): libvips decoders are C; a segfault, an abort
 or an endless loop in one of them would take a thread's whole process with it, and a
 ProcessPoolExecutor breaks entirely when one worker dies and cannot stop one job that runs too long.
-Here each worker is a small `python -m storage_node.sandbox` process speaking one JSON line per job on
+Here each worker is a small `python -m storage_node.sandbox_worker` process speaking one JSON line per job on
 stdin/stdout, started with an address-space limit (RLIMIT_AS), no core dumps, one libvips thread and
 a parent-death signal. A job that overruns its time limit gets its worker SIGKILLed; a worker that
 dies mid-job is replaced; either way only that job fails (its image is rejected with the reason) and
@@ -19,14 +19,11 @@ import os
 import resource
 import signal
 import sys
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from common.embedded import die_with_parent
-from common.errors import InvalidImage, MinicdnError, UnsupportedImage
-
-OUT_OF_MEMORY = "decoding this image needs more memory than a worker may use"
+from common.errors import InvalidImage, UnsupportedImage
+from common.procs import die_with_parent
 
 
 class SandboxFailure(InvalidImage):
@@ -40,8 +37,7 @@ class _Worker:
 
 
 class SandboxPool:
-    def __init__(self, size: int, memory_mb: int, timeout_s: float, max_jobs: int = 500, vips_threads: int = 1
-                 ) -> None:
+    def __init__(self, size: int, memory_mb: int, timeout_s: float, max_jobs: int = 500, vips_threads: int = 1) -> None:
         self.size = size or os.cpu_count() or 2
         self.memory_bytes = memory_mb * 1024 * 1024
         self.timeout_s = timeout_s
@@ -61,8 +57,13 @@ class SandboxPool:
     async def _spawn(self) -> _Worker:
         env = {**os.environ, "VIPS_CONCURRENCY": str(self.vips_threads), "MALLOC_ARENA_MAX": "2", "VIPS_WARNING": "0"}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "storage_node.sandbox", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=env, preexec_fn=self._limits,
+            sys.executable,
+            "-m",
+            "storage_node.sandbox_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            preexec_fn=self._limits,
         )
         return _Worker(proc)
 
@@ -118,41 +119,3 @@ async def _kill(worker: _Worker) -> None:
         worker.proc.kill()
     with contextlib.suppress(Exception):
         await worker.proc.wait()
-
-
-def _serve() -> None:
-    """Worker side: one JSON job per stdin line, one JSON answer per stdout line."""
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # stray prints and library chatter go to stderr, never into the protocol
-    import pyvips
-
-    from storage_node.validate import restrict_loaders
-
-    restrict_loaders()
-    pyvips.cache_set_max(0)  # each job sees a new file: caching operations only holds memory
-    from storage_node.analyse import JOBS
-
-    for line in sys.stdin:
-        try:
-            job = json.loads(line)
-            answer: dict[str, Any] = {"ok": True, "result": JOBS[job.get("op", "analyse")](job)}
-        except Exception as exc:
-            error = _as_error(exc)
-            answer = {"ok": False, "status": error.status, "code": error.code, "message": error.message}
-        proto.write(json.dumps(answer) + "\n")
-
-
-def _as_error(exc: Exception) -> MinicdnError:
-    """What a job's exception tells the node: the checks' own errors as they are; anything else (a libvips
-    error outside the checks, memory exhausted) means this image cannot be processed."""
-    if isinstance(exc, MinicdnError):
-        return exc
-    if isinstance(exc, MemoryError):
-        return InvalidImage(OUT_OF_MEMORY)
-    traceback.print_exc()
-    lines = str(exc).strip().splitlines()
-    return InvalidImage(f"cannot process the image: {lines[-1] if lines else type(exc).__name__}")
-
-
-if __name__ == "__main__":
-    _serve()

@@ -3,7 +3,7 @@ off the request path, a full decode check, EXIF facts and a perceptual hash.
 
 The header probe reads dimensions and the frame count without decoding pixels, so an oversized image
 (a 30000x30000 PNG of a few hundred KB) is refused before any pixel buffer exists. The full decode
-(``decode_check``) runs inside a sandboxed worker process (``storage_node.sandbox``) so that a codec
+(``decode_check``) runs inside a sandboxed worker process (``storage_node.sandbox_worker``) so that a codec
 crash or runaway costs one job, never the node.
 """
 
@@ -16,22 +16,20 @@ from typing import Any
 import pyvips
 
 from common.errors import InvalidImage, UnsupportedImage
-from storage_node.sandbox import OUT_OF_MEMORY
+from storage_node.objects.formats import CONTENT_TYPES
 
-CONTENT_TYPES = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "gif": "image/gif",
-    "webp": "image/webp",
-    "avif": "image/avif",
-    "heic": "image/heic",
-}
+OUT_OF_MEMORY = "decoding this image needs more memory than a worker may use"
+
 # The libvips loader each sniffed format must be read by: a file that sniffs as one format but that
 # libvips would parse as another (a polyglot) is refused.
-LOADERS = {"jpeg": "jpegload", "png": "pngload", "gif": "gifload", "webp": "webpload",
-           "avif": "heifload", "heic": "heifload"}
-_HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
-_AVIF_BRANDS = {b"avif", b"avis"}
+LOADERS = {
+    "jpeg": "jpegload",
+    "png": "pngload",
+    "gif": "gifload",
+    "webp": "webpload",
+    "avif": "heifload",
+    "heic": "heifload",
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +43,13 @@ class ImageInfo:
 
 # libvips loader classes that may run at all; every other loader (SVG, PDF, TIFF, JPEG 2000, FITS, matrix,
 # ...) is blocked, so nothing minicdn does can reach their parsers, whatever the bytes claim.
-ALLOWED_LOADER_CLASSES = ("VipsForeignLoadJpeg", "VipsForeignLoadPng", "VipsForeignLoadNsgif",
-                          "VipsForeignLoadWebp", "VipsForeignLoadHeif")
+ALLOWED_LOADER_CLASSES = (
+    "VipsForeignLoadJpeg",
+    "VipsForeignLoadPng",
+    "VipsForeignLoadNsgif",
+    "VipsForeignLoadWebp",
+    "VipsForeignLoadHeif",
+)
 
 
 def header_field(image: pyvips.Image, name: str, default: Any = None) -> Any:
@@ -73,26 +76,6 @@ def restrict_loaders() -> None:
     pyvips.operation_block_set("VipsForeignLoad", True)
     for name in ALLOWED_LOADER_CLASSES:
         pyvips.operation_block_set(name, False)
-
-
-def sniff(head: bytes) -> str:
-    """The format named by the first bytes, or raise UnsupportedImage."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[4:8] == b"ftyp" and len(head) >= 12:
-        box_size = int.from_bytes(head[:4], "big")
-        brands = {head[8:12]} | {head[i:i + 4] for i in range(16, min(box_size, len(head)) - 3, 4)}
-        if brands & _AVIF_BRANDS:
-            return "avif"
-        if brands & _HEIC_BRANDS:
-            return "heic"
-    raise UnsupportedImage("not a JPEG, PNG, GIF, WebP, AVIF or HEIC image")
 
 
 def probe(path: Path, fmt: str, max_pixels: int, max_frames: int = 500) -> ImageInfo:

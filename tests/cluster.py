@@ -18,9 +18,9 @@ from aiohttp import web
 from common.config import Settings, load_settings
 from common.db.api_keys import create_key
 from common.db.pool import open_pool
-from common.embedded import free_port
 from common.geo import REGIONS
-from storage_node.store import ORIGINAL, Store
+from common.procs import free_port
+from storage_node.objects.store import ORIGINAL, Store
 
 # region -> (network in the test GeoIP database, a client address inside it)
 REGION_IPS = {
@@ -34,8 +34,15 @@ NODE_REGIONS = ("us-east", "eu-west", "ap-southeast")
 class TestCluster:
     __test__ = False  # not a test class
 
-    def __init__(self, root: Path, database_url: str, nats_url: str, geoip_db: str,
-                 node_capacity_bytes: int = 0, extra: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        database_url: str,
+        nats_url: str,
+        geoip_db: str,
+        node_capacity_bytes: int = 0,
+        extra: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.root = root
         self.node_capacity_bytes = node_capacity_bytes
         tag = secrets.token_hex(4)
@@ -68,16 +75,27 @@ class TestCluster:
             port = free_port()
             point = REGIONS[region]
             node_id = f"{region}-1"
-            self.node_settings[node_id] = self.settings(node={
-                "node_id": node_id, "region": region, "lat": point.lat, "lon": point.lon, "set_id": "set-1",
-                "base_url": f"http://127.0.0.1:{port}", "port": port, "data_dir": str(self.root / node_id),
-                "heartbeat_interval_s": 0.3, "render_threads": 2, "capacity_bytes": self.node_capacity_bytes,
-            })
+            self.node_settings[node_id] = self.settings(
+                node={
+                    "node_id": node_id,
+                    "region": region,
+                    "lat": point.lat,
+                    "lon": point.lon,
+                    "set_id": "set-1",
+                    "base_url": f"http://127.0.0.1:{port}",
+                    "port": port,
+                    "data_dir": str(self.root / node_id),
+                    "heartbeat_interval_s": 0.3,
+                    "render_threads": 2,
+                    "capacity_bytes": self.node_capacity_bytes,
+                }
+            )
         await asyncio.gather(*(self.start_node(n) for n in self.node_settings))
         port = free_port()
         self.query_url = f"http://127.0.0.1:{port}"
-        query_settings = self.settings(query={"port": port, "public_url": self.query_url, "node_refresh_s": 0.3,
-                                              "stats_interval_s": 0.3})
+        query_settings = self.settings(
+            query={"port": port, "public_url": self.query_url, "node_refresh_s": 0.3, "stats_interval_s": 0.3}
+        )
         from query_service.app import create_app
 
         await self._serve("query", create_app(query_settings), port)
@@ -92,8 +110,9 @@ class TestCluster:
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        await self._serve(name, create_app(self.settings(query={"port": port, "public_url": url,
-                                                                "node_refresh_s": 0.3})), port)
+        await self._serve(
+            name, create_app(self.settings(query={"port": port, "public_url": url, "node_refresh_s": 0.3})), port
+        )
         return url
 
     async def supervise(self, spool: Path) -> None:
@@ -103,9 +122,14 @@ class TestCluster:
             for path in found:
                 node_id = path.stem
                 if node_id not in self.node_settings:
-                    settings = load_settings(path, env={}, overrides={
-                        "node": {"heartbeat_interval_s": 0.3, "render_threads": 1},
-                        "replicator": self.common["replicator"]})
+                    settings = load_settings(
+                        path,
+                        env={},
+                        overrides={
+                            "node": {"heartbeat_interval_s": 0.3, "render_threads": 1},
+                            "replicator": self.common["replicator"],
+                        },
+                    )
                     self.node_settings[node_id] = settings
                     await self.start_node(node_id)
             await asyncio.sleep(0.1)
@@ -118,10 +142,10 @@ class TestCluster:
         self.apps[name] = app
 
     async def start_node(self, node_id: str) -> None:
-        from storage_node.app import create_app
+        from replicator.node_root import create_node_app
 
         settings = self.node_settings[node_id]
-        await self._serve(node_id, create_app(settings), settings.node.port)
+        await self._serve(node_id, create_node_app(settings), settings.node.port)
 
     async def stop_node(self, node_id: str) -> None:
         runner = self.runners.pop(node_id)
@@ -224,4 +248,3 @@ def make_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
     image = pyvips.Image.gaussnoise(width, height, mean=128 + seed % 50, sigma=40).cast("uchar")
     image = image.bandjoin([image, image]).copy(interpretation="srgb")
     return bytes(image.jpegsave_buffer(Q=85))
-

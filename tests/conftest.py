@@ -11,7 +11,7 @@ import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from common.embedded import EmbeddedNats, EmbeddedPostgres
+from minicdn.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.cluster import REGION_IPS, TestCluster
 
 TESTDATA = Path(__file__).resolve().parent / "images"  # copied from shared/testdata (see its README)
@@ -40,8 +40,13 @@ def geoip_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Known ranges per region (see tests.cluster.REGION_IPS); everything else is unknown."""
     from common.geo import REGIONS
 
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoIP2-City", languages=["en"],
-                        description={"en": "minicdn test ranges"})
+    writer = MMDBWriter(
+        ip_version=6,
+        ipv4_compatible=True,
+        database_type="GeoIP2-City",
+        languages=["en"],
+        description={"en": "minicdn test ranges"},
+    )
     for region, (network, _sample) in REGION_IPS.items():
         point = REGIONS[region]
         writer.insert_network(IPSet([network]), {"location": {"latitude": point.lat, "longitude": point.lon}})
@@ -57,8 +62,9 @@ def database_url(pg: EmbeddedPostgres) -> str:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, database_url: str, nats_server: EmbeddedNats,
-                  geoip_db: str) -> AsyncIterator[TestCluster]:
+async def cluster(
+    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str
+) -> AsyncIterator[TestCluster]:
     c = TestCluster(tmp_path, database_url, nats_server.url, geoip_db)
     await c.start()
     try:

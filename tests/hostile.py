@@ -16,6 +16,7 @@ PAYLOAD = b"<?php system($_GET['c']); ?><script>alert(1)</script>"
 def png_bomb(side: int = 30000) -> bytes:
     """A valid-header PNG of side x side grey pixels, all zero: a few hundred KB that would need
     side*side bytes (900 MB at 30000) once decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -35,8 +36,10 @@ def truncated_jpeg(photo: Path) -> bytes:
 
 
 def svg_with_script() -> bytes:
-    return (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
-            b"<script>alert(document.cookie)</script><rect width='10' height='10'/></svg>")
+    return (
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+        b"<script>alert(document.cookie)</script><rect width='10' height='10'/></svg>"
+    )
 
 
 def jpeg_with_payload(photo: Path) -> bytes:

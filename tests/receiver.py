@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from common import callbacks
-from common.embedded import free_port
+from common.procs import free_port
 
 
 @dataclass
@@ -43,9 +43,14 @@ class CallbackReceiver:
     async def _hook(self, request: web.Request) -> web.Response:
         raw = await request.read()
         status = self.answers.pop(0) if self.answers else 204
-        self.hits.append(Hit(json.loads(raw), request.headers.get(callbacks.DELIVERY_HEADER, ""),
-                             callbacks.verify(request.headers.get(callbacks.SIGNATURE_HEADER, ""), raw,
-                                              self.signing_keys), status))
+        self.hits.append(
+            Hit(
+                json.loads(raw),
+                request.headers.get(callbacks.DELIVERY_HEADER, ""),
+                callbacks.verify(request.headers.get(callbacks.SIGNATURE_HEADER, ""), raw, self.signing_keys),
+                status,
+            )
+        )
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return web.Response(status=status)

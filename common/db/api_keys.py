@@ -50,10 +50,18 @@ def new_plaintext() -> tuple[str, str]:
     return key_id, f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
 
 
-async def create_key(pool: AsyncConnectionPool, name: str, scopes: tuple[str, ...],
-                     plaintext: str | None = None, *, app_id: str | None = None, rate_per_s: float | None = None,
-                     referers: tuple[str, ...] = (), actor: ApiKey | None = None,
-                     client_ip: str | None = None) -> tuple[ApiKey, str]:
+async def create_key(
+    pool: AsyncConnectionPool,
+    name: str,
+    scopes: tuple[str, ...],
+    plaintext: str | None = None,
+    *,
+    app_id: str | None = None,
+    rate_per_s: float | None = None,
+    referers: tuple[str, ...] = (),
+    actor: ApiKey | None = None,
+    client_ip: str | None = None,
+) -> tuple[ApiKey, str]:
     """Store a new key (or the given plaintext, used by `minicdn dev` to keep its key across restarts).
 
     Without ``app_id`` the key starts a new app of the same name (with ``referers`` as its hotlink
@@ -82,18 +90,21 @@ async def create_key(pool: AsyncConnectionPool, name: str, scopes: tuple[str, ..
             (key_id, hash_key(plaintext), name, list(scopes), app_id, rate_per_s),
         )
         if await cur.fetchone() is not None:
-            await audit.record(conn, "key.create", app_id=actor.app_id if actor else app_id,
-                               key_id=actor.key_id if actor else None, client_ip=client_ip,
-                               detail={"new_key_id": key_id, "name": name, "scopes": list(scopes),
-                                       "key_app_id": app_id})
+            await audit.record(
+                conn,
+                "key.create",
+                app_id=actor.app_id if actor else app_id,
+                key_id=actor.key_id if actor else None,
+                client_ip=client_ip,
+                detail={"new_key_id": key_id, "name": name, "scopes": list(scopes), "key_app_id": app_id},
+            )
     return ApiKey(key_id, name, scopes, app_id, rate_per_s), plaintext
 
 
 async def lookup_key(pool: AsyncConnectionPool, plaintext: str) -> ApiKey | None:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT key_id, name, scopes, app_id, rate_per_s FROM api_keys"
-            " WHERE key_hash = %s AND revoked_at IS NULL",
+            "SELECT key_id, name, scopes, app_id, rate_per_s FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
             (hash_key(plaintext),),
         )
         row = await cur.fetchone()
@@ -113,8 +124,9 @@ async def list_keys(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
         return list(await cur.fetchall())
 
 
-async def revoke_key(pool: AsyncConnectionPool, key_id: str, *, actor: ApiKey | None = None,
-                     client_ip: str | None = None) -> datetime:
+async def revoke_key(
+    pool: AsyncConnectionPool, key_id: str, *, actor: ApiKey | None = None, client_ip: str | None = None
+) -> datetime:
     """Mark a key revoked (idempotent); NotFound for an unknown key id. Returns when it was revoked."""
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
@@ -125,9 +137,14 @@ async def revoke_key(pool: AsyncConnectionPool, key_id: str, *, actor: ApiKey | 
         row = await cur.fetchone()
         if row is None:
             raise NotFound("no such key")
-        await audit.record(conn, "key.revoke", app_id=actor.app_id if actor else row["app_id"],
-                           key_id=actor.key_id if actor else None, client_ip=client_ip,
-                           detail={"revoked_key_id": key_id, "key_app_id": row["app_id"]})
+        await audit.record(
+            conn,
+            "key.revoke",
+            app_id=actor.app_id if actor else row["app_id"],
+            key_id=actor.key_id if actor else None,
+            client_ip=client_ip,
+            detail={"revoked_key_id": key_id, "key_app_id": row["app_id"]},
+        )
     revoked_at: datetime = row["revoked_at"]
     return revoked_at
 

@@ -15,9 +15,17 @@ from psycopg_pool import AsyncConnectionPool
 ACTIONS = ("upload.request", "upload.complete", "image.delete", "key.create", "key.revoke")
 
 
-async def record(conn: AsyncConnection[Any], action: str, *, app_id: str | None = None, key_id: str | None = None,
-                 image_id: str | None = None, node_id: str | None = None, client_ip: str | None = None,
-                 detail: dict[str, Any] | None = None) -> None:
+async def record(
+    conn: AsyncConnection[Any],
+    action: str,
+    *,
+    app_id: str | None = None,
+    key_id: str | None = None,
+    image_id: str | None = None,
+    node_id: str | None = None,
+    client_ip: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
     """Append one row. Without ``app_id``, the image's app is recorded."""
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")

@@ -15,9 +15,15 @@ def event_body(row: dict[str, Any]) -> dict[str, Any]:
     """The callback body for an image row (the sender adds ``sent_at`` to each attempt)."""
     ready_at = row.get("ready_at")
     return {
-        "event": f"image.{row['status']}", "image_id": row["image_id"], "status": row["status"],
-        "reason": row.get("reason"), "duplicate_of": row.get("duplicate_of"), "format": row.get("format"),
-        "width": row.get("width"), "height": row.get("height"), "sha256": row.get("sha256"),
+        "event": f"image.{row['status']}",
+        "image_id": row["image_id"],
+        "status": row["status"],
+        "reason": row.get("reason"),
+        "duplicate_of": row.get("duplicate_of"),
+        "format": row.get("format"),
+        "width": row.get("width"),
+        "height": row.get("height"),
+        "sha256": row.get("sha256"),
         "ready_at": ready_at.isoformat() if ready_at is not None else None,
     }
 
@@ -29,8 +35,10 @@ async def enqueue(conn: AsyncConnection[Any], row: dict[str, Any]) -> uuid.UUID 
     if not url:
         return None
     delivery_id = uuid.uuid4()
-    await conn.execute("INSERT INTO callback_outbox (delivery_id, image_id, url, body) VALUES (%s, %s, %s, %s)",
-                       (delivery_id, row["image_id"], url, Jsonb(event_body(row))))
+    await conn.execute(
+        "INSERT INTO callback_outbox (delivery_id, image_id, url, body) VALUES (%s, %s, %s, %s)",
+        (delivery_id, row["image_id"], url, Jsonb(event_body(row))),
+    )
     return delivery_id
 
 
@@ -55,25 +63,35 @@ async def claim(pool: AsyncConnectionPool, limit: int, lease_s: float) -> list[d
 
 async def delivered(pool: AsyncConnectionPool, delivery_id: uuid.UUID) -> None:
     async with pool.connection() as conn:
-        await conn.execute("UPDATE callback_outbox SET state = 'delivered', last_error = NULL, finished_at = now()"
-                           " WHERE delivery_id = %s", (delivery_id,))
+        await conn.execute(
+            "UPDATE callback_outbox SET state = 'delivered', last_error = NULL, finished_at = now()"
+            " WHERE delivery_id = %s",
+            (delivery_id,),
+        )
 
 
 async def failed(pool: AsyncConnectionPool, delivery_id: uuid.UUID, error: str, retry_in_s: float | None) -> None:
     """An attempt failed: due again in ``retry_in_s`` seconds, or given up (`failed`) when that is None."""
     async with pool.connection() as conn:
         if retry_in_s is None:
-            await conn.execute("UPDATE callback_outbox SET state = 'failed', last_error = %s, finished_at = now()"
-                               " WHERE delivery_id = %s AND state = 'pending'", (error[:500], delivery_id))
+            await conn.execute(
+                "UPDATE callback_outbox SET state = 'failed', last_error = %s, finished_at = now()"
+                " WHERE delivery_id = %s AND state = 'pending'",
+                (error[:500], delivery_id),
+            )
         else:
-            await conn.execute("UPDATE callback_outbox SET next_at = now() + make_interval(secs => %s),"
-                               " last_error = %s WHERE delivery_id = %s AND state = 'pending'",
-                               (retry_in_s, error[:500], delivery_id))
+            await conn.execute(
+                "UPDATE callback_outbox SET next_at = now() + make_interval(secs => %s),"
+                " last_error = %s WHERE delivery_id = %s AND state = 'pending'",
+                (retry_in_s, error[:500], delivery_id),
+            )
 
 
 async def purge_finished(pool: AsyncConnectionPool, older_than_s: float) -> int:
     """Delete delivered and failed rows finished more than ``older_than_s`` ago (index `callback_outbox_finished`)."""
     async with pool.connection() as conn:
-        cur = await conn.execute("DELETE FROM callback_outbox WHERE state <> 'pending'"
-                                 " AND finished_at < now() - make_interval(secs => %s)", (older_than_s,))
+        cur = await conn.execute(
+            "DELETE FROM callback_outbox WHERE state <> 'pending' AND finished_at < now() - make_interval(secs => %s)",
+            (older_than_s,),
+        )
         return cur.rowcount

@@ -43,9 +43,7 @@ async def set_node_state(pool: AsyncConnectionPool, node_id: str, state: str, se
 
 async def set_set_state(pool: AsyncConnectionPool, set_id: str, state: str) -> bool:
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "UPDATE sets SET state = %s WHERE set_id = %s AND state <> %s", (state, set_id, state)
-        )
+        cur = await conn.execute("UPDATE sets SET state = %s WHERE set_id = %s AND state <> %s", (state, set_id, state))
         return cur.rowcount > 0
 
 
@@ -56,7 +54,9 @@ async def add_samples(pool: AsyncConnectionPool, rows: list[tuple[str, int, int]
         async with conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO capacity_samples (node_id, used_bytes, objects) VALUES (%s, %s, %s)"
-                " ON CONFLICT DO NOTHING", rows)
+                " ON CONFLICT DO NOTHING",
+                rows,
+            )
         await conn.execute(
             "DELETE FROM capacity_samples WHERE sampled_at < now() - make_interval(secs => %s)", (keep_s,)
         )
@@ -76,26 +76,46 @@ async def growth_samples(pool: AsyncConnectionPool, window_s: float) -> dict[str
 
 
 # --- events --------------------------------------------------------------------------------------------
-async def record_event(pool: AsyncConnectionPool, kind: str, reason: str, *, state: str = "done",
-                       set_id: str | None = None, node_id: str | None = None, outcome: str | None = None,
-                       plan: dict[str, Any] | None = None, provisioner: str | None = None,
-                       event_id: int | None = None) -> int:
+async def record_event(
+    pool: AsyncConnectionPool,
+    kind: str,
+    reason: str,
+    *,
+    state: str = "done",
+    set_id: str | None = None,
+    node_id: str | None = None,
+    outcome: str | None = None,
+    plan: dict[str, Any] | None = None,
+    provisioner: str | None = None,
+    event_id: int | None = None,
+) -> int:
     async with pool.connection() as conn:
         cur = await conn.execute(
             "INSERT INTO provisioning_events (event_id, kind, set_id, node_id, state, reason, outcome, plan,"
             " provisioner, finished_at) VALUES (coalesce(%s, nextval('provisioning_events_event_id_seq')),"
             " %s, %s, %s, %s, %s, %s, %s, %s,"
             f" {_FINISHED_AT}) RETURNING event_id",
-            (event_id, kind, set_id, node_id, state, reason, outcome, Jsonb(plan) if plan is not None else None,
-             provisioner, state),
+            (
+                event_id,
+                kind,
+                set_id,
+                node_id,
+                state,
+                reason,
+                outcome,
+                Jsonb(plan) if plan is not None else None,
+                provisioner,
+                state,
+            ),
         )
         row = await cur.fetchone()
     assert row is not None
     return int(row["event_id"])
 
 
-async def update_event(pool: AsyncConnectionPool, event_id: int, state: str, outcome: str | None = None,
-                       plan: dict[str, Any] | None = None) -> None:
+async def update_event(
+    pool: AsyncConnectionPool, event_id: int, state: str, outcome: str | None = None, plan: dict[str, Any] | None = None
+) -> None:
     async with pool.connection() as conn:
         await conn.execute(
             "UPDATE provisioning_events SET state = %s, outcome = coalesce(%s, outcome),"
@@ -118,7 +138,8 @@ async def recent_events(pool: AsyncConnectionPool, limit: int = 50) -> list[dict
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT event_id, kind, set_id, node_id, state, reason, outcome, plan, provisioner, created_at,"
-            " finished_at FROM provisioning_events ORDER BY created_at DESC, event_id DESC LIMIT %s", (limit,)
+            " finished_at FROM provisioning_events ORDER BY created_at DESC, event_id DESC LIMIT %s",
+            (limit,),
         )
         return await cur.fetchall()
 
@@ -128,7 +149,8 @@ async def seconds_since_provisioning(pool: AsyncConnectionPool) -> float:
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT extract(epoch FROM now() - max(finished_at))::float8 AS s FROM provisioning_events"
-            " WHERE kind = 'new_set' AND state = 'succeeded'")
+            " WHERE kind = 'new_set' AND state = 'succeeded'"
+        )
         row = await cur.fetchone()
     return float("inf") if row is None or row["s"] is None else float(row["s"])
 
@@ -144,8 +166,10 @@ async def new_event_id(pool: AsyncConnectionPool) -> int:
 
 async def next_set_number(conn: AsyncConnection[Any]) -> int:
     # Planned sets count too: a late node of a failed plan must never land in the next plan's set.
-    cur = await conn.execute("SELECT set_id FROM sets UNION SELECT set_id FROM provisioning_events"
-                             " WHERE kind = 'new_set' AND set_id IS NOT NULL")
+    cur = await conn.execute(
+        "SELECT set_id FROM sets UNION SELECT set_id FROM provisioning_events"
+        " WHERE kind = 'new_set' AND set_id IS NOT NULL"
+    )
     numbers = [int(m.group(1)) for r in await cur.fetchall() if (m := re.fullmatch(r"set-(\d+)", r["set_id"]))]
     return max(numbers, default=0) + 1
 
@@ -175,7 +199,8 @@ async def under_replicated(pool: AsyncConnectionPool, limit: int = 1000) -> list
             "SELECT r.image_id, r.node_id, r.state, n.state AS node_state FROM replicas r JOIN nodes n USING (node_id)"
             " WHERE r.state = 'pending' UNION ALL"
             " SELECT r.image_id, r.node_id, r.state, n.state FROM replicas r JOIN nodes n USING (node_id)"
-            " WHERE r.state IN ('missing', 'corrupt') LIMIT %s", (limit,)
+            " WHERE r.state IN ('missing', 'corrupt') LIMIT %s",
+            (limit,),
         )
         return await cur.fetchall()
 
@@ -183,11 +208,8 @@ async def under_replicated(pool: AsyncConnectionPool, limit: int = 1000) -> list
 async def nudge_repairs(pool: AsyncConnectionPool) -> int:
     """Make every waiting copy due for its node's next sweep at once (pending rows count from created_at)."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "UPDATE replicas SET created_at = now() - interval '1 hour' WHERE state = 'pending'"
-        )
+        cur = await conn.execute("UPDATE replicas SET created_at = now() - interval '1 hour' WHERE state = 'pending'")
         return cur.rowcount
-
 
 
 async def backfill_progress(pool: AsyncConnectionPool, node_id: str) -> dict[str, Any] | None:
@@ -197,15 +219,26 @@ async def backfill_progress(pool: AsyncConnectionPool, node_id: str) -> dict[str
         node = await cur.fetchone()
         if node is None:
             return None
-        cur = await conn.execute(f"SELECT count(*) AS n FROM images WHERE set_id = %s AND {LIVE_IMAGE}",
-                                 (node["set_id"],))
+        cur = await conn.execute(
+            f"SELECT count(*) AS n FROM images WHERE set_id = %s AND {LIVE_IMAGE}", (node["set_id"],)
+        )
         expected = (await cur.fetchone() or {"n": 0})["n"]
         cur = await conn.execute(
             "SELECT state, count(*) AS n FROM replicas WHERE node_id = %s AND state = 'pending' GROUP BY 1"
             " UNION ALL SELECT state, count(*) FROM replicas WHERE node_id = %s AND state IN ('missing', 'corrupt')"
-            " GROUP BY 1", (node_id, node_id))
+            " GROUP BY 1",
+            (node_id, node_id),
+        )
         waiting = {r["state"]: int(r["n"]) for r in await cur.fetchall()}
     left = sum(waiting.values())
-    return {"node_id": node_id, "set_id": node["set_id"], "state": node["state"], "expected": int(expected),
-            "done": max(int(expected) - left, 0), "pending": waiting.get("pending", 0),
-            "missing": waiting.get("missing", 0), "corrupt": waiting.get("corrupt", 0), "complete": left == 0}
+    return {
+        "node_id": node_id,
+        "set_id": node["set_id"],
+        "state": node["state"],
+        "expected": int(expected),
+        "done": max(int(expected) - left, 0),
+        "pending": waiting.get("pending", 0),
+        "missing": waiting.get("missing", 0),
+        "corrupt": waiting.get("corrupt", 0),
+        "complete": left == 0,
+    }

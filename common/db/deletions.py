@@ -21,8 +21,14 @@ async def owner_of(pool: AsyncConnectionPool, image_id: str) -> dict[str, Any]:
     return row
 
 
-async def tombstone(pool: AsyncConnectionPool, image_id: str, *, actor_key_id: str | None = None,
-                    actor_app_id: str | None = None, client_ip: str | None = None) -> dict[str, Any] | None:
+async def tombstone(
+    pool: AsyncConnectionPool,
+    image_id: str,
+    *,
+    actor_key_id: str | None = None,
+    actor_app_id: str | None = None,
+    client_ip: str | None = None,
+) -> dict[str, Any] | None:
     """One transaction: image `deleted`, a delete row for every member of its set (down ones included, so
     they catch up), its replica rows gone (no URL points anywhere any more). Returns the set and the
     members' base URLs, or None when it was already deleted (idempotent)."""
@@ -41,8 +47,15 @@ async def tombstone(pool: AsyncConnectionPool, image_id: str, *, actor_key_id: s
             (image_id, row["set_id"], image_id),
         )
         await conn.execute("DELETE FROM replicas WHERE image_id = %s", (image_id,))
-        await audit.record(conn, "image.delete", app_id=actor_app_id, key_id=actor_key_id, image_id=image_id,
-                           client_ip=client_ip, detail={"set_id": row["set_id"]})
+        await audit.record(
+            conn,
+            "image.delete",
+            app_id=actor_app_id,
+            key_id=actor_key_id,
+            image_id=image_id,
+            client_ip=client_ip,
+            detail={"set_id": row["set_id"]},
+        )
         cur = await conn.execute(
             "SELECT n.base_url FROM deletions d JOIN nodes n USING (node_id) WHERE d.image_id = %s", (image_id,)
         )

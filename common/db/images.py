@@ -31,8 +31,18 @@ async def create_requested(conn: AsyncConnection[Any], img: NewImage) -> None:
     await conn.execute(
         "INSERT INTO images (image_id, owner_key_id, status, visibility, filename, max_bytes, set_id,"
         " origin_node, tags, metadata, callback_url) VALUES (%s, %s, 'requested', %s, %s, %s, %s, %s, %s, %s, %s)",
-        (img.image_id, img.owner_key_id, img.visibility, img.filename, img.max_bytes, img.set_id,
-         img.origin_node, list(img.tags), Jsonb(img.metadata or {}), img.callback_url),
+        (
+            img.image_id,
+            img.owner_key_id,
+            img.visibility,
+            img.filename,
+            img.max_bytes,
+            img.set_id,
+            img.origin_node,
+            list(img.tags),
+            Jsonb(img.metadata or {}),
+            img.callback_url,
+        ),
     )
 
 
@@ -46,7 +56,7 @@ async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: st
     """Inside a transaction: lock the image row; only a `requested` image placed on this node may be uploaded."""
     cur = await conn.execute(
         "SELECT status, set_id, origin_node, owner_key_id, visibility FROM images WHERE image_id = %s FOR UPDATE",
-        (image_id,)
+        (image_id,),
     )
     row = await cur.fetchone()
     if row is None or row["origin_node"] != node_id:
@@ -56,8 +66,19 @@ async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: st
     return row
 
 
-async def mark_uploaded(conn: AsyncConnection[Any], image_id: str, node_id: str, set_id: str, *, sha256: str,
-                        size: int, content_type: str, fmt: str, width: int, height: int) -> None:
+async def mark_uploaded(
+    conn: AsyncConnection[Any],
+    image_id: str,
+    node_id: str,
+    set_id: str,
+    *,
+    sha256: str,
+    size: int,
+    content_type: str,
+    fmt: str,
+    width: int,
+    height: int,
+) -> None:
     """Inside the upload transaction: replica `ok` here, `pending` on every other member, image `uploaded`."""
     await conn.execute(
         "UPDATE images SET status = 'uploaded', sha256 = %s, bytes = %s, content_type = %s, format = %s,"

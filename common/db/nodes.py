@@ -28,8 +28,10 @@ async def register_node(pool: AsyncConnectionPool, node: NodeSettings, version: 
         async with pool.connection() as conn, conn.transaction():
             return await _register(conn, node, version)
     except psycopg.errors.UniqueViolation:
-        raise SlotTaken(f"set {node.set_id} already has a live member in {node.region}: "
-                        f"run `minicdn node replace <old> --with {node.node_id}` first") from None
+        raise SlotTaken(
+            f"set {node.set_id} already has a live member in {node.region}: "
+            f"run `minicdn node replace <old> --with {node.node_id}` first"
+        ) from None
 
 
 async def _register(conn: AsyncConnection[Any], node: NodeSettings, version: str) -> int:
@@ -49,8 +51,9 @@ async def _register(conn: AsyncConnection[Any], node: NodeSettings, version: str
     return 0
 
 
-async def record_heartbeat(pool: AsyncConnectionPool, node_id: str, capacity_bytes: int, used_bytes: int,
-                           free_bytes: int, objects: int) -> str | None:
+async def record_heartbeat(
+    pool: AsyncConnectionPool, node_id: str, capacity_bytes: int, used_bytes: int, free_bytes: int, objects: int
+) -> str | None:
     """Store the usage figures; returns the node's state (operators set it in Postgres)."""
     async with pool.connection() as conn:
         cur = await conn.execute(

@@ -62,8 +62,15 @@ async def unprocessed(pool: AsyncConnectionPool, node_id: str, limit: int = 100)
         return [row["image_id"] for row in await cur.fetchall()]
 
 
-async def finish(pool: AsyncConnectionPool, image_id: str, result: dict[str, Any], *, status: str,
-                 reason: str | None, duplicate_of: str | None) -> dict[str, Any] | None:
+async def finish(
+    pool: AsyncConnectionPool,
+    image_id: str,
+    result: dict[str, Any],
+    *,
+    status: str,
+    reason: str | None,
+    duplicate_of: str | None,
+) -> dict[str, Any] | None:
     """Record what processing found and move the image to `ready` or `quarantined` (one transaction with the
     `ready` callback's outbox row)."""
     phash = int(result["phash"])
@@ -75,9 +82,23 @@ async def finish(pool: AsyncConnectionPool, image_id: str, result: dict[str, Any
             " ph2 = %s, ph3 = %s, duplicate_of = coalesce(duplicate_of, %s), processed_at = now(),"
             " ready_at = CASE WHEN %s = 'ready' THEN now() END"
             " WHERE image_id = %s AND status = 'processing' RETURNING " + _EVENT_COLUMNS,
-            (status, reason, result["format"], result["width"], result["height"], result["pages"],
-             result["animated"], result["colour_space"], Jsonb(exif), exif.get("had_gps"), to_signed64(phash),
-             *chunks(phash), duplicate_of, status, image_id),
+            (
+                status,
+                reason,
+                result["format"],
+                result["width"],
+                result["height"],
+                result["pages"],
+                result["animated"],
+                result["colour_space"],
+                Jsonb(exif),
+                exif.get("had_gps"),
+                to_signed64(phash),
+                *chunks(phash),
+                duplicate_of,
+                status,
+                image_id,
+            ),
         )
         row = await cur.fetchone()
         if row is not None and status == "ready":
@@ -85,12 +106,12 @@ async def finish(pool: AsyncConnectionPool, image_id: str, result: dict[str, Any
         return row
 
 
-_EVENT_COLUMNS = ("image_id, status, reason, set_id, callback_url, duplicate_of, format, width, height, sha256,"
-                  " ready_at")
+_EVENT_COLUMNS = "image_id, status, reason, set_id, callback_url, duplicate_of, format, width, height, sha256, ready_at"
 
 
-async def reject(pool: AsyncConnectionPool, image_id: str, reason: str,
-                 from_status: tuple[str, ...] = ("uploaded", "processing")) -> dict[str, Any] | None:
+async def reject(
+    pool: AsyncConnectionPool, image_id: str, reason: str, from_status: tuple[str, ...] = ("uploaded", "processing")
+) -> dict[str, Any] | None:
     """One transaction: image `rejected` with its reason, its replica rows gone (nothing left to copy), and its
     callback recorded."""
     async with pool.connection() as conn, conn.transaction():
@@ -127,12 +148,15 @@ async def status_of(pool: AsyncConnectionPool, image_id: str) -> str | None:
     return row["status"] if row else None
 
 
-async def local_copy(conn: AsyncConnection[Any] | AsyncConnectionPool, sha256: str, node_id: str,
-                     image_id: str) -> str | None:
+async def local_copy(
+    conn: AsyncConnection[Any] | AsyncConnectionPool, sha256: str, node_id: str, image_id: str
+) -> str | None:
     """Another image with these exact bytes that this node holds (`ok`), to hard-link instead of storing twice."""
-    sql = ("SELECT i.image_id FROM images i JOIN replicas r ON r.image_id = i.image_id AND r.node_id = %s"
-           " WHERE i.sha256 = %s AND i.image_id <> %s AND r.state = 'ok' AND i.status <> ALL(%s)"
-           " ORDER BY i.uploaded_at LIMIT 1")
+    sql = (
+        "SELECT i.image_id FROM images i JOIN replicas r ON r.image_id = i.image_id AND r.node_id = %s"
+        " WHERE i.sha256 = %s AND i.image_id <> %s AND r.state = 'ok' AND i.status <> ALL(%s)"
+        " ORDER BY i.uploaded_at LIMIT 1"
+    )
     args = (node_id, sha256, image_id, list(GONE))
     if isinstance(conn, AsyncConnectionPool):
         async with conn.connection() as c:
@@ -142,8 +166,9 @@ async def local_copy(conn: AsyncConnection[Any] | AsyncConnectionPool, sha256: s
     return row["image_id"] if row else None
 
 
-async def exact_duplicate(conn: AsyncConnection[Any], sha256: str, owner_key_id: str | None,
-                          image_id: str) -> str | None:
+async def exact_duplicate(
+    conn: AsyncConnection[Any], sha256: str, owner_key_id: str | None, image_id: str
+) -> str | None:
     """The first image of the same owner with these exact bytes (duplicates are reported within an owner
     only, so an app never learns what another app uploaded)."""
     cur = await conn.execute(
@@ -177,8 +202,9 @@ def near_args(phash: int, max_distance: int, owner_key_id: str | None, image_id:
     return (signed, *probes, image_id, owner_key_id, list(GONE), signed, max_distance)
 
 
-async def near_duplicate(pool: AsyncConnectionPool, phash: int, max_distance: int, owner_key_id: str | None,
-                         image_id: str) -> str | None:
+async def near_duplicate(
+    pool: AsyncConnectionPool, phash: int, max_distance: int, owner_key_id: str | None, image_id: str
+) -> str | None:
     """The closest image of the same owner whose perceptual hash is within ``max_distance`` bits."""
     if max_distance < 0:
         return None

@@ -9,9 +9,7 @@ from psycopg_pool import AsyncConnectionPool
 
 async def replica_state(pool: AsyncConnectionPool, image_id: str, node_id: str) -> str | None:
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT state FROM replicas WHERE image_id = %s AND node_id = %s", (image_id, node_id)
-        )
+        cur = await conn.execute("SELECT state FROM replicas WHERE image_id = %s AND node_id = %s", (image_id, node_id))
         row = await cur.fetchone()
     return row["state"] if row else None
 
@@ -40,8 +38,9 @@ async def mark_ok(pool: AsyncConnectionPool, image_id: str, node_id: str, size: 
     return row["lag_s"]
 
 
-async def pending_for_node(pool: AsyncConnectionPool, node_id: str, older_than_s: float,
-                           limit: int = 200) -> list[dict[str, Any]]:
+async def pending_for_node(
+    pool: AsyncConnectionPool, node_id: str, older_than_s: float, limit: int = 200
+) -> list[dict[str, Any]]:
     """This node's pending rows older than ``older_than_s`` (uses the partial index `replicas_pending`)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
@@ -54,8 +53,9 @@ async def pending_for_node(pool: AsyncConnectionPool, node_id: str, older_than_s
         return await cur.fetchall()
 
 
-async def miss_lookup(pool: AsyncConnectionPool, image_id: str, me: str,
-                      heartbeat_timeout_s: float) -> dict[str, Any] | None:
+async def miss_lookup(
+    pool: AsyncConnectionPool, image_id: str, me: str, heartbeat_timeout_s: float
+) -> dict[str, Any] | None:
     """For a node asked for an image it does not hold: the image's status and recorded hash, this node's
     replica state, and the healthy members holding an `ok` copy (all by primary key)."""
     async with pool.connection() as conn:

@@ -20,8 +20,9 @@ async def _node_values(page: Page) -> dict[str, dict[str, str]]:
     )
 
 
-async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(cluster: TestCluster, browser: Browser,
-                                                                        screenshots: Path) -> None:
+async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(
+    cluster: TestCluster, browser: Browser, screenshots: Path
+) -> None:
     for seed in range(3):
         image = await cluster.upload(make_jpeg(320, 240, seed=seed))
         await cluster.wait_replicated(image["image_id"])
@@ -42,9 +43,12 @@ async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(cluster: 
             checks.clear()
             checks.update(expected={n["node_id"]: n for n in api_nodes["nodes"]}, shown=shown)
             return set(shown) == set(checks["expected"]) and all(
-                shown[i]["health"] == "healthy" and int(shown[i]["used_bytes"]) == n["used_bytes"]
-                and int(shown[i]["capacity_bytes"]) == n["capacity_bytes"] and int(shown[i]["objects"]) == 3
-                for i, n in checks["expected"].items())
+                shown[i]["health"] == "healthy"
+                and int(shown[i]["used_bytes"]) == n["used_bytes"]
+                and int(shown[i]["capacity_bytes"]) == n["capacity_bytes"]
+                and int(shown[i]["objects"]) == 3
+                for i, n in checks["expected"].items()
+            )
 
         checks: dict[str, Any] = {}
         await cluster.wait_for(page_matches_api, "the dashboard to show what /v1/nodes says", timeout_s=20)
@@ -86,8 +90,9 @@ async def test_dashboard_asks_for_an_admin_key(cluster: TestCluster, browser: Br
         await context.close()
 
 
-async def test_dashboard_shows_control_plane_fields_and_escapes_text(cluster: TestCluster, browser: Browser,
-                                                                    screenshots: Path) -> None:
+async def test_dashboard_shows_control_plane_fields_and_escapes_text(
+    cluster: TestCluster, browser: Browser, screenshots: Path
+) -> None:
     """Fields the control plane adds (days until full, node states, events) show when the JSON has them;
     text from the database is shown as text, never run as markup."""
     status, real = await cluster.api("GET", "/v1/dashboard")
@@ -97,9 +102,17 @@ async def test_dashboard_shows_control_plane_fields_and_escapes_text(cluster: Te
     doc["nodes"][0].update(days_until_full=5.5, state="readonly")
     doc["sets"] = [{**real["sets"][0], "state": "closed", "days_until_full": 5.5}]
     doc["summary"] = {**real["summary"], "days_until_full": 5.5}
-    doc["events"] = [{"created_at": "2026-11-23T10:00:00Z", "kind": "new_set", "state": "succeeded", "set_id": "set-2",
-                      "node_id": None, "reason": "<img src=x onerror=window.__pwned=1> set-1 at 81 %",
-                      "outcome": "3 nodes"}]
+    doc["events"] = [
+        {
+            "created_at": "2026-11-23T10:00:00Z",
+            "kind": "new_set",
+            "state": "succeeded",
+            "set_id": "set-2",
+            "node_id": None,
+            "reason": "<img src=x onerror=window.__pwned=1> set-1 at 81 %",
+            "outcome": "3 nodes",
+        }
+    ]
 
     context = await browser.new_context(viewport=LAPTOP)
     page = await context.new_page()

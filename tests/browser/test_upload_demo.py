@@ -15,7 +15,7 @@ from tests.cluster import TestCluster
 
 async def _demo_cluster(cluster: TestCluster) -> str:
     """Serve a second query-service app with the demo turned on (the fixture's has it off)."""
-    from common.embedded import free_port
+    from common.procs import free_port
     from query_service.app import create_app
 
     port = free_port()
@@ -25,8 +25,9 @@ async def _demo_cluster(cluster: TestCluster) -> str:
     return url
 
 
-async def test_upload_demo_end_to_end(cluster: TestCluster, browser: Browser, testdata: Path,
-                                      screenshots: Path) -> None:
+async def test_upload_demo_end_to_end(
+    cluster: TestCluster, browser: Browser, testdata: Path, screenshots: Path
+) -> None:
     url = await _demo_cluster(cluster)
     context = await browser.new_context(viewport=LAPTOP)
     page = await context.new_page()
@@ -60,8 +61,7 @@ async def test_upload_demo_end_to_end(cluster: TestCluster, browser: Browser, te
         await context.close()
 
 
-async def test_upload_demo_shows_the_nodes_rejection(cluster: TestCluster, browser: Browser,
-                                                     tmp_path: Path) -> None:
+async def test_upload_demo_shows_the_nodes_rejection(cluster: TestCluster, browser: Browser, tmp_path: Path) -> None:
     url = await _demo_cluster(cluster)
     bogus = tmp_path / "notes.png"
     bogus.write_bytes(b"this is not an image at all" * 100)

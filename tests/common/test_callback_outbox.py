@@ -22,10 +22,20 @@ KEY = b"k" * 24
 
 
 def settings_for(database_url: str, **callbacks: Any) -> Settings:
-    return load_settings(env={}, overrides={
-        "database": {"url": database_url}, "signing": {"keys": {"k1": KEY.decode()}, "active_kid": "k1"},
-        "callbacks": {"allow_private": True, "backoff_s": 0.01, "timeout_s": 2.0, "sweep_interval_s": 60,
-                      **callbacks}})
+    return load_settings(
+        env={},
+        overrides={
+            "database": {"url": database_url},
+            "signing": {"keys": {"k1": KEY.decode()}, "active_kid": "k1"},
+            "callbacks": {
+                "allow_private": True,
+                "backoff_s": 0.01,
+                "timeout_s": 2.0,
+                "sweep_interval_s": 60,
+                **callbacks,
+            },
+        },
+    )
 
 
 @pytest.fixture
@@ -42,8 +52,10 @@ async def enqueue(pool: AsyncConnectionPool, url: str, n: int) -> None:
 
 async def outbox_rows(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT delivery_id::text AS delivery_id, image_id, state, attempts, last_error"
-                                 " FROM callback_outbox ORDER BY image_id")
+        cur = await conn.execute(
+            "SELECT delivery_id::text AS delivery_id, image_id, state, attempts, last_error"
+            " FROM callback_outbox ORDER BY image_id"
+        )
         return await cur.fetchall()
 
 
@@ -107,7 +119,8 @@ async def test_sweep_is_indexed_and_old_rows_are_purged(pool: AsyncConnectionPoo
         await conn.execute(
             "INSERT INTO callback_outbox (delivery_id, image_id, url, body, state, finished_at)"
             " SELECT gen_random_uuid(), 'old' || g, 'http://example.com/hook', '{}', 'delivered',"
-            " now() - interval '30 days' FROM generate_series(1, 3000) g")
+            " now() - interval '30 days' FROM generate_series(1, 3000) g"
+        )
         await conn.execute("ANALYZE callback_outbox")
         cur = await conn.execute("EXPLAIN " + db_callbacks.CLAIM_SQL, (10.0, 32))
         plan = "\n".join(r["QUERY PLAN"] for r in await cur.fetchall())

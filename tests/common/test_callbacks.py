@@ -7,13 +7,26 @@ import pytest
 from common.callbacks import address_allowed, sign, verify
 
 
-@pytest.mark.parametrize(("address", "public", "private_ok"), [
-    ("8.8.8.8", True, True), ("2606:4700:4700::1111", True, True),
-    ("127.0.0.1", False, True), ("::1", False, True), ("169.254.169.254", False, True), ("10.0.0.1", False, True),
-    ("172.16.5.4", False, True), ("192.168.1.1", False, True), ("100.64.0.1", False, True),
-    ("fe80::1", False, True), ("fc00::1", False, True), ("::ffff:127.0.0.1", False, True),
-    ("0.0.0.0", False, False), ("224.0.0.1", False, False), ("not-an-ip", False, False),
-])
+@pytest.mark.parametrize(
+    ("address", "public", "private_ok"),
+    [
+        ("8.8.8.8", True, True),
+        ("2606:4700:4700::1111", True, True),
+        ("127.0.0.1", False, True),
+        ("::1", False, True),
+        ("169.254.169.254", False, True),
+        ("10.0.0.1", False, True),
+        ("172.16.5.4", False, True),
+        ("192.168.1.1", False, True),
+        ("100.64.0.1", False, True),
+        ("fe80::1", False, True),
+        ("fc00::1", False, True),
+        ("::ffff:127.0.0.1", False, True),
+        ("0.0.0.0", False, False),
+        ("224.0.0.1", False, False),
+        ("not-an-ip", False, False),
+    ],
+)
 def test_address_allowed(address: str, public: bool, private_ok: bool) -> None:
     assert address_allowed(address, allow_private=False) is public
     assert address_allowed(address, allow_private=True) is private_ok

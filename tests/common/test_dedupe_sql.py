@@ -21,8 +21,10 @@ async def test_near_duplicates_found_through_the_chunk_indexes(database_url: str
     async with open_pool(DatabaseSettings(url=Secret(database_url))) as pool:
         async with pool.connection() as conn:
             await conn.execute("INSERT INTO sets (set_id) VALUES ('s')")
-            await conn.execute("INSERT INTO nodes (node_id, region, set_id, base_url, lat, lon)"
-                               " VALUES ('n', 'r', 's', 'http://n', 0, 0)")
+            await conn.execute(
+                "INSERT INTO nodes (node_id, region, set_id, base_url, lat, lon)"
+                " VALUES ('n', 'r', 's', 'http://n', 0, 0)"
+            )
             rows = []
             for i in range(20_000):
                 h = rng.getrandbits(64)
@@ -31,7 +33,9 @@ async def test_near_duplicates_found_through_the_chunk_indexes(database_url: str
             async with conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO images (image_id, status, max_bytes, set_id, origin_node, phash, ph0, ph1, ph2,"
-                    " ph3, uploaded_at) VALUES (%s, 'ready', 1, 's', 'n', %s, %s, %s, %s, %s, now())", rows)
+                    " ph3, uploaded_at) VALUES (%s, 'ready', 1, 's', 'n', %s, %s, %s, %s, %s, now())",
+                    rows,
+                )
             await conn.execute("ANALYZE images")
         base = target[1] % 2**64
         for flips, found in ((0, True), (6, True), (7, False)):

@@ -5,12 +5,15 @@ import pytest
 from common.geo import REGIONS, GeoLocator, Point, haversine_km
 
 
-@pytest.mark.parametrize(("a", "b", "km"), [
-    (Point(0, 0), Point(0, 90), 10007.5),  # a quarter of the equator
-    (Point(0, 0), Point(90, 0), 10007.5),  # equator to pole
-    (Point(0, 0), Point(0, 180), 20015.1),  # antipodes
-    (Point(10, 170), Point(10, -170), 2190.2),  # across the date line, not around the world
-])
+@pytest.mark.parametrize(
+    ("a", "b", "km"),
+    [
+        (Point(0, 0), Point(0, 90), 10007.5),  # a quarter of the equator
+        (Point(0, 0), Point(90, 0), 10007.5),  # equator to pole
+        (Point(0, 0), Point(0, 180), 20015.1),  # antipodes
+        (Point(10, 170), Point(10, -170), 2190.2),  # across the date line, not around the world
+    ],
+)
 def test_haversine_references(a: Point, b: Point, km: float) -> None:
     assert haversine_km(a, b) == pytest.approx(km, rel=0.001)
     assert haversine_km(a, a) == 0

@@ -11,8 +11,10 @@ def test_new_ids_are_valid_and_distinct() -> None:
     assert len(ids) == 1000 and all(is_image_id(i) for i in ids)
 
 
-@pytest.mark.parametrize("bad", ["", "../../etc/passwd", "a" * 21, "a" * 23, "A" * 22, "%2e%2e" + "a" * 16,
-                                 "a" * 21 + "\x00", "a" * 21 + "1"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "../../etc/passwd", "a" * 21, "a" * 23, "A" * 22, "%2e%2e" + "a" * 16, "a" * 21 + "\x00", "a" * 21 + "1"],
+)
 def test_malformed_ids_are_unknown(bad: str) -> None:
     with pytest.raises(NotFound):
         check_image_id(bad)

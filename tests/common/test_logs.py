@@ -32,7 +32,11 @@ def test_json_lines_carry_the_request_id_and_fields() -> None:
     assert entry["component"] == "storage-node"
     assert entry["msg"] == "GET /i/x/w300.jpg"
     assert (entry["route"], entry["status"], entry["bytes"], entry["duration_ms"]) == (
-        "/i/{image_id}/{variant}", 200, 123, 1.5)
+        "/i/{image_id}/{variant}",
+        200,
+        123,
+        1.5,
+    )
     assert entry["level"] == "warning" and entry["ts"].endswith("Z")
 
 

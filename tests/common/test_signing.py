@@ -57,8 +57,9 @@ def test_lifetime_is_bounded_with_a_skew_allowance(lifetime_s: int, ok: bool) ->
     params = sign(claims, "k1", KEYS["k1"])
 
     def run() -> Claims:
-        return verify(params, lambda exp: dataclasses.replace(claims, exp=exp), KEYS.get, now=NOW,
-                      max_ttl_s=3600, clock_skew_s=30)
+        return verify(
+            params, lambda exp: dataclasses.replace(claims, exp=exp), KEYS.get, now=NOW, max_ttl_s=3600, clock_skew_s=30
+        )
 
     if ok:
         assert run() == claims
@@ -79,10 +80,16 @@ def test_verify_with_settings_rotation() -> None:
     from common.signing import sign_with, verify_with
 
     old = load_settings(env={"MINICDN_SIGNING_KEYS": "k1:" + "a" * 20, "MINICDN_SIGNING_ACTIVE_KID": "k1"})
-    new = load_settings(env={"MINICDN_SIGNING_KEYS": f"k1:{'a' * 20},k2:{'b' * 20}",
-                             "MINICDN_SIGNING_ACTIVE_KID": "k2"})
-    retired = load_settings(env={"MINICDN_SIGNING_KEYS": f"k1:{'a' * 20},k2:{'b' * 20}",
-                                 "MINICDN_SIGNING_ACTIVE_KID": "k2", "MINICDN_SIGNING_RETIRED_KIDS": "k1"})
+    new = load_settings(
+        env={"MINICDN_SIGNING_KEYS": f"k1:{'a' * 20},k2:{'b' * 20}", "MINICDN_SIGNING_ACTIVE_KID": "k2"}
+    )
+    retired = load_settings(
+        env={
+            "MINICDN_SIGNING_KEYS": f"k1:{'a' * 20},k2:{'b' * 20}",
+            "MINICDN_SIGNING_ACTIVE_KID": "k2",
+            "MINICDN_SIGNING_RETIRED_KIDS": "k1",
+        }
+    )
     claims = Claims("download", "img", "", int(__import__("time").time()) + 60, path="w300.jpg")
     by_old, by_new = sign_with(old.signing, claims), sign_with(new.signing, claims)
     assert by_old["kid"] == "k1" and by_new["kid"] == "k2"

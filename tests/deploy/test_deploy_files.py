@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from common.cli import build_parser
 from common.config import iter_keys, load_settings, require_node, require_query
+from minicdn.cli.main import build_parser
 from tests.cluster import TestCluster, make_jpeg
 from tests.integration.test_metrics import scrape
 
@@ -82,11 +82,19 @@ def test_prometheus_config_and_rules() -> None:
     out = run(promtool, "check", "rules", "prometheus/alerts.yml")
     assert "SUCCESS" in out
     assert "SUCCESS" in run(promtool, "test", "rules", "prometheus/alerts.test.yml")
-    alerts = {r["alert"] for g in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"]
-              for r in g["rules"]}
-    for wanted in ("MinicdnNodeDown", "MinicdnDiskUsageHigh", "MinicdnDiskUsageCritical", "MinicdnDiskFullWithin7Days",
-                   "MinicdnReplicationLagHigh", "MinicdnUnderReplicatedImages", "MinicdnHigh5xxRate",
-                   "MinicdnJetStreamBacklog"):
+    alerts = {
+        r["alert"] for g in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"] for r in g["rules"]
+    }
+    for wanted in (
+        "MinicdnNodeDown",
+        "MinicdnDiskUsageHigh",
+        "MinicdnDiskUsageCritical",
+        "MinicdnDiskFullWithin7Days",
+        "MinicdnReplicationLagHigh",
+        "MinicdnUnderReplicatedImages",
+        "MinicdnHigh5xxRate",
+        "MinicdnJetStreamBacklog",
+    ):
         assert wanted in alerts
 
 

@@ -14,15 +14,17 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from common.client import ClusterRef, find_cluster, get_json, upload_file
+from minicdn.client import ClusterRef, find_cluster, get_json, upload_file
 
 READY_TIMEOUT_S = 120
 
 
 def start_dev(state_dir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "dev", "--state-dir", str(state_dir), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"},
+        [sys.executable, "-m", "minicdn.cli", "dev", "--state-dir", str(state_dir), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "120"},
     )
 
 
@@ -35,8 +37,9 @@ async def wait_ready(proc: subprocess.Popen[bytes], state_dir: Path) -> dict[str
     return dict(json.loads((state_dir / "cluster.json").read_text()))
 
 
-async def wait_everywhere(session: aiohttp.ClientSession, cluster: ClusterRef, image_id: str,
-                          timeout_s: float = 20) -> None:
+async def wait_everywhere(
+    session: aiohttp.ClientSession, cluster: ClusterRef, image_id: str, timeout_s: float = 20
+) -> None:
     """Until the image is `ready` with an `ok` replica in each of the three regions."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -78,11 +81,17 @@ def check_request_id_in_logs(state: Path, image_id: str) -> None:
     assert rid != "-"
     node_logs = {p.stem: p.read_text().splitlines() for p in logs.glob("*-1.log")}
     assert len(node_logs) == 3
-    put = [n for n, lines in node_logs.items()
-           if any(f"[{rid}]" in line and f"PUT /upload/{image_id} 201" in line for line in lines)]
+    put = [
+        n
+        for n, lines in node_logs.items()
+        if any(f"[{rid}]" in line and f"PUT /upload/{image_id} 201" in line for line in lines)
+    ]
     assert len(put) == 1, "the PUT's access line carries the ticket's request id"
-    copied = [n for n, lines in node_logs.items()
-              if any(f"[{rid}]" in line and f"replicated {image_id}" in line for line in lines)]
+    copied = [
+        n
+        for n, lines in node_logs.items()
+        if any(f"[{rid}]" in line and f"replicated {image_id}" in line for line in lines)
+    ]
     assert sorted(copied) == sorted(set(node_logs) - set(put))
 
 

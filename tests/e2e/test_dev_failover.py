@@ -15,27 +15,37 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from common.client import find_cluster, get_json, request_upload, upload_file
+from minicdn.client import find_cluster, get_json, request_upload, upload_file
 from tests.e2e.test_dev import wait_everywhere, wait_ready
 
 HEARTBEAT_S = 0.3
 TIMEOUT_S = 1.5
 # The dev cluster's children inherit the environment, and MINICDN_* variables override their config files.
-FAST_HEALTH = {"MINICDN_NODE_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
-               "MINICDN_HEALTH_HEARTBEAT_TIMEOUT_S": str(TIMEOUT_S), "MINICDN_HEALTH_RECOVER_S": "0.6"}
+FAST_HEALTH = {
+    "MINICDN_NODE_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
+    "MINICDN_HEALTH_HEARTBEAT_TIMEOUT_S": str(TIMEOUT_S),
+    "MINICDN_HEALTH_RECOVER_S": "0.6",
+}
 EU_CLIENT = "52.16.1.10"
 
 
 def _start_dev(state: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "dev", "--state-dir", str(state), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120", **FAST_HEALTH})
+        [sys.executable, "-m", "minicdn.cli", "dev", "--state-dir", str(state), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "120", **FAST_HEALTH},
+    )
 
 
 def _start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "common.cli", "storage-node", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **FAST_HEALTH})
+        return subprocess.Popen(
+            [sys.executable, "-m", "minicdn.cli", "storage-node", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **FAST_HEALTH},
+        )
 
 
 def _node_process(dev: psutil.Process, node_id: str) -> psutil.Process:
@@ -59,8 +69,9 @@ async def test_sigkilled_node_fails_over_within_the_heartbeat_timeout(tmp_path: 
             await wait_everywhere(session, cluster, image_id)
 
             async def nearest() -> dict[str, str]:
-                return dict(await get_json(session, cluster, f"/v1/images/{image_id}/url",
-                                           {"w": 300, "client_ip": EU_CLIENT}))
+                return dict(
+                    await get_json(session, cluster, f"/v1/images/{image_id}/url", {"w": 300, "client_ip": EU_CLIENT})
+                )
 
             assert (await nearest())["node_id"] == "eu-west-1"
             victim = _node_process(dev, "eu-west-1")
@@ -108,9 +119,11 @@ async def test_sigkilled_node_fails_over_within_the_heartbeat_timeout(tmp_path: 
             caught_up_s = time.monotonic() - restarted
             async with session.get(found["url"]) as resp:
                 assert resp.status == 200
-        print(f"\nFIGURES failover (real processes, SIGKILL): eu-west client sent to us-east-1 {failover_s:.2f}s after "
-              f"the kill (heartbeat {HEARTBEAT_S}s, timeout {TIMEOUT_S}s); restarted: used again after "
-              f"{used_again_s:.2f}s, caught up the upload it missed after {caught_up_s:.2f}s")
+        print(
+            f"\nFIGURES failover (real processes, SIGKILL): eu-west client sent to us-east-1 {failover_s:.2f}s after "
+            f"the kill (heartbeat {HEARTBEAT_S}s, timeout {TIMEOUT_S}s); restarted: used again after "
+            f"{used_again_s:.2f}s, caught up the upload it missed after {caught_up_s:.2f}s"
+        )
         back.send_signal(signal.SIGTERM)
         assert back.wait(20) == 0
         proc.send_signal(signal.SIGTERM)

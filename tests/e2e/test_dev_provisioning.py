@@ -14,16 +14,20 @@ from pathlib import Path
 
 import aiohttp
 
-from common.client import ClientError, find_cluster, get_json, put_bytes, request_upload
-from common.embedded import free_port
+from common.procs import free_port
+from minicdn.client import ClientError, find_cluster, get_json, put_bytes, request_upload
 from tests.cluster import make_jpeg
 from tests.e2e.test_dev import stop_and_check_no_leftovers, wait_ready
 
 
 def _spawn(args: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> subprocess.Popen[bytes]:
     out = subprocess.DEVNULL if quiet else subprocess.PIPE
-    return subprocess.Popen([sys.executable, "-m", "common.cli", *args], stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, "COLUMNS": "120", **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "minicdn.cli", *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "120", **(env or {})},
+    )
 
 
 async def test_dev_cluster_provisions_a_new_set_when_filled(tmp_path: Path) -> None:
@@ -34,8 +38,11 @@ async def test_dev_cluster_provisions_a_new_set_when_filled(tmp_path: Path) -> N
         await wait_ready(proc, state)
         port = free_port()
         # Another query-service instance on the same database and NATS: two capacity monitors.
-        second = _spawn(["query-service", "--config", str(state / "config" / "query.toml")],
-                        env={"MINICDN_QUERY_PORT": str(port)}, quiet=True)
+        second = _spawn(
+            ["query-service", "--config", str(state / "config" / "query.toml")],
+            env={"MINICDN_QUERY_PORT": str(port)},
+            quiet=True,
+        )
         cluster = find_cluster(None, None, state)
         uploaded: list[dict[str, str]] = []
         started = time.monotonic()
@@ -75,8 +82,10 @@ async def test_dev_cluster_provisions_a_new_set_when_filled(tmp_path: Path) -> N
                 assert resp.status == 200  # old images still served
         info = json.loads((state / "cluster.json").read_text())
         assert {n["node_id"] for n in info["nodes"]} >= {"us-east-2", "eu-west-2", "ap-southeast-2"}
-        print(f"\nFIGURES dev provisioning: new set taking uploads {took_s:.1f}s after filling began "
-              f"({len(uploaded)} uploads of ~{len(data) // 1000} KB into 2 MB nodes); event: {new_sets[0]['outcome']}")
+        print(
+            f"\nFIGURES dev provisioning: new set taking uploads {took_s:.1f}s after filling began "
+            f"({len(uploaded)} uploads of ~{len(data) // 1000} KB into 2 MB nodes); event: {new_sets[0]['outcome']}"
+        )
         second.send_signal(signal.SIGTERM)
         assert second.wait(20) == 0
         stop_and_check_no_leftovers(proc)

@@ -13,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from common import signing
-from common.cli import main as cli_main
 from common.config import HttpSettings
 from common.db.pool import open_pool
+from minicdn.cli.main import main as cli_main
 from tests.cluster import TestCluster, make_jpeg
 
 
@@ -36,8 +36,9 @@ async def make_key(cluster: TestCluster, name: str, **fields: Any) -> dict[str, 
     return dict(body)
 
 
-async def get(cluster: TestCluster, url: str, headers: dict[str, str] | None = None,
-              method: str = "GET") -> tuple[int, bytes, Any]:
+async def get(
+    cluster: TestCluster, url: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, bytes, Any]:
     assert cluster.session is not None
     async with cluster.session.request(method, url, headers=headers or {}, allow_redirects=False) as resp:
         return resp.status, await resp.read(), resp.headers
@@ -54,8 +55,9 @@ async def test_keys_cli_create_list_revoke(cluster: TestCluster, capsys: pytest.
     key_id = re.search(r"key id ([0-9a-f]{8})", out)[1]  # type: ignore[index]
     plaintext = re.search(r"(mk_\S+)", out)[1]  # type: ignore[index]
     # Stored hashed: the plaintext appears nowhere in the table.
-    rows = await sql(cluster, "SELECT key_hash::text AS h, name, scopes, rate_per_s FROM api_keys WHERE key_id = %s",
-                     key_id)
+    rows = await sql(
+        cluster, "SELECT key_hash::text AS h, name, scopes, rate_per_s FROM api_keys WHERE key_id = %s", key_id
+    )
     assert rows[0]["name"] == "shop" and rows[0]["scopes"] == ["app"] and rows[0]["rate_per_s"] == 5
     assert plaintext not in str(await sql(cluster, "SELECT * FROM api_keys"))
     status, _ = await cluster.api("POST", "/v1/uploads", json={}, headers=bearer(plaintext))
@@ -71,12 +73,24 @@ async def test_keys_cli_create_list_revoke(cluster: TestCluster, capsys: pytest.
     assert f"revoked {key_id}" in capsys.readouterr().out
     status, body = await cluster.api("POST", "/v1/uploads", json={}, headers=bearer(plaintext))
     assert status == 401 and body["error"]["code"] == "unauthorized"
-    actions = [r["action"] for r in await sql(cluster, "SELECT action FROM audit_log WHERE detail->>'new_key_id' = %s"
-                                              " OR detail->>'revoked_key_id' = %s ORDER BY audit_id", key_id, key_id)]
+    actions = [
+        r["action"]
+        for r in await sql(
+            cluster,
+            "SELECT action FROM audit_log WHERE detail->>'new_key_id' = %s"
+            " OR detail->>'revoked_key_id' = %s ORDER BY audit_id",
+            key_id,
+            key_id,
+        )
+    ]
     assert actions == ["key.create", "key.revoke"]
     # An app key cannot manage keys.
-    assert await asyncio.to_thread(cli_main, ["keys", "list", "--query-url", cluster.query_url,
-                                              "--api-key", cluster.api_key + "x"]) == 1
+    assert (
+        await asyncio.to_thread(
+            cli_main, ["keys", "list", "--query-url", cluster.query_url, "--api-key", cluster.api_key + "x"]
+        )
+        == 1
+    )
 
 
 async def test_ownership_is_by_app_and_private_images_are_signed(cluster: TestCluster) -> None:
@@ -111,10 +125,13 @@ async def test_ownership_is_by_app_and_private_images_are_signed(cluster: TestCl
         assert status == 403, url
 
     # Audit: the request and the upload, attributed to the app.
-    rows = await sql(cluster, "SELECT action, app_id, key_id FROM audit_log WHERE image_id = %s ORDER BY audit_id",
-                     image_id)
-    assert [(r["action"], r["app_id"]) for r in rows] == [("upload.request", shop["app_id"]),
-                                                          ("upload.complete", shop["app_id"])]
+    rows = await sql(
+        cluster, "SELECT action, app_id, key_id FROM audit_log WHERE image_id = %s ORDER BY audit_id", image_id
+    )
+    assert [(r["action"], r["app_id"]) for r in rows] == [
+        ("upload.request", shop["app_id"]),
+        ("upload.complete", shop["app_id"]),
+    ]
     assert rows[0]["key_id"] == shop["key_id"]
 
 
@@ -123,11 +140,13 @@ async def test_originals_only_for_the_owner_and_signed(cluster: TestCluster) -> 
     up = await cluster.upload(data)  # public, owned by the test key's app
     await cluster.wait_ready(up["image_id"])
     other = await make_key(cluster, "other")
-    status, body = await cluster.api("GET", f"/v1/images/{up['image_id']}/url?variant=original",
-                                     headers=bearer(other["api_key"]))
+    status, body = await cluster.api(
+        "GET", f"/v1/images/{up['image_id']}/url?variant=original", headers=bearer(other["api_key"])
+    )
     assert status == 403 and body["error"]["code"] == "forbidden"
-    status, body = await cluster.api("GET", f"/v1/images/{up['image_id']}/url?variant=original",
-                                     headers={"Authorization": ""})
+    status, body = await cluster.api(
+        "GET", f"/v1/images/{up['image_id']}/url?variant=original", headers={"Authorization": ""}
+    )
     assert status == 401
     status, found = await cluster.api("GET", f"/v1/images/{up['image_id']}/url?variant=original&client_ip=3.0.1.10")
     assert status == 200 and found["variant"] == "original" and found["node_id"] == up["node_id"]
@@ -148,8 +167,9 @@ async def test_rate_limit_429_with_retry_after(cluster: TestCluster) -> None:
     retry_after = None
     for _ in range(120):
         assert cluster.session is not None
-        async with cluster.session.get(f"{cluster.query_url}/v1/images/{up['image_id']}",
-                                       headers=bearer(slow["api_key"])) as resp:
+        async with cluster.session.get(
+            f"{cluster.query_url}/v1/images/{up['image_id']}", headers=bearer(slow["api_key"])
+        ) as resp:
             statuses.append(resp.status)
             if resp.status == 429:
                 body = await resp.json()
@@ -171,8 +191,13 @@ async def test_hotlink_protection_on_img(cluster: TestCluster) -> None:
     await cluster.wait_ready(image_id)
     await cluster.wait_replicated(image_id)
     img = f"{cluster.query_url}/img/{image_id}?w=300"
-    for referer, expected in (("https://shop.example/p/1", 302), ("https://www.shop.example/", 302), ("", 302),
-                              ("https://evil.example/", 403), ("https://shop.example.evil.example/", 403)):
+    for referer, expected in (
+        ("https://shop.example/p/1", 302),
+        ("https://www.shop.example/", 302),
+        ("", 302),
+        ("https://evil.example/", 403),
+        ("https://shop.example.evil.example/", 403),
+    ):
         status, body, _ = await get(cluster, img, headers={"Referer": referer} if referer else {})
         assert status == expected, referer
         if expected == 403:
@@ -186,15 +211,17 @@ async def test_hotlink_protection_on_img(cluster: TestCluster) -> None:
     for referer, expected in (("https://shop.example/", 200), ("", 200), ("https://evil.example/", 403)):
         status, body, _ = await get(cluster, found["url"], headers={"Referer": referer} if referer else {})
         assert status == expected, referer
-    _, original = await cluster.api("GET", f"/v1/images/{image_id}/url?variant=original",
-                                    headers=bearer(shop["api_key"]))
+    _, original = await cluster.api(
+        "GET", f"/v1/images/{image_id}/url?variant=original", headers=bearer(shop["api_key"])
+    )
     assert (await get(cluster, original["url"], headers={"Referer": "https://evil.example/"}))[0] == 200
     # Another app's images (no allowlist) embed anywhere.
     up = await cluster.upload(make_jpeg(seed=9))
     await cluster.wait_ready(up["image_id"])
     await cluster.wait_replicated(up["image_id"])
-    status, _, _ = await get(cluster, f"{cluster.query_url}/img/{up['image_id']}",
-                             headers={"Referer": "https://evil.example/"})
+    status, _, _ = await get(
+        cluster, f"{cluster.query_url}/img/{up['image_id']}", headers={"Referer": "https://evil.example/"}
+    )
     assert status == 302
 
 
@@ -244,8 +271,7 @@ async def _restart_query(cluster: TestCluster, **changes: Any) -> None:
     from query_service import keys
     from query_service.app import create_app
 
-    settings = dataclasses.replace(cluster.apps["query"][keys.SETTINGS], signing=cluster.settings().signing,
-                                   **changes)
+    settings = dataclasses.replace(cluster.apps["query"][keys.SETTINGS], signing=cluster.settings().signing, **changes)
     await cluster.runners.pop("query").cleanup()
     cluster.apps.pop("query")
     await cluster._serve("query", create_app(settings), settings.query.port)
@@ -279,16 +305,22 @@ async def test_signing_key_rotation_end_to_end(cluster: TestCluster) -> None:
     assert status == 403 and b"bad_signature" in body
     assert (await get(cluster, new_url["url"]))[0] == 200
     # And a URL signed with an unknown kid is refused the same way.
-    params = signing.sign(signing.Claims("download", up["image_id"], "", int(time.time()) + 60,
-                                         path=new_url["variant"]), "k9", b"z" * 32)
+    params = signing.sign(
+        signing.Claims("download", up["image_id"], "", int(time.time()) + 60, path=new_url["variant"]), "k9", b"z" * 32
+    )
     base = new_url["url"].split("?")[0]
     status, body, _ = await get(cluster, f"{base}?exp={params['exp']}&kid=k9&sig={params['sig']}")
     assert status == 403 and b"bad_signature" in body
 
 
 async def test_keys_api_rejects_bad_input(cluster: TestCluster) -> None:
-    for body in ({"name": ""}, {"name": "x", "scopes": ["root"]}, {"name": "x", "rate_per_s": -1},
-                 {"name": "x", "referers": ["not a host"]}, {"name": "x", "app_id": "../../etc"}):
+    for body in (
+        {"name": ""},
+        {"name": "x", "scopes": ["root"]},
+        {"name": "x", "rate_per_s": -1},
+        {"name": "x", "referers": ["not a host"]},
+        {"name": "x", "app_id": "../../etc"},
+    ):
         status, answer = await cluster.api("POST", "/v1/keys", json=body)
         assert status == 400 and answer["error"]["code"] == "invalid_request", body
     status, answer = await cluster.api("POST", "/v1/keys", json={"name": "x", "app_id": "deadbeef"})
@@ -303,8 +335,9 @@ async def test_deletes_are_by_app_and_audited(cluster: TestCluster) -> None:
     blog = await make_key(cluster, "blog")
     ids = {}
     for visibility in ("public", "private"):
-        status, ticket = await cluster.api("POST", "/v1/uploads", json={"visibility": visibility},
-                                           headers=bearer(shop["api_key"]))
+        status, ticket = await cluster.api(
+            "POST", "/v1/uploads", json={"visibility": visibility}, headers=bearer(shop["api_key"])
+        )
         assert (await cluster.put(ticket["upload_url"], make_jpeg(seed=50 + len(ids))))[0] == 201
         ids[visibility] = ticket["image_id"]
     # Another app: 403 for a public image, 404 for a private one (not revealed); nothing recorded.
@@ -323,11 +356,17 @@ async def test_deletes_are_by_app_and_audited(cluster: TestCluster) -> None:
 async def test_upload_request_and_its_audit_row_commit_together(cluster: TestCluster) -> None:
     # A real Postgres trigger makes this app's `upload.request` audit insert fail: the image row must go too.
     shop = await make_key(cluster, "audit-fails")
-    await ddl(cluster, "CREATE FUNCTION test_fail_audit() RETURNS trigger LANGUAGE plpgsql AS"
-                        " $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$")
-    await ddl(cluster, "CREATE TRIGGER test_fail_audit BEFORE INSERT ON audit_log FOR EACH ROW"
-                        f" WHEN (NEW.action = 'upload.request' AND NEW.app_id = '{shop['app_id']}')"
-                        " EXECUTE FUNCTION test_fail_audit()")
+    await ddl(
+        cluster,
+        "CREATE FUNCTION test_fail_audit() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$",
+    )
+    await ddl(
+        cluster,
+        "CREATE TRIGGER test_fail_audit BEFORE INSERT ON audit_log FOR EACH ROW"
+        f" WHEN (NEW.action = 'upload.request' AND NEW.app_id = '{shop['app_id']}')"
+        " EXECUTE FUNCTION test_fail_audit()",
+    )
     try:
         status, body = await cluster.api("POST", "/v1/uploads", json={}, headers=bearer(shop["api_key"]))
         assert status == 500 and body["error"]["code"] == "internal_error", body

@@ -6,16 +6,21 @@ import io
 
 from rich.console import Console
 
-from common.bench_pipeline import run_pipeline_bench
-from common.client import ClusterRef
+from minicdn.bench.pipeline import run_pipeline_bench
+from minicdn.client import ClusterRef
 from tests.cluster import TestCluster
 
 
 async def test_pipeline_bench_reports_every_figure(cluster: TestCluster) -> None:
     out = io.StringIO()
-    fig = await run_pipeline_bench(ClusterRef(cluster.query_url, cluster.api_key), images=2, stored_gets=20,
-                                   console=Console(file=out, width=200), photo_size=(480, 360),
-                                   big_size=(1200, 1000))
+    fig = await run_pipeline_bench(
+        ClusterRef(cluster.query_url, cluster.api_key),
+        images=2,
+        stored_gets=20,
+        console=Console(file=out, width=200),
+        photo_size=(480, 360),
+        big_size=(1200, 1000),
+    )
     for key in ("fresh_webp_per_s", "pyvips_loop_per_s", "stored_per_s", "lazy_first_ms", "avif_ms", "peak_rss_mb"):
         assert fig.values[key] > 0, key
     text = out.getvalue()

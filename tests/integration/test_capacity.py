@@ -11,21 +11,34 @@ from pathlib import Path
 import pytest
 
 from common.db.pool import open_pool
-from common.embedded import EmbeddedNats
+from minicdn.embedded import EmbeddedNats
 from tests.cluster import TestCluster, make_jpeg
 
 NODE_CAPACITY = 2_000_000  # 2 MB per node
 
 
 @pytest.fixture
-async def tiny(tmp_path: Path, database_url: str, nats_server: EmbeddedNats,
-               geoip_db: str) -> AsyncIterator[TestCluster]:
+async def tiny(
+    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str
+) -> AsyncIterator[TestCluster]:
     spool = tmp_path / "provisioned"
-    c = TestCluster(tmp_path, database_url, nats_server.url, geoip_db, node_capacity_bytes=NODE_CAPACITY, extra={
-        "capacity": {"interval_s": 0.2, "sample_interval_s": 0.2, "high_water": 0.8, "critical": 0.95,
-                     "provision_timeout_s": 30},
-        "provisioner": {"kind": "local", "local_dir": str(spool), "local_node_capacity_bytes": NODE_CAPACITY},
-    })
+    c = TestCluster(
+        tmp_path,
+        database_url,
+        nats_server.url,
+        geoip_db,
+        node_capacity_bytes=NODE_CAPACITY,
+        extra={
+            "capacity": {
+                "interval_s": 0.2,
+                "sample_interval_s": 0.2,
+                "high_water": 0.8,
+                "critical": 0.95,
+                "provision_timeout_s": 30,
+            },
+            "provisioner": {"kind": "local", "local_dir": str(spool), "local_node_capacity_bytes": NODE_CAPACITY},
+        },
+    )
     await c.start()
     supervisor = asyncio.create_task(c.supervise(spool))
     try:
@@ -66,13 +79,17 @@ async def test_filling_a_set_provisions_exactly_one_new_set_with_two_query_servi
     assert on_new, "new uploads never landed on a provisioned set"
     landed_s = time.monotonic() - started
 
-    events = await _rows(tiny, "SELECT kind, state, set_id, reason, outcome,"
-                                " extract(epoch FROM finished_at - created_at)::float8 AS took_s"
-                                " FROM provisioning_events ORDER BY event_id")
+    events = await _rows(
+        tiny,
+        "SELECT kind, state, set_id, reason, outcome,"
+        " extract(epoch FROM finished_at - created_at)::float8 AS took_s"
+        " FROM provisioning_events ORDER BY event_id",
+    )
     new_sets = [e for e in events if e["kind"] == "new_set"]
     await asyncio.sleep(1.5)  # several more ticks of both monitors: still exactly one
     events = await _rows(tiny, "SELECT kind, state, set_id FROM provisioning_events WHERE kind = 'new_set'")
     assert len(events) == 1 and events[0]["set_id"] == "set-2", events
+
     async def succeeded() -> bool:
         return await _state_of(tiny, "set-2") == "succeeded"
 
@@ -100,10 +117,18 @@ async def test_filling_a_set_provisions_exactly_one_new_set_with_two_query_servi
     assert by_set["set-1"]["used_ratio"] > 0.5 and by_set["set-2"]["state"] == "open"
     assert {r["name"] for r in view["regions"]} == {"us-east", "eu-west", "ap-southeast"}
     assert any(e["kind"] == "new_set" and e["state"] == "succeeded" for e in view["events"])
-    took = [e for e in await _rows(tiny, "SELECT extract(epoch FROM finished_at - created_at)::float8 AS s"
-                                         " FROM provisioning_events WHERE kind = 'new_set'")]
-    print(f"\nFIGURES provisioning: plan -> 3 nodes registered and healthy in {took[0]['s']:.2f}s; first upload on "
-          f"the new set {landed_s:.2f}s after the filling started; reason: {new_sets[0]['reason']}")
+    took = [
+        e
+        for e in await _rows(
+            tiny,
+            "SELECT extract(epoch FROM finished_at - created_at)::float8 AS s"
+            " FROM provisioning_events WHERE kind = 'new_set'",
+        )
+    ]
+    print(
+        f"\nFIGURES provisioning: plan -> 3 nodes registered and healthy in {took[0]['s']:.2f}s; first upload on "
+        f"the new set {landed_s:.2f}s after the filling started; reason: {new_sets[0]['reason']}"
+    )
 
     # Filling on: the old set passes the high-water mark and is closed; from then on uploads go to set-2 only.
     async def set_1_closed() -> bool:
@@ -127,13 +152,13 @@ async def test_filling_a_set_provisions_exactly_one_new_set_with_two_query_servi
 
 
 async def _state_of(cluster: TestCluster, set_id: str) -> str:
-    rows = await _rows(cluster, f"SELECT state FROM provisioning_events WHERE set_id = '{set_id}'"
-                                " AND kind = 'new_set'")
+    rows = await _rows(cluster, f"SELECT state FROM provisioning_events WHERE set_id = '{set_id}' AND kind = 'new_set'")
     return str(rows[0]["state"]) if rows else ""
 
 
-async def test_a_new_leader_resumes_a_recorded_plan_instead_of_making_another(cluster: TestCluster,
-                                                                               tmp_path: Path) -> None:
+async def test_a_new_leader_resumes_a_recorded_plan_instead_of_making_another(
+    cluster: TestCluster, tmp_path: Path
+) -> None:
     """A leader recorded a plan and crashed before calling the provisioner: the next leader calls it once,
     with the same plan id, and plans nothing else while it is in flight."""
     import json
@@ -146,13 +171,23 @@ async def test_a_new_leader_resumes_a_recorded_plan_instead_of_making_another(cl
     calls = tmp_path / "calls.jsonl"
     script = tmp_path / "provision.py"
     script.write_text(f"import sys\nopen({str(calls)!r}, 'a').write(sys.stdin.read() + '\\n')\nprint('queued')\n")
-    settings = cluster.settings(provisioner={"kind": "command", "command": f"{sys.executable} {script}"},
-                                capacity={"provision_timeout_s": 1.0, "provision_headroom": 2.0})  # always wants more
+    settings = cluster.settings(
+        provisioner={"kind": "command", "command": f"{sys.executable} {script}"},
+        capacity={"provision_timeout_s": 1.0, "provision_headroom": 2.0},
+    )  # always wants more
     async with open_pool(settings.database, run_migrations=False) as pool:
         event_id = await db_control.new_event_id(pool)
         plan = Plan(event_id, "new_set", "set-9", "test", (PlannedNode("us-east-9", "us-east", "set-9", 39.0, -77.5),))
-        await db_control.record_event(pool, "new_set", "test", state="planned", set_id="set-9", plan=plan.to_dict(),
-                                      provisioner="command", event_id=event_id)
+        await db_control.record_event(
+            pool,
+            "new_set",
+            "test",
+            state="planned",
+            set_id="set-9",
+            plan=plan.to_dict(),
+            provisioner="command",
+            event_id=event_id,
+        )
         monitor = CapacityMonitor(settings, pool, CommandProvisioner(settings))
         await monitor.tick()
         await monitor.tick()
@@ -177,7 +212,7 @@ async def test_webhook_and_failing_provisioners(cluster: TestCluster) -> None:
 
     from aiohttp import web
 
-    from common.embedded import free_port
+    from common.procs import free_port
     from query_service.provisioners import (
         CommandProvisioner,
         Plan,
@@ -199,7 +234,9 @@ async def test_webhook_and_failing_provisioners(cluster: TestCluster) -> None:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        settings = cluster.settings(provisioner={"kind": "webhook", "webhook_url": f"http://127.0.0.1:{port}/provision"})
+        settings = cluster.settings(
+            provisioner={"kind": "webhook", "webhook_url": f"http://127.0.0.1:{port}/provision"}
+        )
         plan = Plan(7, "new_set", "set-2", "test", (PlannedNode("us-east-2", "us-east", "set-2", 39.0, -77.5),))
         assert "accepted" in await WebhookProvisioner(settings).provision(plan)
         body, signature = got[0]
@@ -220,15 +257,22 @@ async def test_webhook_and_failing_provisioners(cluster: TestCluster) -> None:
 
 
 async def test_a_dead_node_is_replaced_automatically_after_the_grace_period(
-        tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str) -> None:
+    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str
+) -> None:
     """A node silent past `dead_after_s` is marked dead; after `auto_replace_after_s` the leader provisions a
     replacement in the same set and region, which backfills every image of the set."""
     spool = tmp_path / "provisioned"
-    c = TestCluster(tmp_path, database_url, nats_server.url, geoip_db, extra={
-        "health": {"dead_after_s": 1.0},
-        "capacity": {"interval_s": 0.2, "auto_replace_after_s": 0.5, "provision_timeout_s": 30},
-        "provisioner": {"kind": "local", "local_dir": str(spool)},
-    })
+    c = TestCluster(
+        tmp_path,
+        database_url,
+        nats_server.url,
+        geoip_db,
+        extra={
+            "health": {"dead_after_s": 1.0},
+            "capacity": {"interval_s": 0.2, "auto_replace_after_s": 0.5, "provision_timeout_s": 30},
+            "provisioner": {"kind": "local", "local_dir": str(spool)},
+        },
+    )
     await c.start()
     supervisor = asyncio.create_task(c.supervise(spool))
     try:
@@ -240,8 +284,10 @@ async def test_a_dead_node_is_replaced_automatically_after_the_grace_period(
 
         async def replaced() -> bool:
             rows = await _rows(c, "SELECT node_id, state FROM nodes WHERE region = 'ap-southeast' ORDER BY node_id")
-            return [(r["node_id"], r["state"]) for r in rows] == [("ap-southeast-1", "dead"),
-                                                                  ("ap-southeast-r2", "active")]
+            return [(r["node_id"], r["state"]) for r in rows] == [
+                ("ap-southeast-1", "dead"),
+                ("ap-southeast-r2", "active"),
+            ]
 
         await c.wait_for(replaced, "automatic replacement", 20)
 
@@ -253,13 +299,16 @@ async def test_a_dead_node_is_replaced_automatically_after_the_grace_period(
         took_s = time.monotonic() - started
         for up in ups:
             assert c.disk_sha256("ap-southeast-r2", up["image_id"]) == up["sha256"]
+
         async def recorded() -> bool:
             events = await _rows(c, "SELECT kind, state, reason FROM provisioning_events ORDER BY event_id")
             return [(e["kind"], e["state"]) for e in events] == [("node_state", "done"), ("replace", "succeeded")]
 
         await c.wait_for(recorded, "events recorded", 10)
-        print(f"\nFIGURES automatic replacement: node stopped -> dead -> replaced and backfilled ({len(ups)} images) "
-              f"in {took_s:.2f}s (dead_after_s 1.0, auto_replace_after_s 0.5)")
+        print(
+            f"\nFIGURES automatic replacement: node stopped -> dead -> replaced and backfilled ({len(ups)} images) "
+            f"in {took_s:.2f}s (dead_after_s 1.0, auto_replace_after_s 0.5)"
+        )
     finally:
         supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -13,18 +13,24 @@ from typing import Any
 
 import pytest
 
-from common.embedded import EmbeddedNats
+from minicdn.embedded import EmbeddedNats
 from tests.cluster import REGION_IPS, TestCluster, make_jpeg
 
 CAPACITY = 1_500_000  # per node
 
 
 @pytest.fixture
-async def marks(tmp_path: Path, database_url: str, nats_server: EmbeddedNats,
-                geoip_db: str) -> AsyncIterator[TestCluster]:
-    c = TestCluster(tmp_path, database_url, nats_server.url, geoip_db, node_capacity_bytes=CAPACITY,
-                    extra={"capacity": {"interval_s": 0.2, "sample_interval_s": 0.2, "high_water": 0.8,
-                                        "critical": 0.95}})  # the defaults, spelled out; no provisioner
+async def marks(
+    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str
+) -> AsyncIterator[TestCluster]:
+    c = TestCluster(
+        tmp_path,
+        database_url,
+        nats_server.url,
+        geoip_db,
+        node_capacity_bytes=CAPACITY,
+        extra={"capacity": {"interval_s": 0.2, "sample_interval_s": 0.2, "high_water": 0.8, "critical": 0.95}},
+    )  # the defaults, spelled out; no provisioner
     await c.start()
     try:
         yield c
@@ -44,8 +50,9 @@ def _node(view: dict[str, Any], node_id: str) -> dict[str, Any]:
 
 async def _served(cluster: TestCluster, image_id: str, region: str) -> str:
     """The node a client in ``region`` is sent to for the original, after fetching it from there."""
-    status, found = await cluster.api("GET", f"/v1/images/{image_id}/url",
-                                      params={"variant": "original", "client_ip": REGION_IPS[region][1]})
+    status, found = await cluster.api(
+        "GET", f"/v1/images/{image_id}/url", params={"variant": "original", "client_ip": REGION_IPS[region][1]}
+    )
     assert status == 200, found
     assert cluster.session is not None
     async with cluster.session.get(found["url"], allow_redirects=False) as resp:
@@ -137,8 +144,10 @@ async def test_high_water_closes_the_set_and_critical_makes_a_node_readonly(mark
     await c.wait_for(lambda: c.healthy_count(3), "three healthy nodes", 10)  # after `health.recover_s`
     for up in uploaded:
         assert await _served(c, up["image_id"], "eu-west") == "eu-west-1"
-    print(f"\nFIGURES capacity marks: set-1 closed after {len(uploaded) - len(held)} uploads; {len(held)} uploads "
-          f"granted before the close took us-east-1 to {us['used_ratio']:.0%}: readonly")
+    print(
+        f"\nFIGURES capacity marks: set-1 closed after {len(uploaded) - len(held)} uploads; {len(held)} uploads "
+        f"granted before the close took us-east-1 to {us['used_ratio']:.0%}: readonly"
+    )
 
 
 def _registry_sees(c: TestCluster, node_id: str, set_state: str) -> bool:

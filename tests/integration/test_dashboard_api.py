@@ -49,8 +49,10 @@ async def test_dashboard_data_describes_the_cluster(cluster: TestCluster) -> Non
         _s, seen["data"] = await cluster.api("GET", "/v1/dashboard")
         _s, seen["nodes"] = await cluster.api("GET", "/v1/nodes")
         by_id = {n["node_id"]: n for n in seen["data"]["nodes"]}
-        return all(api_node["node_id"] in by_id and all(by_id[api_node["node_id"]][k] == api_node[k] for k in fields)
-                   for api_node in seen["nodes"]["nodes"])
+        return all(
+            api_node["node_id"] in by_id and all(by_id[api_node["node_id"]][k] == api_node[k] for k in fields)
+            for api_node in seen["nodes"]["nodes"]
+        )
 
     await cluster.wait_for(agree, "the dashboard and /v1/nodes to agree on every node")
     data, nodes = seen["data"], seen["nodes"]
@@ -85,8 +87,7 @@ async def test_pages_and_assets(cluster: TestCluster) -> None:
     assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
     html = await resp.text()
     assert "http" not in html.replace("http-equiv", "")  # no external asset: works offline
-    for name, ctype in (("dashboard.js", "text/javascript"), ("auth.js", "text/javascript"),
-                        ("style.css", "text/css")):
+    for name, ctype in (("dashboard.js", "text/javascript"), ("auth.js", "text/javascript"), ("style.css", "text/css")):
         asset = await _get(cluster, f"/assets/{name}")
         assert asset.status == 200 and asset.content_type == ctype
         again = await _get(cluster, f"/assets/{name}", {"If-None-Match": asset.headers["ETag"]})
@@ -99,15 +100,19 @@ async def test_pages_and_assets(cluster: TestCluster) -> None:
 async def test_upload_cors_preflight_and_error_headers(cluster: TestCluster) -> None:
     assert cluster.session is not None
     ticket = await cluster.request_upload()
-    headers = {"Origin": "http://app.example", "Access-Control-Request-Method": "PUT",
-               "Access-Control-Request-Headers": "content-type"}
+    headers = {
+        "Origin": "http://app.example",
+        "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "content-type",
+    }
     async with cluster.session.options(ticket["upload_url"], headers=headers) as resp:
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert "PUT" in resp.headers["Access-Control-Allow-Methods"]
         assert "Content-Type" in resp.headers["Access-Control-Allow-Headers"]
-    async with cluster.session.put(ticket["upload_url"], data=b"not an image",
-                                   headers={"Origin": "http://app.example"}) as resp:
+    async with cluster.session.put(
+        ticket["upload_url"], data=b"not an image", headers={"Origin": "http://app.example"}
+    ) as resp:
         assert resp.status == 415
         assert resp.headers["Access-Control-Allow-Origin"] == "*"  # the page can read the JSON error
     node_url = cluster.node_settings[ticket["node_id"]].node.base_url

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.embedded import EmbeddedNats
+from minicdn.embedded import EmbeddedNats
 from tests.cluster import NODE_REGIONS, TestCluster, make_jpeg
 
 NODES = [f"{r}-1" for r in NODE_REGIONS]
@@ -137,7 +137,8 @@ async def test_delete_stops_resolving_on_every_query_service_instance(cluster: T
 
 
 async def test_a_real_delete_runs_the_purge_command_and_a_signed_webhook(
-        tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str) -> None:
+    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str
+) -> None:
     """Through `DELETE /v1/images/{id}`: the command gets the payload on stdin, the webhook gets it POSTed,
     signed and with an idempotency key; a repeat delete purges nothing again; a failing webhook does not
     change the answer (the delete has committed)."""
@@ -147,7 +148,7 @@ async def test_a_real_delete_runs_the_purge_command_and_a_signed_webhook(
 
     from aiohttp import web
 
-    from common.embedded import free_port
+    from common.procs import free_port
 
     got: list[tuple[bytes, dict[str, str]]] = []
     answer = {"status": 200}
@@ -165,8 +166,18 @@ async def test_a_real_delete_runs_the_purge_command_and_a_signed_webhook(
     purged = tmp_path / "purged.jsonl"
     script = tmp_path / "purge.py"
     script.write_text(f"import sys\nopen({str(purged)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
-    c = TestCluster(tmp_path, database_url, nats_server.url, geoip_db, extra={"deletes": {
-        "purge_command": f"{sys.executable} {script}", "purge_webhook": f"http://127.0.0.1:{port}/purge"}})
+    c = TestCluster(
+        tmp_path,
+        database_url,
+        nats_server.url,
+        geoip_db,
+        extra={
+            "deletes": {
+                "purge_command": f"{sys.executable} {script}",
+                "purge_webhook": f"http://127.0.0.1:{port}/purge",
+            }
+        },
+    )
     await c.start()
     try:
         up = await c.upload(make_jpeg(seed=26), client_ip="3.0.1.10")
@@ -183,8 +194,12 @@ async def test_a_real_delete_runs_the_purge_command_and_a_signed_webhook(
 
         await c.wait_for(lambda: len(got) == 1 and len(command_lines()) == 1, "both purge hooks", 10)
         members = sorted(s.node.base_url for s in c.node_settings.values())
-        expected = {"event": "purge", "image_id": image_id,
-                    "url_prefixes": [f"{u}/i/{image_id}/" for u in members], "urls": [f"{c.query_url}/img/{image_id}"]}
+        expected = {
+            "event": "purge",
+            "image_id": image_id,
+            "url_prefixes": [f"{u}/i/{image_id}/" for u in members],
+            "urls": [f"{c.query_url}/img/{image_id}"],
+        }
         assert command_lines() == [expected]
         raw, headers = got[0]
         assert json.loads(raw) == expected

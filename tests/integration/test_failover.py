@@ -15,8 +15,7 @@ async def _url_node(cluster: TestCluster, image_id: str, client_ip: str) -> str:
     return str(body["node_id"])
 
 
-async def test_killed_node_fails_over_within_a_timeout_and_is_used_again_after_recovery(
-        cluster: TestCluster) -> None:
+async def test_killed_node_fails_over_within_a_timeout_and_is_used_again_after_recovery(cluster: TestCluster) -> None:
     up = await cluster.upload(make_jpeg(seed=11), client_ip="3.0.1.10")
     await cluster.wait_replicated(up["image_id"])
     await cluster.wait_ready(up["image_id"])
@@ -49,8 +48,10 @@ async def test_killed_node_fails_over_within_a_timeout_and_is_used_again_after_r
     catch_up_s = time.monotonic() - started
     recover_s = cluster.node_settings["eu-west-1"].health.recover_s
     assert recovered_s >= recover_s  # hysteresis: not taken back at the first heartbeat
-    print(f"\nFIGURES failover {failover_s:.2f}s (heartbeat timeout {timeout_s}s); back in use {recovered_s:.2f}s "
-          f"after restart (recover_s {recover_s}s); caught up {catch_up_s:.2f}s after restart")
+    print(
+        f"\nFIGURES failover {failover_s:.2f}s (heartbeat timeout {timeout_s}s); back in use {recovered_s:.2f}s "
+        f"after restart (recover_s {recover_s}s); caught up {catch_up_s:.2f}s after restart"
+    )
 
 
 async def test_miss_answers_307_to_a_holder_and_repairs_the_copy(cluster: TestCluster) -> None:
@@ -114,8 +115,9 @@ async def test_miss_on_a_private_image_needs_a_signature_before_any_redirect(clu
     assert cluster.session is not None
     async with cluster.session.get(f"{base}/i/{up['image_id']}/w300.jpg", allow_redirects=False) as resp:
         assert resp.status == 403  # not a 307 that would reveal where it lives
-    status, found = await cluster.api("GET", f"/v1/images/{up['image_id']}/url",
-                                      params={"client_ip": "52.16.1.10", "w": 300})
+    status, found = await cluster.api(
+        "GET", f"/v1/images/{up['image_id']}/url", params={"client_ip": "52.16.1.10", "w": 300}
+    )
     assert status == 200, found
     signed_path = found["url"].split("/", 3)[3]
     async with cluster.session.get(f"{base}/{signed_path}", allow_redirects=False) as resp:

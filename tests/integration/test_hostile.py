@@ -24,7 +24,7 @@ import pytest
 
 from common import signing
 from common.db.pool import open_pool
-from common.embedded import EmbeddedNats, EmbeddedPostgres
+from minicdn.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.cluster import TestCluster, make_jpeg
 
 ORIGIN_OK = "https://app.example"
@@ -65,8 +65,9 @@ class Hostile:
 
 
 @pytest.fixture(scope="module")
-async def hostile(tmp_path_factory: pytest.TempPathFactory, pg: EmbeddedPostgres, nats_server: EmbeddedNats,
-                  geoip_db: str) -> AsyncIterator[Hostile]:
+async def hostile(
+    tmp_path_factory: pytest.TempPathFactory, pg: EmbeddedPostgres, nats_server: EmbeddedNats, geoip_db: str
+) -> AsyncIterator[Hostile]:
     database_url = pg.create_database(f"t_{secrets.token_hex(6)}")
     cluster = TestCluster(tmp_path_factory.mktemp("hostile"), database_url, nats_server.url, geoip_db)
     keys = {"k1": secrets.token_urlsafe(24), "k2": secrets.token_urlsafe(24), "k0": secrets.token_urlsafe(24)}
@@ -85,20 +86,25 @@ async def hostile(tmp_path_factory: pytest.TempPathFactory, pg: EmbeddedPostgres
         revoked = await _new_key(cluster, "gone")
         assert (await cluster.api("DELETE", f"/v1/keys/{revoked['key_id']}"))[0] == 200
         h.revoked_key = revoked["api_key"]
-        status, ticket = await cluster.api("POST", "/v1/uploads", json={"visibility": "private",
-                                                                        "client_ip": "3.0.1.10"},
-                                           headers={"Authorization": f"Bearer {h.blog_key}"})
+        status, ticket = await cluster.api(
+            "POST",
+            "/v1/uploads",
+            json={"visibility": "private", "client_ip": "3.0.1.10"},
+            headers={"Authorization": f"Bearer {h.blog_key}"},
+        )
         assert status == 201 and (await cluster.put(ticket["upload_url"], make_jpeg(seed=2)))[0] == 201
         h.private_id = ticket["image_id"]
-        status, ticket = await cluster.api("POST", "/v1/uploads", json={"client_ip": "3.0.1.10"},
-                                           headers={"Authorization": f"Bearer {h.shop_key}"})
+        status, ticket = await cluster.api(
+            "POST", "/v1/uploads", json={"client_ip": "3.0.1.10"}, headers={"Authorization": f"Bearer {h.shop_key}"}
+        )
         assert status == 201 and (await cluster.put(ticket["upload_url"], make_jpeg(seed=3)))[0] == 201
         h.hotlinked_id = ticket["image_id"]
         from storage_node import keys as node_keys
 
         await cluster.wait_for(
             lambda: all(cluster.apps[n][node_keys.HOTLINK].restricted for n in cluster.node_settings),
-            "nodes know the shop's Referer allowlist")
+            "nodes know the shop's Referer allowlist",
+        )
         for image_id in (h.public_id, h.private_id, h.hotlinked_id):
             await cluster.wait_ready(image_id)
             await cluster.wait_replicated(image_id)
@@ -136,7 +142,7 @@ async def snapshot(h: Hostile) -> tuple[dict[str, list[tuple[str, int]]], dict[s
         assert {"images", "replicas", "audit_log", "api_keys", "apps"} <= set(tables)
         for table in tables:
             cur = await conn.execute(
-                f'SELECT count(*) AS n, md5(coalesce(string_agg(t::text, \'|\' ORDER BY t::text), \'\')) AS digest'
+                f"SELECT count(*) AS n, md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) AS digest"
                 f' FROM "{table}" t'  # names from pg_tables, quoted
             )
             row = await cur.fetchone()
@@ -146,12 +152,14 @@ async def snapshot(h: Hostile) -> tuple[dict[str, list[tuple[str, int]]], dict[s
 
 
 # --- request helpers ---------------------------------------------------------------------------------------
-async def http(h: Hostile, method: str, url: str, *, headers: dict[str, str] | None = None,
-               data: Any = None, json_body: Any = None) -> Outcome:
+async def http(
+    h: Hostile, method: str, url: str, *, headers: dict[str, str] | None = None, data: Any = None, json_body: Any = None
+) -> Outcome:
     session = h.cluster.session
     assert session is not None
-    async with session.request(method, url, headers=headers or {}, data=data, json=json_body,
-                               allow_redirects=False) as resp:
+    async with session.request(
+        method, url, headers=headers or {}, data=data, json=json_body, allow_redirects=False
+    ) as resp:
         body = await resp.read()
         return Outcome(resp.status, _code(body), dict(resp.headers), body)
 
@@ -163,8 +171,15 @@ def _code(body: bytes) -> str | None:
         return None
 
 
-async def raw(url: str, payload: bytes, *, pause_s: float = 0.0, rest: bytes = b"", half_close: bool = False,
-              timeout_s: float = 10.0) -> Outcome:
+async def raw(
+    url: str,
+    payload: bytes,
+    *,
+    pause_s: float = 0.0,
+    rest: bytes = b"",
+    half_close: bool = False,
+    timeout_s: float = 10.0,
+) -> Outcome:
     """Speak HTTP by hand (for lies the client library will not tell): send ``payload``, maybe wait and
     send ``rest``, maybe shut down our sending side, then read the answer (CLOSED if none comes)."""
     parts = urlsplit(url)
@@ -196,8 +211,9 @@ def put_head(url: str, length: int | None, extra: str = "", close: bool = True) 
     target = f"{parts.path}?{parts.query}" if parts.query else parts.path
     framing = f"Content-Length: {length}\r\n" if length is not None else "Transfer-Encoding: chunked\r\n"
     connection = "Connection: close\r\n" if close else ""
-    return (f"PUT {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: image/jpeg\r\n{framing}{extra}"
-            f"{connection}\r\n").encode()
+    return (
+        f"PUT {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: image/jpeg\r\n{framing}{extra}{connection}\r\n"
+    ).encode()
 
 
 async def ticket(h: Hostile) -> dict[str, Any]:
@@ -219,8 +235,15 @@ def with_query(url: str, **changes: str | None) -> str:
     return parts._replace(query=urlencode(q)).geturl()
 
 
-def resign_upload(h: Hostile, t: dict[str, Any], *, kid: str = "k1", exp: int | None = None,
-                  max_bytes: int | None = None, node_id: str | None = None) -> str:
+def resign_upload(
+    h: Hostile,
+    t: dict[str, Any],
+    *,
+    kid: str = "k1",
+    exp: int | None = None,
+    max_bytes: int | None = None,
+    node_id: str | None = None,
+) -> str:
     """A correctly signed upload URL with chosen claims (to test the rules, not the MAC)."""
     exp = int(time.time()) + 600 if exp is None else exp
     max_bytes = t["max_bytes"] if max_bytes is None else max_bytes
@@ -229,8 +252,17 @@ def resign_upload(h: Hostile, t: dict[str, Any], *, kid: str = "k1", exp: int | 
     return with_query(t["upload_url"], max=str(max_bytes), **params)
 
 
-def signed_get(h: Hostile, image_id: str, variant: str, *, node_id: str = "us-east-1", kid: str = "k1",
-               exp: int | None = None, sign_path: str | None = None, sign_id: str | None = None) -> str:
+def signed_get(
+    h: Hostile,
+    image_id: str,
+    variant: str,
+    *,
+    node_id: str = "us-east-1",
+    kid: str = "k1",
+    exp: int | None = None,
+    sign_path: str | None = None,
+    sign_id: str | None = None,
+) -> str:
     exp = int(time.time()) + 600 if exp is None else exp
     claims = signing.Claims("download", sign_id or image_id, "", exp, path=sign_path or variant)
     return f"{h.node(node_id)}/i/{image_id}/{variant}?{urlencode(signing.sign(claims, kid, h.secrets[kid].encode()))}"
@@ -282,23 +314,32 @@ def put_jpeg(url_of: Callable[[Hostile, dict[str, Any]], str], headers: dict[str
     return attack
 
 
-def get(url_of: Callable[[Hostile, dict[str, Any]], str], headers: dict[str, str] | None = None,
-        method: str = "GET") -> Attack:
+def get(
+    url_of: Callable[[Hostile, dict[str, Any]], str], headers: dict[str, str] | None = None, method: str = "GET"
+) -> Attack:
     async def attack(h: Hostile, ctx: dict[str, Any]) -> Outcome:
         return await http(h, method, url_of(h, ctx), headers=headers)
 
     return attack
 
 
-def api(method: str, path_of: Callable[[Hostile, dict[str, Any]], str], *, key: Callable[[Hostile], str] | None = None,
-        headers: dict[str, str] | None = None, data: Any = None, json_body: Any = None) -> Attack:
+def api(
+    method: str,
+    path_of: Callable[[Hostile, dict[str, Any]], str],
+    *,
+    key: Callable[[Hostile], str] | None = None,
+    headers: dict[str, str] | None = None,
+    data: Any = None,
+    json_body: Any = None,
+) -> Attack:
     async def attack(h: Hostile, ctx: dict[str, Any]) -> Outcome:
         hdrs = dict(bearer(key(h)) if key else h.cluster.auth)
         hdrs.update(headers or {})
         if hdrs.get("Authorization") == "":
             del hdrs["Authorization"]  # an anonymous caller
-        return await http(h, method, f"{h.cluster.query_url}{path_of(h, ctx)}", headers=hdrs, data=data,
-                          json_body=json_body)
+        return await http(
+            h, method, f"{h.cluster.query_url}{path_of(h, ctx)}", headers=hdrs, data=data, json_body=json_body
+        )
 
     return attack
 
@@ -316,8 +357,9 @@ async def content_length_lie_stall(h: Hostile, ctx: dict[str, Any]) -> Outcome:
 
 
 async def content_length_lie_hangup(h: Hostile, ctx: dict[str, Any]) -> Outcome:
-    return await raw(ctx["t"]["upload_url"], put_head(ctx["t"]["upload_url"], 5000) + make_jpeg(seed=5)[:1000],
-                     half_close=True)
+    return await raw(
+        ctx["t"]["upload_url"], put_head(ctx["t"]["upload_url"], 5000) + make_jpeg(seed=5)[:1000], half_close=True
+    )
 
 
 async def content_length_lie_longer(h: Hostile, ctx: dict[str, Any]) -> Outcome:
@@ -427,189 +469,557 @@ PAD = "x" * 10_000
 
 CASES = [
     # --- signed upload URLs (node PUT) ---
-    Case("upload: tampered sig", 403, "bad_signature", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: with_query(c["t"]["upload_url"],
-                                                 sig=tamper(query_of(c["t"]["upload_url"])["sig"])))),
-    Case("upload: tampered exp (+60 s)", 403, "bad_signature", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: with_query(c["t"]["upload_url"],
-                                                 exp=str(int(query_of(c["t"]["upload_url"])["exp"]) + 60)))),
-    Case("upload: tampered max (x10)", 403, "bad_signature", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: with_query(c["t"]["upload_url"], max=str(c["t"]["max_bytes"] * 10)))),
-    Case("upload: tampered image id (another ticket's)", 403, "bad_signature", setup=two_tickets,
-         attack=put_jpeg(lambda h, c: c["t"]["upload_url"].replace(c["t"]["image_id"], c["u"]["image_id"]))),
-    Case("upload: tampered kid (another valid key)", 403, "bad_signature", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: with_query(c["t"]["upload_url"], kid="k2"))),
-    Case("upload: tampered node (URL used on another node)", 403, "bad_signature", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: c["t"]["upload_url"].replace(h.node("us-east-1"), h.node("eu-west-1")))),
-    Case("upload: unknown kid", 403, "bad_signature", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: with_query(c["t"]["upload_url"], kid="k9"))),
-    Case("upload: retired kid (validly signed)", 403, "bad_signature", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: resign_upload(h, c["t"], kid="k0"))),
-    Case("upload: expired by one second", 403, "expired", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: resign_upload(h, c["t"], exp=int(time.time()) - 1))),
-    Case("upload: far-future exp beyond the maximum lifetime", 403, "bad_signature", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: resign_upload(h, c["t"], exp=int(time.time()) + MAX_TTL_S + 3600))),
-    Case("upload: signature parameters missing", 403, "bad_signature", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: c["t"]["upload_url"].split("?")[0])),
-    Case("upload: replayed after success (sequential)", 409, "already_uploaded", setup=used_ticket,
-         attack=put_jpeg(lambda h, c: c["t"]["upload_url"])),
+    Case(
+        "upload: tampered sig",
+        403,
+        "bad_signature",
+        setup=one_ticket,
+        attack=put_jpeg(
+            lambda h, c: with_query(c["t"]["upload_url"], sig=tamper(query_of(c["t"]["upload_url"])["sig"]))
+        ),
+    ),
+    Case(
+        "upload: tampered exp (+60 s)",
+        403,
+        "bad_signature",
+        setup=one_ticket,
+        attack=put_jpeg(
+            lambda h, c: with_query(c["t"]["upload_url"], exp=str(int(query_of(c["t"]["upload_url"])["exp"]) + 60))
+        ),
+    ),
+    Case(
+        "upload: tampered max (x10)",
+        403,
+        "bad_signature",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: with_query(c["t"]["upload_url"], max=str(c["t"]["max_bytes"] * 10))),
+    ),
+    Case(
+        "upload: tampered image id (another ticket's)",
+        403,
+        "bad_signature",
+        setup=two_tickets,
+        attack=put_jpeg(lambda h, c: c["t"]["upload_url"].replace(c["t"]["image_id"], c["u"]["image_id"])),
+    ),
+    Case(
+        "upload: tampered kid (another valid key)",
+        403,
+        "bad_signature",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: with_query(c["t"]["upload_url"], kid="k2")),
+    ),
+    Case(
+        "upload: tampered node (URL used on another node)",
+        403,
+        "bad_signature",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: c["t"]["upload_url"].replace(h.node("us-east-1"), h.node("eu-west-1"))),
+    ),
+    Case(
+        "upload: unknown kid",
+        403,
+        "bad_signature",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: with_query(c["t"]["upload_url"], kid="k9")),
+    ),
+    Case(
+        "upload: retired kid (validly signed)",
+        403,
+        "bad_signature",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: resign_upload(h, c["t"], kid="k0")),
+    ),
+    Case(
+        "upload: expired by one second",
+        403,
+        "expired",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: resign_upload(h, c["t"], exp=int(time.time()) - 1)),
+    ),
+    Case(
+        "upload: far-future exp beyond the maximum lifetime",
+        403,
+        "bad_signature",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: resign_upload(h, c["t"], exp=int(time.time()) + MAX_TTL_S + 3600)),
+    ),
+    Case(
+        "upload: signature parameters missing",
+        403,
+        "bad_signature",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: c["t"]["upload_url"].split("?")[0]),
+    ),
+    Case(
+        "upload: replayed after success (sequential)",
+        409,
+        "already_uploaded",
+        setup=used_ticket,
+        attack=put_jpeg(lambda h, c: c["t"]["upload_url"]),
+    ),
     Case("upload: Content-Length over the cap", 413, "too_large", setup=one_ticket, attack=content_length_over_cap),
     Case("upload: chunked body over the cap", 413, "too_large", setup=one_ticket, attack=chunked_over_cap),
     Case("upload: raw chunked frames over the cap", 413, "too_large", setup=one_ticket, attack=chunked_over_cap_raw),
-    Case("upload: HTML sent as image/jpeg", 415, "unsupported_type", setup=one_ticket,
-         attack=lambda h, c: http(h, "PUT", c["t"]["upload_url"], headers={"Content-Type": "image/jpeg"},
-                                  data=b"<html><script>alert(1)</script></html>")),
-    Case("upload: JPEG magic then garbage", 422, "invalid_image", setup=one_ticket,
-         attack=lambda h, c: http(h, "PUT", c["t"]["upload_url"], data=b"\xff\xd8\xff\xe0" + b"\x13" * 5000)),
-    Case("upload: body shorter than Content-Length, client stalls", 408, "timeout", setup=one_ticket,
-         attack=content_length_lie_stall),
+    Case(
+        "upload: HTML sent as image/jpeg",
+        415,
+        "unsupported_type",
+        setup=one_ticket,
+        attack=lambda h, c: http(
+            h,
+            "PUT",
+            c["t"]["upload_url"],
+            headers={"Content-Type": "image/jpeg"},
+            data=b"<html><script>alert(1)</script></html>",
+        ),
+    ),
+    Case(
+        "upload: JPEG magic then garbage",
+        422,
+        "invalid_image",
+        setup=one_ticket,
+        attack=lambda h, c: http(h, "PUT", c["t"]["upload_url"], data=b"\xff\xd8\xff\xe0" + b"\x13" * 5000),
+    ),
+    Case(
+        "upload: body shorter than Content-Length, client stalls",
+        408,
+        "timeout",
+        setup=one_ticket,
+        attack=content_length_lie_stall,
+    ),
     # The server cancels the handler when the client hangs up mid-body: no answer, no file.
-    Case("upload: body shorter than Content-Length, client hangs up", CLOSED, None, setup=one_ticket,
-         attack=content_length_lie_hangup),
+    Case(
+        "upload: body shorter than Content-Length, client hangs up",
+        CLOSED,
+        None,
+        setup=one_ticket,
+        attack=content_length_lie_hangup,
+    ),
     # aiohttp's HTTP parser refuses the surplus bytes with its own plain-text 400 before any handler runs.
-    Case("upload: body longer than Content-Length", 400, None, setup=one_ticket, check=parser_refused,
-         attack=content_length_lie_longer),
-    Case("upload: PUT from a disallowed browser origin", 403, "cors_forbidden", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: c["t"]["upload_url"], headers={"Origin": "https://evil.example"})),
-    Case("upload: preflight from a disallowed origin", 403, "cors_forbidden", setup=one_ticket,
-         attack=get(lambda h, c: c["t"]["upload_url"], method="OPTIONS",
-                    headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "PUT"})),
-    Case("upload: path traversal id", 404, "not_found", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: c["t"]["upload_url"].replace(c["t"]["image_id"], "..%2F..%2Fetc%2Fpasswd"))),
-    Case("upload: NUL in id", 404, "not_found", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: c["t"]["upload_url"].replace(c["t"]["image_id"], c["t"]["image_id"] + "%00"))),
-    Case("upload: over-long header (10 KB)", 431, "headers_too_large", setup=one_ticket,
-         attack=put_jpeg(lambda h, c: c["t"]["upload_url"], headers={"X-Pad": PAD})),
+    Case(
+        "upload: body longer than Content-Length",
+        400,
+        None,
+        setup=one_ticket,
+        check=parser_refused,
+        attack=content_length_lie_longer,
+    ),
+    Case(
+        "upload: PUT from a disallowed browser origin",
+        403,
+        "cors_forbidden",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: c["t"]["upload_url"], headers={"Origin": "https://evil.example"}),
+    ),
+    Case(
+        "upload: preflight from a disallowed origin",
+        403,
+        "cors_forbidden",
+        setup=one_ticket,
+        attack=get(
+            lambda h, c: c["t"]["upload_url"],
+            method="OPTIONS",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "PUT"},
+        ),
+    ),
+    Case(
+        "upload: path traversal id",
+        404,
+        "not_found",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: c["t"]["upload_url"].replace(c["t"]["image_id"], "..%2F..%2Fetc%2Fpasswd")),
+    ),
+    Case(
+        "upload: NUL in id",
+        404,
+        "not_found",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: c["t"]["upload_url"].replace(c["t"]["image_id"], c["t"]["image_id"] + "%00")),
+    ),
+    Case(
+        "upload: over-long header (10 KB)",
+        431,
+        "headers_too_large",
+        setup=one_ticket,
+        attack=put_jpeg(lambda h, c: c["t"]["upload_url"], headers={"X-Pad": PAD}),
+    ),
     Case("node: slowloris headers (cut off after header_timeout_s)", CLOSED, None, attack=slowloris),
     Case("api: slowloris headers (cut off after header_timeout_s)", CLOSED, None, attack=slowloris_query),
     # Beyond what a handler ever sees: aiohttp's parser answers with its own plain-text 400.
-    Case("node: 20 KB request line (parser refuses)", 400, None,
-         attack=lambda h, c: raw(h.node("us-east-1"), f"GET /i/{'a' * 20_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())),
-    Case("node: 200 header fields (parser refuses)", 400, None,
-         attack=lambda h, c: raw(h.node("us-east-1"), b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
-                                 + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n")),
-    Case("node: Content-Length and chunked together (request smuggling)", 400, None, setup=one_ticket,
-         attack=lambda h, c: raw(c["t"]["upload_url"],
-                                 put_head(c["t"]["upload_url"], 5, "Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n")),
+    Case(
+        "node: 20 KB request line (parser refuses)",
+        400,
+        None,
+        attack=lambda h, c: raw(h.node("us-east-1"), f"GET /i/{'a' * 20_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode()),
+    ),
+    Case(
+        "node: 200 header fields (parser refuses)",
+        400,
+        None,
+        attack=lambda h, c: raw(
+            h.node("us-east-1"),
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",
+        ),
+    ),
+    Case(
+        "node: Content-Length and chunked together (request smuggling)",
+        400,
+        None,
+        setup=one_ticket,
+        attack=lambda h, c: raw(
+            c["t"]["upload_url"], put_head(c["t"]["upload_url"], 5, "Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n"
+        ),
+    ),
     # --- node reads: private images, originals, ids, ranges ---
     Case("read: private image without signature", 403, "bad_signature", attack=get(private_variant)),
-    Case("read: private image, tampered sig", 403, "bad_signature",
-         attack=get(lambda h, c: with_query(signed_get(h, h.private_id, "w300.jpg"),
-                                            sig=tamper(query_of(signed_get(h, h.private_id, "w300.jpg"))["sig"])))),
-    Case("read: private image, signature of another variant", 403, "bad_signature",
-         attack=get(lambda h, c: signed_get(h, h.private_id, "w600.jpg", sign_path="w300.jpg"))),
-    Case("read: private image, signature of another image", 403, "bad_signature",
-         attack=get(lambda h, c: signed_get(h, h.private_id, "w300.jpg", sign_id=h.public_id))),
-    Case("read: private image, expired by one second", 403, "expired",
-         attack=get(lambda h, c: signed_get(h, h.private_id, "w300.jpg", exp=int(time.time()) - 1))),
-    Case("read: private image, retired kid", 403, "bad_signature",
-         attack=get(lambda h, c: signed_get(h, h.private_id, "w300.jpg", kid="k0"))),
-    Case("read: private image, far-future exp", 403, "bad_signature",
-         attack=get(lambda h, c: signed_get(h, h.private_id, "w300.jpg", exp=int(time.time()) + 10 * MAX_TTL_S))),
-    Case("read: original of a public image without signature", 403, "bad_signature",
-         attack=get(lambda h, c: f"{h.node(h.public_node)}/i/{h.public_id}/original")),
-    Case("read: path traversal in the id", 404, "not_found",
-         attack=get(lambda h, c: f"{h.node('us-east-1')}/i/..%2F..%2Fetc/passwd")),
+    Case(
+        "read: private image, tampered sig",
+        403,
+        "bad_signature",
+        attack=get(
+            lambda h, c: with_query(
+                signed_get(h, h.private_id, "w300.jpg"),
+                sig=tamper(query_of(signed_get(h, h.private_id, "w300.jpg"))["sig"]),
+            )
+        ),
+    ),
+    Case(
+        "read: private image, signature of another variant",
+        403,
+        "bad_signature",
+        attack=get(lambda h, c: signed_get(h, h.private_id, "w600.jpg", sign_path="w300.jpg")),
+    ),
+    Case(
+        "read: private image, signature of another image",
+        403,
+        "bad_signature",
+        attack=get(lambda h, c: signed_get(h, h.private_id, "w300.jpg", sign_id=h.public_id)),
+    ),
+    Case(
+        "read: private image, expired by one second",
+        403,
+        "expired",
+        attack=get(lambda h, c: signed_get(h, h.private_id, "w300.jpg", exp=int(time.time()) - 1)),
+    ),
+    Case(
+        "read: private image, retired kid",
+        403,
+        "bad_signature",
+        attack=get(lambda h, c: signed_get(h, h.private_id, "w300.jpg", kid="k0")),
+    ),
+    Case(
+        "read: private image, far-future exp",
+        403,
+        "bad_signature",
+        attack=get(lambda h, c: signed_get(h, h.private_id, "w300.jpg", exp=int(time.time()) + 10 * MAX_TTL_S)),
+    ),
+    Case(
+        "read: original of a public image without signature",
+        403,
+        "bad_signature",
+        attack=get(lambda h, c: f"{h.node(h.public_node)}/i/{h.public_id}/original"),
+    ),
+    Case(
+        "read: path traversal in the id",
+        404,
+        "not_found",
+        attack=get(lambda h, c: f"{h.node('us-east-1')}/i/..%2F..%2Fetc/passwd"),
+    ),
     Case("read: %2e%2e id", 404, "not_found", attack=get(lambda h, c: f"{h.node('us-east-1')}/i/%2e%2e/original")),
-    Case("read: over-long id", 404, "not_found",
-         attack=get(lambda h, c: f"{h.node('us-east-1')}/i/{'a' * 300}/w300.jpg")),
-    Case("read: sidecar file name as variant", 404, "not_found",
-         attack=get(lambda h, c: f"{h.node(h.public_node)}/i/{h.public_id}/meta.json")),
-    Case("read: unknown variant format", 404, "not_found",
-         attack=get(lambda h, c: f"{h.node(h.public_node)}/i/{h.public_id}/w300.svg")),
-    Case("read: unsigned width not in the list", 400, "size_not_allowed",
-         attack=get(lambda h, c: f"{h.node(h.public_node)}/i/{h.public_id}/w301.jpg")),
-    Case("read: unsatisfiable range", 416, "range_not_satisfiable", check=range_416,
-         attack=get(public_variant, headers={"Range": "bytes=99999999-"})),
-    Case("read: 300-range amplification (whole file once)", 200, None, check=whole_file,
-         attack=get(public_variant, headers={"Range": "bytes=" + ",".join(f"{i}-{i + 1}" for i in range(0, 900, 3))})),
-    Case("read: over-long header (10 KB)", 431, "headers_too_large",
-         attack=get(public_variant, headers={"X-Pad": PAD})),
+    Case(
+        "read: over-long id", 404, "not_found", attack=get(lambda h, c: f"{h.node('us-east-1')}/i/{'a' * 300}/w300.jpg")
+    ),
+    Case(
+        "read: sidecar file name as variant",
+        404,
+        "not_found",
+        attack=get(lambda h, c: f"{h.node(h.public_node)}/i/{h.public_id}/meta.json"),
+    ),
+    Case(
+        "read: unknown variant format",
+        404,
+        "not_found",
+        attack=get(lambda h, c: f"{h.node(h.public_node)}/i/{h.public_id}/w300.svg"),
+    ),
+    Case(
+        "read: unsigned width not in the list",
+        400,
+        "size_not_allowed",
+        attack=get(lambda h, c: f"{h.node(h.public_node)}/i/{h.public_id}/w301.jpg"),
+    ),
+    Case(
+        "read: unsatisfiable range",
+        416,
+        "range_not_satisfiable",
+        check=range_416,
+        attack=get(public_variant, headers={"Range": "bytes=99999999-"}),
+    ),
+    Case(
+        "read: 300-range amplification (whole file once)",
+        200,
+        None,
+        check=whole_file,
+        attack=get(public_variant, headers={"Range": "bytes=" + ",".join(f"{i}-{i + 1}" for i in range(0, 900, 3))}),
+    ),
+    Case(
+        "read: over-long header (10 KB)", 431, "headers_too_large", attack=get(public_variant, headers={"X-Pad": PAD})
+    ),
     # --- query service ---
-    Case("api: no API key", 401, "unauthorized", attack=api("POST", lambda h, c: "/v1/uploads",
-                                                              headers={"Authorization": ""}, json_body={})),
-    Case("api: unknown API key", 401, "unauthorized",
-         attack=api("POST", lambda h, c: "/v1/uploads", key=lambda h: "mk_deadbeef_nope", json_body={})),
-    Case("api: revoked API key", 401, "unauthorized",
-         attack=api("POST", lambda h, c: "/v1/uploads", key=lambda h: h.revoked_key, json_body={})),
-    Case("api: Basic instead of Bearer", 401, "unauthorized",
-         attack=api("POST", lambda h, c: "/v1/uploads", headers={"Authorization": "Basic dXNlcjpwYXNz"}, json_body={})),
-    Case("api: 300-character bearer token", 401, "unauthorized",
-         attack=api("POST", lambda h, c: "/v1/uploads", key=lambda h: "mk_" + "a" * 300, json_body={})),
-    Case("api: app key on an admin endpoint", 403, "forbidden",
-         attack=api("GET", lambda h, c: "/v1/nodes", key=lambda h: h.blog_key)),
-    Case("api: app key creating keys", 403, "forbidden",
-         attack=api("POST", lambda h, c: "/v1/keys", key=lambda h: h.blog_key, json_body={"name": "x"})),
-    Case("api: malformed JSON", 400, "invalid_request",
-         attack=api("POST", lambda h, c: "/v1/uploads", data=b'{"visibility": "pub',
-                    headers={"Content-Type": "application/json"})),
-    Case("api: body shorter than Content-Length, client stalls", 408, "timeout",
-         attack=lambda h, c: raw(h.cluster.query_url, (
-             f"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {h.cluster.api_key}\r\n"
-             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"visibility\":").encode())),
-    Case("api: JSON nested 30,000 deep", 400, "invalid_request",
-         attack=api("POST", lambda h, c: "/v1/uploads", data=b"[" * 30_000 + b"]" * 30_000,
-                    headers={"Content-Type": "application/json"})),
-    Case("api: NUL and a lone surrogate in strings", 400, "invalid_request",
-         attack=api("POST", lambda h, c: "/v1/uploads", data=b'{"tags": ["a\\u0000b"], "filename": "\\ud800"}',
-                    headers={"Content-Type": "application/json"})),
-    Case("api: JSON that is not an object", 400, "invalid_request",
-         attack=api("POST", lambda h, c: "/v1/uploads", json_body=["public"])),
-    Case("api: unknown visibility", 400, "invalid_request",
-         attack=api("POST", lambda h, c: "/v1/uploads", json_body={"visibility": "secret"})),
-    Case("api: size over the limit", 413, "too_large",
-         attack=api("POST", lambda h, c: "/v1/uploads", json_body={"size": 10**12})),
-    Case("api: 70 KB body", 400, "invalid_request",
-         attack=api("POST", lambda h, c: "/v1/uploads", json_body={"filename": "x", "metadata": {"p": "x" * 70_000}})),
-    Case("api: client_ip that is not an address", 400, "invalid_request",
-         attack=api("POST", lambda h, c: "/v1/uploads", json_body={"client_ip": "127.0.0.1; DROP TABLE images"})),
-    Case("api: callback_url with a javascript: scheme", 400, "invalid_request",
-         attack=api("POST", lambda h, c: "/v1/uploads", json_body={"callback_url": "javascript:alert(1)"})),
+    Case(
+        "api: no API key",
+        401,
+        "unauthorized",
+        attack=api("POST", lambda h, c: "/v1/uploads", headers={"Authorization": ""}, json_body={}),
+    ),
+    Case(
+        "api: unknown API key",
+        401,
+        "unauthorized",
+        attack=api("POST", lambda h, c: "/v1/uploads", key=lambda h: "mk_deadbeef_nope", json_body={}),
+    ),
+    Case(
+        "api: revoked API key",
+        401,
+        "unauthorized",
+        attack=api("POST", lambda h, c: "/v1/uploads", key=lambda h: h.revoked_key, json_body={}),
+    ),
+    Case(
+        "api: Basic instead of Bearer",
+        401,
+        "unauthorized",
+        attack=api("POST", lambda h, c: "/v1/uploads", headers={"Authorization": "Basic dXNlcjpwYXNz"}, json_body={}),
+    ),
+    Case(
+        "api: 300-character bearer token",
+        401,
+        "unauthorized",
+        attack=api("POST", lambda h, c: "/v1/uploads", key=lambda h: "mk_" + "a" * 300, json_body={}),
+    ),
+    Case(
+        "api: app key on an admin endpoint",
+        403,
+        "forbidden",
+        attack=api("GET", lambda h, c: "/v1/nodes", key=lambda h: h.blog_key),
+    ),
+    Case(
+        "api: app key creating keys",
+        403,
+        "forbidden",
+        attack=api("POST", lambda h, c: "/v1/keys", key=lambda h: h.blog_key, json_body={"name": "x"}),
+    ),
+    Case(
+        "api: malformed JSON",
+        400,
+        "invalid_request",
+        attack=api(
+            "POST",
+            lambda h, c: "/v1/uploads",
+            data=b'{"visibility": "pub',
+            headers={"Content-Type": "application/json"},
+        ),
+    ),
+    Case(
+        "api: body shorter than Content-Length, client stalls",
+        408,
+        "timeout",
+        attack=lambda h, c: raw(
+            h.cluster.query_url,
+            (
+                f"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {h.cluster.api_key}\r\n"
+                'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"visibility":'
+            ).encode(),
+        ),
+    ),
+    Case(
+        "api: JSON nested 30,000 deep",
+        400,
+        "invalid_request",
+        attack=api(
+            "POST",
+            lambda h, c: "/v1/uploads",
+            data=b"[" * 30_000 + b"]" * 30_000,
+            headers={"Content-Type": "application/json"},
+        ),
+    ),
+    Case(
+        "api: NUL and a lone surrogate in strings",
+        400,
+        "invalid_request",
+        attack=api(
+            "POST",
+            lambda h, c: "/v1/uploads",
+            data=b'{"tags": ["a\\u0000b"], "filename": "\\ud800"}',
+            headers={"Content-Type": "application/json"},
+        ),
+    ),
+    Case(
+        "api: JSON that is not an object",
+        400,
+        "invalid_request",
+        attack=api("POST", lambda h, c: "/v1/uploads", json_body=["public"]),
+    ),
+    Case(
+        "api: unknown visibility",
+        400,
+        "invalid_request",
+        attack=api("POST", lambda h, c: "/v1/uploads", json_body={"visibility": "secret"}),
+    ),
+    Case(
+        "api: size over the limit",
+        413,
+        "too_large",
+        attack=api("POST", lambda h, c: "/v1/uploads", json_body={"size": 10**12}),
+    ),
+    Case(
+        "api: 70 KB body",
+        400,
+        "invalid_request",
+        attack=api("POST", lambda h, c: "/v1/uploads", json_body={"filename": "x", "metadata": {"p": "x" * 70_000}}),
+    ),
+    Case(
+        "api: client_ip that is not an address",
+        400,
+        "invalid_request",
+        attack=api("POST", lambda h, c: "/v1/uploads", json_body={"client_ip": "127.0.0.1; DROP TABLE images"}),
+    ),
+    Case(
+        "api: callback_url with a javascript: scheme",
+        400,
+        "invalid_request",
+        attack=api("POST", lambda h, c: "/v1/uploads", json_body={"callback_url": "javascript:alert(1)"}),
+    ),
     # callback_url SSRF guard (built by the image pipeline, issue 3): refused at upload-request time.
-    *[Case(f"api: callback_url to {target}", 400, "invalid_request",
-           attack=api("POST", lambda h, c, t=target: "/v1/uploads", json_body={"callback_url": f"http://{target}/hook"}))
-      for target in ("127.0.0.1", "169.254.169.254", "10.0.0.1", "[::1]", "localhost:8080")],
-    Case("api: unknown fmt", 400, "invalid_request",
-         attack=api("GET", lambda h, c: f"/v1/images/{h.public_id}/url?fmt=bmp")),
-    Case("api: another app's private image (status)", 404, "not_found",
-         attack=api("GET", lambda h, c: f"/v1/images/{h.private_id}", key=lambda h: h.shop_key)),
-    Case("api: another app's private image (url)", 404, "not_found",
-         attack=api("GET", lambda h, c: f"/v1/images/{h.private_id}/url", key=lambda h: h.shop_key)),
-    Case("api: private image without a key", 404, "not_found",
-         attack=api("GET", lambda h, c: f"/v1/images/{h.private_id}/url", headers={"Authorization": ""})),
-    Case("api: delete another app's private image", 404, "not_found",
-         attack=api("DELETE", lambda h, c: f"/v1/images/{h.private_id}", key=lambda h: h.shop_key)),
-    Case("api: delete another app's public image", 403, "forbidden",
-         attack=api("DELETE", lambda h, c: f"/v1/images/{h.public_id}", key=lambda h: h.shop_key)),
-    Case("api: delete without a key", 401, "unauthorized",
-         attack=api("DELETE", lambda h, c: f"/v1/images/{h.public_id}", headers={"Authorization": ""})),
-    Case("api: private image through /img", 403, "forbidden",
-         attack=api("GET", lambda h, c: f"/img/{h.private_id}", key=lambda h: h.blog_key)),
-    Case("api: original asked by another app", 403, "forbidden",
-         attack=api("GET", lambda h, c: f"/v1/images/{h.public_id}/url?variant=original", key=lambda h: h.blog_key)),
-    Case("api: Referer from another site (hotlink)", 403, "hotlink_forbidden",
-         attack=api("GET", lambda h, c: f"/img/{h.hotlinked_id}", headers={"Authorization": "",
-                                                                            "Referer": "https://evil.example/x"})),
-    Case("read: Referer from another site on a node URL (hotlink)", 403, "hotlink_forbidden",
-         attack=get(lambda h, c: f"{h.node('us-east-1')}/i/{h.hotlinked_id}/w300.jpg",
-                    headers={"Referer": "https://evil.example/page"})),
-    Case("api: spoofed X-Forwarded-For from an untrusted peer (ignored)", 302, None, check=redirects_to("us-east-1"),
-         attack=api("GET", lambda h, c: f"/img/{h.public_id}", headers={"Authorization": "",
-                                                                         "X-Forwarded-For": "52.16.1.10"})),
-    Case("api: spoofed Forwarded from an untrusted peer (ignored)", 302, None, check=redirects_to("us-east-1"),
-         attack=api("GET", lambda h, c: f"/img/{h.public_id}", headers={"Authorization": "",
-                                                                         "Forwarded": "for=13.228.1.10"})),
-    Case("api: client_ip without an API key (ignored)", 302, None, check=redirects_to("us-east-1"),
-         attack=api("GET", lambda h, c: f"/img/{h.public_id}?client_ip=52.16.1.10", headers={"Authorization": ""})),
-    Case("api: open-redirect parameters (target only from the registry)", 302, None, check=redirects_to("us-east-1"),
-         attack=api("GET", lambda h, c: f"/img/{h.public_id}?url=https://evil.example/&next=//evil.example",
-                    headers={"Authorization": "", "Host": "evil.example"})),
-    Case("api: path traversal id", 404, "not_found",
-         attack=api("GET", lambda h, c: "/v1/images/..%2F..%2Fetc%2Fpasswd")),
+    *[
+        Case(
+            f"api: callback_url to {target}",
+            400,
+            "invalid_request",
+            attack=api(
+                "POST", lambda h, c, t=target: "/v1/uploads", json_body={"callback_url": f"http://{target}/hook"}
+            ),
+        )
+        for target in ("127.0.0.1", "169.254.169.254", "10.0.0.1", "[::1]", "localhost:8080")
+    ],
+    Case(
+        "api: unknown fmt",
+        400,
+        "invalid_request",
+        attack=api("GET", lambda h, c: f"/v1/images/{h.public_id}/url?fmt=bmp"),
+    ),
+    Case(
+        "api: another app's private image (status)",
+        404,
+        "not_found",
+        attack=api("GET", lambda h, c: f"/v1/images/{h.private_id}", key=lambda h: h.shop_key),
+    ),
+    Case(
+        "api: another app's private image (url)",
+        404,
+        "not_found",
+        attack=api("GET", lambda h, c: f"/v1/images/{h.private_id}/url", key=lambda h: h.shop_key),
+    ),
+    Case(
+        "api: private image without a key",
+        404,
+        "not_found",
+        attack=api("GET", lambda h, c: f"/v1/images/{h.private_id}/url", headers={"Authorization": ""}),
+    ),
+    Case(
+        "api: delete another app's private image",
+        404,
+        "not_found",
+        attack=api("DELETE", lambda h, c: f"/v1/images/{h.private_id}", key=lambda h: h.shop_key),
+    ),
+    Case(
+        "api: delete another app's public image",
+        403,
+        "forbidden",
+        attack=api("DELETE", lambda h, c: f"/v1/images/{h.public_id}", key=lambda h: h.shop_key),
+    ),
+    Case(
+        "api: delete without a key",
+        401,
+        "unauthorized",
+        attack=api("DELETE", lambda h, c: f"/v1/images/{h.public_id}", headers={"Authorization": ""}),
+    ),
+    Case(
+        "api: private image through /img",
+        403,
+        "forbidden",
+        attack=api("GET", lambda h, c: f"/img/{h.private_id}", key=lambda h: h.blog_key),
+    ),
+    Case(
+        "api: original asked by another app",
+        403,
+        "forbidden",
+        attack=api("GET", lambda h, c: f"/v1/images/{h.public_id}/url?variant=original", key=lambda h: h.blog_key),
+    ),
+    Case(
+        "api: Referer from another site (hotlink)",
+        403,
+        "hotlink_forbidden",
+        attack=api(
+            "GET",
+            lambda h, c: f"/img/{h.hotlinked_id}",
+            headers={"Authorization": "", "Referer": "https://evil.example/x"},
+        ),
+    ),
+    Case(
+        "read: Referer from another site on a node URL (hotlink)",
+        403,
+        "hotlink_forbidden",
+        attack=get(
+            lambda h, c: f"{h.node('us-east-1')}/i/{h.hotlinked_id}/w300.jpg",
+            headers={"Referer": "https://evil.example/page"},
+        ),
+    ),
+    Case(
+        "api: spoofed X-Forwarded-For from an untrusted peer (ignored)",
+        302,
+        None,
+        check=redirects_to("us-east-1"),
+        attack=api(
+            "GET", lambda h, c: f"/img/{h.public_id}", headers={"Authorization": "", "X-Forwarded-For": "52.16.1.10"}
+        ),
+    ),
+    Case(
+        "api: spoofed Forwarded from an untrusted peer (ignored)",
+        302,
+        None,
+        check=redirects_to("us-east-1"),
+        attack=api(
+            "GET", lambda h, c: f"/img/{h.public_id}", headers={"Authorization": "", "Forwarded": "for=13.228.1.10"}
+        ),
+    ),
+    Case(
+        "api: client_ip without an API key (ignored)",
+        302,
+        None,
+        check=redirects_to("us-east-1"),
+        attack=api("GET", lambda h, c: f"/img/{h.public_id}?client_ip=52.16.1.10", headers={"Authorization": ""}),
+    ),
+    Case(
+        "api: open-redirect parameters (target only from the registry)",
+        302,
+        None,
+        check=redirects_to("us-east-1"),
+        attack=api(
+            "GET",
+            lambda h, c: f"/img/{h.public_id}?url=https://evil.example/&next=//evil.example",
+            headers={"Authorization": "", "Host": "evil.example"},
+        ),
+    ),
+    Case(
+        "api: path traversal id", 404, "not_found", attack=api("GET", lambda h, c: "/v1/images/..%2F..%2Fetc%2Fpasswd")
+    ),
     Case("api: NUL in id", 404, "not_found", attack=api("GET", lambda h, c: f"/v1/images/{h.public_id}%00")),
     Case("api: over-long id", 404, "not_found", attack=api("GET", lambda h, c: f"/v1/images/{'b' * 500}")),
-    Case("api: over-long header (10 KB)", 431, "headers_too_large",
-         attack=api("GET", lambda h, c: f"/v1/images/{h.public_id}", headers={"Cookie": PAD})),
+    Case(
+        "api: over-long header (10 KB)",
+        431,
+        "headers_too_large",
+        attack=api("GET", lambda h, c: f"/v1/images/{h.public_id}", headers={"Cookie": PAD}),
+    ),
     Case("api: key over its rate", 429, "rate_limited", check=has_retry_after, attack=rate_limited),
     Case("api: revoke an unknown key", 404, "not_found", attack=api("DELETE", lambda h, c: "/v1/keys/0badc0de")),
 ]

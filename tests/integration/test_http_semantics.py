@@ -33,7 +33,7 @@ async def test_conditional_range_head_and_headers(cluster: TestCluster) -> None:
     assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
     assert headers["Accept-Ranges"] == "bytes" and "Last-Modified" not in headers
     etag = headers["ETag"]
-    assert etag.startswith('"') and not etag.startswith('W/')  # strong
+    assert etag.startswith('"') and not etag.startswith("W/")  # strong
     size = len(body)
 
     # HEAD: same headers, no body.
@@ -68,8 +68,7 @@ async def test_conditional_range_head_and_headers(cluster: TestCluster) -> None:
         assert status == 200 and len(whole) == size and "multipart" not in h["Content-Type"], value
 
     # The original needs a signed URL; its type is the detected one, and it is privately cacheable.
-    status, found = await cluster.api("GET", f"/v1/images/{ticket['image_id']}/url?variant=original"
-                                      "&client_ip=3.0.1.10")
+    status, found = await cluster.api("GET", f"/v1/images/{ticket['image_id']}/url?variant=original&client_ip=3.0.1.10")
     status, original, h = await fetch(cluster, found["url"])
     assert status == 200 and hashlib.sha256(original).hexdigest() == hashlib.sha256(data).hexdigest()
     assert h["Content-Type"] == "image/jpeg" and h["Cache-Control"].startswith("private")
@@ -84,7 +83,8 @@ async def test_cors_for_browser_uploads(cluster: TestCluster, tmp_path: Any) -> 
     node_id = "us-east-1"
     settings = cluster.node_settings[node_id]
     cluster.node_settings[node_id] = dataclasses.replace(
-        settings, node=dataclasses.replace(settings.node, cors_origin="https://app.example, https://b.example"))
+        settings, node=dataclasses.replace(settings.node, cors_origin="https://app.example, https://b.example")
+    )
     await cluster.stop_node(node_id)
     await cluster.start_node(node_id)
     await cluster.wait_for(lambda: cluster.healthy_count(3), "three healthy nodes")
@@ -92,15 +92,20 @@ async def test_cors_for_browser_uploads(cluster: TestCluster, tmp_path: Any) -> 
     assert ticket["node_id"] == node_id
     url = ticket["upload_url"]
 
-    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "PUT",
-                 "Access-Control-Request-Headers": "content-type"}
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "content-type",
+    }
     status, _, h = await fetch(cluster, url, "OPTIONS", **preflight)
     assert status == 204 and h["Access-Control-Allow-Origin"] == "https://app.example"
     assert h["Access-Control-Allow-Methods"] == "PUT" and "content-type" in h["Access-Control-Allow-Headers"].lower()
     assert "Origin" in h["Vary"] and int(h["Access-Control-Max-Age"]) > 0
-    for bad in ({**preflight, "Origin": "https://evil.example"},
-                {**preflight, "Access-Control-Request-Method": "DELETE"},
-                {**preflight, "Access-Control-Request-Headers": "x-admin"}):
+    for bad in (
+        {**preflight, "Origin": "https://evil.example"},
+        {**preflight, "Access-Control-Request-Method": "DELETE"},
+        {**preflight, "Access-Control-Request-Headers": "x-admin"},
+    ):
         status, body, h = await fetch(cluster, url, "OPTIONS", **bad)
         assert status == 403 and b"cors_forbidden" in body, bad
         # A foreign origin never gets an Allow-Origin (an allowed one may read the refusal).

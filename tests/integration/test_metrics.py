@@ -106,8 +106,10 @@ async def test_backlog_gauges_follow_a_node_outage(cluster: TestCluster) -> None
 
     async def backlog(expected: float) -> bool:
         q = await scrape(cluster.session, cluster.query_url)  # type: ignore[arg-type]
-        return (value(q, "minicdn_replication_pending_replicas", node_id="eu-west-1") == expected
-                and value(q, "minicdn_images_under_replicated") == expected)
+        return (
+            value(q, "minicdn_replication_pending_replicas", node_id="eu-west-1") == expected
+            and value(q, "minicdn_images_under_replicated") == expected
+        )
 
     await cluster.wait_for(lambda: backlog(1), "the pending row to show")
     q: Any = await scrape(cluster.session, cluster.query_url)
@@ -129,7 +131,9 @@ async def test_provisioning_events_are_counted_from_postgres(cluster: TestCluste
 
     async def counted() -> bool:
         q = await scrape(cluster.session, cluster.query_url)  # type: ignore[arg-type]
-        return (value(q, "minicdn_provisioning_events_total", kind="node_state") == 1
-                and value(q, "minicdn_provisioning_events_total", kind="new_set") == 0)
+        return (
+            value(q, "minicdn_provisioning_events_total", kind="node_state") == 1
+            and value(q, "minicdn_provisioning_events_total", kind="new_set") == 0
+        )
 
     await cluster.wait_for(counted, "the event in the query service's /metrics")

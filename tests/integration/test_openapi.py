@@ -50,9 +50,14 @@ def fuzz(base_url: str, headers: dict[str, str], known_image: str, known_node: s
 
 
 def _run_bounded(strategy: Any, base_url: str, headers: dict[str, str], label: str, calls: dict[str, int]) -> None:
-    @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                         derandomize=True, suppress_health_check=list(HealthCheck),
-                         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+    @hypothesis.settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+    )
     @hypothesis.given(case=strategy)
     def run(case: Any) -> None:
         response = case.call(base_url=base_url, headers=headers, timeout=15, allow_redirects=False)
@@ -75,17 +80,34 @@ async def test_openapi_document_and_schemathesis(cluster: TestCluster) -> None:
     await cluster.wait_ready(up["image_id"])
     await cluster.wait_replicated(up["image_id"])
     # The destructive operator endpoints are documented (and flagged), and only those are flagged.
-    flagged = {f"{method.upper()} {path}" for path, item in doc["paths"].items() for method, op in item.items()
-               if op.get("x-destructive")}
+    flagged = {
+        f"{method.upper()} {path}"
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if op.get("x-destructive")
+    }
     assert flagged == {"POST /v1/nodes/{node_id}/state", "POST /v1/nodes/{node_id}/replace"}
     nodes_before = {n["node_id"]: n["state"] for n in (await cluster.api("GET", "/v1/nodes"))[1]["nodes"]}
     calls = await asyncio.to_thread(fuzz, cluster.query_url, cluster.auth, up["image_id"], sorted(nodes_before)[0])
-    assert set(calls) >= {"POST /v1/uploads", "GET /v1/images/{image_id}", "GET /v1/images/{image_id}/url",
-                          "GET /img/{image_id}",
-                          "DELETE /v1/images/{image_id}", "GET /v1/keys", "POST /v1/keys", "DELETE /v1/keys/{key_id}",
-                          "GET /v1/nodes", "GET /healthz", "GET /v1/capacity", "GET /v1/nodes/{node_id}/backfill",
-                          "GET /v1/repair", "POST /v1/repair", "POST /v1/images/{image_id}/approve",
-                          "POST /v1/images/{image_id}/reject", "GET /v1/dashboard"}
+    assert set(calls) >= {
+        "POST /v1/uploads",
+        "GET /v1/images/{image_id}",
+        "GET /v1/images/{image_id}/url",
+        "GET /img/{image_id}",
+        "DELETE /v1/images/{image_id}",
+        "GET /v1/keys",
+        "POST /v1/keys",
+        "DELETE /v1/keys/{key_id}",
+        "GET /v1/nodes",
+        "GET /healthz",
+        "GET /v1/capacity",
+        "GET /v1/nodes/{node_id}/backfill",
+        "GET /v1/repair",
+        "POST /v1/repair",
+        "POST /v1/images/{image_id}/approve",
+        "POST /v1/images/{image_id}/reject",
+        "GET /v1/dashboard",
+    }
     assert not set(calls) & flagged
     # The run left every node where it was.
     assert {n["node_id"]: n["state"] for n in (await cluster.api("GET", "/v1/nodes"))[1]["nodes"]} == nodes_before

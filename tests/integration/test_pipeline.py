@@ -17,10 +17,10 @@ import pyvips
 from multidict import CIMultiDict
 
 from common import callbacks
-from common.embedded import EmbeddedNats
+from minicdn.embedded import EmbeddedNats
 from query_service import keys as query_keys
 from storage_node import keys as node_keys
-from storage_node.store import ORIGINAL
+from storage_node.objects.store import ORIGINAL
 from tests.cluster import NODE_REGIONS, TestCluster
 from tests.hostile import (
     PAYLOAD,
@@ -39,8 +39,9 @@ CHROME_ACCEPT = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.
 
 
 @pytest.fixture
-async def make_cluster(tmp_path: Path, database_url: str, nats_server: EmbeddedNats,
-                       geoip_db: str) -> AsyncIterator[MakeCluster]:
+async def make_cluster(
+    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str
+) -> AsyncIterator[MakeCluster]:
     """A cluster whose settings the test adds to (one per test: each test has its own database)."""
     started: list[TestCluster] = []
 
@@ -88,8 +89,13 @@ async def test_processing_records_metadata_and_makes_eager_thumbnails(cluster: T
     body = await cluster.wait_ready(up["image_id"])
     assert (body["format"], body["width"], body["height"]) == ("jpeg", 2048, 1536)  # as displayed
     assert body["pages"] == 1 and body["animated"] is False and body["colour_space"] == "srgb"
-    assert body["exif"] == {"make": "minicdn-test", "model": "Model X", "taken_at": "2024-05-01T10:00:00",
-                            "orientation": 8, "had_gps": True}  # the position itself is not stored
+    assert body["exif"] == {
+        "make": "minicdn-test",
+        "model": "Model X",
+        "taken_at": "2024-05-01T10:00:00",
+        "orientation": 8,
+        "had_gps": True,
+    }  # the position itself is not stored
     assert body["had_gps"] is True and body["ready_at"] and body["reason"] is None
     files = on_disk(cluster, up["image_id"])[origin(up)]
     assert {"original", "thumb.jpg", "thumb.webp"} <= set(files)  # eager: there before the first request
@@ -106,8 +112,9 @@ async def test_processing_records_metadata_and_makes_eager_thumbnails(cluster: T
     gif = await cluster.upload((testdata / "anim_tiny.gif").read_bytes())
     body = await cluster.wait_ready(gif["image_id"])
     assert body["animated"] is True and body["pages"] > 1 and body["exif"]["had_gps"] is False
-    avif = await cluster.upload(bytes(pyvips.Image.new_from_file(str(testdata / "retina.webp")).heifsave_buffer(
-        compression="av1", effort=0)))
+    avif = await cluster.upload(
+        bytes(pyvips.Image.new_from_file(str(testdata / "retina.webp")).heifsave_buffer(compression="av1", effort=0))
+    )
     body = await cluster.wait_ready(avif["image_id"])
     assert body["format"] == "avif" and body["width"] > 0
 
@@ -138,12 +145,17 @@ async def test_variants_over_http_with_negotiation(cluster: TestCluster, testdat
     assert status == 404
 
     # The query service picks the variant for a box and resolves `auto` from a browser's Accept.
-    status, body = await cluster.api("GET", f"/v1/images/{image_id}/url",
-                                     params={"w": 280, "h": 100, "fit": "cover", "dpr": 2})
+    status, body = await cluster.api(
+        "GET", f"/v1/images/{image_id}/url", params={"w": 280, "h": 100, "fit": "cover", "dpr": 2}
+    )
     assert status == 200 and body["variant"] == "600x300.auto"
     assert cluster.session is not None
-    async with cluster.session.get(f"{cluster.query_url}/img/{image_id}", params={"w": 500},
-                                   headers={"Accept": CHROME_ACCEPT}, allow_redirects=False) as resp:
+    async with cluster.session.get(
+        f"{cluster.query_url}/img/{image_id}",
+        params={"w": 500},
+        headers={"Accept": CHROME_ACCEPT},
+        allow_redirects=False,
+    ) as resp:
         assert resp.status == 302 and resp.headers["Location"].endswith("/w600.avif")
 
 
@@ -155,9 +167,12 @@ async def test_hostile_inputs(cluster: TestCluster, testdata: Path) -> None:
 
     bomb = await asyncio.to_thread(png_bomb)  # made off the loop: the cluster's heartbeats run on it
     refused_ids = []
-    for data, status, code in ((text_as_jpeg(), 415, "unsupported_type"), (b"", 415, "unsupported_type"),
-                               (svg_with_script(), 415, "unsupported_type"), (animated_gif(501), 422,
-                                                                               "invalid_image")):
+    for data, status, code in (
+        (text_as_jpeg(), 415, "unsupported_type"),
+        (b"", 415, "unsupported_type"),
+        (svg_with_script(), 415, "unsupported_type"),
+        (animated_gif(501), 422, "invalid_image"),
+    ):
         image_id, got, body = await put(data)
         assert (got, body["error"]["code"]) == (status, code), (data[:20], body)
         refused_ids.append(image_id)
@@ -172,8 +187,10 @@ async def test_hostile_inputs(cluster: TestCluster, testdata: Path) -> None:
     assert cut["status"] == "uploaded"
     body = await cluster.wait_ready(cut["image_id"], status="rejected")
     assert "truncated" in body["reason"] and body["replicas"] == []
-    await cluster.wait_for(lambda: on_disk(cluster, cut["image_id"]) == {n: [] for n in NODES},
-                           "the rejected image's files gone from every node")
+    await cluster.wait_for(
+        lambda: on_disk(cluster, cut["image_id"]) == {n: [] for n in NODES},
+        "the rejected image's files gone from every node",
+    )
     status, _, _ = await get(cluster, node_url(cluster, origin(cut), cut["image_id"], "w300.jpg"))
     assert status == 404
 
@@ -190,8 +207,7 @@ async def test_hostile_inputs(cluster: TestCluster, testdata: Path) -> None:
     assert PAYLOAD in cluster.store(origin(poly)).path_for(poly["image_id"], ORIGINAL).read_bytes()
 
 
-async def test_concurrent_requests_for_a_missing_variant_build_it_once(cluster: TestCluster,
-                                                                        testdata: Path) -> None:
+async def test_concurrent_requests_for_a_missing_variant_build_it_once(cluster: TestCluster, testdata: Path) -> None:
     up = await cluster.upload((testdata / "chelsea_gps.jpg").read_bytes())
     await cluster.wait_ready(up["image_id"])
     renderer = cluster.apps[origin(up)][node_keys.RENDERER]
@@ -234,8 +250,9 @@ async def receiver() -> AsyncIterator[CallbackReceiver]:
         await started.stop()
 
 
-async def test_quarantine_hook_holds_until_approved(make_cluster: MakeCluster, testdata: Path, tmp_path: Path,
-                                                   receiver: CallbackReceiver) -> None:
+async def test_quarantine_hook_holds_until_approved(
+    make_cluster: MakeCluster, testdata: Path, tmp_path: Path, receiver: CallbackReceiver
+) -> None:
     hook = tmp_path / "moderate.sh"
     hook.write_text('#!/bin/sh\necho "needs a human look: $MINICDN_CONTENT_TYPE"\nexit 1\n')
     hook.chmod(0o755)
@@ -253,8 +270,11 @@ async def test_quarantine_hook_holds_until_approved(make_cluster: MakeCluster, t
     assert status == 200 and body["status"] == "ready"
     status, body = await cluster.api("POST", f"/v1/images/{up['image_id']}/approve")
     assert status == 409 and body["error"]["code"] == "not_quarantined"
-    await cluster.wait_for(lambda: _status_of(cluster, node_url(cluster, origin(up), up["image_id"], "thumb.jpg"),
-                                              200), "approved image served", 5)
+    await cluster.wait_for(
+        lambda: _status_of(cluster, node_url(cluster, origin(up), up["image_id"], "thumb.jpg"), 200),
+        "approved image served",
+        5,
+    )
 
     held = await cluster.upload((testdata / "coins_gray.png").read_bytes(), callback_url=receiver.url)
     await cluster.wait_ready(held["image_id"], status="quarantined")
@@ -266,11 +286,14 @@ async def test_quarantine_hook_holds_until_approved(make_cluster: MakeCluster, t
     assert image["status"] == "quarantined"
     status, body = await cluster.api("POST", f"/v1/images/{held['image_id']}/reject", json={"reason": "spam"})
     assert status == 200 and body["status"] == "rejected"
-    await cluster.wait_for(lambda: on_disk(cluster, held["image_id"]) == {n: [] for n in NODES},
-                           "rejected files gone from every node")
+    await cluster.wait_for(
+        lambda: on_disk(cluster, held["image_id"]) == {n: [] for n in NODES}, "rejected files gone from every node"
+    )
     await cluster.wait_for(lambda: len(receiver.hits) == 2, "the decisions' callbacks", 5)
     assert [(h.body["image_id"], h.body["event"], h.body["reason"]) for h in receiver.hits] == [
-        (up["image_id"], "image.ready", None), (held["image_id"], "image.rejected", "spam")]
+        (up["image_id"], "image.ready", None),
+        (held["image_id"], "image.rejected", "spam"),
+    ]
 
 
 async def _status_of(cluster: TestCluster, url: str, want: int) -> bool:
@@ -278,8 +301,9 @@ async def _status_of(cluster: TestCluster, url: str, want: int) -> bool:
     return status == want
 
 
-async def test_callbacks_signed_retried_and_guarded(make_cluster: MakeCluster, testdata: Path,
-                                                    receiver: CallbackReceiver) -> None:
+async def test_callbacks_signed_retried_and_guarded(
+    make_cluster: MakeCluster, testdata: Path, receiver: CallbackReceiver
+) -> None:
     receiver.answers.append(500)  # the first delivery fails: it must be retried
     cluster = await make_cluster(callbacks={"allow_private": True, "backoff_s": 0.05})
     receiver.signing_keys["k1"] = cluster.node_settings[NODES[0]].signing_key("k1") or b""
@@ -298,16 +322,25 @@ async def test_callbacks_signed_retried_and_guarded(make_cluster: MakeCluster, t
     async with cluster.apps["query"][query_keys.POOL].connection() as conn:
         cur = await conn.execute("SELECT delivery_id::text AS d, state, attempts FROM callback_outbox")
         rows = {r["d"]: (r["state"], r["attempts"]) for r in await cur.fetchall()}
-    assert rows == {failed.delivery_id: ("delivered", 2),
-                    next(h.delivery_id for h in rest if h.delivery_id != failed.delivery_id): ("delivered", 1)}
+    assert rows == {
+        failed.delivery_id: ("delivered", 2),
+        next(h.delivery_id for h in rest if h.delivery_id != failed.delivery_id): ("delivered", 1),
+    }
 
 
 async def test_callback_survives_a_node_restart(make_cluster: MakeCluster, testdata: Path) -> None:
     """The receiver is down while the image is processed; the origin node is stopped with the retry pending
     (only in Postgres now: sweeps are hours apart, so only the restart's start-up pass can send it)."""
     receiver = CallbackReceiver()  # port reserved, nothing listening yet
-    cluster = await make_cluster(callbacks={"allow_private": True, "backoff_s": 0.3, "max_attempts": 20,
-                                            "timeout_s": 1.0, "sweep_interval_s": 3600})
+    cluster = await make_cluster(
+        callbacks={
+            "allow_private": True,
+            "backoff_s": 0.3,
+            "max_attempts": 20,
+            "timeout_s": 1.0,
+            "sweep_interval_s": 3600,
+        }
+    )
     receiver.signing_keys["k1"] = cluster.node_settings[NODES[0]].signing_key("k1") or b""
     up = await cluster.upload((testdata / "coins_gray.png").read_bytes(), callback_url=receiver.url)
     await cluster.wait_ready(up["image_id"])
@@ -315,8 +348,10 @@ async def test_callback_survives_a_node_restart(make_cluster: MakeCluster, testd
 
     async def outbox() -> dict[str, Any]:
         async with pool.connection() as conn:
-            cur = await conn.execute("SELECT state, attempts, last_error, next_at <= now() AS due,"
-                                     " delivery_id::text AS delivery_id FROM callback_outbox")
+            cur = await conn.execute(
+                "SELECT state, attempts, last_error, next_at <= now() AS due,"
+                " delivery_id::text AS delivery_id FROM callback_outbox"
+            )
             return dict(await cur.fetchone() or {})
 
     await cluster.wait_for(lambda: _attempted(outbox()), "a failed first attempt")
@@ -351,9 +386,18 @@ async def _due(row: Awaitable[dict[str, Any]]) -> bool:
 
 
 async def test_callback_urls_into_private_networks_are_refused(cluster: TestCluster) -> None:
-    for url in ("http://127.0.0.1:9/x", "http://localhost/x", "http://169.254.169.254/latest/meta-data",
-                "http://10.1.2.3/x", "http://192.168.0.1/x", "http://[::1]/x", "http://[::ffff:127.0.0.1]/x",
-                "http://100.64.0.1/x", "ftp://example.com/x", "http://user:pw@example.com/x"):
+    for url in (
+        "http://127.0.0.1:9/x",
+        "http://localhost/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.1.2.3/x",
+        "http://192.168.0.1/x",
+        "http://[::1]/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "http://100.64.0.1/x",
+        "ftp://example.com/x",
+        "http://user:pw@example.com/x",
+    ):
         status, body = await cluster.api("POST", "/v1/uploads", json={"callback_url": url})
         assert status == 400 and body["error"]["code"] == "invalid_request", url
     status, _ = await cluster.api("POST", "/v1/uploads", json={"callback_url": "https://8.8.8.8/hook"})
@@ -364,8 +408,9 @@ async def test_delivery_refuses_private_addresses_without_connecting() -> None:
     receiver = await CallbackReceiver().start()
     from common.config import load_settings
 
-    settings = load_settings(env={}, overrides={"signing": {"keys": {"k1": "x" * 20}, "active_kid": "k1"},
-                                                "callbacks": {"backoff_s": 0.01}})
+    settings = load_settings(
+        env={}, overrides={"signing": {"keys": {"k1": "x" * 20}, "active_kid": "k1"}, "callbacks": {"backoff_s": 0.01}}
+    )
     sender = callbacks.CallbackSender(settings)
     try:
         for host in ("127.0.0.1", "localhost"):
@@ -382,8 +427,9 @@ async def test_sweep_reclaims_an_upload_a_crash_left_in_processing(cluster: Test
     await cluster.wait_ready(up["image_id"])
     processor = cluster.apps[origin(up)][node_keys.PROCESSOR]
     async with cluster.apps[origin(up)][node_keys.POOL].connection() as conn:  # as if the node died mid-job
-        await conn.execute("UPDATE images SET status = 'processing', ready_at = NULL WHERE image_id = %s",
-                           (up["image_id"],))
+        await conn.execute(
+            "UPDATE images SET status = 'processing', ready_at = NULL WHERE image_id = %s", (up["image_id"],)
+        )
     assert await processor.sweep_once() == 1
     body = await cluster.wait_ready(up["image_id"])
     assert body["ready_at"] and body["format"] == "png" and body["status"] == "ready"

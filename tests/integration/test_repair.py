@@ -14,15 +14,25 @@ from tests.cluster import TestCluster, make_jpeg
 
 
 def _add_node(cluster: TestCluster, node_id: str, region: str, **replicator: object) -> None:
-    from common.embedded import free_port
+    from common.procs import free_port
 
     port = free_port()
     point = REGIONS[region]
     cluster.node_settings[node_id] = cluster.settings(
-        node={"node_id": node_id, "region": region, "lat": point.lat, "lon": point.lon, "set_id": "set-1",
-              "base_url": f"http://127.0.0.1:{port}", "port": port, "data_dir": str(cluster.root / node_id),
-              "heartbeat_interval_s": 0.3, "render_threads": 1},
-        replicator={**cluster.common["replicator"], **replicator})
+        node={
+            "node_id": node_id,
+            "region": region,
+            "lat": point.lat,
+            "lon": point.lon,
+            "set_id": "set-1",
+            "base_url": f"http://127.0.0.1:{port}",
+            "port": port,
+            "data_dir": str(cluster.root / node_id),
+            "heartbeat_interval_s": 0.3,
+            "render_threads": 1,
+        },
+        replicator={**cluster.common["replicator"], **replicator},
+    )
 
 
 def _originals(cluster: TestCluster, node_id: str) -> list[str]:
@@ -49,11 +59,17 @@ async def test_replace_a_node_backfills_resumably_without_duplicates(cluster: Te
     cluster.runners.pop("eu-west-9", None)
     cluster.apps.pop("eu-west-9", None)
 
-    status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/replace", json={"with": "eu-west-9",
-                                                                                    "provision": False})
+    status, body = await cluster.api(
+        "POST", "/v1/nodes/eu-west-1/replace", json={"with": "eu-west-9", "provision": False}
+    )
     assert status == 202, body
-    assert body["config"] == {"node_id": "eu-west-9", "region": "eu-west", "set_id": "set-1",
-                              "lat": REGIONS["eu-west"].lat, "lon": REGIONS["eu-west"].lon}
+    assert body["config"] == {
+        "node_id": "eu-west-9",
+        "region": "eu-west",
+        "set_id": "set-1",
+        "lat": REGIONS["eu-west"].lat,
+        "lon": REGIONS["eu-west"].lon,
+    }
     started = time.monotonic()
     await cluster.start_node("eu-west-9")
 
@@ -85,8 +101,9 @@ async def test_replace_a_node_backfills_resumably_without_duplicates(cluster: Te
         states = await cluster.replicas(up["image_id"])
         assert states == {"us-east-1": "ok", "ap-southeast-1": "ok", "eu-west-9": "ok"}
     assert cluster.files_under("eu-west-9", "tmp") == []
-    status, body = await cluster.api("POST", "/v1/nodes/eu-west-1/replace", json={"with": "eu-west-8",
-                                                                                    "provision": False})
+    status, body = await cluster.api(
+        "POST", "/v1/nodes/eu-west-1/replace", json={"with": "eu-west-8", "provision": False}
+    )
     assert status == 409 and body["error"]["code"] == "already_replaced"  # once is enough
 
     async def succeeded() -> bool:
@@ -94,12 +111,13 @@ async def test_replace_a_node_backfills_resumably_without_duplicates(cluster: Te
         return any(e["kind"] == "replace" and e["state"] == "succeeded" for e in view["events"])
 
     await cluster.wait_for(succeeded, "replacement recorded as succeeded", 10)
-    status, found = await cluster.api("GET", f"/v1/images/{ups[0]['image_id']}/url",
-                                      params={"client_ip": "52.16.1.10"})
+    status, found = await cluster.api("GET", f"/v1/images/{ups[0]['image_id']}/url", params={"client_ip": "52.16.1.10"})
     assert found["node_id"] == "eu-west-9"
     total = sum(u["bytes"] for u in ups)
-    print(f"\nFIGURES backfill of {len(ups)} images ({total / 1e6:.1f} MB) at a 0.4 MB/s cap, interrupted once: "
-          f"{took_s:.2f}s")
+    print(
+        f"\nFIGURES backfill of {len(ups)} images ({total / 1e6:.1f} MB) at a 0.4 MB/s cap, interrupted once: "
+        f"{took_s:.2f}s"
+    )
 
 
 async def test_replace_rejections(cluster: TestCluster) -> None:
@@ -143,8 +161,16 @@ async def test_repair_finds_and_fixes_lost_replicas_and_cli_views(cluster: TestC
         await db_replicas.mark_state(pool, up["image_id"], "ap-southeast-1", "missing")
     env = {"MINICDN_QUERY_URL": cluster.query_url, "MINICDN_API_KEY": cluster.api_key, "COLUMNS": "160"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "common.cli", "repair", "--wait", "30", env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "minicdn.cli",
+        "repair",
+        "--wait",
+        "30",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     assert proc.stdout is not None
     first = (await proc.stdout.readline()).decode()
     assert "2 image(s) under-replicated" in first, first
@@ -156,8 +182,14 @@ async def test_repair_finds_and_fixes_lost_replicas_and_cli_views(cluster: TestC
     for up in ups:
         assert cluster.disk_sha256("ap-southeast-1", up["image_id"]) == up["sha256"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "common.cli", "status", env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "minicdn.cli",
+        "status",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await proc.communicate()
     text = out.decode()
     assert proc.returncode == 0, text
@@ -171,8 +203,9 @@ async def test_uncapped_backfill_figure(cluster: TestCluster) -> None:
     for up in ups:
         await cluster.wait_replicated(up["image_id"])
     await cluster.stop_node("ap-southeast-1")
-    status, body = await cluster.api("POST", "/v1/nodes/ap-southeast-1/replace",
-                                     json={"with": "ap-southeast-9", "provision": False})
+    status, body = await cluster.api(
+        "POST", "/v1/nodes/ap-southeast-1/replace", json={"with": "ap-southeast-9", "provision": False}
+    )
     assert status == 202, body
     _add_node(cluster, "ap-southeast-9", "ap-southeast")
     started = time.monotonic()
@@ -186,5 +219,7 @@ async def test_uncapped_backfill_figure(cluster: TestCluster) -> None:
     took_s = time.monotonic() - started
     assert _originals(cluster, "ap-southeast-9") == sorted(u["image_id"] for u in ups)
     total = sum(u["bytes"] for u in ups)
-    print(f"\nFIGURES uncapped backfill: {len(ups)} images ({total / 1e6:.1f} MB) in {took_s:.2f}s from node start "
-          f"({len(ups) / took_s:.0f} images/s, {total / 1e6 / took_s:.1f} MB/s; sweep interval 0.5 s)")
+    print(
+        f"\nFIGURES uncapped backfill: {len(ups)} images ({total / 1e6:.1f} MB) in {took_s:.2f}s from node start "
+        f"({len(ups) / took_s:.0f} images/s, {total / 1e6 / took_s:.1f} MB/s; sweep interval 0.5 s)"
+    )

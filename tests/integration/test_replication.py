@@ -66,7 +66,7 @@ async def test_event_lost_by_jetstream_is_still_replicated_by_the_sweep(cluster:
 async def test_same_event_twice_is_a_no_op(cluster: TestCluster) -> None:
     from common.events import ImageUploaded
     from replicator.jobs import Wanted, replicate
-    from storage_node.app import REPLICATOR
+    from replicator.node_root import REPLICATOR
 
     up = await cluster.upload(make_jpeg(seed=3))
     await cluster.wait_replicated(up["image_id"])
@@ -86,8 +86,8 @@ async def test_same_event_twice_is_a_no_op(cluster: TestCluster) -> None:
 
 async def test_bad_checksum_from_a_peer_is_never_stored(cluster: TestCluster) -> None:
     from replicator.jobs import Wanted, replicate
+    from replicator.node_root import REPLICATOR
     from replicator.outcomes import Retry
-    from storage_node.app import REPLICATOR
 
     up = await cluster.upload(make_jpeg(seed=4), client_ip="3.0.1.10")
     await cluster.wait_replicated(up["image_id"])

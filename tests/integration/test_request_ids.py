@@ -10,8 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiohttp import web
 
-from common.embedded import EmbeddedNats
 from common.reqlog import RequestIdFilter, access_logger_for
+from minicdn.embedded import EmbeddedNats
 from tests.cluster import TestCluster, make_jpeg
 
 
@@ -20,8 +20,12 @@ class LoggedCluster(TestCluster):
 
     async def _serve(self, name: str, app: web.Application, port: int) -> None:
         component = "query-service" if name.startswith("query") else "storage-node"
-        runner = web.AppRunner(app, access_log=logging.getLogger("minicdn.access"),
-                               access_log_class=access_logger_for(component), handler_cancellation=True)
+        runner = web.AppRunner(
+            app,
+            access_log=logging.getLogger("minicdn.access"),
+            access_log_class=access_logger_for(component),
+            handler_cancellation=True,
+        )
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         self.runners[name] = runner
@@ -29,8 +33,8 @@ class LoggedCluster(TestCluster):
 
 
 async def test_request_id_travels_from_the_query_service_to_every_node(
-        tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="minicdn.access")
     caplog.set_level(logging.INFO, logger="replicator.jobs")
     caplog.handler.addFilter(RequestIdFilter())
@@ -39,8 +43,9 @@ async def test_request_id_travels_from_the_query_service_to_every_node(
     try:
         assert cluster.session is not None
         rid = "trace-abc.123"
-        async with cluster.session.post(f"{cluster.query_url}/v1/uploads", json={},
-                                        headers={**cluster.auth, "X-Request-Id": rid}) as resp:
+        async with cluster.session.post(
+            f"{cluster.query_url}/v1/uploads", json={}, headers={**cluster.auth, "X-Request-Id": rid}
+        ) as resp:
             assert resp.status == 201
             assert resp.headers["X-Request-Id"] == rid
             ticket = await resp.json()

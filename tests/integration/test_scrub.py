@@ -6,12 +6,12 @@ from prometheus_client import generate_latest
 
 from replicator.ratelimit import ByteRate
 from storage_node import keys as node_keys
-from storage_node.store import ORIGINAL
+from storage_node.objects.store import ORIGINAL
 from tests.cluster import TestCluster, make_jpeg
 
 
 async def test_flipped_bytes_are_detected_and_repaired_from_a_good_copy(cluster: TestCluster) -> None:
-    from storage_node.app import SCRUBBER
+    from replicator.node_root import SCRUBBER
 
     up = await cluster.upload(make_jpeg(seed=31), client_ip="3.0.1.10")
     other = await cluster.upload(make_jpeg(seed=32), client_ip="3.0.1.10")

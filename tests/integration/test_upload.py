@@ -20,6 +20,7 @@ from tests.cluster import TestCluster, make_jpeg
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height (a decompression bomb's header) with one empty IDAT."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -53,8 +54,12 @@ async def test_upload_ticket_and_put(cluster: TestCluster) -> None:
     data = make_jpeg(seed=21)
     status, body = await cluster.put(ticket["upload_url"], data)
     assert status == 201
-    assert body == {"image_id": ticket["image_id"], "sha256": hashlib.sha256(data).hexdigest(),
-                    "bytes": len(data), "status": "uploaded"}
+    assert body == {
+        "image_id": ticket["image_id"],
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "status": "uploaded",
+    }
 
 
 @pytest.mark.parametrize("param", ["sig", "exp", "max", "kid"])
@@ -81,8 +86,9 @@ async def test_expired_upload_url_is_403_expired(cluster: TestCluster) -> None:
     assert key is not None
     max_bytes = ticket["max_bytes"]
     exp = int(time.time()) - 1
-    params = signing.sign(signing.Claims("upload", ticket["image_id"], ticket["node_id"], exp, max_bytes=max_bytes),
-                          "k1", key)
+    params = signing.sign(
+        signing.Claims("upload", ticket["image_id"], ticket["node_id"], exp, max_bytes=max_bytes), "k1", key
+    )
     url = with_params(ticket["upload_url"], **params)
     status, body = await cluster.put(url, make_jpeg())
     assert status == 403 and body["error"]["code"] == "expired"
@@ -146,8 +152,9 @@ async def test_streamed_oversize_body_is_413_without_buffering(cluster: TestClus
 
 async def test_text_named_jpg_is_415(cluster: TestCluster) -> None:
     ticket = await cluster.request_upload(filename="notes.jpg", content_type="image/jpeg")
-    status, body = await cluster.put(ticket["upload_url"], b"just some text, not a photo\n" * 100,
-                                     headers={"Content-Type": "image/jpeg"})
+    status, body = await cluster.put(
+        ticket["upload_url"], b"just some text, not a photo\n" * 100, headers={"Content-Type": "image/jpeg"}
+    )
     assert status == 415 and body["error"]["code"] == "unsupported_type"
     assert_nothing_stored(cluster)
     await assert_still_requested(cluster, ticket["image_id"])
@@ -202,6 +209,7 @@ async def test_upload_request_validation(cluster: TestCluster) -> None:
     assert cluster.session is not None
     async with cluster.session.post(f"{cluster.query_url}/v1/uploads", json={}) as resp:
         assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthorized"
-    async with cluster.session.post(f"{cluster.query_url}/v1/uploads", json={},
-                                    headers={"Authorization": "Bearer mk_nope_nope"}) as resp:
+    async with cluster.session.post(
+        f"{cluster.query_url}/v1/uploads", json={}, headers={"Authorization": "Bearer mk_nope_nope"}
+    ) as resp:
         assert resp.status == 401

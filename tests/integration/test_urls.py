@@ -17,8 +17,9 @@ async def stored(cluster: TestCluster) -> str:
 
 @pytest.mark.parametrize("region", sorted(REGION_IPS))
 async def test_client_in_each_region_gets_that_regions_node(cluster: TestCluster, stored: str, region: str) -> None:
-    status, body = await cluster.api("GET", f"/v1/images/{stored}/url",
-                                     params={"client_ip": REGION_IPS[region][1], "w": 500})
+    status, body = await cluster.api(
+        "GET", f"/v1/images/{stored}/url", params={"client_ip": REGION_IPS[region][1], "w": 500}
+    )
     assert status == 200, body
     assert body["region"] == region and body["node_id"] == f"{region}-1"
     assert body["distance_km"] < 1
@@ -70,8 +71,9 @@ async def test_url_serves_the_variant_and_redirect(cluster: TestCluster, stored:
             assert resp.status == 200 and resp.headers["ETag"] == etag
     async with cluster.session.get(body["url"], headers={"If-None-Match": etag}) as resp:
         assert resp.status == 304
-    async with cluster.session.get(f"{cluster.query_url}/img/{stored}", params={"w": 100},
-                                   allow_redirects=False) as resp:
+    async with cluster.session.get(
+        f"{cluster.query_url}/img/{stored}", params={"w": 100}, allow_redirects=False
+    ) as resp:
         assert resp.status == 302 and resp.headers["Location"].endswith("/w150.auto")
 
 

@@ -11,11 +11,31 @@ CAP = CapacitySettings(high_water=0.8, critical=0.95, provision_headroom=0.25, p
 HEALTH = HealthSettings(heartbeat_timeout_s=10, dead_after_s=600)
 
 
-def _row(node_id: str, set_id: str, used: int, capacity: int = 1000, state: str = "active", set_state: str = "open",
-         age: float | None = 1.0, set_by: str = "auto") -> dict[str, Any]:
-    return {"node_id": node_id, "region": node_id.rsplit("-", 1)[0], "set_id": set_id, "set_state": set_state,
-            "state": state, "state_set_by": set_by, "heartbeat_age_s": age, "capacity_bytes": capacity,
-            "used_bytes": used, "free_bytes": capacity - used, "objects": used // 100, "lat": 0.0, "lon": 0.0}
+def _row(
+    node_id: str,
+    set_id: str,
+    used: int,
+    capacity: int = 1000,
+    state: str = "active",
+    set_state: str = "open",
+    age: float | None = 1.0,
+    set_by: str = "auto",
+) -> dict[str, Any]:
+    return {
+        "node_id": node_id,
+        "region": node_id.rsplit("-", 1)[0],
+        "set_id": set_id,
+        "set_state": set_state,
+        "state": state,
+        "state_set_by": set_by,
+        "heartbeat_age_s": age,
+        "capacity_bytes": capacity,
+        "used_bytes": used,
+        "free_bytes": capacity - used,
+        "objects": used // 100,
+        "lat": 0.0,
+        "lon": 0.0,
+    }
 
 
 def _report(rows: list[dict[str, Any]], growth: dict[str, float] | None = None, history_s: float = 7200.0) -> Any:
@@ -30,8 +50,12 @@ def test_growth_needs_enough_history() -> None:
 
 
 def test_figures_per_set_and_region() -> None:
-    rows = [_row("us-east-1", "set-1", 500), _row("eu-west-1", "set-1", 700),
-            _row("us-east-2", "set-2", 100), _row("eu-west-2", "set-2", 100)]
+    rows = [
+        _row("us-east-1", "set-1", 500),
+        _row("eu-west-1", "set-1", 700),
+        _row("us-east-2", "set-2", 100),
+        _row("eu-west-2", "set-2", 100),
+    ]
     report = _report(rows, growth={"us-east-1": 100.0, "eu-west-1": 100.0})
     s1 = next(s for s in report.sets if s.name == "set-1")
     assert s1.used_bytes == 700 and s1.free_bytes == 300 and s1.headroom_bytes == 100
@@ -44,8 +68,12 @@ def test_figures_per_set_and_region() -> None:
 
 
 def test_marks_close_sets_and_make_nodes_readonly_and_dead() -> None:
-    rows = [_row("us-east-1", "set-1", 960), _row("eu-west-1", "set-1", 810),
-            _row("us-east-2", "set-2", 10), _row("eu-west-2", "set-2", 10, age=700.0)]
+    rows = [
+        _row("us-east-1", "set-1", 960),
+        _row("eu-west-1", "set-1", 810),
+        _row("us-east-2", "set-2", 10),
+        _row("eu-west-2", "set-2", 10, age=700.0),
+    ]
     d = decide(_report(rows), CAP, HEALTH)
     assert ("us-east-1", "readonly") in [(n, s) for n, s, _ in d.node_states]
     assert ("eu-west-2", "dead") in [(n, s) for n, s, _ in d.node_states]
@@ -54,10 +82,12 @@ def test_marks_close_sets_and_make_nodes_readonly_and_dead() -> None:
 
 
 def test_hysteresis_and_operator_states_are_kept() -> None:
-    rows = [_row("us-east-1", "set-1", 930, state="readonly"),  # below critical, not far enough: stays
-            _row("eu-west-1", "set-1", 500, state="readonly", set_by="operator"),  # an operator's: kept
-            _row("us-east-2", "set-2", 100, state="readonly"),
-            _row("eu-west-2", "set-2", 100, state="dead", set_by="operator")]
+    rows = [
+        _row("us-east-1", "set-1", 930, state="readonly"),  # below critical, not far enough: stays
+        _row("eu-west-1", "set-1", 500, state="readonly", set_by="operator"),  # an operator's: kept
+        _row("us-east-2", "set-2", 100, state="readonly"),
+        _row("eu-west-2", "set-2", 100, state="dead", set_by="operator"),
+    ]
     d = decide(_report(rows), CAP, HEALTH)
     assert [(n, s) for n, s, _ in d.node_states] == [("us-east-2", "active")]
     rows = [_row("us-east-1", "set-1", 760, set_state="closed"), _row("us-east-2", "set-2", 100, set_state="closed")]

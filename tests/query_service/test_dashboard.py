@@ -13,15 +13,40 @@ from query_service.registry import NodeInfo
 
 
 def _node(node_id: str, region: str, set_id: str, used: int, capacity: int = 1000) -> NodeInfo:
-    return NodeInfo(node_id, region, set_id, f"http://{node_id}", Point(1.0, 2.0), "active", "open", capacity, used,
-                    capacity - used, used // 10, time.monotonic())
+    return NodeInfo(
+        node_id,
+        region,
+        set_id,
+        f"http://{node_id}",
+        Point(1.0, 2.0),
+        "active",
+        "open",
+        capacity,
+        used,
+        capacity - used,
+        used // 10,
+        time.monotonic(),
+    )
 
 
 def _beat(node_id: str, requests: int, sent: int, uploads: int = 0) -> NodeHeartbeat:
-    return NodeHeartbeat(node_id=node_id, region="r", set_id="s", capacity_bytes=0, used_bytes=0, free_bytes=0,
-                         objects=0, in_flight=0, version_str="x", sent_at=0.0, requests_total=requests,
-                         bytes_sent_total=sent, uploads_total=uploads, replication_lag_p50_s=0.2,
-                         replication_lag_max_s=0.9)
+    return NodeHeartbeat(
+        node_id=node_id,
+        region="r",
+        set_id="s",
+        capacity_bytes=0,
+        used_bytes=0,
+        free_bytes=0,
+        objects=0,
+        in_flight=0,
+        version_str="x",
+        sent_at=0.0,
+        requests_total=requests,
+        bytes_sent_total=sent,
+        uploads_total=uploads,
+        replication_lag_p50_s=0.2,
+        replication_lag_max_s=0.9,
+    )
 
 
 def test_rates_come_from_heartbeat_totals_and_survive_a_restart() -> None:
@@ -40,8 +65,12 @@ def test_rates_come_from_heartbeat_totals_and_survive_a_restart() -> None:
 
 
 def test_document_groups_nodes_and_sums_what_they_report() -> None:
-    nodes = [_node("us-1", "us", "set-1", 800), _node("eu-1", "eu", "set-1", 200),
-             _node("us-2", "us", "set-2", 100), _node("eu-2", "eu", "set-2", 100)]
+    nodes = [
+        _node("us-1", "us", "set-1", 800),
+        _node("eu-1", "eu", "set-1", 200),
+        _node("us-2", "us", "set-2", 100),
+        _node("eu-2", "eu", "set-2", 100),
+    ]
     stats = ClusterStats()
     stats.backlog = Backlog({"eu-1": 4}, 12.5, 3, [{"kind": "new_set", "state": "planned"}], time.monotonic())
     doc = build_dashboard(nodes, lambda n: n.node_id != "eu-1", lambda n: 1.0, stats)
@@ -67,8 +96,10 @@ class NodeWithForecast(NodeInfo):
 def test_fields_the_control_plane_adds_show_up() -> None:
     base = dataclasses.asdict(_node("a", "us", "set-1", 500))
     base["point"] = Point(1.0, 2.0)
-    nodes = [NodeWithForecast(**base, days_until_full=6.5),
-             NodeWithForecast(**{**base, "node_id": "b", "region": "eu"}, days_until_full=9.0)]
+    nodes = [
+        NodeWithForecast(**base, days_until_full=6.5),
+        NodeWithForecast(**{**base, "node_id": "b", "region": "eu"}, days_until_full=9.0),
+    ]
     doc = build_dashboard(nodes, lambda n: True, lambda n: 0.5, ClusterStats())
     assert {n["node_id"]: n["days_until_full"] for n in doc["nodes"]} == {"a": 6.5, "b": 9.0}
     assert doc["sets"][0]["days_until_full"] == 6.5 and doc["summary"]["days_until_full"] == 6.5
@@ -76,9 +107,11 @@ def test_fields_the_control_plane_adds_show_up() -> None:
 
 def test_capacity_monitor_figures_fill_the_forecasts() -> None:
     stats = ClusterStats()
-    stats.capacity = {"nodes": [{"node_id": "us-1", "days_until_full": 3.0, "growth_bytes_per_day": 100.0}],
-                      "sets": [{"name": "set-1", "days_until_closed": 1.5, "headroom_bytes": 10}],
-                      "days_until_open_sets_close": 1.5}
+    stats.capacity = {
+        "nodes": [{"node_id": "us-1", "days_until_full": 3.0, "growth_bytes_per_day": 100.0}],
+        "sets": [{"name": "set-1", "days_until_closed": 1.5, "headroom_bytes": 10}],
+        "days_until_open_sets_close": 1.5,
+    }
     nodes = [_node("us-1", "us", "set-1", 800), _node("eu-1", "eu", "set-1", 200)]
     doc = build_dashboard(nodes, lambda n: True, lambda n: 1.0, stats)
     by_id = {n["node_id"]: n for n in doc["nodes"]}

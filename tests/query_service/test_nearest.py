@@ -8,10 +8,19 @@ from query_service.placement import place
 from query_service.registry import NodeInfo
 
 
-def node(node_id: str, region: str, *, set_id: str = "set-1", set_state: str = "open", state: str = "active",
-         free: int = 10**9, seen: float = 0.0) -> NodeInfo:
-    return NodeInfo(node_id, region, set_id, f"http://{node_id}", REGIONS[region], state, set_state,
-                    10**9, 0, free, 0, seen)
+def node(
+    node_id: str,
+    region: str,
+    *,
+    set_id: str = "set-1",
+    set_state: str = "open",
+    state: str = "active",
+    free: int = 10**9,
+    seen: float = 0.0,
+) -> NodeInfo:
+    return NodeInfo(
+        node_id, region, set_id, f"http://{node_id}", REGIONS[region], state, set_state, 10**9, 0, free, 0, seen
+    )
 
 
 NODES = [node("use", "us-east"), node("euw", "eu-west"), node("aps", "ap-southeast")]

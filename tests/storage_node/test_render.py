@@ -31,14 +31,25 @@ def assert_no_metadata(image: pyvips.Image, data: bytes) -> None:
     assert b"Exif\x00\x00" not in data and b"GPS" not in data and b"minicdn-test" not in data
 
 
-@pytest.mark.parametrize(("name", "size"), [
-    ("w600.jpg", (600, 450)), ("w600.webp", (600, 450)), ("w300.avif", (300, 225)), ("w300.png", (300, 225)),
-    ("300x150.jpg", (300, 150)), ("150x300.webp", (150, 300)), ("fit300x300.jpg", (300, 225)),
-    ("fit600x150.png", (200, 150)), ("thumb.jpg", (150, 150)), ("thumb.webp", (150, 150)),
-    ("w4000.jpg", (2048, 1536)),  # never upscaled
-])
-def test_kinds_and_formats_from_a_rotated_photo(testdata: Path, tmp_path: Path, name: str,
-                                                size: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("w600.jpg", (600, 450)),
+        ("w600.webp", (600, 450)),
+        ("w300.avif", (300, 225)),
+        ("w300.png", (300, 225)),
+        ("300x150.jpg", (300, 150)),
+        ("150x300.webp", (150, 300)),
+        ("fit300x300.jpg", (300, 225)),
+        ("fit600x150.png", (200, 150)),
+        ("thumb.jpg", (150, 150)),
+        ("thumb.webp", (150, 150)),
+        ("w4000.jpg", (2048, 1536)),  # never upscaled
+    ],
+)
+def test_kinds_and_formats_from_a_rotated_photo(
+    testdata: Path, tmp_path: Path, name: str, size: tuple[int, int]
+) -> None:
     image, data = render(testdata / "astronaut_rot8_gps.jpg", name, tmp_path)
     assert (image.width, image.height) == size
     assert image.interpretation == "srgb" and image.bands == 3

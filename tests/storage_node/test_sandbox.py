@@ -36,8 +36,14 @@ async def test_results_rejections_crashes_and_timeouts(testdata: Path, tmp_path:
             await pool.run(job(text))
 
         # A worker that dies mid-job (as a crashing codec would): that job fails, the next one works.
-        busy = asyncio.ensure_future(pool.run(job(testdata / "astronaut_rot8_gps.jpg", eager=[
-            [f"w{w}.avif", str(tmp_path / f"{w}.avif")] for w in (1200, 1300, 1400)])))
+        busy = asyncio.ensure_future(
+            pool.run(
+                job(
+                    testdata / "astronaut_rot8_gps.jpg",
+                    eager=[[f"w{w}.avif", str(tmp_path / f"{w}.avif")] for w in (1200, 1300, 1400)],
+                )
+            )
+        )
         await asyncio.sleep(0.3)
         os.kill(pool._busy.copy().pop().proc.pid, signal.SIGSEGV)
         with pytest.raises(SandboxFailure, match="crashed"):
@@ -46,8 +52,9 @@ async def test_results_rejections_crashes_and_timeouts(testdata: Path, tmp_path:
 
         # A job over its time limit is killed; the pool carries on.
         with pytest.raises(SandboxFailure, match="longer than"):
-            await pool.run(job(testdata / "astronaut_rot8_gps.jpg", eager=[["w2000.avif", str(tmp_path / "x")]]),
-                           timeout_s=0.05)
+            await pool.run(
+                job(testdata / "astronaut_rot8_gps.jpg", eager=[["w2000.avif", str(tmp_path / "x")]]), timeout_s=0.05
+            )
         assert pool.crashes == 2
         assert (await pool.run(job(testdata / "retina.webp")))["format"] == "webp"
     finally:

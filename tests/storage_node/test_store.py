@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import NotFound
-from storage_node.store import ORIGINAL, ObjectMeta, Store
+from storage_node.objects.store import ORIGINAL, ObjectMeta, Store
 
 IMAGE_ID = "abcdefghijklmnopqrstuv"
 
@@ -74,7 +74,7 @@ def test_lost_sidecar_is_rebuilt_from_the_original(tmp_path: Path, testdata: Pat
 def test_dedupe_links_share_bytes_and_survive_either_delete(tmp_path: Path) -> None:
     import os
 
-    from storage_node.store import ORIGINAL, ObjectMeta, Store
+    from storage_node.objects.store import ORIGINAL, ObjectMeta, Store
 
     store = Store(tmp_path / "data")
     store.prepare()

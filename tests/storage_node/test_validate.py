@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import InvalidImage, UnsupportedImage
-from storage_node.validate import probe, sniff
+from storage_node.objects.formats import sniff
+from storage_node.validate import probe
 
 FILES = {"chelsea_gps.jpg": "jpeg", "coins_gray.png": "png", "retina.webp": "webp", "anim_tiny.gif": "gif"}
 
@@ -15,10 +16,18 @@ def test_sniff_real_files(testdata: Path, name: str, fmt: str) -> None:
     assert sniff((testdata / name).read_bytes()[:64]) == fmt
 
 
-@pytest.mark.parametrize("head", [
-    b"", b"hello world", b"<svg xmlns='http://www.w3.org/2000/svg'>", b"%PDF-1.7", b"II*\x00", b"BM....",
-    b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom",
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"",
+        b"hello world",
+        b"<svg xmlns='http://www.w3.org/2000/svg'>",
+        b"%PDF-1.7",
+        b"II*\x00",
+        b"BM....",
+        b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom",
+    ],
+)
 def test_sniff_refuses_everything_else(head: bytes) -> None:
     with pytest.raises(UnsupportedImage):
         sniff(head)
@@ -96,8 +105,13 @@ def test_exif_facts_without_and_with_gps(testdata: Path) -> None:
 
     image = pyvips.Image.new_from_file(str(testdata / "astronaut_rot8_gps.jpg"))
     facts = exif_facts(image, keep_gps=False)
-    assert facts == {"make": "minicdn-test", "model": "Model X", "taken_at": "2024-05-01T10:00:00",
-                     "orientation": 8, "had_gps": True}
+    assert facts == {
+        "make": "minicdn-test",
+        "model": "Model X",
+        "taken_at": "2024-05-01T10:00:00",
+        "orientation": 8,
+        "had_gps": True,
+    }
     assert exif_facts(image, keep_gps=True)["gps"] == {"lat": 48.856667, "lon": 2.350833}
     assert exif_facts(pyvips.Image.new_from_file(str(testdata / "coins_gray.png")), False)["had_gps"] is False
 

@@ -15,10 +15,11 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from common import cli_control, cli_keys
-from common.client import ClientError, find_cluster, get_json, upload_file
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
+from minicdn.cli import control as cli_control
+from minicdn.cli import keys as cli_keys
+from minicdn.client import ClientError, find_cluster, get_json, upload_file
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run a whole multi-region cluster on embedded Postgres and NATS")
-    dev.add_argument("--regions", default="us-east,eu-west,ap-southeast",
-                     help="comma-separated: any of us-east, us-west, eu-west, ap-southeast")
+    dev.add_argument(
+        "--regions",
+        default="us-east,eu-west,ap-southeast",
+        help="comma-separated: any of us-east, us-west, eu-west, ap-southeast",
+    )
     dev.add_argument("--nodes-per-region", type=int, default=1, help="N nodes per region = N replication sets")
     dev.add_argument("--node-capacity", default="0", help="usable space per node, e.g. 20MB (0: the disk)")
     dev.add_argument("--state-dir", default=".minicdn", help="database, stream, objects and cluster.json")
@@ -44,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080, help="query service port; nodes use the next ones (0: free)")
     dev.add_argument("--geoip-db", default="", help="GeoIP2 City database (default: the packaged GeoLite2)")
 
-    for name, text in (("storage-node", "run a storage node (with its replicator unless disabled)"),
-                       ("query-service", "run a query service instance"),
-                       ("replicator", "run a node's replicator as its own process")):
+    for name, text in (
+        ("storage-node", "run a storage node (with its replicator unless disabled)"),
+        ("query-service", "run a query service instance"),
+        ("replicator", "run a node's replicator as its own process"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="TOML file; MINICDN_<SECTION>_<KEY> env vars override it")
 
@@ -75,8 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=32)
     bench.add_argument("--lookups", type=int, default=3000)
     bench.add_argument("--gets", type=int, default=3000)
-    bench.add_argument("--pipeline", action="store_true",
-                       help="image-pipeline figures instead: fresh builds vs a pyvips loop and thumbor, AVIF, RSS")
+    bench.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="image-pipeline figures instead: fresh builds vs a pyvips loop and thumbor, AVIF, RSS",
+    )
     bench.add_argument("--images", type=int, default=16, help="--pipeline: 12 MP JPEGs to build variants of")
     bench.add_argument("--stored-gets", type=int, default=3000, help="--pipeline: GETs of one stored variant")
     bench.add_argument("--skip-100mp", action="store_true", help="--pipeline: skip the 100-megapixel RSS figure")
@@ -94,15 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("storage-node", "query-service", "replicator"):
             return cmd_component(args)
         if args.command == "bootstrap-key":
-            from common.bootstrap import bootstrap_admin_key
+            from minicdn.bootstrap import bootstrap_admin_key
 
-            console.print(asyncio.run(bootstrap_admin_key(load_settings(args.config), args.name)), highlight=False,
-                          soft_wrap=True)
+            console.print(
+                asyncio.run(bootstrap_admin_key(load_settings(args.config), args.name)), highlight=False, soft_wrap=True
+            )
             return 0
         if args.command == "keys":
             return asyncio.run(cli_keys.cmd_keys(args, console))
-        handler = {"upload": cmd_upload, "url": cmd_url, "status": cli_control.cmd_status, "bench": cmd_bench,
-                   "node": cli_control.cmd_node, "repair": cli_control.cmd_repair}[args.command]
+        handler = {
+            "upload": cmd_upload,
+            "url": cmd_url,
+            "status": cli_control.cmd_status,
+            "bench": cmd_bench,
+            "node": cli_control.cmd_node,
+            "repair": cli_control.cmd_repair,
+        }[args.command]
         return asyncio.run(handler(args))
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/red] {exc}")
@@ -117,17 +133,23 @@ class _Shutdown(BaseException):
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from common.devcluster import DevCluster, DevOptions, parse_size
     from common.geo import REGIONS
+    from minicdn.devcluster import DevCluster, DevOptions, parse_size
 
     regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
     unknown = [r for r in regions if r not in REGIONS]
     if unknown or not regions or len(set(regions)) != len(regions):
         err_console.print(f"[red]--regions: pick distinct names among {', '.join(REGIONS)}[/red]")
         return 2
-    options = DevOptions(state_dir=Path(args.state_dir), regions=regions, nodes_per_region=args.nodes_per_region,
-                         node_capacity_bytes=parse_size(args.node_capacity), host=args.host, port=args.port,
-                         geoip_db=args.geoip_db)
+    options = DevOptions(
+        state_dir=Path(args.state_dir),
+        regions=regions,
+        nodes_per_region=args.nodes_per_region,
+        node_capacity_bytes=parse_size(args.node_capacity),
+        host=args.host,
+        port=args.port,
+        geoip_db=args.geoip_db,
+    )
     cluster = DevCluster(options)
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -164,21 +186,25 @@ def _print_cluster(info: dict[str, Any]) -> None:
     # The key rides in the fragment: the browser keeps it and never sends it to a server or a log.
     console.print(f"dashboard:     {info['dashboard_url']}#key={info['api_key']}", highlight=False, soft_wrap=True)
     if info.get("upload_demo_url"):
-        console.print(f"upload demo:   {info['upload_demo_url']}#key={info['api_key']}", highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"upload demo:   {info['upload_demo_url']}#key={info['api_key']}", highlight=False, soft_wrap=True
+        )
     console.print(f"API key:       [bold]{info['api_key']}[/bold] (admin scope)")
     console.print("try:           minicdn upload photo.jpg   (Ctrl-C stops the cluster)")
     sys.stdout.flush()
 
 
 def cmd_component(args: argparse.Namespace) -> int:
-    from common import runner
+    from minicdn import runner
 
     settings = load_settings(args.config)
     component = args.command
     setup_logging(settings.log, component)
-    {"storage-node": runner.run_storage_node, "query-service": runner.run_query_service,
-     "replicator": runner.run_replicator}[component](settings)
+    {
+        "storage-node": runner.run_storage_node,
+        "query-service": runner.run_query_service,
+        "replicator": runner.run_replicator,
+    }[component](settings)
     return 0
 
 
@@ -195,9 +221,13 @@ async def cmd_upload(args: argparse.Namespace) -> int:
                     continue
                 task = progress.add_task(path.name, total=path.stat().st_size)
                 try:
-                    result = await upload_file(session, cluster, path,
-                                               on_chunk=lambda n, t=task: progress.advance(t, n),
-                                               visibility="private" if args.private else "public")
+                    result = await upload_file(
+                        session,
+                        cluster,
+                        path,
+                        on_chunk=lambda n, t=task: progress.advance(t, n),
+                        visibility="private" if args.private else "public",
+                    )
                 except ClientError as exc:
                     err_console.print(f"[red]{path}: {exc}[/red]")
                     failures += 1
@@ -208,8 +238,11 @@ async def cmd_upload(args: argparse.Namespace) -> int:
 
 async def cmd_url(args: argparse.Namespace) -> int:
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
-    params = {k: v for k, v in (("w", args.w), ("h", args.h), ("dpr", args.dpr), ("fmt", args.fmt),
-                                ("client_ip", args.client_ip)) if v is not None}
+    params = {
+        k: v
+        for k, v in (("w", args.w), ("h", args.h), ("dpr", args.dpr), ("fmt", args.fmt), ("client_ip", args.client_ip))
+        if v is not None
+    }
     async with aiohttp.ClientSession() as session:
         found = await get_json(session, cluster, f"/v1/images/{args.image_id}/url", params)
     console.print(found["url"], highlight=False, soft_wrap=True)
@@ -217,19 +250,22 @@ async def cmd_url(args: argparse.Namespace) -> int:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
-    from common.bench import run_bench
+    from minicdn.bench.uploads import run_bench
 
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
     if args.pipeline:
-        from common.bench_pipeline import run_pipeline_bench
+        from minicdn.bench.pipeline import run_pipeline_bench
 
-        await run_pipeline_bench(cluster, images=args.images, stored_gets=args.stored_gets, console=console,
-                                 with_100mp=not args.skip_100mp)
+        await run_pipeline_bench(
+            cluster, images=args.images, stored_gets=args.stored_gets, console=console, with_100mp=not args.skip_100mp
+        )
         return 0
-    await run_bench(cluster, uploads=args.uploads, concurrency=args.concurrency, lookups=args.lookups,
-                    gets=args.gets, console=console)
+    await run_bench(
+        cluster,
+        uploads=args.uploads,
+        concurrency=args.concurrency,
+        lookups=args.lookups,
+        gets=args.gets,
+        console=console,
+    )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,17 +8,18 @@ import contextlib
 import aiohttp
 import pytest
 
-from common.cli import main
 from common.config import DatabaseSettings, Secret
 from common.db.api_keys import lookup_key
 from common.db.pool import open_pool
-from common.embedded import free_port
 from common.metrics import HttpMetrics, ReplicationMetrics
-from common.runner import _serve_metrics
+from common.procs import free_port
+from minicdn.cli.main import main
+from minicdn.runner import _serve_metrics
 
 
-def test_bootstrap_key_creates_an_admin_key(database_url: str, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_bootstrap_key_creates_an_admin_key(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("MINICDN_DATABASE_URL", database_url)
     assert main(["bootstrap-key", "--name", "first-admin"]) == 0
     plaintext = capsys.readouterr().out.strip()

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from common.client import find_cluster, get_json, send_json
+from minicdn.client import find_cluster, get_json, send_json
 
 console = Console()
 HEALTH_STYLE = {"healthy": "[green]healthy[/green]", "unhealthy": "[red]down[/red]"}
@@ -28,8 +28,11 @@ def add_parsers(sub: Any, add_client_flags: Callable[[argparse.ArgumentParser], 
     replace = actions.add_parser("replace", help="replace a lost node by a new one in the same region and set")
     replace.add_argument("old_node")
     replace.add_argument("--with", dest="new_node", help="id of the new node (default: a generated one)")
-    replace.add_argument("--no-provision", action="store_true",
-                         help="do not call the provisioner: you start the new node yourself with the printed config")
+    replace.add_argument(
+        "--no-provision",
+        action="store_true",
+        help="do not call the provisioner: you start the new node yourself with the printed config",
+    )
     replace.add_argument("--wait", type=float, default=0, help="watch the backfill for up to this many seconds")
     add_client_flags(replace)
     state = actions.add_parser("state", help="set a node's state (an operator's state is never undone automatically)")
@@ -72,47 +75,90 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession() as session:
         data = await get_json(session, cluster, "/v1/nodes")
     nodes = Table(title="nodes")
-    for col in ("region", "set", "node", "state", "health", "used", "free", "objects", "growth/day",
-                "until full", "backlog", "heartbeat"):
+    for col in (
+        "region",
+        "set",
+        "node",
+        "state",
+        "health",
+        "used",
+        "free",
+        "objects",
+        "growth/day",
+        "until full",
+        "backlog",
+        "heartbeat",
+    ):
         nodes.add_column(col)
     for n in data["nodes"]:
         age = n["heartbeat_age_s"]
         health = HEALTH_STYLE.get(n["health"], "[dim]dead[/dim]")
         waiting = sum(n["backlog"].values())
-        nodes.add_row(n["region"], f"{n['set_id']} ({n['set_state']})", n["node_id"],
-                      n["state"] + (" (op)" if n["state_set_by"] == "operator" else ""), health,
-                      f"{bar(n['used_ratio'])} of {human(n['capacity_bytes'])}", human(n["free_bytes"]),
-                      str(n["objects"]), human(n["growth_bytes_per_day"]), _days(n["days_until_full"]),
-                      str(waiting) if waiting else "0", "never" if age is None else f"{age:.1f}s ago")
+        nodes.add_row(
+            n["region"],
+            f"{n['set_id']} ({n['set_state']})",
+            n["node_id"],
+            n["state"] + (" (op)" if n["state_set_by"] == "operator" else ""),
+            health,
+            f"{bar(n['used_ratio'])} of {human(n['capacity_bytes'])}",
+            human(n["free_bytes"]),
+            str(n["objects"]),
+            human(n["growth_bytes_per_day"]),
+            _days(n["days_until_full"]),
+            str(waiting) if waiting else "0",
+            "never" if age is None else f"{age:.1f}s ago",
+        )
     console.print(nodes)
     sets = Table(title="replication sets")
     for col in ("set", "state", "members", "used", "room before close", "until closed"):
         sets.add_column(col)
     for s in data["sets"]:
-        sets.add_row(s["name"], s["state"], ", ".join(s["nodes"]), bar(s["used_ratio"]), human(s["headroom_bytes"]),
-                     _days(s["days_until_closed"]))
+        sets.add_row(
+            s["name"],
+            s["state"],
+            ", ".join(s["nodes"]),
+            bar(s["used_ratio"]),
+            human(s["headroom_bytes"]),
+            _days(s["days_until_closed"]),
+        )
     console.print(sets)
     regions = Table(title="regions")
     for col in ("region", "nodes", "used", "free", "objects", "growth/day", "until full"):
         regions.add_column(col)
     for r in data["regions"]:
-        regions.add_row(r["name"], str(len(r["nodes"])), f"{bar(r['used_ratio'])} of {human(r['capacity_bytes'])}",
-                        human(r["free_bytes"]), str(r["objects"]), human(r["growth_bytes_per_day"]),
-                        _days(r["days_until_full"]))
+        regions.add_row(
+            r["name"],
+            str(len(r["nodes"])),
+            f"{bar(r['used_ratio'])} of {human(r['capacity_bytes'])}",
+            human(r["free_bytes"]),
+            str(r["objects"]),
+            human(r["growth_bytes_per_day"]),
+            _days(r["days_until_full"]),
+        )
     console.print(regions)
     prov = data["provisioning"]
-    console.print(f"provisioner: {prov['provisioner']}; new set wanted: {prov['wanted'] or 'no'}; "
-                  f"in flight: {len(prov['in_flight'])}")
+    console.print(
+        f"provisioner: {prov['provisioner']}; new set wanted: {prov['wanted'] or 'no'}; "
+        f"in flight: {len(prov['in_flight'])}"
+    )
     for e in data["events"][:8]:
-        console.print(f"  {e['created_at']}  {e['kind']:<10} {e['state']:<9} "
-                      f"{e['set_id'] or e['node_id'] or ''}: {e['reason']} -> {e['outcome'] or ''}", highlight=False)
+        console.print(
+            f"  {e['created_at']}  {e['kind']:<10} {e['state']:<9} "
+            f"{e['set_id'] or e['node_id'] or ''}: {e['reason']} -> {e['outcome'] or ''}",
+            highlight=False,
+        )
     return 0
 
 
 async def _follow_backfill(session: aiohttp.ClientSession, cluster: Any, node_id: str, wait_s: float) -> bool:
     deadline = time.monotonic() + wait_s
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task(f"backfill {node_id}", total=None)
         while True:
             try:
@@ -131,8 +177,7 @@ async def cmd_node(args: argparse.Namespace) -> int:
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
     async with aiohttp.ClientSession() as session:
         if args.node_command == "state":
-            result = await send_json(session, cluster, "POST", f"/v1/nodes/{args.node_id}/state",
-                                     {"state": args.state})
+            result = await send_json(session, cluster, "POST", f"/v1/nodes/{args.node_id}/state", {"state": args.state})
             console.print(f"{result['node_id']}: {result['state']}")
             return 0
         if args.node_command == "backfill":
@@ -140,15 +185,25 @@ async def cmd_node(args: argparse.Namespace) -> int:
                 return 0 if await _follow_backfill(session, cluster, args.node_id, args.wait) else 1
             console.print(await get_json(session, cluster, f"/v1/nodes/{args.node_id}/backfill"))
             return 0
-        result = await send_json(session, cluster, "POST", f"/v1/nodes/{args.old_node}/replace",
-                                 {"with": args.new_node, "provision": not args.no_provision})
+        result = await send_json(
+            session,
+            cluster,
+            "POST",
+            f"/v1/nodes/{args.old_node}/replace",
+            {"with": args.new_node, "provision": not args.no_provision},
+        )
         cfg = result["config"]
-        console.print(f"{args.old_node} is now dead; its replacement is [bold]{cfg['node_id']}[/bold] in "
-                      f"{cfg['region']}, {cfg['set_id']} (plan {result['plan']['plan_id']}).")
+        console.print(
+            f"{args.old_node} is now dead; its replacement is [bold]{cfg['node_id']}[/bold] in "
+            f"{cfg['region']}, {cfg['set_id']} (plan {result['plan']['plan_id']})."
+        )
         if args.no_provision:
             console.print("start it with this [node] section (plus your cluster's database/nats/signing):")
-            console.print(f'node_id = "{cfg["node_id"]}"\nregion = "{cfg["region"]}"\nset_id = "{cfg["set_id"]}"\n'
-                          f'lat = {cfg["lat"]}\nlon = {cfg["lon"]}', highlight=False)
+            console.print(
+                f'node_id = "{cfg["node_id"]}"\nregion = "{cfg["region"]}"\nset_id = "{cfg["set_id"]}"\n'
+                f"lat = {cfg['lat']}\nlon = {cfg['lon']}",
+                highlight=False,
+            )
         if args.wait:
             return 0 if await _follow_backfill(session, cluster, cfg["node_id"], args.wait) else 1
     return 0
@@ -158,8 +213,10 @@ async def cmd_repair(args: argparse.Namespace) -> int:
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
     async with aiohttp.ClientSession() as session:
         found = await send_json(session, cluster, "POST", "/v1/repair")
-        console.print(f"{found['under_replicated']} image(s) under-replicated "
-                      f"({found['replicas_waiting']} replica(s) waiting for a copy)")
+        console.print(
+            f"{found['under_replicated']} image(s) under-replicated "
+            f"({found['replicas_waiting']} replica(s) waiting for a copy)"
+        )
         for node_id, counts in sorted(found["by_node"].items()):
             console.print(f"  {node_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         if found["on_dead_nodes"]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.ids import check_image_id, shard
+from storage_node.objects.formats import CONTENT_TYPES, sniff
 
 ORIGINAL = "original"
 META = "meta.json"
@@ -233,8 +234,6 @@ class Store:
 
     def _rebuild_meta(self, image_id: str) -> ObjectMeta:
         """Recompute a lost or torn sidecar from the original (hash and magic bytes)."""
-        from storage_node.validate import CONTENT_TYPES, sniff
-
         path = self.path_for(image_id, ORIGINAL)
         digest = hashlib.sha256()
         with path.open("rb") as fobj:

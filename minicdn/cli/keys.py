@@ -10,7 +10,7 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
-from common.client import find_cluster, get_json, send_json
+from minicdn.client import find_cluster, get_json, send_json
 
 
 def add_parser(sub: Any, add_client_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -18,13 +18,20 @@ def add_parser(sub: Any, add_client_flags: Callable[[argparse.ArgumentParser], N
     actions = keys.add_subparsers(dest="keys_action", required=True)
     create = actions.add_parser("create", help="create a key; prints it once (only its hash is stored)")
     create.add_argument("name")
-    create.add_argument("--app", dest="app_id", help="add the key to this existing app (key rotation); "
-                                                     "default: a new app named NAME")
-    create.add_argument("--scope", dest="scopes", action="append", choices=("app", "admin"),
-                        help="repeatable; default: app")
+    create.add_argument(
+        "--app", dest="app_id", help="add the key to this existing app (key rotation); default: a new app named NAME"
+    )
+    create.add_argument(
+        "--scope", dest="scopes", action="append", choices=("app", "admin"), help="repeatable; default: app"
+    )
     create.add_argument("--rate", type=float, dest="rate_per_s", help="requests/s for this key (0: unlimited)")
-    create.add_argument("--referer", dest="referers", action="append", default=[],
-                        help="hotlink allowlist of a new app: a site allowed to embed its images (repeatable)")
+    create.add_argument(
+        "--referer",
+        dest="referers",
+        action="append",
+        default=[],
+        help="hotlink allowlist of a new app: a site allowed to embed its images (repeatable)",
+    )
     add_client_flags(create)
     lister = actions.add_parser("list", help="table of every key (never the secret)")
     add_client_flags(lister)
@@ -52,9 +59,15 @@ async def cmd_keys(args: argparse.Namespace, console: Console) -> int:
             for col in ("key id", "name", "app", "scopes", "rate/s", "created", "revoked"):
                 table.add_column(col)
             for k in data["keys"]:
-                table.add_row(k["key_id"], k["name"], k["app_id"], ",".join(k["scopes"]),
-                              "default" if k["rate_per_s"] is None else f"{k['rate_per_s']:g}",
-                              str(k["created_at"])[:19], str(k["revoked_at"] or "")[:19])
+                table.add_row(
+                    k["key_id"],
+                    k["name"],
+                    k["app_id"],
+                    ",".join(k["scopes"]),
+                    "default" if k["rate_per_s"] is None else f"{k['rate_per_s']:g}",
+                    str(k["created_at"])[:19],
+                    str(k["revoked_at"] or "")[:19],
+                )
             console.print(table)
         else:
             done = await send_json(session, cluster, "DELETE", f"/v1/keys/{args.key_id}")

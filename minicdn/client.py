@@ -38,8 +38,10 @@ def find_cluster(query_url: str | None, api_key: str | None, state_dir: str | Pa
         try:
             info = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ClientError(f"no cluster: pass --query-url/--api-key, set MINICDN_QUERY_URL/MINICDN_API_KEY, "
-                              f"or run `minicdn dev` (expects {path})") from None
+            raise ClientError(
+                f"no cluster: pass --query-url/--api-key, set MINICDN_QUERY_URL/MINICDN_API_KEY, "
+                f"or run `minicdn dev` (expects {path})"
+            ) from None
         query_url = query_url or info["query_url"]
         api_key = api_key or info["api_key"]
     return ClusterRef(str(query_url).rstrip("/"), str(api_key))
@@ -61,8 +63,9 @@ async def request_upload(session: aiohttp.ClientSession, cluster: ClusterRef, **
         return await _json_or_raise(resp)
 
 
-async def put_bytes(session: aiohttp.ClientSession, upload_url: str, body: bytes | AsyncIterator[bytes],
-                    size: int | None = None) -> dict[str, Any]:
+async def put_bytes(
+    session: aiohttp.ClientSession, upload_url: str, body: bytes | AsyncIterator[bytes], size: int | None = None
+) -> dict[str, Any]:
     headers = {"Content-Type": "application/octet-stream"}
     if size is not None:
         headers["Content-Length"] = str(size)
@@ -81,20 +84,27 @@ async def file_chunks(path: Path, on_chunk: Callable[[int], None] | None = None)
             yield chunk
 
 
-async def upload_file(session: aiohttp.ClientSession, cluster: ClusterRef, path: Path,
-                      on_chunk: Callable[[int], None] | None = None, **fields: Any) -> dict[str, Any]:
+async def upload_file(
+    session: aiohttp.ClientSession,
+    cluster: ClusterRef,
+    path: Path,
+    on_chunk: Callable[[int], None] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     size = (await asyncio.to_thread(path.stat)).st_size
     ticket = await request_upload(session, cluster, filename=path.name, size=size, **fields)
     return await put_bytes(session, ticket["upload_url"], file_chunks(path, on_chunk), size)
 
 
-async def get_json(session: aiohttp.ClientSession, cluster: ClusterRef, path: str,
-                   params: dict[str, Any] | None = None) -> dict[str, Any]:
+async def get_json(
+    session: aiohttp.ClientSession, cluster: ClusterRef, path: str, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     async with session.get(f"{cluster.query_url}{path}", params=params, headers=cluster.auth) as resp:
         return await _json_or_raise(resp)
 
 
-async def send_json(session: aiohttp.ClientSession, cluster: ClusterRef, method: str, path: str,
-                    body: dict[str, Any] | None = None) -> dict[str, Any]:
+async def send_json(
+    session: aiohttp.ClientSession, cluster: ClusterRef, method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     async with session.request(method, f"{cluster.query_url}{path}", json=body, headers=cluster.auth) as resp:
         return await _json_or_raise(resp)

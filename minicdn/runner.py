@@ -21,19 +21,33 @@ logger = logging.getLogger(__name__)
 
 
 def run_storage_node(settings: Settings) -> None:
-    from storage_node.app import create_app
+    from replicator.node_root import create_node_app
 
     node = settings.node
-    web.run_app(create_app(settings), host=node.host, port=node.port, print=None, shutdown_timeout=10,
-                handler_cancellation=True, **_access_log("storage-node"))
+    web.run_app(
+        create_node_app(settings),
+        host=node.host,
+        port=node.port,
+        print=None,
+        shutdown_timeout=10,
+        handler_cancellation=True,
+        **_access_log("storage-node"),
+    )
 
 
 def run_query_service(settings: Settings) -> None:
     from query_service.app import create_app
 
     query = settings.query
-    web.run_app(create_app(settings), host=query.host, port=query.port, print=None, shutdown_timeout=10,
-                handler_cancellation=True, **_access_log("query-service"))
+    web.run_app(
+        create_app(settings),
+        host=query.host,
+        port=query.port,
+        print=None,
+        shutdown_timeout=10,
+        handler_cancellation=True,
+        **_access_log("query-service"),
+    )
 
 
 def _access_log(component: str) -> dict[str, Any]:
@@ -50,7 +64,7 @@ def run_replicator(settings: Settings) -> None:
 async def _replicator_main(settings: Settings) -> None:
     from replicator.consumer import Replicator
     from replicator.jobs import ReplicatorContext
-    from storage_node.store import Store
+    from storage_node.objects.store import Store
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -64,8 +78,9 @@ async def _replicator_main(settings: Settings) -> None:
         bus = await stack.enter_async_context(open_bus(settings.nats, f"replicator-{settings.node.node_id}"))
         session = await stack.enter_async_context(aiohttp.ClientSession())
         metrics = HttpMetrics("replicator")
-        ctx = ReplicatorContext(settings, pool, store, session,
-                                metrics=ReplicationMetrics(metrics.registry, settings.node.node_id))
+        ctx = ReplicatorContext(
+            settings, pool, store, session, metrics=ReplicationMetrics(metrics.registry, settings.node.node_id)
+        )
         replicator = Replicator(ctx, bus)
         await replicator.start()
         if settings.replicator.metrics_port:

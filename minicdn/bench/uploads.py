@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from common.client import ClusterRef, get_json, put_bytes, request_upload
+from minicdn.client import ClusterRef, get_json, put_bytes, request_upload
 
 TARGET_JPEG_BYTES = 100 * 1024
 
@@ -54,8 +54,9 @@ def make_jpegs(n: int) -> list[bytes]:
     return [_noise_jpeg(side, seed) for seed in range(n)]
 
 
-async def run_load(n: int, concurrency: int, one: Callable[[int], Awaitable[None]],
-                   progress: Progress | None = None, label: str = "") -> Figures:
+async def run_load(
+    n: int, concurrency: int, one: Callable[[int], Awaitable[None]], progress: Progress | None = None, label: str = ""
+) -> Figures:
     latencies: list[float] = []
     counter = iter(range(n))
     task = progress.add_task(label, total=n) if progress else None
@@ -89,8 +90,9 @@ def _lag_s(body: dict[str, Any]) -> float | None:
     return (last - datetime.fromisoformat(body["uploaded_at"])).total_seconds()
 
 
-async def replication_lags(session: aiohttp.ClientSession, cluster: ClusterRef, image_ids: list[str],
-                           timeout_s: float = 120) -> list[float]:
+async def replication_lags(
+    session: aiohttp.ClientSession, cluster: ClusterRef, image_ids: list[str], timeout_s: float = 120
+) -> list[float]:
     """Wait until every region holds each image; return each image's replication lag."""
     lags: dict[str, float] = {}
     sem = asyncio.Semaphore(8)
@@ -110,8 +112,9 @@ async def replication_lags(session: aiohttp.ClientSession, cluster: ClusterRef, 
     return list(lags.values())
 
 
-async def run_bench(cluster: ClusterRef, *, uploads: int, concurrency: int, lookups: int, gets: int,
-                    console: Console) -> dict[str, Figures]:
+async def run_bench(
+    cluster: ClusterRef, *, uploads: int, concurrency: int, lookups: int, gets: int, console: Console
+) -> dict[str, Figures]:
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
     results: dict[str, Figures] = {}
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -136,14 +139,24 @@ async def run_bench(cluster: ClusterRef, *, uploads: int, concurrency: int, look
                 idle_lags += await replication_lags(session, cluster, [ticket["image_id"]])
             results["replication_idle"] = Figures(len(idle_lags), 1, idle_lags)
 
-            from common.bench_pipeline import wait_ready
+            from minicdn.bench.pipeline import wait_ready
 
             await wait_ready(session, cluster, image_ids)  # URLs are handed out for processed images only
             rng = random.Random(1)
-            results["lookups"] = await run_load(lookups, concurrency, lambda i: get_json(
-                session, cluster, f"/v1/images/{rng.choice(image_ids)}/url", {"w": 600}), progress, "URL lookups")
-            results["query_peer"] = await run_load(lookups, concurrency, lambda i: _get_ok(
-                session, f"{cluster.query_url}/healthz"), progress, "query /healthz")
+            results["lookups"] = await run_load(
+                lookups,
+                concurrency,
+                lambda i: get_json(session, cluster, f"/v1/images/{rng.choice(image_ids)}/url", {"w": 600}),
+                progress,
+                "URL lookups",
+            )
+            results["query_peer"] = await run_load(
+                lookups,
+                concurrency,
+                lambda i: _get_ok(session, f"{cluster.query_url}/healthz"),
+                progress,
+                "query /healthz",
+            )
 
             variant_urls = [
                 (await get_json(session, cluster, f"/v1/images/{image_id}/url", {"w": 600}))["url"]
@@ -151,11 +164,17 @@ async def run_bench(cluster: ClusterRef, *, uploads: int, concurrency: int, look
             ]
             for url in variant_urls:  # build once; the timed GETs read stored variants
                 await _get_ok(session, url)
-            results["node_gets"] = await run_load(gets, concurrency, lambda i: _get_ok(
-                session, variant_urls[i % len(variant_urls)]), progress, "node GETs")
+            results["node_gets"] = await run_load(
+                gets,
+                concurrency,
+                lambda i: _get_ok(session, variant_urls[i % len(variant_urls)]),
+                progress,
+                "node GETs",
+            )
             node_base = variant_urls[0].split("/i/")[0]
-            results["node_peer"] = await run_load(gets, concurrency, lambda i: _get_ok(
-                session, f"{node_base}/healthz"), progress, "node /healthz")
+            results["node_peer"] = await run_load(
+                gets, concurrency, lambda i: _get_ok(session, f"{node_base}/healthz"), progress, "node /healthz"
+            )
     _print(results, concurrency, statistics.mean(len(b) for b in bodies), console)
     return results
 
@@ -170,13 +189,22 @@ def _print(r: dict[str, Figures], concurrency: int, mean_bytes: float, console: 
 
     up = r["uploads"]
     table.add_row("uploads (POST /v1/uploads + PUT)", f"{up.rate:.0f}/s", ms(up.pct(50)), ms(up.pct(99)), "")
-    for key, label in (("replication_loaded", "201 -> every region ok (under upload load)"),
-                       ("replication_idle", "201 -> every region ok (one at a time)")):
+    for key, label in (
+        ("replication_loaded", "201 -> every region ok (under upload load)"),
+        ("replication_idle", "201 -> every region ok (one at a time)"),
+    ):
         rep = r[key]
         table.add_row(label, f"{rep.count} images", ms(rep.pct(50)), ms(rep.pct(99)), "")
-    for key, peer, label in (("lookups", "query_peer", "URL lookups (GET /v1/images/{id}/url)"),
-                             ("node_gets", "node_peer", "node GETs of a stored variant")):
+    for key, peer, label in (
+        ("lookups", "query_peer", "URL lookups (GET /v1/images/{id}/url)"),
+        ("node_gets", "node_peer", "node GETs of a stored variant"),
+    ):
         f, p = r[key], r[peer]
-        table.add_row(label, f"{f.rate:.0f}/s", ms(f.pct(50)), ms(f.pct(99)),
-                      f"{f.rate / p.rate:.2f}x of /healthz ({p.rate:.0f}/s)")
+        table.add_row(
+            label,
+            f"{f.rate:.0f}/s",
+            ms(f.pct(50)),
+            ms(f.pct(99)),
+            f"{f.rate / p.rate:.2f}x of /healthz ({p.rate:.0f}/s)",
+        )
     console.print(table)

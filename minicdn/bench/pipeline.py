@@ -36,7 +36,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from common.client import ClusterRef, get_json, put_bytes, request_upload
+from minicdn.client import ClusterRef, get_json, put_bytes, request_upload
 
 WEBP_QUALITY = 80  # the node's default (pipeline.webp_quality), used by every peer too
 
@@ -56,8 +56,9 @@ def _photo(width: int, height: int, seed: int) -> Any:
     """A photo-like picture (smooth Perlin colour fields plus grain): compresses and decodes like a photo."""
     import pyvips
 
-    bands = [pyvips.Image.perlin(width, height, cell_size=max(64, width // 24), uchar=True, seed=seed + i)
-             for i in range(3)]
+    bands = [
+        pyvips.Image.perlin(width, height, cell_size=max(64, width // 24), uchar=True, seed=seed + i) for i in range(3)
+    ]
     grain = pyvips.Image.gaussnoise(width, height, sigma=12, seed=seed).cast("char")
     return (bands[0].bandjoin(bands[1:]).copy(interpretation="srgb") + grain).cast("uchar")
 
@@ -82,8 +83,9 @@ async def upload_all(session: aiohttp.ClientSession, cluster: ClusterRef, bodies
     return ids
 
 
-async def wait_ready(session: aiohttp.ClientSession, cluster: ClusterRef, image_ids: list[str],
-                     timeout_s: float = 300) -> None:
+async def wait_ready(
+    session: aiohttp.ClientSession, cluster: ClusterRef, image_ids: list[str], timeout_s: float = 300
+) -> None:
     """Until every image is processed and on every replica (so the timed part has the machine to itself)."""
     deadline = time.perf_counter() + timeout_s
     waiting = set(image_ids)
@@ -203,9 +205,12 @@ def thumbor_server(root: Path, processes: int = 2) -> Iterator[str | None]:
         "RESPECT_ORIENTATION = True\n"
     )
     port = _free_port()
-    proc = subprocess.Popen([exe, "-p", str(port), "-i", "127.0.0.1", "-c", str(conf), "--processes", str(processes),
-                             "-l", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, "-p", str(port), "-i", "127.0.0.1", "-c", str(conf), "--processes", str(processes), "-l", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -231,9 +236,16 @@ async def _wait_http(session: aiohttp.ClientSession, url: str, timeout_s: float 
 
 
 # --- the run --------------------------------------------------------------------------------------------
-async def run_pipeline_bench(cluster: ClusterRef, *, images: int, stored_gets: int, console: Console,
-                             with_100mp: bool = True, photo_size: tuple[int, int] = (4000, 3000),
-                             big_size: tuple[int, int] = (10000, 10000)) -> PipelineFigures:
+async def run_pipeline_bench(
+    cluster: ClusterRef,
+    *,
+    images: int,
+    stored_gets: int,
+    console: Console,
+    with_100mp: bool = True,
+    photo_size: tuple[int, int] = (4000, 3000),
+    big_size: tuple[int, int] = (10000, 10000),
+) -> PipelineFigures:
     """``photo_size``/``big_size`` are the 12 MP and 100 MP inputs (smaller only for the bench's own test)."""
     fig = PipelineFigures()
     work = Path(tempfile.mkdtemp(prefix="minicdn-bench-"))
@@ -254,8 +266,16 @@ async def run_pipeline_bench(cluster: ClusterRef, *, images: int, stored_gets: i
     return fig
 
 
-async def _run(session: aiohttp.ClientSession, cluster: ClusterRef, fig: PipelineFigures, work: Path, n: int,
-               stored_gets: int, console: Console, photo_size: tuple[int, int]) -> None:
+async def _run(
+    session: aiohttp.ClientSession,
+    cluster: ClusterRef,
+    fig: PipelineFigures,
+    work: Path,
+    n: int,
+    stored_gets: int,
+    console: Console,
+    photo_size: tuple[int, int],
+) -> None:
     console.print(f"making {n + 4} distinct {photo_size[0]}x{photo_size[1]} JPEGs and uploading them...")
     bodies = await asyncio.to_thread(make_photos, n + 4, *photo_size)
     src = work / "src"
@@ -307,8 +327,13 @@ async def _run(session: aiohttp.ClientSession, cluster: ClusterRef, fig: Pipelin
     stored = urls[0]
     stored_s = await timed_parallel(list(range(stored_gets)), 32, lambda _i: fetch(session, stored))
     stored_rate = stored_gets / stored_s
-    fig.add("stored_per_s", "GETs of a stored variant (1200 px WebP, concurrency 32)", stored_rate, "/s",
-            f"{stored_rate / thumbor_rate:,.0f}x thumbor's fresh rate" if thumbor_rate else "")
+    fig.add(
+        "stored_per_s",
+        "GETs of a stored variant (1200 px WebP, concurrency 32)",
+        stored_rate,
+        "/s",
+        f"{stored_rate / thumbor_rate:,.0f}x thumbor's fresh rate" if thumbor_rate else "",
+    )
 
     # 5. First request of a lazy variant (one at a time), and AVIF at the default settings.
     lazy, avif = [], []
@@ -322,14 +347,25 @@ async def _run(session: aiohttp.ClientSession, cluster: ClusterRef, fig: Pipelin
         started = time.perf_counter()
         await fetch(session, url)
         avif.append(time.perf_counter() - started)
-    fig.add("lazy_first_ms", "first request of a lazy variant (w600.jpg of 12 MP), median", 1000 *
-            statistics.median(lazy), "ms", f"max {1000 * max(lazy):.0f} ms over {len(lazy)}")
-    fig.add("avif_ms", "AVIF build (w1200.avif of 12 MP, default quality/effort), median", 1000 *
-            statistics.median(avif), "ms", f"{statistics.median(avif) / statistics.median(lazy):.1f}x the JPEG time")
+    fig.add(
+        "lazy_first_ms",
+        "first request of a lazy variant (w600.jpg of 12 MP), median",
+        1000 * statistics.median(lazy),
+        "ms",
+        f"max {1000 * max(lazy):.0f} ms over {len(lazy)}",
+    )
+    fig.add(
+        "avif_ms",
+        "AVIF build (w1200.avif of 12 MP, default quality/effort), median",
+        1000 * statistics.median(avif),
+        "ms",
+        f"{statistics.median(avif) / statistics.median(lazy):.1f}x the JPEG time",
+    )
 
 
-async def _hundred_megapixels(session: aiohttp.ClientSession, cluster: ClusterRef, fig: PipelineFigures,
-                              console: Console, size: tuple[int, int]) -> None:
+async def _hundred_megapixels(
+    session: aiohttp.ClientSession, cluster: ClusterRef, fig: PipelineFigures, console: Console, size: tuple[int, int]
+) -> None:
     console.print(f"making a {size[0] * size[1] / 1e6:.0f}-megapixel JPEG ({size[0]} x {size[1]})...")
     body = (await asyncio.to_thread(make_photos, 1, *size))[0]
     node_base = (await get_json(session, cluster, "/v1/nodes"))["nodes"]
@@ -341,9 +377,16 @@ async def _hundred_megapixels(session: aiohttp.ClientSession, cluster: ClusterRe
         await wait_ready(session, cluster, [ticket["image_id"]])
         for variant in ("w2400.webp", "w1200.avif", "600x600.jpg", "fit1200x1200.png", "w150.auto"):
             await fetch(session, f"{base.rstrip('/')}/i/{ticket['image_id']}/{variant}")
-    label = f"peak RSS of the node building variants of a {size[0] * size[1] / 1e6:.0f} MP upload " \
-            f"({len(body) / 1e6:.1f} MB)"
-    fig.add("peak_rss_mb", label, sampler.peak_node / 2**20, "MB",
-            f"{sampler.start_node / 2**20:.0f} MB before; its largest sandbox worker (processing and variant "
-            f"builds run there): {sampler.peak_worker / 2**20:.0f} MB")
+    label = (
+        f"peak RSS of the node building variants of a {size[0] * size[1] / 1e6:.0f} MP upload "
+        f"({len(body) / 1e6:.1f} MB)"
+    )
+    fig.add(
+        "peak_rss_mb",
+        label,
+        sampler.peak_node / 2**20,
+        "MB",
+        f"{sampler.start_node / 2**20:.0f} MB before; its largest sandbox worker (processing and variant "
+        f"builds run there): {sampler.peak_worker / 2**20:.0f} MB",
+    )
     fig.values["peak_worker_rss_mb"] = sampler.peak_worker / 2**20

@@ -27,8 +27,9 @@ from rich.console import Console
 
 from common.config import Secret
 from common.db.api_keys import create_key, new_plaintext
-from common.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port, stop_process
 from common.geo import REGIONS
+from common.procs import die_with_parent, free_port
+from minicdn.embedded import EmbeddedNats, EmbeddedPostgres, stop_process
 
 console = Console(stderr=True)
 DEV_DATABASE = "minicdn"
@@ -54,11 +55,21 @@ class Child:
 
 def parse_size(text: str) -> int:
     """`20MB`, `1.5GiB`, `500000` -> bytes."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    units = {
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
     raw = text.strip().upper().replace(" ", "")
     number = raw.rstrip("KMGTIB")
-    unit = raw[len(number):]
+    unit = raw[len(number) :]
     if unit not in units or not number:
         raise ValueError(f"not a size: {text!r}")
     return int(float(number) * units[unit])
@@ -129,8 +140,10 @@ class DevCluster:
         common = {
             "database": {"url": database_url},
             "nats": {"url": self.nats.url},
-            "signing": {"keys": {secrets_["signing_kid"]: secrets_["signing_secret"]},
-                        "active_kid": secrets_["signing_kid"]},
+            "signing": {
+                "keys": {secrets_["signing_kid"]: secrets_["signing_secret"]},
+                "active_kid": secrets_["signing_kid"],
+            },
             "health": {"heartbeat_timeout_s": 6.0},
             "geoip": {"db": self.opt.geoip_db},
         }
@@ -144,29 +157,52 @@ class DevCluster:
                 offset += 1
                 point = REGIONS[region]
                 url = f"http://{self.opt.host}:{port}"
-                cfg = {**common, "node": {
-                    "node_id": node_id, "region": region, "lat": point.lat, "lon": point.lon,
-                    "set_id": f"set-{set_no}", "base_url": url, "host": self.opt.host, "port": port,
-                    "data_dir": str(self.state / "nodes" / node_id), "capacity_bytes": self.opt.node_capacity_bytes,
-                    "heartbeat_interval_s": 2.0}}
+                cfg = {
+                    **common,
+                    "node": {
+                        "node_id": node_id,
+                        "region": region,
+                        "lat": point.lat,
+                        "lon": point.lon,
+                        "set_id": f"set-{set_no}",
+                        "base_url": url,
+                        "host": self.opt.host,
+                        "port": port,
+                        "data_dir": str(self.state / "nodes" / node_id),
+                        "capacity_bytes": self.opt.node_capacity_bytes,
+                        "heartbeat_interval_s": 2.0,
+                    },
+                }
                 self._spawn(node_id, "storage-node", cfg, url)
                 nodes.append({"node_id": node_id, "region": region, "set_id": f"set-{set_no}", "url": url})
-        self._spawn("query", "query-service",
-                    {**common, "query": {"host": self.opt.host, "port": query_port, "public_url": query_url,
-                                         "upload_demo": True},
-                     # Automatic provisioning: the monitor writes new nodes' configs here, watch() starts them.
-                     "provisioner": {"kind": "local", "local_dir": str(self.provisioned_dir),
-                                     "local_node_capacity_bytes": self.opt.node_capacity_bytes,
-                                     "local_host": self.opt.host},
-                     "capacity": {"interval_s": 2.0, "sample_interval_s": 10.0}},
-                    query_url)
+        self._spawn(
+            "query",
+            "query-service",
+            {
+                **common,
+                "query": {"host": self.opt.host, "port": query_port, "public_url": query_url, "upload_demo": True},
+                # Automatic provisioning: the monitor writes new nodes' configs here, watch() starts them.
+                "provisioner": {
+                    "kind": "local",
+                    "local_dir": str(self.provisioned_dir),
+                    "local_node_capacity_bytes": self.opt.node_capacity_bytes,
+                    "local_host": self.opt.host,
+                },
+                "capacity": {"interval_s": 2.0, "sample_interval_s": 10.0},
+            },
+            query_url,
+        )
         nodes += self._start_provisioned()
         for child in self.children:
             _wait_http(f"{child.url}/healthz", child.proc, 60, self.state / "logs" / f"{child.name}.log")
         self._wait_all_healthy(query_url, len(nodes))
-        self.info = {"query_url": query_url, "dashboard_url": f"{query_url}/dashboard",
-                     "upload_demo_url": f"{query_url}/upload-demo",
-                     "api_key": secrets_["api_key"], "nodes": nodes}
+        self.info = {
+            "query_url": query_url,
+            "dashboard_url": f"{query_url}/dashboard",
+            "upload_demo_url": f"{query_url}/upload-demo",
+            "api_key": secrets_["api_key"],
+            "nodes": nodes,
+        }
         self._write_info()
         return self.info
 
@@ -184,8 +220,11 @@ class DevCluster:
         cfg_path.chmod(0o600)  # holds the signing secret
         with open(self.state / "logs" / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "common.cli", command, "--config", str(cfg_path)],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, start_new_session=True,
+                [sys.executable, "-m", "minicdn.cli", command, "--config", str(cfg_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+                start_new_session=True,
             )
         self.children.append(Child(name, url, proc))
 
@@ -212,12 +251,16 @@ class DevCluster:
             node = load_settings(cfg_path, env={}).node
             with open(self.state / "logs" / f"{name}.log", "ab") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "common.cli", "storage-node", "--config", str(cfg_path)],
-                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, start_new_session=True,
+                    [sys.executable, "-m", "minicdn.cli", "storage-node", "--config", str(cfg_path)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
+                    start_new_session=True,
                 )
             self.children.append(Child(name, node.base_url, proc))
-            started.append({"node_id": node.node_id, "region": node.region, "set_id": node.set_id,
-                            "url": node.base_url})
+            started.append(
+                {"node_id": node.node_id, "region": node.region, "set_id": node.set_id, "url": node.base_url}
+            )
         return started
 
     def _write_info(self) -> None:
@@ -231,15 +274,19 @@ class DevCluster:
         reported: set[str] = set()
         while not stop.wait(0.5):
             for node in self._start_provisioned():
-                console.print(f"[green]provisioned[/green] {node['node_id']} ({node['region']}, {node['set_id']}) "
-                              f"at {node['url']}")
+                console.print(
+                    f"[green]provisioned[/green] {node['node_id']} ({node['region']}, {node['set_id']}) "
+                    f"at {node['url']}"
+                )
                 self.info.setdefault("nodes", []).append(node)
                 self._write_info()
             for child in self.children:
                 if child.proc.poll() is not None and child.name not in reported:
                     reported.add(child.name)
-                    console.print(f"[red]{child.name} exited with {child.proc.returncode}; "
-                                  f"see {self.state / 'logs' / (child.name + '.log')}[/red]")
+                    console.print(
+                        f"[red]{child.name} exited with {child.proc.returncode}; "
+                        f"see {self.state / 'logs' / (child.name + '.log')}[/red]"
+                    )
 
     def stop(self) -> None:
         (self.state / "cluster.json").unlink(missing_ok=True)

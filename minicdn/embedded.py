@@ -9,7 +9,6 @@ dying parent takes it along (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pwd
 import shutil
@@ -23,13 +22,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from common.procs import die_with_parent, free_port
+
 PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver's convention for the user it runs as
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, what: str, log: Path) -> None:
@@ -48,12 +43,6 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the kernel sends SIGTERM to the child when its parent goes away (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:
@@ -112,19 +101,46 @@ class EmbeddedPostgres:
         log = self.data_dir.parent / f"{self.data_dir.name}.log"
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [str(bin_path / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=utf8",
-                 "-U", "postgres", "--no-instructions"],
-                check=True, capture_output=True, **run_as,  # type: ignore[arg-type]
+                [
+                    str(bin_path / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=trust",
+                    "--encoding=utf8",
+                    "-U",
+                    "postgres",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                **run_as,  # type: ignore[arg-type]
             )
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / "postmaster.pid").unlink()  # left by a killed run; we own this directory
         with open(log, "ab") as log_file:
             self.proc = subprocess.Popen(
-                [str(bin_path / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-                 "-h", "127.0.0.1", "-k", str(self.data_dir), "-c", "max_connections=300",
-                 "-c", "fsync=on", "-c", "shared_buffers=64MB"],
-                stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-                start_new_session=True, **run_as,  # type: ignore[arg-type]
+                [
+                    str(bin_path / "postgres"),
+                    "-D",
+                    str(self.data_dir),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(self.data_dir),
+                    "-c",
+                    "max_connections=300",
+                    "-c",
+                    "fsync=on",
+                    "-c",
+                    "shared_buffers=64MB",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+                start_new_session=True,
+                **run_as,  # type: ignore[arg-type]
             )
         wait_for_port(self.port, self.proc, timeout_s, "postgres", log)
         self._wait_ready(timeout_s)
@@ -193,8 +209,11 @@ class EmbeddedNats:
         log = self.data_dir / "nats.log"
         with open(log, "ab") as log_file:
             self.proc = subprocess.Popen(
-                [nats_server_binary(), "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent, start_new_session=True,
+                [nats_server_binary(), "-c", str(conf)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+                start_new_session=True,
             )
         wait_for_port(self.port, self.proc, timeout_s, "nats-server", log)
         return self

@@ -1,0 +1,1 @@
+"""The `minicdn` console script: one module per command group."""
