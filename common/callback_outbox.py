@@ -16,14 +16,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
-
-from psycopg_pool import AsyncConnectionPool
 
 from common import loops
 from common.callbacks import CallbackSender
 from common.config import Settings
 from common.db import callbacks as db_callbacks
+from common.db.rows import Pool
 from common.loops import cancel_all
 
 logger = logging.getLogger(__name__)
@@ -32,7 +30,7 @@ PURGE_EVERY_S = 3600.0  # finished rows are deleted by the day: hourly is often 
 
 
 class CallbackOutbox:
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool) -> None:
+    def __init__(self, settings: Settings, pool: Pool) -> None:
         self.cfg = settings.callbacks
         self.pool = pool
         self.sender = CallbackSender(settings)
@@ -81,7 +79,7 @@ class CallbackOutbox:
             self.wake()  # there is room again: due rows may have been left unclaimed
         self._in_flight.discard(task)
 
-    async def _deliver(self, row: dict[str, Any]) -> None:
+    async def _deliver(self, row: db_callbacks.ClaimedRow) -> None:
         delivery_id = row["delivery_id"]
         try:
             outcome = await self.sender.post(row["url"], row["body"], str(delivery_id))

@@ -355,9 +355,16 @@ def iter_keys() -> list[tuple[str, str, str, Any]]:
     out = []
     for section, cls in _SECTION_TYPES.items():
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            out.append((section, f.name, f.metadata["help"], default))
+            out.append((section, f.name, f.metadata["help"], _default(f)))
     return out
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"setting {f.name} has no default")  # every setting must have one: it is documented
 
 
 def _to_bool(value: Any) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 
 from common.config import HttpSettings
 from common.errors import HeadersTooLarge, InvalidRequest, RequestTimeout
@@ -37,7 +38,7 @@ def handler_args(cfg: HttpSettings) -> dict[str, Any]:
     }
 
 
-def make_header_limit_middleware(cfg: HttpSettings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_header_limit_middleware(cfg: HttpSettings) -> Middleware:
     @web.middleware
     async def header_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         size = len(request.raw_path) + sum(len(k) + len(v) + 4 for k, v in request.raw_headers)

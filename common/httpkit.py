@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from common.errors import MinicdnError, error_body
 from common.metrics import HttpMetrics, route_of
@@ -29,7 +30,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.json_response(data, status=status, headers=headers, dumps=lambda d: json.dumps(d, default=_json_default))
 
 
-def make_error_middleware(metrics: HttpMetrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_error_middleware(metrics: HttpMetrics) -> Middleware:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()

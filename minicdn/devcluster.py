@@ -86,7 +86,11 @@ def _load_secrets(state_dir: Path) -> dict[str, str]:
     return data
 
 
-def _toml(sections: dict[str, dict[str, Any]]) -> str:
+TomlSections = dict[str, dict[str, object]]
+"""A config file: ``[section]`` -> key -> value (a scalar, or a dict written as an inline table)."""
+
+
+def _toml(sections: TomlSections) -> str:
     lines = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
@@ -137,7 +141,7 @@ class DevCluster:
         database_url = self.pg.create_database(DEV_DATABASE)
         self.nats.start()
         asyncio.run(self._bootstrap(database_url, secrets_["api_key"]))
-        common = {
+        common: TomlSections = {
             "database": {"url": database_url},
             "nats": {"url": self.nats.url},
             "signing": {
@@ -157,7 +161,7 @@ class DevCluster:
                 offset += 1
                 point = REGIONS[region]
                 url = f"http://{self.opt.host}:{port}"
-                cfg = {
+                cfg: TomlSections = {
                     **common,
                     "node": {
                         "node_id": node_id,
@@ -214,7 +218,7 @@ class DevCluster:
         async with open_pool(DatabaseSettings(url=Secret(database_url), pool_min=1, pool_max=2)) as pool:
             await create_key(pool, "dev-admin", ("app", "admin"), plaintext=api_key, rate_per_s=0)  # bench: no limit
 
-    def _spawn(self, name: str, command: str, config: dict[str, dict[str, Any]], url: str) -> None:
+    def _spawn(self, name: str, command: str, config: TomlSections, url: str) -> None:
         cfg_path = self.state / "config" / f"{name}.toml"
         cfg_path.write_text(_toml(config))
         cfg_path.chmod(0o600)  # holds the signing secret

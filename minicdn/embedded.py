@@ -60,9 +60,9 @@ def _pgserver() -> Any:
     """Import pgserver quietly: its module body asks platformdirs for a runtime dir and warns when unset."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver  # type: ignore[import-untyped]
-        import pgserver._commands  # type: ignore[import-untyped]
-        import pgserver.utils  # type: ignore[import-untyped]
+        import pgserver
+        import pgserver._commands
+        import pgserver.utils
     return pgserver
 
 
@@ -78,17 +78,18 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run_as(self) -> dict[str, int]:
+    def _run_as(self) -> pwd.struct_passwd | None:
+        """The system user postgres runs as when we are root (it refuses to run as root), else None: ourselves."""
         if os.geteuid() != 0:
-            return {}
+            return None
         _pgserver().utils.ensure_user_exists(PG_SYSTEM_USER)
-        entry = pwd.getpwnam(PG_SYSTEM_USER)
-        return {"user": entry.pw_uid, "group": entry.pw_gid}
+        return pwd.getpwnam(PG_SYSTEM_USER)
 
     def start(self, timeout_s: float = 60) -> EmbeddedPostgres:
         pgserver = _pgserver()
         bin_path: Path = pgserver._commands.POSTGRES_BIN_PATH
         run_as = self._run_as()
+        user, group = (run_as.pw_uid, run_as.pw_gid) if run_as else (None, None)
         if run_as:
             # The server user must be able to reach the binaries and own its data directory.
             pgserver.utils.ensure_prefix_permissions(bin_path)
@@ -97,7 +98,7 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if run_as:
             pgserver.utils.ensure_prefix_permissions(self.data_dir)
-            os.chown(self.data_dir, run_as["user"], run_as["group"])
+            os.chown(self.data_dir, run_as.pw_uid, run_as.pw_gid)
         log = self.data_dir.parent / f"{self.data_dir.name}.log"
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
@@ -113,7 +114,8 @@ class EmbeddedPostgres:
                 ],
                 check=True,
                 capture_output=True,
-                **run_as,  # type: ignore[arg-type]
+                user=user,
+                group=group,
             )
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / "postmaster.pid").unlink()  # left by a killed run; we own this directory
@@ -140,7 +142,8 @@ class EmbeddedPostgres:
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,
                 start_new_session=True,
-                **run_as,  # type: ignore[arg-type]
+                user=user,
+                group=group,
             )
         wait_for_port(self.port, self.proc, timeout_s, "postgres", log)
         self._wait_ready(timeout_s)
@@ -160,12 +163,9 @@ class EmbeddedPostgres:
                 time.sleep(0.1)
 
     def create_database(self, name: str) -> str:
-        import psycopg
+        from common.db.admin import ensure_database  # psycopg only when a database is wanted, like _wait_ready
 
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{name}"')  # name comes from our code, not from users
+        ensure_database(self.url, name)
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:

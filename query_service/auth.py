@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
-from psycopg_pool import AsyncConnectionPool
 
 from common.db.api_keys import ApiKey, App, app_of_key, get_app, lookup_key
+from common.db.rows import Pool
 from common.errors import Forbidden, TooManyRequests, Unauthorized
 from query_service.ratelimit import RateLimiter, retry_after_header
 
@@ -17,7 +17,7 @@ MAX_TOKEN_CHARS = 256
 
 
 class ApiKeyAuth:
-    def __init__(self, pool: AsyncConnectionPool, limiter: RateLimiter | None = None) -> None:
+    def __init__(self, pool: Pool, limiter: RateLimiter | None = None) -> None:
         self.pool = pool
         self.limiter = limiter
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}

@@ -10,7 +10,7 @@ the high-water mark drops under ``provision_headroom`` of one set, or is forecas
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,7 +101,8 @@ def _days(room: float, growth: float | None) -> float | None:
     return round(max(room, 0) / growth, 3)
 
 
-def node_figures(row: dict[str, Any], healthy: bool, growth: float | None) -> NodeFigures:
+def node_figures(row: Mapping[str, Any], healthy: bool, growth: float | None) -> NodeFigures:
+    """``row``: a node row with its set (common.db.control.ControlNodeRow, or the tests' subset of it)."""
     capacity = int(row["capacity_bytes"])
     used = int(row["used_bytes"])
     return NodeFigures(

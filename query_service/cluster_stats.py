@@ -15,12 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
 from common import loops
 from common.bus import Bus
 from common.db import control as db_control
 from common.db import stats as db_stats
+from common.db.rows import Pool
 from common.events import NodeHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -88,15 +87,17 @@ class ClusterStats:
     def activity(self, node_id: str, now: float | None = None) -> NodeActivity:
         now = time.monotonic() if now is None else now
         samples = self._samples.get(node_id)
-        fresh = bool(samples) and now - samples[-1][0] <= RATE_WINDOW_S  # a silent node serves nothing we know of
-        r = rates(samples) if samples and fresh else dict.fromkeys(COUNTERS, 0.0)
+        if samples and now - samples[-1][0] <= RATE_WINDOW_S:
+            r = rates(samples)
+        else:  # a silent node serves nothing we know of
+            r = dict.fromkeys(COUNTERS, 0.0)
         p50, worst = self._lags.get(node_id, (None, None))
         return NodeActivity(
             r["requests_total"], r["bytes_sent_total"], r["uploads_total"], r["replicated_total"], p50, worst
         )
 
     # --- Postgres --------------------------------------------------------------------------------------
-    async def refresh(self, pool: AsyncConnectionPool, capacity: CapacityLoader | None = None) -> None:
+    async def refresh(self, pool: Pool, capacity: CapacityLoader | None = None) -> None:
         backlog = await db_stats.replication_backlog(pool)
         events = [dict(e) for e in await db_control.recent_events(pool, limit=20)]
         counts = await db_stats.event_counts(pool)
@@ -123,9 +124,7 @@ class ClusterStats:
             "age_s": age if age != float("inf") else -1.0,
         }
 
-    async def run(
-        self, pool: AsyncConnectionPool, bus: Bus, interval_s: float, capacity: CapacityLoader | None = None
-    ) -> None:
+    async def run(self, pool: Pool, bus: Bus, interval_s: float, capacity: CapacityLoader | None = None) -> None:
         async def on_msg(msg: Any) -> None:
             try:
                 self.on_heartbeat(NodeHeartbeat.from_json(msg.data))

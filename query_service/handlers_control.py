@@ -10,6 +10,7 @@ import psycopg.errors
 from aiohttp import web
 
 from common.db import control as db_control
+from common.db.control import ControlNodeRow, EventRow
 from common.errors import Conflict, InvalidRequest, NotFound
 from common.httpkit import json_response
 from query_service import keys
@@ -22,7 +23,7 @@ MAX_BODY_BYTES = 16 * 1024
 _NODE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # as the routes' {node_id}: ASCII only, no leading '-'
 
 
-async def _nodes_having(request: web.Request, node_id: str) -> dict[str, dict[str, Any]]:
+async def _nodes_having(request: web.Request, node_id: str) -> dict[str, ControlNodeRow]:
     """Every node (with its set) by id; 404 when ``node_id`` is not one of them."""
     rows = {r["node_id"]: r for r in await db_control.nodes_with_sets(request.app[keys.POOL])}
     if node_id not in rows:
@@ -62,7 +63,8 @@ async def cluster_view(request: web.Request) -> dict[str, Any]:
     return view
 
 
-def _event(row: dict[str, Any]) -> dict[str, Any]:
+def _event(row: EventRow) -> dict[str, Any]:
+    """An event's public fields (an in-flight row also has its age and update time)."""
     keep = (
         "event_id",
         "kind",

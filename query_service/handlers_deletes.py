@@ -48,10 +48,9 @@ async def delete_image(request: web.Request) -> web.Response:
         if settings.deletes.purge_command or settings.deletes.purge_webhook:
             payload = purge_payload(image_id, done["base_urls"], public_base(request))
             kid = settings.signing.active_kid
-            key = settings.signing_key(kid)
-            task = asyncio.create_task(
-                run_purge_hooks(settings.deletes, payload, (kid, key) if key else None), name=f"purge-{image_id}"
-            )
+            signing_key = settings.signing_key(kid)
+            sign = (kid, signing_key) if signing_key else None
+            task = asyncio.create_task(run_purge_hooks(settings.deletes, payload, sign), name=f"purge-{image_id}")
             _background.add(task)
             task.add_done_callback(_background.discard)
     return json_response({"image_id": image_id, "status": "deleted"}, status=202)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -12,13 +13,13 @@ from common import signing
 from common.db import images as db_images
 from common.db.api_keys import ApiKey
 from common.errors import Conflict, Forbidden, NotFound, Unavailable
+from common.holders import rank
 from common.hotlink import check_referer
 from common.httpkit import json_response
 from common.ids import check_image_id
 from common.variants import pick_variant
 from query_service import keys
 from query_service.handlers_uploads import rfc3339
-from query_service.nearest import rank
 from query_service.requests import UrlQuery, parse_url_query, remote_address
 
 SERVABLE = ("ready",)  # validated, processed and not held: nothing else gets a URL
@@ -54,7 +55,8 @@ async def get_image(request: web.Request) -> web.Response:
     row = await db_images.get_image(app[keys.POOL], image_id)
     if not await app[keys.AUTH].may_see(key, row["visibility"], row["owner_key_id"]):
         raise NotFound("no such image")  # existence of another app's private image is not revealed
-    return json_response({field: row[field] for field in IMAGE_FIELDS})
+    columns: Mapping[str, object] = row  # the public fields are picked by name
+    return json_response({field: columns[field] for field in IMAGE_FIELDS})
 
 
 async def resolve_url(

@@ -7,6 +7,8 @@ image's callback in the decision's transaction (``common.callback_outbox`` deliv
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from aiohttp import web
 
 from common.db import images as db_images
@@ -46,7 +48,7 @@ async def reject(request: web.Request) -> web.Response:
     return json_response({"image_id": image_id, "status": row["status"], "reason": reason})
 
 
-async def _explain(request: web.Request, image_id: str) -> None:
+async def _explain(request: web.Request, image_id: str) -> NoReturn:
     """404 for an unknown image, 409 for one that is not quarantined."""
     row = await db_images.get_image(request.app[keys.POOL], image_id)  # raises NotFound
     raise Conflict(f"image is {row['status']}, not quarantined", code="not_quarantined")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from aiohttp import web
-from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
 from common.callback_outbox import CallbackOutbox
 from common.clientaddr import TrustedProxies
 from common.config import Settings
+from common.db.rows import Pool
 from common.geo import GeoLocator
 from common.metrics import HttpMetrics, QueryMetrics
 from query_service.auth import ApiKeyAuth
@@ -18,7 +18,7 @@ from query_service.monitor import CapacityMonitor
 from query_service.registry import NodeRegistry
 
 SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", AsyncConnectionPool)
+POOL: web.AppKey[Pool] = web.AppKey("pool")
 BUS = web.AppKey("bus", Bus)
 GEO = web.AppKey("geo", GeoLocator)
 REGISTRY = web.AppKey("registry", NodeRegistry)

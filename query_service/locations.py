@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from psycopg_pool import AsyncConnectionPool
-
 from common.db import images as db_images
+from common.db.rows import Pool
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class Location:
 
 
 class LocationCache:
-    def __init__(self, pool: AsyncConnectionPool, max_entries: int) -> None:
+    def __init__(self, pool: Pool, max_entries: int) -> None:
         self.pool = pool
         self.max_entries = max_entries
         self._entries: OrderedDict[str, Location] = OrderedDict()

@@ -18,11 +18,11 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
-from psycopg_pool import AsyncConnectionPool
 
 from common import loops
 from common.config import Settings
 from common.db import control as db_control
+from common.db.rows import Pool
 from query_service.capacity import Decisions, Report, build_report, decide, growth_per_day, node_figures
 from query_service.provisioners import Plan, PlannedNode, Provisioner, ProvisionError
 from query_service.registry import NodeRegistry
@@ -37,14 +37,12 @@ async def leadership(dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any] | N
     long as the session: if this process dies, Postgres releases it and another instance takes over."""
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     try:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
-        row = await cur.fetchone()
-        yield conn if row and row[0] else None
+        yield conn if await db_control.try_session_lock(conn, LEADER_LOCK_KEY) else None
     finally:
         await conn.close()
 
 
-async def load_report(pool: AsyncConnectionPool, settings: Settings, registry: NodeRegistry | None) -> Report:
+async def load_report(pool: Pool, settings: Settings, registry: NodeRegistry | None) -> Report:
     """Figures from Postgres (and this instance's view of health when it has one)."""
     cap = settings.capacity
     rows = await db_control.nodes_with_sets(pool)
@@ -69,7 +67,7 @@ class CapacityMonitor:
     def __init__(
         self,
         settings: Settings,
-        pool: AsyncConnectionPool,
+        pool: Pool,
         provisioner: Provisioner | None,
         registry: NodeRegistry | None = None,
     ) -> None:
@@ -92,7 +90,7 @@ class CapacityMonitor:
                         self.is_leader = True
                         logger.info("capacity monitor: this instance leads")
                         while True:
-                            await conn.execute("SELECT 1")  # still holding the lock (the session lives)
+                            await db_control.keep_alive(conn)  # still holding the lock (the session lives)
                             await self.tick()
                             await loops.sleep(interval)
             except asyncio.CancelledError:
@@ -161,11 +159,7 @@ class CapacityMonitor:
 
     async def rejoin(self, node_id: str) -> None:
         """A node back from `dead` missed the uploads meanwhile (no rows were made for it): backfill them."""
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute("SELECT set_id FROM nodes WHERE node_id = %s", (node_id,))
-            row = await cur.fetchone()
-            if row:
-                await db_control.join_set(conn, node_id, row["set_id"])
+        await db_control.rejoin_set(self.pool, node_id)
 
     # --- provisioning ----------------------------------------------------------------------------------
     async def _drive_in_flight(self, report: Report) -> None:
@@ -257,13 +251,7 @@ class CapacityMonitor:
             while f"{old['region']}-r{n}" in rows:
                 n += 1
             new_node_id = f"{old['region']}-r{n}"
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE nodes SET state = 'dead', state_set_by = 'operator', state_changed_at = now()"
-                " WHERE node_id = %s",
-                (old_node_id,),
-            )
-            await conn.execute("DELETE FROM replicas WHERE node_id = %s", (old_node_id,))
+        await db_control.retire_node(self.pool, old_node_id)
         planned = PlannedNode(new_node_id, old["region"], old["set_id"], old["lat"], old["lon"], old_node_id)
         use_provisioner = call_provisioner and self.provisioner is not None
         event_id = await db_control.new_event_id(self.pool)
@@ -287,17 +275,6 @@ class CapacityMonitor:
         after = self.settings.capacity.auto_replace_after_s
         if after <= 0 or self.provisioner is None:
             return
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT n.node_id FROM nodes n WHERE n.state = 'dead' AND n.state_set_by = 'auto'"
-                " AND n.state_changed_at < now() - make_interval(secs => %s)"
-                " AND NOT EXISTS (SELECT 1 FROM nodes m WHERE m.set_id = n.set_id AND m.region = n.region"
-                "                 AND m.state <> 'dead')"
-                " AND NOT EXISTS (SELECT 1 FROM provisioning_events e WHERE e.kind = 'replace'"
-                "                 AND e.node_id = n.node_id AND e.state <> 'failed')",
-                (after,),
-            )
-            dead = [r["node_id"] for r in await cur.fetchall()]
-        for node_id in dead:
+        for node_id in await db_control.dead_unreplaced(self.pool, after):
             with contextlib.suppress(psycopg.errors.UniqueViolation):
                 await self.plan_replacement(node_id, None, f"dead for more than {after:g}s")

@@ -295,8 +295,8 @@ SCHEMAS: dict[str, Any] = {
 
 
 def spec(server_url: str = "") -> dict[str, Any]:
-    auth = [{"apiKey": []}]
-    anonymous_or_key = [{"apiKey": []}, {}]
+    auth: list[dict[str, list[str]]] = [{"apiKey": []}]
+    anonymous_or_key: list[dict[str, list[str]]] = [{"apiKey": []}, {}]  # {}: no key needed
     paths: dict[str, Any] = {
         "/v1/uploads": {
             "post": {

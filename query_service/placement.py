@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from common.geo import Point
-from query_service.nearest import Ranked, rank
+from common.holders import Ranked, rank
 from query_service.registry import NodeInfo
 
 
 def place(
     nodes: Iterable[NodeInfo], uploader: Point, need_bytes: int, healthy: Callable[[NodeInfo], bool]
-) -> Ranked | None:
-    """``None`` when no node can take an upload of ``need_bytes`` right now."""
+) -> Ranked[NodeInfo] | None:
+    """``None`` when no node can take an upload of ``need_bytes`` right now. ``healthy`` is the registry's
+    (``common.holders``' definition, damped); an upload also needs an open set, an `active` node and room."""
     candidates = [
         n for n in nodes if n.set_state == "open" and n.state == "active" and healthy(n) and n.free_bytes >= need_bytes
     ]

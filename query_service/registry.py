@@ -1,8 +1,9 @@
 """In-memory node list and health: loaded from Postgres, kept fresh by NATS heartbeats.
 
-URL lookups read only this (no Postgres). A node is healthy when its state serves reads, its last
-heartbeat is younger than the timeout, and -- once it has been unhealthy -- it has heartbeaten without
-a gap for ``recover_s`` (hysteresis: a flapping node is not handed to clients, nor repaired, at every beat).
+URL lookups read only this (no Postgres). A node is healthy when it is by the one definition in
+``common.holders`` (its state serves reads, its last heartbeat is younger than the timeout) and -- once its
+heartbeats have lapsed -- it has heartbeaten without a gap for ``recover_s``. That hysteresis is this
+service's own damping on top: a flapping node is not handed to clients, nor repaired, at every beat.
 """
 
 from __future__ import annotations
@@ -11,16 +12,14 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from psycopg_pool import AsyncConnectionPool
-
-from common import loops
+from common import holders, loops
 from common.bus import Bus
 from common.db import nodes as db_nodes
+from common.db.rows import Pool
 from common.events import NodeHeartbeat
 from common.geo import Point
 
 logger = logging.getLogger(__name__)
-SERVING_STATES = ("active", "readonly", "draining")
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class NodeRegistry:
 
     def _observe(self, node: NodeInfo, now: float) -> Health:
         """Advance the node's up/down state machine to ``now``; returns it."""
-        fresh = now - node.last_seen < self.timeout_s
+        fresh = holders.is_fresh(now - node.last_seen, self.timeout_s)
         h = self._health.get(node.node_id)
         if h is None:  # first sight: trust what the table says, no waiting at start-up
             h = self._health[node.node_id] = Health(up=fresh, changed_at=now)
@@ -76,8 +75,9 @@ class NodeRegistry:
         return h
 
     def healthy(self, node: NodeInfo, now: float | None = None) -> bool:
+        # Only freshness is damped: a change of state (to `dead`, or back) takes effect at once.
         now = time.monotonic() if now is None else now
-        return node.state in SERVING_STATES and self._observe(node, now).up
+        return holders.serves_reads(node.state) and self._observe(node, now).up
 
     def health(self, node: NodeInfo) -> Health:
         return self._observe(node, time.monotonic())
@@ -86,7 +86,7 @@ class NodeRegistry:
         age = time.monotonic() - node.last_seen
         return None if age == float("inf") else age
 
-    async def reload(self, pool: AsyncConnectionPool) -> None:
+    async def reload(self, pool: Pool) -> None:
         rows = await db_nodes.list_nodes(pool)
         now = time.monotonic()
         fresh = {}
@@ -127,7 +127,7 @@ class NodeRegistry:
             last_seen=time.monotonic(),
         )
 
-    async def run(self, pool: AsyncConnectionPool, bus: Bus, refresh_s: float) -> None:
+    async def run(self, pool: Pool, bus: Bus, refresh_s: float) -> None:
         """Subscribe to heartbeats and reload the table every ``refresh_s`` (new nodes, state changes)."""
 
         async def on_msg(msg: object) -> None:

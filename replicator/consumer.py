@@ -41,7 +41,8 @@ class Replicator:
         self._sem = asyncio.Semaphore(ctx.settings.replicator.concurrency)
         self.swept = 0
         self.last_batch = 0
-        self._stopping = False
+        # An Event, not a bool: it is set by stop() while _consume awaits (mypy would keep a bool narrowed).
+        self._stopping = asyncio.Event()
         self.rate = ByteRate(ctx.settings.replicator.max_bytes_per_s)
         self._sub: nats.js.JetStreamContext.PullSubscription | None = None
 
@@ -66,7 +67,7 @@ class Replicator:
         ]
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._stopping.set()
         for task in self._tasks:
             # nats-py's fetch can swallow a cancellation (turning it into a TimeoutError), so cancel until
             # the task is really done; the loop also checks the flag.
@@ -84,7 +85,7 @@ class Replicator:
 
     # --- JetStream path -----------------------------------------------------------------------------
     async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
-        while not self._stopping:
+        while not self._stopping.is_set():
             raise_if_cancelling()
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
@@ -95,7 +96,7 @@ class Replicator:
                 raise
             except Exception as exc:  # reconnecting, stream briefly unavailable...: the loop must live on
                 raise_if_cancelling()
-                if self._stopping:
+                if self._stopping.is_set():
                     return
                 logger.warning("consumer fetch failed: %r", exc)
                 await loops.sleep(1)
@@ -142,19 +143,16 @@ class Replicator:
         cfg = self.ctx.settings.replicator
         self.last_batch = 0
         await sweep_deletions(self.ctx)
-        rows = await db_replicas.pending_for_node(self.ctx.pool, self.ctx.node_id, cfg.sweep_age_s)
-        rows += await db_replicas.needs_copy_for_node(self.ctx.pool, self.ctx.node_id)
+        rows: list[db_replicas.CopyRow] = [
+            *await db_replicas.pending_for_node(self.ctx.pool, self.ctx.node_id, cfg.sweep_age_s),
+            *await db_replicas.needs_copy_for_node(self.ctx.pool, self.ctx.node_id),
+        ]
         self.last_batch = len(rows)
 
-        async def one(row: dict[str, object]) -> bool:
+        async def one(row: db_replicas.CopyRow) -> bool:
             reqlog.adopt(None)  # a fresh id per swept copy (each gather() child runs in its own context)
             async with self._sem:
-                want = Wanted(
-                    str(row["image_id"]),
-                    str(row["sha256"]),
-                    int(row["bytes"]),  # type: ignore[call-overload]
-                    str(row["content_type"]),
-                )
+                want = Wanted(row["image_id"], row["sha256"], row["bytes"], row["content_type"])
                 await self.rate.take(want.bytes)
                 try:
                     return await replicate(self.ctx, want)

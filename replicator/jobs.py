@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
-from psycopg_pool import AsyncConnectionPool
 
 from common.config import Settings
 from common.db import images as db_images
 from common.db import pipeline as db_pipeline
 from common.db import replicas as db_replicas
+from common.db.rows import Pool
 from common.geo import Point
 from common.metrics import ReplicationMetrics
 from replicator.fetch import ChecksumMismatch, fetch_original
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ReplicatorContext:
     settings: Settings
-    pool: AsyncConnectionPool
+    pool: Pool
     store: Store
     session: aiohttp.ClientSession
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -98,13 +98,19 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
         want.sha256, want.content_type, want.bytes, private=await db_images.is_private(ctx.pool, want.image_id)
     )
     same = await db_pipeline.local_copy(ctx.pool, want.sha256, ctx.node_id, want.image_id)
-    if same is not None and await asyncio.to_thread(ctx.store.link_copy, same, want.image_id, meta):
+    linked = None if same is None else await asyncio.to_thread(ctx.store.link_copy, same, want.image_id, meta)
+    if linked is not None:
         await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)  # dedupe: no bytes copied
         logger.info("replicated %s as a link to identical %s", want.image_id, same)
         return True
     node = ctx.settings.node
     peers = await sources(
-        ctx.pool, want.image_id, ctx.node_id, Point(node.lat, node.lon), ctx.settings.health.heartbeat_timeout_s
+        ctx.pool,
+        want.image_id,
+        ctx.node_id,
+        Point(node.lat, node.lon),
+        node.region,
+        ctx.settings.health.heartbeat_timeout_s,
     )
     errors = []
     for peer in peers:
@@ -147,12 +153,7 @@ async def drop_rejected(ctx: ReplicatorContext, image_id: str) -> None:
     try:
         async with lock:
             await asyncio.to_thread(ctx.store.remove_image, image_id)
-            async with ctx.pool.connection() as conn:
-                await conn.execute(
-                    "DELETE FROM replicas WHERE image_id = %s AND node_id = %s"
-                    " AND EXISTS (SELECT 1 FROM images WHERE image_id = %s AND status = 'rejected')",
-                    (image_id, ctx.node_id, image_id),
-                )
+            await db_pipeline.drop_rejected_replica(ctx.pool, image_id, ctx.node_id)
     finally:
         if not lock.locked() and ctx.locks.get(image_id) is lock:
             del ctx.locks[image_id]

@@ -1,31 +1,29 @@
-"""Choose where to copy an original from: healthy members holding an `ok` replica, nearest first."""
+"""Choose where to copy an original from: healthy members holding an `ok` replica, same region first, then
+nearest (``common.holders`` decides both)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from typing import TypeAlias
 
-from psycopg_pool import AsyncConnectionPool
+from common.db import replicas as db_replicas
+from common.db.rows import Pool
+from common.geo import Point
+from common.holders import Holder, rank_holders
 
-from common.geo import Point, haversine_km
-
-
-@dataclass(frozen=True)
-class Peer:
-    node_id: str
-    base_url: str
-    distance_km: float
+Peer: TypeAlias = Holder  # what fetch_original copies from (node_id, base_url)
 
 
 async def sources(
-    pool: AsyncConnectionPool, image_id: str, me: str, here: Point, heartbeat_timeout_s: float
+    pool: Pool,
+    image_id: str,
+    me: str,
+    here: Point,
+    region: str,
+    heartbeat_timeout_s: float,
+    rng: random.Random | None = None,
 ) -> list[Peer]:
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT n.node_id, n.base_url, n.lat, n.lon FROM replicas r JOIN nodes n USING (node_id)"
-            " WHERE r.image_id = %s AND r.state = 'ok' AND n.node_id <> %s AND n.state <> 'dead'"
-            " AND n.last_heartbeat > now() - make_interval(secs => %s)",
-            (image_id, me, heartbeat_timeout_s),
-        )
-        rows = await cur.fetchall()
-    peers = [Peer(r["node_id"], r["base_url"], haversine_km(here, Point(r["lat"], r["lon"]))) for r in rows]
-    return sorted(peers, key=lambda p: p.distance_km)
+    """The peers to try, best first; empty when no healthy member holds a verified copy yet."""
+    rows = await db_replicas.holders(pool, image_id, me)
+    ranked = rank_holders(db_replicas.as_holders(rows), here, heartbeat_timeout_s, region=region, rng=rng)
+    return [r.node for r in ranked]

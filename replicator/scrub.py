@@ -117,11 +117,11 @@ class Scrubber:
         return result
 
     async def _repair(self, image_id: str, actual: str) -> int:
-        row = await db_replicas.miss_lookup(
-            self.ctx.pool, image_id, self.ctx.node_id, self.ctx.settings.health.heartbeat_timeout_s
-        )
+        row = await db_replicas.miss_lookup(self.ctx.pool, image_id, self.ctx.node_id)
         if row is None or row["sha256"] is None or row["my_state"] is None:
             return 0  # not an image this node should hold (deleted meanwhile): the delete sweep removes it
+        if row["bytes"] is None or row["content_type"] is None:
+            return 0  # never: both are recorded with the sha256 at upload (this narrows their types)
         if actual == row["sha256"]:
             return 0  # the bytes are right (a stale sidecar); nothing to repair
         logger.error(

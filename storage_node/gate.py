@@ -10,16 +10,15 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from psycopg_pool import AsyncConnectionPool
-
 from common.db import pipeline as db_pipeline
+from common.db.rows import Pool
 from common.errors import Conflict, NotFound
 
 NOT_YET = ("requested", "uploaded", "processing")
 
 
 class ServeGate:
-    def __init__(self, pool: AsyncConnectionPool, recheck_s: float = 1.0, max_entries: int = 100_000) -> None:
+    def __init__(self, pool: Pool, recheck_s: float = 1.0, max_entries: int = 100_000) -> None:
         self.pool = pool
         self.recheck_s = recheck_s
         self.max_entries = max_entries

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import ETag
 
 from common import signing
 from common.errors import RangeNotSatisfiable, SignatureInvalid
@@ -49,20 +51,22 @@ class ImmutableFileResponse(web.FileResponse):
             request = request.clone(headers=headers)
         return await super().prepare(request)
 
-    @property  # type: ignore[override]
-    def etag(self) -> Any:
+    @property
+    def etag(self) -> ETag | None:
         return super().etag
 
     @etag.setter
-    def etag(self, value: Any) -> None:
-        web.StreamResponse.etag.fset(self, self._fixed_etag)  # type: ignore[attr-defined]
+    def etag(self, value: ETag | str | None) -> None:
+        # Whatever FileResponse computes, the parent's setter stores ours.
+        parent_setter = web.StreamResponse.etag.fset  # type: ignore[attr-defined]  # mypy: overload, not property
+        parent_setter(self, self._fixed_etag)
 
-    @property  # type: ignore[override]
-    def last_modified(self) -> Any:
+    @property
+    def last_modified(self) -> datetime | None:
         return None
 
     @last_modified.setter
-    def last_modified(self, value: Any) -> None:
+    def last_modified(self, value: float | datetime | str | None) -> None:
         pass
 
 

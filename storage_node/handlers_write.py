@@ -94,8 +94,8 @@ async def _commit(request: web.Request, image_id: str, got: Ingested, info: Imag
             meta = ObjectMeta(got.sha256, info.content_type, got.size, private=row["visibility"] == "private")
             # Dedupe: the same bytes already on this node are hard-linked, not stored a second time.
             same = await db_pipeline.local_copy(conn, got.sha256, node_id, image_id)
-            linked = same is not None and await asyncio.to_thread(store.link_copy, same, image_id, meta)
-            if not linked:
+            linked = None if same is None else await asyncio.to_thread(store.link_copy, same, image_id, meta)
+            if linked is None:  # no identical copy here, or it vanished: store the uploaded bytes
                 await asyncio.to_thread(store.commit_original, got.path, image_id, meta)
             moved = True
             await db_images.mark_uploaded(

@@ -6,21 +6,21 @@ import asyncio
 import logging
 import time
 
-from psycopg_pool import AsyncConnectionPool
-
 from common import __version__, loops
 from common.bus import Bus
 from common.config import NodeSettings
 from common.db import nodes as db_nodes
+from common.db.rows import Pool
 from common.events import NodeHeartbeat
-from storage_node.keys import NodeMetrics, NodeStatus
+from common.metrics import NodeMetrics
+from storage_node.keys import NodeStatus
 from storage_node.objects.store import Store
 
 logger = logging.getLogger(__name__)
 
 
 async def beat_once(
-    node: NodeSettings, store: Store, pool: AsyncConnectionPool, bus: Bus, status: NodeStatus, metrics: NodeMetrics
+    node: NodeSettings, store: Store, pool: Pool, bus: Bus, status: NodeStatus, metrics: NodeMetrics
 ) -> None:
     usage = await asyncio.to_thread(store.usage)
     metrics.set_usage(usage.capacity_bytes, usage.used_bytes, usage.free_bytes, usage.objects)
@@ -29,6 +29,7 @@ async def beat_once(
     )
     if state:
         status.state = state
+    lag_p50, lag_max = metrics.replication.recent.summary()
     event = NodeHeartbeat(
         node_id=node.node_id,
         region=node.region,
@@ -40,26 +41,19 @@ async def beat_once(
         in_flight=status.in_flight,
         version_str=__version__,
         sent_at=time.time(),
-        **_counters(metrics),
+        # Running totals and recent replication lag, from which the dashboard derives rates.
+        requests_total=metrics.http.requests_seen,
+        bytes_sent_total=metrics.http.bytes_sent,
+        uploads_total=metrics.uploads_ok,
+        replicated_total=metrics.replication.copied,
+        replication_lag_p50_s=lag_p50,
+        replication_lag_max_s=lag_max,
     )
     await bus.publish_core(bus.subjects.heartbeat(node.node_id), event)
 
 
-def _counters(metrics: NodeMetrics) -> dict[str, object]:
-    """Running totals and recent replication lag, from which the dashboard derives rates."""
-    lag_p50, lag_max = metrics.replication.recent.summary()
-    return {
-        "requests_total": metrics.http.requests_seen,
-        "bytes_sent_total": metrics.http.bytes_sent,
-        "uploads_total": metrics.uploads_ok,
-        "replicated_total": metrics.replication.copied,
-        "replication_lag_p50_s": lag_p50,
-        "replication_lag_max_s": lag_max,
-    }
-
-
 async def run_heartbeats(
-    node: NodeSettings, store: Store, pool: AsyncConnectionPool, bus: Bus, status: NodeStatus, metrics: NodeMetrics
+    node: NodeSettings, store: Store, pool: Pool, bus: Bus, status: NodeStatus, metrics: NodeMetrics
 ) -> None:
     while True:
         try:

@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-from psycopg_pool import AsyncConnectionPool
-
 from common import loops
+from common.db import api_keys as db_api_keys
 from common.db.api_keys import App
+from common.db.rows import Pool
 from common.hotlink import check_referer
 
 logger = logging.getLogger(__name__)
 
 
 class HotlinkGuard:
-    def __init__(self, pool: AsyncConnectionPool, refresh_s: float = 10.0, max_images: int = 100_000) -> None:
+    def __init__(self, pool: Pool, refresh_s: float = 10.0, max_images: int = 100_000) -> None:
         self.pool = pool
         self.refresh_s = refresh_s
         self.max_images = max_images
@@ -29,14 +29,7 @@ class HotlinkGuard:
         self._image_app: OrderedDict[str, str | None] = OrderedDict()
 
     async def reload(self) -> None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT app_id, name, referers, allow_empty_referer FROM apps WHERE referers <> '{}'"
-            )
-            rows = await cur.fetchall()
-        self.restricted = {
-            r["app_id"]: App(r["app_id"], r["name"], tuple(r["referers"]), r["allow_empty_referer"]) for r in rows
-        }
+        self.restricted = {app.app_id: app for app in await db_api_keys.restricted_apps(self.pool)}
 
     async def run(self) -> None:
         while True:
@@ -51,10 +44,7 @@ class HotlinkGuard:
         if image_id in self._image_app:
             self._image_app.move_to_end(image_id)
             return self._image_app[image_id]
-        async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT app_id FROM images WHERE image_id = %s", (image_id,))
-            row = await cur.fetchone()
-        app_id = row["app_id"] if row else None
+        app_id = await db_api_keys.app_of_image(self.pool, image_id)
         self._image_app[image_id] = app_id
         if len(self._image_app) > self.max_images:
             self._image_app.popitem(last=False)

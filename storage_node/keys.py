@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from psycopg_pool import AsyncConnectionPool
 
 from common.bus import Bus
 from common.callback_outbox import CallbackOutbox
 from common.config import Settings
+from common.db.rows import Pool
 from common.metrics import NodeMetrics
 from storage_node.gate import ServeGate
 from storage_node.hotlink import HotlinkGuard
@@ -28,7 +28,7 @@ class NodeStatus:
 
 
 SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", AsyncConnectionPool)
+POOL: web.AppKey[Pool] = web.AppKey("pool")
 BUS = web.AppKey("bus", Bus)
 STORE = web.AppKey("store", Store)
 RENDERER = web.AppKey("renderer", Renderer)
@@ -41,5 +41,5 @@ HOTLINK = web.AppKey("hotlink", HotlinkGuard)
 # Copies an image here in the background (image_id, sha256, bytes, content_type); set by the process's
 # composition root when a replicator runs in-process, absent otherwise.
 ReadRepair = Callable[[str, str, int, str], Awaitable[None]]
-READ_REPAIR = web.AppKey("read_repair", ReadRepair)
+READ_REPAIR: web.AppKey[ReadRepair] = web.AppKey("read_repair")
 HEALTH = web.AppKey("health", dict)  # the /healthz body: fixed for the life of the process

@@ -1,6 +1,7 @@
-"""A node asked for an image it does not hold (replication lag, or a lost file): `307` to the nearest
-healthy member holding a verified copy, and a background copy here (read repair) so the next request
-is served locally. Only this rare path touches Postgres; a hit never does."""
+"""A node asked for an image it does not hold (replication lag, or a lost file): `307` to the best healthy
+member holding a verified copy (same region first, then nearest: ``common.holders``), and a background copy
+here (read repair) so the next request is served locally. Only this rare path touches Postgres; a hit never
+does."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from aiohttp import web
 
 from common.db import replicas as db_replicas
 from common.errors import NotFound, SignatureInvalid, Unavailable
-from common.geo import Point, haversine_km
+from common.geo import Point
+from common.holders import rank_holders
 from storage_node import keys
 
 logger = logging.getLogger(__name__)
@@ -25,8 +27,11 @@ async def redirect_to_holder(request: web.Request, image_id: str, signed: bool =
     app = request.app
     settings = app[keys.SETTINGS]
     node = settings.node
-    row = await db_replicas.miss_lookup(app[keys.POOL], image_id, node.node_id, settings.health.heartbeat_timeout_s)
-    if row is None or row["status"] not in SERVABLE or row["sha256"] is None:
+    row = await db_replicas.miss_lookup(app[keys.POOL], image_id, node.node_id)
+    if row is None or row["status"] not in SERVABLE:
+        raise NotFound("no such image on this node")
+    sha256, size, content_type = row["sha256"], row["bytes"], row["content_type"]
+    if sha256 is None or size is None or content_type is None:  # not uploaded yet (all three come together)
         raise NotFound("no such image on this node")
     if row["visibility"] == "private" and not signed:
         raise SignatureInvalid("this image is served only with a signed URL")
@@ -34,16 +39,16 @@ async def redirect_to_holder(request: web.Request, image_id: str, signed: bool =
         if row["my_state"] == "ok":  # recorded as here, but the file is gone: lost
             logger.warning("image %s is recorded on this node but its file is missing", image_id)
             await db_replicas.mark_state(app[keys.POOL], image_id, node.node_id, "missing")
-        _read_repair(app, row, image_id)
-    here = Point(node.lat, node.lon)
-    holders = sorted(row["holders"], key=lambda h: haversine_km(here, Point(h["lat"], h["lon"])))
-    if not holders:
+        _read_repair(app, image_id, sha256, size, content_type)
+    holders = db_replicas.as_holders(row["holders"])
+    ranked = rank_holders(holders, Point(node.lat, node.lon), settings.health.heartbeat_timeout_s, region=node.region)
+    if not ranked:
         raise Unavailable("no healthy node holds this image right now", code="no_replica", headers={"Retry-After": "1"})
-    location = f"{holders[0]['base_url'].rstrip('/')}{request.path_qs}"
+    location = f"{ranked[0].node.base_url.rstrip('/')}{request.path_qs}"
     return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
 
 
-def _read_repair(app: web.Application, row: dict[str, Any], image_id: str) -> None:
+def _read_repair(app: web.Application, image_id: str, sha256: str, size: int, content_type: str) -> None:
     """Copy the image here in the background through this node's replicator (when it runs in-process)."""
     repair = app.get(keys.READ_REPAIR)
     if repair is None:
@@ -51,7 +56,7 @@ def _read_repair(app: web.Application, row: dict[str, Any], image_id: str) -> No
 
     async def copy() -> None:
         try:
-            await repair(image_id, row["sha256"], row["bytes"], row["content_type"])
+            await repair(image_id, sha256, size, content_type)
         except Exception as exc:  # the sweep retries
             logger.info("read repair of %s deferred: %s", image_id, exc)
 

@@ -18,13 +18,12 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from psycopg_pool import AsyncConnectionPool
-
 from common import loops
 from common.bus import Bus
 from common.callback_outbox import CallbackOutbox
 from common.config import Settings
 from common.db import pipeline as db_pipeline
+from common.db.rows import Pool
 from common.errors import InvalidImage, UnsupportedImage
 from common.events import ImageRejected
 from common.loops import cancel_all
@@ -41,9 +40,7 @@ MAX_ATTEMPTS = 3  # processing failures that are not the image's fault, before i
 
 
 class Processor:
-    def __init__(
-        self, settings: Settings, pool: AsyncConnectionPool, store: Store, bus: Bus, callbacks: CallbackOutbox
-    ) -> None:
+    def __init__(self, settings: Settings, pool: Pool, store: Store, bus: Bus, callbacks: CallbackOutbox) -> None:
         self.settings = settings
         self.pool = pool
         self.store = store
@@ -122,7 +119,7 @@ class Processor:
                 await asyncio.to_thread(self.store.discard_tmp, path)
         return await self._finish(image_id, row, result, started)
 
-    async def _finish(self, image_id: str, row: dict[str, Any], result: dict[str, Any], started: float) -> str:
+    async def _finish(self, image_id: str, row: db_pipeline.ClaimRow, result: dict[str, Any], started: float) -> str:
         duplicate_of = row["duplicate_of"] or await db_pipeline.near_duplicate(
             self.pool,
             int(result["phash"]),

@@ -125,7 +125,7 @@ def _gps_degrees(image: pyvips.Image, axis: str) -> float | None:
         parts = [int(a) / int(b) for a, b in (p.split("/") for p in text.split())]
     except (ValueError, ZeroDivisionError):
         return None
-    degrees = sum(v / 60**i for i, v in enumerate(parts[:3]))
+    degrees: float = sum(v / 60**i for i, v in enumerate(parts[:3]))  # degrees, minutes, seconds
     return round(-degrees if ref in ("S", "W") else degrees, 6)
 
 

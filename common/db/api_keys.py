@@ -7,12 +7,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from common.db import audit
+from common.db.rows import Pool, fetch_all, fetch_one
 from common.errors import InvalidRequest, NotFound
 
 KEY_PREFIX = "mk_"
@@ -40,6 +40,44 @@ class App:
     allow_empty_referer: bool
 
 
+class KeyRow(TypedDict):
+    key_id: str
+    name: str
+    scopes: list[str]
+    app_id: str
+    rate_per_s: float | None
+
+
+class KeyListRow(TypedDict):
+    key_id: str
+    name: str
+    app_id: str
+    scopes: list[str]
+    rate_per_s: float | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class RevokedRow(TypedDict):
+    revoked_at: datetime
+    app_id: str
+
+
+class KeyAppRow(TypedDict):
+    app_id: str
+
+
+class ImageAppRow(TypedDict):
+    app_id: str | None  # NULL for an image requested without a key
+
+
+class AppRow(TypedDict):
+    app_id: str
+    name: str
+    referers: list[str]
+    allow_empty_referer: bool
+
+
 def hash_key(plaintext: str) -> bytes:
     return hashlib.sha256(plaintext.encode()).digest()
 
@@ -51,7 +89,7 @@ def new_plaintext() -> tuple[str, str]:
 
 
 async def create_key(
-    pool: AsyncConnectionPool,
+    pool: Pool,
     name: str,
     scopes: tuple[str, ...],
     plaintext: str | None = None,
@@ -101,40 +139,39 @@ async def create_key(
     return ApiKey(key_id, name, scopes, app_id, rate_per_s), plaintext
 
 
-async def lookup_key(pool: AsyncConnectionPool, plaintext: str) -> ApiKey | None:
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT key_id, name, scopes, app_id, rate_per_s FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
-            (hash_key(plaintext),),
-        )
-        row = await cur.fetchone()
+async def lookup_key(pool: Pool, plaintext: str) -> ApiKey | None:
+    row = await fetch_one(
+        pool,
+        KeyRow,
+        "SELECT key_id, name, scopes, app_id, rate_per_s FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+        (hash_key(plaintext),),
+    )
     return _key(row) if row else None
 
 
-def _key(row: dict[str, Any]) -> ApiKey:
+def _key(row: KeyRow) -> ApiKey:
     return ApiKey(row["key_id"], row["name"], tuple(row["scopes"]), row["app_id"], row["rate_per_s"])
 
 
-async def list_keys(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT key_id, name, app_id, scopes, rate_per_s, created_at, revoked_at FROM api_keys"
-            " ORDER BY created_at, key_id"
-        )
-        return list(await cur.fetchall())
+async def list_keys(pool: Pool) -> list[KeyListRow]:
+    return await fetch_all(
+        pool,
+        KeyListRow,
+        "SELECT key_id, name, app_id, scopes, rate_per_s, created_at, revoked_at FROM api_keys"
+        " ORDER BY created_at, key_id",
+    )
 
 
-async def revoke_key(
-    pool: AsyncConnectionPool, key_id: str, *, actor: ApiKey | None = None, client_ip: str | None = None
-) -> datetime:
+async def revoke_key(pool: Pool, key_id: str, *, actor: ApiKey | None = None, client_ip: str | None = None) -> datetime:
     """Mark a key revoked (idempotent); NotFound for an unknown key id. Returns when it was revoked."""
     async with pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(
+        row = await fetch_one(
+            conn,
+            RevokedRow,
             "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s"
             " RETURNING revoked_at, app_id",
             (key_id,),
         )
-        row = await cur.fetchone()
         if row is None:
             raise NotFound("no such key")
         await audit.record(
@@ -145,20 +182,34 @@ async def revoke_key(
             client_ip=client_ip,
             detail={"revoked_key_id": key_id, "key_app_id": row["app_id"]},
         )
-    revoked_at: datetime = row["revoked_at"]
-    return revoked_at
+    return row["revoked_at"]
 
 
 async def app_of_key(conn: AsyncConnection[Any], key_id: str) -> str | None:
-    cur = await conn.execute("SELECT app_id FROM api_keys WHERE key_id = %s", (key_id,))
-    row = await cur.fetchone()
+    row = await fetch_one(conn, KeyAppRow, "SELECT app_id FROM api_keys WHERE key_id = %s", (key_id,))
     return row["app_id"] if row else None
 
 
-async def get_app(pool: AsyncConnectionPool, app_id: str) -> App | None:
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT app_id, name, referers, allow_empty_referer FROM apps WHERE app_id = %s", (app_id,)
-        )
-        row = await cur.fetchone()
-    return App(row["app_id"], row["name"], tuple(row["referers"]), row["allow_empty_referer"]) if row else None
+def _app(row: AppRow) -> App:
+    return App(row["app_id"], row["name"], tuple(row["referers"]), row["allow_empty_referer"])
+
+
+async def get_app(pool: Pool, app_id: str) -> App | None:
+    row = await fetch_one(
+        pool, AppRow, "SELECT app_id, name, referers, allow_empty_referer FROM apps WHERE app_id = %s", (app_id,)
+    )
+    return _app(row) if row else None
+
+
+async def restricted_apps(pool: Pool) -> list[App]:
+    """The apps with a hotlink allowlist (few: the storage node keeps them all in memory)."""
+    rows = await fetch_all(
+        pool, AppRow, "SELECT app_id, name, referers, allow_empty_referer FROM apps WHERE referers <> '{}'"
+    )
+    return [_app(row) for row in rows]
+
+
+async def app_of_image(pool: Pool, image_id: str) -> str | None:
+    """The app that owns an image (None for an unknown image, or one requested without a key)."""
+    row = await fetch_one(pool, ImageAppRow, "SELECT app_id FROM images WHERE image_id = %s", (image_id,))
+    return row["app_id"] if row else None

@@ -6,13 +6,30 @@ action and its audit record commit or roll back together.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, TypedDict
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+
+from common.db.rows import Pool, fetch_all
 
 ACTIONS = ("upload.request", "upload.complete", "image.delete", "key.create", "key.revoke")
+
+
+class AuditRow(TypedDict):
+    """One ``audit_log`` row (every column)."""
+
+    audit_id: int
+    at: datetime
+    action: str
+    app_id: str | None
+    key_id: str | None
+    image_id: str | None
+    node_id: str | None
+    client_ip: IPv4Address | IPv6Address | None  # inet: psycopg loads it as an ipaddress object
+    detail: dict[str, Any]
 
 
 async def record(
@@ -36,13 +53,18 @@ async def record(
     )
 
 
-async def recent(pool: AsyncConnectionPool, *, image_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+_AUDIT_COLUMNS = "audit_id, at, action, app_id, key_id, image_id, node_id, client_ip, detail"
+
+
+async def recent(pool: Pool, *, image_id: str | None = None, limit: int = 100) -> list[AuditRow]:
     """Newest first; for one image when ``image_id`` is given."""
-    async with pool.connection() as conn:
-        if image_id is None:
-            cur = await conn.execute("SELECT * FROM audit_log ORDER BY audit_id DESC LIMIT %s", (limit,))
-        else:
-            cur = await conn.execute(
-                "SELECT * FROM audit_log WHERE image_id = %s ORDER BY audit_id DESC LIMIT %s", (image_id, limit)
-            )
-        return list(await cur.fetchall())
+    if image_id is None:
+        return await fetch_all(
+            pool, AuditRow, f"SELECT {_AUDIT_COLUMNS} FROM audit_log ORDER BY audit_id DESC LIMIT %s", (limit,)
+        )
+    return await fetch_all(
+        pool,
+        AuditRow,
+        f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE image_id = %s ORDER BY audit_id DESC LIMIT %s",
+        (image_id, limit),
+    )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, TypedDict
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
+from common.db.rows import Pool, fetch_one
 from common.errors import Conflict, NotFound
 
 
@@ -46,19 +47,34 @@ async def create_requested(conn: AsyncConnection[Any], img: NewImage) -> None:
     )
 
 
-async def upload_state(pool: AsyncConnectionPool, image_id: str) -> dict[str, Any] | None:
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT status, origin_node, set_id FROM images WHERE image_id = %s", (image_id,))
-        return await cur.fetchone()
+class UploadStateRow(TypedDict):
+    status: str
+    origin_node: str
+    set_id: str
 
 
-async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: str) -> dict[str, Any]:
+async def upload_state(pool: Pool, image_id: str) -> UploadStateRow | None:
+    return await fetch_one(
+        pool, UploadStateRow, "SELECT status, origin_node, set_id FROM images WHERE image_id = %s", (image_id,)
+    )
+
+
+class UploadLockRow(TypedDict):
+    status: str
+    set_id: str
+    origin_node: str
+    owner_key_id: str | None
+    visibility: str
+
+
+async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: str) -> UploadLockRow:
     """Inside a transaction: lock the image row; only a `requested` image placed on this node may be uploaded."""
-    cur = await conn.execute(
+    row = await fetch_one(
+        conn,
+        UploadLockRow,
         "SELECT status, set_id, origin_node, owner_key_id, visibility FROM images WHERE image_id = %s FOR UPDATE",
         (image_id,),
     )
-    row = await cur.fetchone()
     if row is None or row["origin_node"] != node_id:
         raise NotFound("no upload is expected for this image on this node")
     if row["status"] != "requested":
@@ -101,39 +117,89 @@ _IMAGE_COLUMNS = (
 )
 
 
-async def get_image(pool: AsyncConnectionPool, image_id: str) -> dict[str, Any]:
+class ReplicaInfo(TypedDict):
+    """One element of ``ImageRow.replicas`` (built with json_build_object, so decoded from JSON)."""
+
+    node_id: str
+    region: str
+    state: str
+    verified_at: str | None  # JSON has no timestamp type: Postgres's ISO 8601 text
+
+
+class ImageRow(TypedDict):
+    """``_IMAGE_COLUMNS`` plus the replicas."""
+
+    image_id: str
+    owner_key_id: str | None
+    status: str
+    reason: str | None
+    visibility: str
+    format: str | None
+    content_type: str | None
+    width: int | None
+    height: int | None
+    bytes: int | None
+    sha256: str | None
+    set_id: str
+    tags: list[str]
+    metadata: dict[str, Any]
+    duplicate_of: str | None
+    created_at: datetime
+    uploaded_at: datetime | None
+    ready_at: datetime | None
+    pages: int | None
+    animated: bool | None
+    colour_space: str | None
+    exif: dict[str, Any] | None
+    had_gps: bool | None
+    replicas: list[ReplicaInfo]
+
+
+async def get_image(pool: Pool, image_id: str) -> ImageRow:
     """The image row with its replicas (node, region, state), for `GET /v1/images/{id}`."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            f"SELECT {_IMAGE_COLUMNS}, coalesce((SELECT json_agg(json_build_object("
-            "  'node_id', r.node_id, 'region', n.region, 'state', r.state, 'verified_at', r.verified_at)"
-            "  ORDER BY n.region)"
-            "  FROM replicas r JOIN nodes n USING (node_id) WHERE r.image_id = i.image_id), '[]') AS replicas"
-            " FROM images i WHERE image_id = %s",
-            (image_id,),
-        )
-        row = await cur.fetchone()
+    row = await fetch_one(
+        pool,
+        ImageRow,
+        f"SELECT {_IMAGE_COLUMNS}, coalesce((SELECT json_agg(json_build_object("
+        "  'node_id', r.node_id, 'region', n.region, 'state', r.state, 'verified_at', r.verified_at)"
+        "  ORDER BY n.region)"
+        "  FROM replicas r JOIN nodes n USING (node_id) WHERE r.image_id = i.image_id), '[]') AS replicas"
+        " FROM images i WHERE image_id = %s",
+        (image_id,),
+    )
     if row is None:
         raise NotFound("no such image")
     return row
 
 
-async def get_locations(pool: AsyncConnectionPool, image_id: str) -> dict[str, Any] | None:
+class LocationsRow(TypedDict):
+    status: str
+    visibility: str
+    owner_key_id: str | None
+    width: int | None
+    height: int | None
+    ok_nodes: list[str]
+    not_ok: int
+
+
+async def get_locations(pool: Pool, image_id: str) -> LocationsRow | None:
     """One indexed query for a URL lookup: status, visibility, size, ok replicas and whether all are ok."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT i.status, i.visibility, i.owner_key_id, i.width, i.height,"
-            " coalesce(array_agg(r.node_id) FILTER (WHERE r.state = 'ok'), '{}') AS ok_nodes,"
-            " count(r.node_id) FILTER (WHERE r.state <> 'ok') AS not_ok"
-            " FROM images i LEFT JOIN replicas r USING (image_id) WHERE i.image_id = %s GROUP BY i.image_id",
-            (image_id,),
-        )
-        return await cur.fetchone()
+    return await fetch_one(
+        pool,
+        LocationsRow,
+        "SELECT i.status, i.visibility, i.owner_key_id, i.width, i.height,"
+        " coalesce(array_agg(r.node_id) FILTER (WHERE r.state = 'ok'), '{}') AS ok_nodes,"
+        " count(r.node_id) FILTER (WHERE r.state <> 'ok') AS not_ok"
+        " FROM images i LEFT JOIN replicas r USING (image_id) WHERE i.image_id = %s GROUP BY i.image_id",
+        (image_id,),
+    )
 
 
-async def is_private(pool: AsyncConnectionPool, image_id: str) -> bool:
+class VisibilityRow(TypedDict):
+    visibility: str
+
+
+async def is_private(pool: Pool, image_id: str) -> bool:
     """Whether a copy of this image must be kept private (unknown counts as private: fail closed)."""
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT visibility FROM images WHERE image_id = %s", (image_id,))
-        row = await cur.fetchone()
+    row = await fetch_one(pool, VisibilityRow, "SELECT visibility FROM images WHERE image_id = %s", (image_id,))
     return row is None or row["visibility"] != "public"

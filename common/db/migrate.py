@@ -10,12 +10,17 @@ from __future__ import annotations
 import logging
 import re
 from importlib import resources
+from typing import TypedDict
 
-from psycopg_pool import AsyncConnectionPool
+from common.db.rows import Pool, fetch_all
 
 logger = logging.getLogger(__name__)
 _MIGRATION_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x6D696E6963646E  # "minicdn"
+
+
+class AppliedRow(TypedDict):
+    version: int
 
 
 def available() -> list[tuple[int, str, str]]:
@@ -29,22 +34,21 @@ def available() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-async def migrate(pool: AsyncConnectionPool) -> list[int]:
+async def migrate(pool: Pool) -> list[int]:
     """Apply what is missing; returns the versions applied by this call."""
-    applied_now = []
+    applied_now: list[int] = []
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        cur = await conn.execute("SELECT version FROM schema_migrations")
-        done = {row["version"] for row in await cur.fetchall()}
+        done = {row["version"] for row in await fetch_all(conn, AppliedRow, "SELECT version FROM schema_migrations")}
         for version, name, sql in available():
             if version in done:
                 continue
             async with conn.transaction():
-                await conn.execute(sql)  # type: ignore[arg-type]
+                await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
             logger.info("applied migration %s", name)
             applied_now.append(version)

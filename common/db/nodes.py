@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, TypedDict
 
 import psycopg.errors
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from common.config import NodeSettings
+from common.db.rows import Pool, fetch_all, fetch_one
 
 NODE_COLUMNS = (
     "n.node_id, n.region, n.set_id, n.base_url, n.lat, n.lon, n.capacity_bytes, n.used_bytes, n.free_bytes,"
@@ -17,11 +18,40 @@ NODE_COLUMNS = (
 )
 
 
+class NodeRow(TypedDict):
+    """A node with its set's state (``NODE_COLUMNS``)."""
+
+    node_id: str
+    region: str
+    set_id: str
+    base_url: str
+    lat: float
+    lon: float
+    capacity_bytes: int
+    used_bytes: int
+    free_bytes: int
+    objects: int
+    state: str
+    last_heartbeat: datetime | None
+    version: str
+    set_state: str
+    heartbeat_age_s: float | None  # None until its first heartbeat
+
+
+class NodeSetRow(TypedDict):
+    set_id: str
+    state: str
+
+
+class NodeStateRow(TypedDict):
+    state: str
+
+
 class SlotTaken(RuntimeError):
     """The set already has a live member in this node's region (replace it first)."""
 
 
-async def register_node(pool: AsyncConnectionPool, node: NodeSettings, version: str) -> int:
+async def register_node(pool: Pool, node: NodeSettings, version: str) -> int:
     """Create the node's set (open) if new, then insert or refresh the node row. A node new to a set that
     already holds images gets a `pending` replica row for each (backfill); returns how many."""
     try:
@@ -36,8 +66,7 @@ async def register_node(pool: AsyncConnectionPool, node: NodeSettings, version: 
 
 async def _register(conn: AsyncConnection[Any], node: NodeSettings, version: str) -> int:
     await conn.execute("INSERT INTO sets (set_id) VALUES (%s) ON CONFLICT DO NOTHING", (node.set_id,))
-    cur = await conn.execute("SELECT set_id, state FROM nodes WHERE node_id = %s", (node.node_id,))
-    before = await cur.fetchone()
+    before = await fetch_one(conn, NodeSetRow, "SELECT set_id, state FROM nodes WHERE node_id = %s", (node.node_id,))
     await conn.execute(
         "INSERT INTO nodes (node_id, region, set_id, base_url, lat, lon, capacity_bytes, version)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -47,28 +76,28 @@ async def _register(conn: AsyncConnection[Any], node: NodeSettings, version: str
         (node.node_id, node.region, node.set_id, node.base_url, node.lat, node.lon, node.capacity_bytes, version),
     )
     if before is None or before["set_id"] != node.set_id:
-        return int(await join_set(conn, node.node_id, node.set_id))
+        return await join_set(conn, node.node_id, node.set_id)
     return 0
 
 
 async def record_heartbeat(
-    pool: AsyncConnectionPool, node_id: str, capacity_bytes: int, used_bytes: int, free_bytes: int, objects: int
+    pool: Pool, node_id: str, capacity_bytes: int, used_bytes: int, free_bytes: int, objects: int
 ) -> str | None:
     """Store the usage figures; returns the node's state (operators set it in Postgres)."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "UPDATE nodes SET capacity_bytes = %s, used_bytes = %s, free_bytes = %s, objects = %s,"
-            " last_heartbeat = now() WHERE node_id = %s RETURNING state",
-            (capacity_bytes, used_bytes, free_bytes, objects, node_id),
-        )
-        row = await cur.fetchone()
+    row = await fetch_one(
+        pool,
+        NodeStateRow,
+        "UPDATE nodes SET capacity_bytes = %s, used_bytes = %s, free_bytes = %s, objects = %s,"
+        " last_heartbeat = now() WHERE node_id = %s RETURNING state",
+        (capacity_bytes, used_bytes, free_bytes, objects, node_id),
+    )
     return row["state"] if row else None
 
 
-async def list_nodes(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
-    async with pool.connection() as conn:
-        cur = await conn.execute(f"SELECT {NODE_COLUMNS} FROM nodes n JOIN sets s USING (set_id) ORDER BY n.node_id")
-        return await cur.fetchall()
+async def list_nodes(pool: Pool) -> list[NodeRow]:
+    return await fetch_all(
+        pool, NodeRow, f"SELECT {NODE_COLUMNS} FROM nodes n JOIN sets s USING (set_id) ORDER BY n.node_id"
+    )
 
 
 LIVE_IMAGE = "status IN ('uploaded', 'processing', 'ready', 'quarantined') AND sha256 IS NOT NULL"

@@ -5,15 +5,45 @@ decisions, and the two dedupe lookups (exact by SHA-256, near by perceptual hash
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Any
+from typing import Any, TypedDict
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from common.db import callbacks as db_callbacks
+from common.db.callbacks import EventRow
+from common.db.rows import Pool, fetch_all, fetch_one
 
 GONE = ("rejected", "deleted")
+
+
+class ClaimRow(TypedDict):
+    """An upload just moved to `processing` (``claim``'s RETURNING)."""
+
+    image_id: str
+    owner_key_id: str | None
+    set_id: str
+    sha256: str | None
+    content_type: str | None
+    callback_url: str | None
+    duplicate_of: str | None
+
+
+class ImageIdRow(TypedDict):
+    image_id: str
+
+
+class StatusRow(TypedDict):
+    status: str
+
+
+class CanonicalRow(TypedDict):
+    canonical: str
+
+
+class NearRow(TypedDict):
+    canonical: str
+    distance: int
 
 
 def to_signed64(value: int) -> int:
@@ -39,44 +69,47 @@ def neighbours(chunk: int, radius: int) -> list[int]:
     return out
 
 
-async def claim(pool: AsyncConnectionPool, image_id: str, node_id: str) -> dict[str, Any] | None:
+async def claim(pool: Pool, image_id: str, node_id: str) -> ClaimRow | None:
     """Move an upload placed on this node to `processing` (also re-claims one a crash left there)."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "UPDATE images SET status = 'processing' WHERE image_id = %s AND origin_node = %s"
-            " AND status IN ('uploaded', 'processing')"
-            " RETURNING image_id, owner_key_id, set_id, sha256, content_type, callback_url, duplicate_of",
-            (image_id, node_id),
-        )
-        return await cur.fetchone()
+    return await fetch_one(
+        pool,
+        ClaimRow,
+        "UPDATE images SET status = 'processing' WHERE image_id = %s AND origin_node = %s"
+        " AND status IN ('uploaded', 'processing')"
+        " RETURNING image_id, owner_key_id, set_id, sha256, content_type, callback_url, duplicate_of",
+        (image_id, node_id),
+    )
 
 
-async def unprocessed(pool: AsyncConnectionPool, node_id: str, limit: int = 100) -> list[str]:
+async def unprocessed(pool: Pool, node_id: str, limit: int = 100) -> list[str]:
     """This node's uploads not yet processed (index `images_unprocessed`)."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT image_id FROM images WHERE origin_node = %s AND status IN ('uploaded', 'processing')"
-            " ORDER BY uploaded_at LIMIT %s",
-            (node_id, limit),
-        )
-        return [row["image_id"] for row in await cur.fetchall()]
+    rows = await fetch_all(
+        pool,
+        ImageIdRow,
+        "SELECT image_id FROM images WHERE origin_node = %s AND status IN ('uploaded', 'processing')"
+        " ORDER BY uploaded_at LIMIT %s",
+        (node_id, limit),
+    )
+    return [row["image_id"] for row in rows]
 
 
 async def finish(
-    pool: AsyncConnectionPool,
+    pool: Pool,
     image_id: str,
-    result: dict[str, Any],
+    result: dict[str, Any],  # the sandbox's JSON answer, not a row
     *,
     status: str,
     reason: str | None,
     duplicate_of: str | None,
-) -> dict[str, Any] | None:
+) -> EventRow | None:
     """Record what processing found and move the image to `ready` or `quarantined` (one transaction with the
     `ready` callback's outbox row)."""
     phash = int(result["phash"])
     exif = dict(result["exif"])
     async with pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(
+        row = await fetch_one(
+            conn,
+            EventRow,
             "UPDATE images SET status = %s, reason = %s, format = %s, width = %s, height = %s, pages = %s,"
             " animated = %s, colour_space = %s, exif = %s, had_gps = %s, phash = %s, ph0 = %s, ph1 = %s,"
             " ph2 = %s, ph3 = %s, duplicate_of = coalesce(duplicate_of, %s), processed_at = now(),"
@@ -100,69 +133,75 @@ async def finish(
                 image_id,
             ),
         )
-        row = await cur.fetchone()
         if row is not None and status == "ready":
             await db_callbacks.enqueue(conn, row)
         return row
 
 
+# The columns of db_callbacks.EventRow.
 _EVENT_COLUMNS = "image_id, status, reason, set_id, callback_url, duplicate_of, format, width, height, sha256, ready_at"
 
 
 async def reject(
-    pool: AsyncConnectionPool, image_id: str, reason: str, from_status: tuple[str, ...] = ("uploaded", "processing")
-) -> dict[str, Any] | None:
+    pool: Pool, image_id: str, reason: str, from_status: tuple[str, ...] = ("uploaded", "processing")
+) -> EventRow | None:
     """One transaction: image `rejected` with its reason, its replica rows gone (nothing left to copy), and its
     callback recorded."""
     async with pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(
+        row = await fetch_one(
+            conn,
+            EventRow,
             "UPDATE images SET status = 'rejected', reason = %s, processed_at = now() WHERE image_id = %s"
             " AND status = ANY(%s) RETURNING " + _EVENT_COLUMNS,
             (reason[:500], image_id, list(from_status)),
         )
-        row = await cur.fetchone()
         if row is not None:
             await conn.execute("DELETE FROM replicas WHERE image_id = %s", (image_id,))
             await db_callbacks.enqueue(conn, row)
         return row
 
 
-async def approve(pool: AsyncConnectionPool, image_id: str) -> dict[str, Any] | None:
+async def approve(pool: Pool, image_id: str) -> EventRow | None:
     """An operator releases a quarantined image (one transaction with its callback)."""
     async with pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(
+        row = await fetch_one(
+            conn,
+            EventRow,
             "UPDATE images SET status = 'ready', reason = NULL, ready_at = now() WHERE image_id = %s"
             " AND status = 'quarantined' RETURNING " + _EVENT_COLUMNS,
             (image_id,),
         )
-        row = await cur.fetchone()
         if row is not None:
             await db_callbacks.enqueue(conn, row)
         return row
 
 
-async def status_of(pool: AsyncConnectionPool, image_id: str) -> str | None:
+async def drop_rejected_replica(pool: Pool, image_id: str, node_id: str) -> None:
+    """Forget this node's replica of an image that is `rejected` (its files are gone); any other status keeps it."""
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT status FROM images WHERE image_id = %s", (image_id,))
-        row = await cur.fetchone()
+        await conn.execute(
+            "DELETE FROM replicas WHERE image_id = %s AND node_id = %s"
+            " AND EXISTS (SELECT 1 FROM images WHERE image_id = %s AND status = 'rejected')",
+            (image_id, node_id, image_id),
+        )
+
+
+async def status_of(pool: Pool, image_id: str) -> str | None:
+    row = await fetch_one(pool, StatusRow, "SELECT status FROM images WHERE image_id = %s", (image_id,))
     return row["status"] if row else None
 
 
-async def local_copy(
-    conn: AsyncConnection[Any] | AsyncConnectionPool, sha256: str, node_id: str, image_id: str
-) -> str | None:
-    """Another image with these exact bytes that this node holds (`ok`), to hard-link instead of storing twice."""
-    sql = (
+async def local_copy(db: AsyncConnection[Any] | Pool, sha256: str, node_id: str, image_id: str) -> str | None:
+    """Another image with these exact bytes that this node holds (`ok`), to hard-link instead of storing twice.
+    ``db`` is a connection inside the upload's transaction, or the pool (the replicator)."""
+    row = await fetch_one(
+        db,
+        ImageIdRow,
         "SELECT i.image_id FROM images i JOIN replicas r ON r.image_id = i.image_id AND r.node_id = %s"
         " WHERE i.sha256 = %s AND i.image_id <> %s AND r.state = 'ok' AND i.status <> ALL(%s)"
-        " ORDER BY i.uploaded_at LIMIT 1"
+        " ORDER BY i.uploaded_at LIMIT 1",
+        (node_id, sha256, image_id, list(GONE)),
     )
-    args = (node_id, sha256, image_id, list(GONE))
-    if isinstance(conn, AsyncConnectionPool):
-        async with conn.connection() as c:
-            row = await (await c.execute(sql, args)).fetchone()
-    else:
-        row = await (await conn.execute(sql, args)).fetchone()
     return row["image_id"] if row else None
 
 
@@ -171,13 +210,14 @@ async def exact_duplicate(
 ) -> str | None:
     """The first image of the same owner with these exact bytes (duplicates are reported within an owner
     only, so an app never learns what another app uploaded)."""
-    cur = await conn.execute(
+    row = await fetch_one(
+        conn,
+        CanonicalRow,
         "SELECT coalesce(duplicate_of, image_id) AS canonical FROM images WHERE sha256 = %s AND image_id <> %s"
         " AND owner_key_id IS NOT DISTINCT FROM %s AND status <> ALL(%s) AND status <> 'requested'"
         " ORDER BY uploaded_at LIMIT 1",
         (sha256, image_id, owner_key_id, list(GONE)),
     )
-    row = await cur.fetchone()
     return row["canonical"] if row else None
 
 
@@ -203,12 +243,10 @@ def near_args(phash: int, max_distance: int, owner_key_id: str | None, image_id:
 
 
 async def near_duplicate(
-    pool: AsyncConnectionPool, phash: int, max_distance: int, owner_key_id: str | None, image_id: str
+    pool: Pool, phash: int, max_distance: int, owner_key_id: str | None, image_id: str
 ) -> str | None:
     """The closest image of the same owner whose perceptual hash is within ``max_distance`` bits."""
     if max_distance < 0:
         return None
-    async with pool.connection() as conn:
-        cur = await conn.execute(NEAR_SQL, near_args(phash, max_distance, owner_key_id, image_id))
-        row = await cur.fetchone()
+    row = await fetch_one(pool, NearRow, NEAR_SQL, near_args(phash, max_distance, owner_key_id, image_id))
     return row["canonical"] if row else None

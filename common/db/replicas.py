@@ -1,16 +1,70 @@
-"""SQL for replicas: the replicator's outbox rows, flipping a replica to `ok`, finding holders."""
+"""SQL for replicas: the replicator's outbox rows, flipping a replica to `ok`, finding holders.
+
+Holder queries return every node with an `ok` replica (but the asking node), with its state and heartbeat
+age on the database's clock; which of them are healthy, and in what order, is ``common.holders``' call.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
-from psycopg_pool import AsyncConnectionPool
+from common.db.rows import Pool, fetch_all, fetch_one
+from common.geo import Point
+from common.holders import Holder
+
+# A holder of an image's `ok` replica (``r`` replicas, ``n`` nodes): the columns of ``HolderRow``.
+HOLDER_COLUMNS = (
+    "n.node_id, n.region, n.base_url, n.lat, n.lon, n.state,"
+    " extract(epoch FROM now() - n.last_heartbeat)::float8 AS heartbeat_age_s, r.state AS replica_state"
+)
 
 
-async def replica_state(pool: AsyncConnectionPool, image_id: str, node_id: str) -> str | None:
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT state FROM replicas WHERE image_id = %s AND node_id = %s", (image_id, node_id))
-        row = await cur.fetchone()
+class HolderRow(TypedDict):
+    node_id: str
+    region: str
+    base_url: str
+    lat: float
+    lon: float
+    state: str  # the node's
+    heartbeat_age_s: float | None  # None until its first heartbeat
+    replica_state: str
+
+
+def as_holders(rows: list[HolderRow]) -> list[Holder]:
+    # float(): rows that came through json_agg carry JSON numbers, which may parse as int.
+    return [
+        Holder(
+            r["node_id"],
+            r["region"],
+            r["base_url"],
+            Point(float(r["lat"]), float(r["lon"])),
+            r["state"],
+            None if r["heartbeat_age_s"] is None else float(r["heartbeat_age_s"]),
+            r["replica_state"],
+        )
+        for r in rows
+    ]
+
+
+async def holders(pool: Pool, image_id: str, me: str) -> list[HolderRow]:
+    """The nodes other than ``me`` holding an `ok` replica of the image, healthy or not."""
+    return await fetch_all(
+        pool,
+        HolderRow,
+        "SELECT " + HOLDER_COLUMNS + " FROM replicas r JOIN nodes n USING (node_id)"
+        " WHERE r.image_id = %s AND r.state = 'ok' AND n.node_id <> %s",
+        (image_id, me),
+    )
+
+
+class ReplicaStateRow(TypedDict):
+    state: str
+
+
+async def replica_state(pool: Pool, image_id: str, node_id: str) -> str | None:
+    row = await fetch_one(
+        pool, ReplicaStateRow, "SELECT state FROM replicas WHERE image_id = %s AND node_id = %s", (image_id, node_id)
+    )
     return row["state"] if row else None
 
 
@@ -18,61 +72,85 @@ class ImageGone(Exception):
     """The image was deleted while this node copied it: nothing was recorded."""
 
 
-async def mark_ok(pool: AsyncConnectionPool, image_id: str, node_id: str, size: int) -> float | None:
+class LagRow(TypedDict):
+    lag_s: float | None
+
+
+async def mark_ok(pool: Pool, image_id: str, node_id: str, size: int) -> float | None:
     """Record the replica `ok`; returns the replication lag (seconds since the upload was recorded, on the
     database's clock, so node clocks do not matter), None when the image has no upload time. Raises
     ImageGone (recording nothing) when the image was deleted meanwhile."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "INSERT INTO replicas (image_id, node_id, state, bytes, verified_at)"
-            " SELECT %s, %s, 'ok', %s, now() FROM images WHERE image_id = %s AND status <> 'deleted'"
-            " ON CONFLICT (image_id, node_id) DO UPDATE SET state = 'ok', bytes = EXCLUDED.bytes,"
-            " verified_at = now(), updated_at = now()"
-            " RETURNING (SELECT extract(epoch FROM clock_timestamp() - i.uploaded_at)::float8 FROM images i"
-            "  WHERE i.image_id = replicas.image_id) AS lag_s",
-            (image_id, node_id, size, image_id),
-        )
-        row = await cur.fetchone()
+    row = await fetch_one(
+        pool,
+        LagRow,
+        "INSERT INTO replicas (image_id, node_id, state, bytes, verified_at)"
+        " SELECT %s, %s, 'ok', %s, now() FROM images WHERE image_id = %s AND status <> 'deleted'"
+        " ON CONFLICT (image_id, node_id) DO UPDATE SET state = 'ok', bytes = EXCLUDED.bytes,"
+        " verified_at = now(), updated_at = now()"
+        " RETURNING (SELECT extract(epoch FROM clock_timestamp() - i.uploaded_at)::float8 FROM images i"
+        "  WHERE i.image_id = replicas.image_id) AS lag_s",
+        (image_id, node_id, size, image_id),
+    )
     if row is None:
         raise ImageGone(image_id)
     return row["lag_s"]
 
 
-async def pending_for_node(
-    pool: AsyncConnectionPool, node_id: str, older_than_s: float, limit: int = 200
-) -> list[dict[str, Any]]:
+class CopyRow(TypedDict):
+    """An image this node should copy. sha256, bytes and content_type are recorded together at upload, and
+    these queries keep only images with a sha256, so none of the three is NULL here."""
+
+    image_id: str
+    sha256: str
+    bytes: int
+    content_type: str
+
+
+class PendingRow(CopyRow):
+    set_id: str
+    origin_node: str
+
+
+async def pending_for_node(pool: Pool, node_id: str, older_than_s: float, limit: int = 200) -> list[PendingRow]:
     """This node's pending rows older than ``older_than_s`` (uses the partial index `replicas_pending`)."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT r.image_id, i.set_id, i.origin_node, i.sha256, i.bytes, i.content_type"
-            " FROM replicas r JOIN images i USING (image_id)"
-            " WHERE r.node_id = %s AND r.state = 'pending' AND r.created_at < now() - make_interval(secs => %s)"
-            " AND i.sha256 IS NOT NULL ORDER BY r.created_at LIMIT %s",
-            (node_id, older_than_s, limit),
-        )
-        return await cur.fetchall()
+    return await fetch_all(
+        pool,
+        PendingRow,
+        "SELECT r.image_id, i.set_id, i.origin_node, i.sha256, i.bytes, i.content_type"
+        " FROM replicas r JOIN images i USING (image_id)"
+        " WHERE r.node_id = %s AND r.state = 'pending' AND r.created_at < now() - make_interval(secs => %s)"
+        " AND i.sha256 IS NOT NULL ORDER BY r.created_at LIMIT %s",
+        (node_id, older_than_s, limit),
+    )
 
 
-async def miss_lookup(
-    pool: AsyncConnectionPool, image_id: str, me: str, heartbeat_timeout_s: float
-) -> dict[str, Any] | None:
+class MissRow(TypedDict):
+    status: str
+    sha256: str | None  # None until uploaded; then bytes and content_type are set too
+    bytes: int | None
+    content_type: str | None
+    visibility: str
+    my_state: str | None  # this node's replica state, None when it has no row
+    holders: list[HolderRow]  # json_agg of HOLDER_COLUMNS
+
+
+async def miss_lookup(pool: Pool, image_id: str, me: str) -> MissRow | None:
     """For a node asked for an image it does not hold: the image's status and recorded hash, this node's
-    replica state, and the healthy members holding an `ok` copy (all by primary key)."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT i.status, i.sha256, i.bytes, i.content_type, i.visibility,"
-            " (SELECT r.state FROM replicas r WHERE r.image_id = i.image_id AND r.node_id = %(me)s) AS my_state,"
-            " coalesce((SELECT json_agg(json_build_object('node_id', n.node_id, 'base_url', n.base_url,"
-            "   'lat', n.lat, 'lon', n.lon)) FROM replicas r JOIN nodes n USING (node_id)"
-            "   WHERE r.image_id = i.image_id AND r.state = 'ok' AND n.node_id <> %(me)s AND n.state <> 'dead'"
-            "   AND n.last_heartbeat > now() - make_interval(secs => %(timeout)s)), '[]') AS holders"
-            " FROM images i WHERE i.image_id = %(id)s",
-            {"id": image_id, "me": me, "timeout": heartbeat_timeout_s},
-        )
-        return await cur.fetchone()
+    replica state, and the other nodes holding an `ok` copy, healthy or not (all by primary key)."""
+    return await fetch_one(
+        pool,
+        MissRow,
+        "SELECT i.status, i.sha256, i.bytes, i.content_type, i.visibility,"
+        " (SELECT r.state FROM replicas r WHERE r.image_id = i.image_id AND r.node_id = %(me)s) AS my_state,"
+        " (SELECT coalesce(json_agg(h), '[]') FROM (SELECT " + HOLDER_COLUMNS + " FROM replicas r"
+        "   JOIN nodes n USING (node_id) WHERE r.image_id = i.image_id AND r.state = 'ok' AND n.node_id <> %(me)s)"
+        "   h) AS holders"
+        " FROM images i WHERE i.image_id = %(id)s",
+        {"id": image_id, "me": me},
+    )
 
 
-async def mark_state(pool: AsyncConnectionPool, image_id: str, node_id: str, state: str) -> None:
+async def mark_state(pool: Pool, image_id: str, node_id: str, state: str) -> None:
     """Flag this node's replica `missing` or `corrupt` (the repair sweep copies it again)."""
     async with pool.connection() as conn:
         await conn.execute(
@@ -81,14 +159,18 @@ async def mark_state(pool: AsyncConnectionPool, image_id: str, node_id: str, sta
         )
 
 
-async def needs_copy_for_node(pool: AsyncConnectionPool, node_id: str, limit: int = 200) -> list[dict[str, Any]]:
+class NeedsCopyRow(CopyRow):
+    state: str  # `missing` or `corrupt`
+
+
+async def needs_copy_for_node(pool: Pool, node_id: str, limit: int = 200) -> list[NeedsCopyRow]:
     """This node's `missing`/`corrupt` rows (partial index `replicas_needs_copy`), oldest first."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT r.image_id, r.state, i.sha256, i.bytes, i.content_type"
-            " FROM replicas r JOIN images i USING (image_id)"
-            " WHERE r.node_id = %s AND r.state IN ('missing', 'corrupt') AND i.sha256 IS NOT NULL"
-            " AND i.status <> 'deleted' ORDER BY r.updated_at LIMIT %s",
-            (node_id, limit),
-        )
-        return await cur.fetchall()
+    return await fetch_all(
+        pool,
+        NeedsCopyRow,
+        "SELECT r.image_id, r.state, i.sha256, i.bytes, i.content_type"
+        " FROM replicas r JOIN images i USING (image_id)"
+        " WHERE r.node_id = %s AND r.state IN ('missing', 'corrupt') AND i.sha256 IS NOT NULL"
+        " AND i.status <> 'deleted' ORDER BY r.updated_at LIMIT %s",
+        (node_id, limit),
+    )

@@ -55,7 +55,7 @@ def make_jpegs(n: int) -> list[bytes]:
 
 
 async def run_load(
-    n: int, concurrency: int, one: Callable[[int], Awaitable[None]], progress: Progress | None = None, label: str = ""
+    n: int, concurrency: int, one: Callable[[int], Awaitable[object]], progress: Progress | None = None, label: str = ""
 ) -> Figures:
     latencies: list[float] = []
     counter = iter(range(n))

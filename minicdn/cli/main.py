@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 import sys
 import threading
@@ -225,7 +226,7 @@ async def cmd_upload(args: argparse.Namespace) -> int:
                         session,
                         cluster,
                         path,
-                        on_chunk=lambda n, t=task: progress.advance(t, n),
+                        on_chunk=functools.partial(progress.advance, task),
                         visibility="private" if args.private else "public",
                     )
                 except ClientError as exc:

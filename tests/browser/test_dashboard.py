@@ -5,19 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from tests.browser.conftest import LAPTOP, PHONE
 from tests.cluster import TestCluster, make_jpeg
 
 
 async def _node_values(page: Page) -> dict[str, dict[str, str]]:
-    return await page.eval_on_selector_all(
+    values: dict[str, dict[str, str]] = await page.eval_on_selector_all(
         "article.node",
         """cards => Object.fromEntries(cards.map(c => [c.dataset.nodeId, Object.fromEntries(
                [...c.querySelectorAll('[data-field]')]
                  .map(f => [f.dataset.field, f.dataset.value ?? f.textContent]))]))""",
     )
+    return values
 
 
 async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(
@@ -117,7 +118,7 @@ async def test_dashboard_shows_control_plane_fields_and_escapes_text(
     context = await browser.new_context(viewport=LAPTOP)
     page = await context.new_page()
 
-    async def fulfil(route: Any) -> None:
+    async def fulfil(route: Route) -> None:
         await route.fulfill(json=doc)
 
     try:

@@ -9,12 +9,12 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
 from common.callback_outbox import CallbackOutbox
 from common.config import Settings, load_settings
 from common.db import callbacks as db_callbacks
 from common.db.pool import open_pool
+from common.db.rows import Pool
 from tests.cluster import TestCluster
 from tests.receiver import CallbackReceiver
 
@@ -39,18 +39,31 @@ def settings_for(database_url: str, **callbacks: Any) -> Settings:
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
+async def pool(database_url: str) -> AsyncIterator[Pool]:
     async with open_pool(settings_for(database_url).database) as p:
         yield p
 
 
-async def enqueue(pool: AsyncConnectionPool, url: str, n: int) -> None:
+async def enqueue(pool: Pool, url: str, n: int) -> None:
     async with pool.connection() as conn, conn.transaction():
         for i in range(n):
-            await db_callbacks.enqueue(conn, {"image_id": f"img{i}", "status": "ready", "callback_url": url})
+            row = db_callbacks.EventRow(
+                image_id=f"img{i}",
+                status="ready",
+                reason=None,
+                set_id="s",
+                callback_url=url,
+                duplicate_of=None,
+                format=None,
+                width=None,
+                height=None,
+                sha256=None,
+                ready_at=None,
+            )
+            await db_callbacks.enqueue(conn, row)
 
 
-async def outbox_rows(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
+async def outbox_rows(pool: Pool) -> list[dict[str, Any]]:
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT delivery_id::text AS delivery_id, image_id, state, attempts, last_error"
@@ -59,7 +72,7 @@ async def outbox_rows(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
         return await cur.fetchall()
 
 
-async def test_two_processes_never_send_the_same_row(database_url: str, pool: AsyncConnectionPool) -> None:
+async def test_two_processes_never_send_the_same_row(database_url: str, pool: Pool) -> None:
     receiver = await CallbackReceiver({"k1": KEY}, delay_s=0.1).start()  # slow: deliveries overlap
     settings = settings_for(database_url)
     async with AsyncExitStack() as stack:
@@ -80,7 +93,7 @@ async def test_two_processes_never_send_the_same_row(database_url: str, pool: As
     assert {(r["state"], r["attempts"]) for r in await outbox_rows(pool)} == {("delivered", 1)}
 
 
-async def test_retries_back_off_then_give_up(database_url: str, pool: AsyncConnectionPool) -> None:
+async def test_retries_back_off_then_give_up(database_url: str, pool: Pool) -> None:
     receiver = await CallbackReceiver({"k1": KEY}, answers=[500] * 10).start()
     outbox = CallbackOutbox(settings_for(database_url, max_attempts=3), pool)
     try:
@@ -97,7 +110,7 @@ async def test_retries_back_off_then_give_up(database_url: str, pool: AsyncConne
     assert (row["state"], row["attempts"], row["last_error"]) == ("failed", 3, "HTTP 500")
 
 
-async def test_refused_address_is_not_retried(database_url: str, pool: AsyncConnectionPool) -> None:
+async def test_refused_address_is_not_retried(database_url: str, pool: Pool) -> None:
     receiver = await CallbackReceiver().start()
     outbox = CallbackOutbox(settings_for(database_url, allow_private=False), pool)
     try:
@@ -113,7 +126,7 @@ async def test_refused_address_is_not_retried(database_url: str, pool: AsyncConn
     assert "not a public address" in row["last_error"]
 
 
-async def test_sweep_is_indexed_and_old_rows_are_purged(pool: AsyncConnectionPool) -> None:
+async def test_sweep_is_indexed_and_old_rows_are_purged(pool: Pool) -> None:
     await enqueue(pool, "http://example.com/hook", 3)
     async with pool.connection() as conn:
         await conn.execute(

@@ -25,7 +25,7 @@ async def test_near_duplicates_found_through_the_chunk_indexes(database_url: str
                 "INSERT INTO nodes (node_id, region, set_id, base_url, lat, lon)"
                 " VALUES ('n', 'r', 's', 'http://n', 0, 0)"
             )
-            rows = []
+            rows: list[tuple[str, int, *tuple[int, ...]]] = []  # image_id, phash, its four chunks
             for i in range(20_000):
                 h = rng.getrandbits(64)
                 rows.append((f"img{i:06d}", db_pipeline.to_signed64(h), *db_pipeline.chunks(h)))

@@ -5,6 +5,7 @@ the Grafana dashboard found on a live cluster's /metrics."""
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import json
 import os
@@ -195,7 +196,8 @@ def test_kubernetes_manifests(tmp_path: Path) -> None:
 
 
 def test_systemd_units_and_example_configs() -> None:
-    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = set(sub.choices)
     units = sorted((DEPLOY / "systemd").glob("*.service"))
     assert len(units) >= 2
     for unit in units:

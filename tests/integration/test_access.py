@@ -21,13 +21,13 @@ from tests.cluster import TestCluster, make_jpeg
 
 async def sql(cluster: TestCluster, query: str, *args: Any) -> list[dict[str, Any]]:
     async with open_pool(cluster.settings().database) as pool, pool.connection() as conn:
-        cur = await conn.execute(query, args)  # type: ignore[arg-type]
+        cur = await conn.execute(query, args)
         return list(await cur.fetchall())
 
 
 async def ddl(cluster: TestCluster, statement: str) -> None:
     async with open_pool(cluster.settings().database) as pool, pool.connection() as conn:
-        await conn.execute(statement)  # type: ignore[arg-type]
+        await conn.execute(statement)
 
 
 async def make_key(cluster: TestCluster, name: str, **fields: Any) -> dict[str, Any]:
@@ -333,7 +333,7 @@ async def test_deletes_are_by_app_and_audited(cluster: TestCluster) -> None:
     shop = await make_key(cluster, "shop")
     shop2 = await make_key(cluster, "shop-2", app_id=shop["app_id"])
     blog = await make_key(cluster, "blog")
-    ids = {}
+    ids: dict[str, str] = {}  # visibility -> image_id
     for visibility in ("public", "private"):
         status, ticket = await cluster.api(
             "POST", "/v1/uploads", json={"visibility": visibility}, headers=bearer(shop["api_key"])

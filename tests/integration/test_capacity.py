@@ -52,7 +52,7 @@ async def tiny(
 
 async def _rows(cluster: TestCluster, sql: str) -> list[dict[str, object]]:
     async with open_pool(cluster.settings().database, run_migrations=False) as pool, pool.connection() as conn:
-        cur = await conn.execute(sql)  # type: ignore[arg-type]
+        cur = await conn.execute(sql)
         return list(await cur.fetchall())
 
 
@@ -202,6 +202,7 @@ async def test_a_new_leader_resumes_a_recorded_plan_instead_of_making_another(
         assert states[event_id] == "failed"
         assert len(states) == 2  # the retry is a new, recorded plan
         new = next(e for e in events if e["kind"] == "new_set" and e["event_id"] != event_id)
+        assert new["plan"] is not None
         assert new["plan"]["set_id"] == "set-10" and new["state"] == "running"  # after set-9 in the plan's name space
 
 

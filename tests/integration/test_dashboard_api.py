@@ -37,7 +37,7 @@ async def test_dashboard_data_describes_the_cluster(cluster: TestCluster) -> Non
 
     async def settled() -> bool:
         _s, d = await cluster.api("GET", "/v1/dashboard")
-        return d["summary"]["objects"] == 3 and d["summary"]["pending_replicas"] == 0
+        return bool(d["summary"]["objects"] == 3 and d["summary"]["pending_replicas"] == 0)
 
     await cluster.wait_for(settled, "heartbeats and stats after the upload")
     fields = ("region", "set_id", "state", "capacity_bytes", "used_bytes", "free_bytes", "objects", "healthy")

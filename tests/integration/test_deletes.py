@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -50,7 +51,7 @@ async def test_delete_with_a_member_down_catches_up_and_frees_space(cluster: Tes
         return not any(image_id in str(p) for p in cluster.files_under(node_id, "objects"))
 
     for node_id in before:
-        await cluster.wait_for(lambda n=node_id: gone(n), f"files gone on {node_id}", 10)
+        await cluster.wait_for(functools.partial(gone, node_id), f"files gone on {node_id}", 10)
         after = await _stats(cluster, node_id)
         assert after["objects"] == before[node_id]["objects"] - 1
         assert after["used_bytes"] < before[node_id]["used_bytes"] - up["bytes"] + 1

@@ -894,9 +894,7 @@ CASES = [
             f"api: callback_url to {target}",
             400,
             "invalid_request",
-            attack=api(
-                "POST", lambda h, c, t=target: "/v1/uploads", json_body={"callback_url": f"http://{target}/hook"}
-            ),
+            attack=api("POST", lambda h, c: "/v1/uploads", json_body={"callback_url": f"http://{target}/hook"}),
         )
         for target in ("127.0.0.1", "169.254.169.254", "10.0.0.1", "[::1]", "localhost:8080")
     ],

@@ -18,6 +18,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Err
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -35,6 +36,8 @@ def fuzz(base_url: str, headers: dict[str, str], known_image: str, known_node: s
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     calls: dict[str, int] = {}
     for result in schema.get_all_operations():
+        if isinstance(result, Err):  # an operation schemathesis cannot read: fail with its reason
+            raise result.err()
         operation = result.ok()
         if operation.definition.raw.get("x-destructive"):
             continue

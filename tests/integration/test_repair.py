@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import time
+from typing import Any
 
 from common.geo import REGIONS
 from query_service import keys as query_keys
@@ -73,14 +74,14 @@ async def test_replace_a_node_backfills_resumably_without_duplicates(cluster: Te
     started = time.monotonic()
     await cluster.start_node("eu-west-9")
 
-    async def progress() -> dict[str, object]:
+    async def progress() -> dict[str, Any]:
         status, body = await cluster.api("GET", "/v1/nodes/eu-west-9/backfill")
         assert status == 200, body
         return dict(body)
 
     async def partly() -> bool:
         p = await progress()
-        return 0 < int(p["done"]) < len(ups)  # type: ignore[call-overload]
+        return 0 < int(p["done"]) < len(ups)
 
     await cluster.wait_for(partly, "backfill under way", 10)
     await cluster.stop_node("eu-west-9")  # interrupted halfway

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from replicator.ratelimit import ByteRate
 from storage_node import keys as node_keys
 from storage_node.objects.store import ORIGINAL
 from tests.cluster import TestCluster, make_jpeg
@@ -43,11 +42,3 @@ async def test_flipped_bytes_are_detected_and_repaired_from_a_good_copy(cluster:
     assert cluster.disk_sha256(bad_peer, up["image_id"]) == up["sha256"]
     again = await scrubber.run_pass()
     assert again.corrupt == 0 and again.checked == 2
-
-
-def test_byte_rate_spaces_work_out() -> None:
-    rate = ByteRate(1000)
-    assert rate.delay_for(500, now=10.0) == 0.0
-    assert rate.delay_for(500, now=10.0) == 0.5  # the first 500 B took half a second of budget
-    assert rate.delay_for(1000, now=12.0) == 0.0  # idle time is not saved up beyond now
-    assert ByteRate(0).delay_for(10**9, now=0.0) == 0.0

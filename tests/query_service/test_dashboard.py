@@ -72,13 +72,15 @@ def test_document_groups_nodes_and_sums_what_they_report() -> None:
         _node("eu-2", "eu", "set-2", 100),
     ]
     stats = ClusterStats()
-    stats.backlog = Backlog({"eu-1": 4}, 12.5, 3, [{"kind": "new_set", "state": "planned"}], time.monotonic())
+    events = [{"kind": "new_set", "state": "planned"}]
+    stats.backlog = Backlog({"eu-1": 4}, 12.5, 3, events, read_at=time.monotonic())
     doc = build_dashboard(nodes, lambda n: n.node_id != "eu-1", lambda n: 1.0, stats)
     s = doc["summary"]
     assert (s["nodes"], s["healthy_nodes"], s["regions"], s["sets"]) == (4, 3, 2, 2)
     assert (s["used_bytes"], s["capacity_bytes"], s["used_ratio"]) == (1200, 4000, 0.3)
     assert (s["pending_replicas"], s["oldest_pending_s"], s["under_replicated"]) == (4, 12.5, 3)
     assert doc["events"] == [{"kind": "new_set", "state": "planned"}]
+    assert doc["stats_age_s"] is not None  # the backlog was just read
     by_set = {x["set_id"]: x for x in doc["sets"]}
     assert by_set["set-1"]["used_bytes"] == 1000 and by_set["set-1"]["healthy_nodes"] == 1
     assert by_set["set-1"]["node_ids"] == ["eu-1", "us-1"]

@@ -1,3 +1,5 @@
+"""A node's object store on disk (storage_node.objects.store): layout, sidecars, usage, dedupe links."""
+
 from __future__ import annotations
 
 from pathlib import Path

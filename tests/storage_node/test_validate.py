@@ -1,3 +1,6 @@
+"""Upload validation after the sniff (storage_node.validate): the header probe and its limits, the full decode
+check, EXIF facts, the perceptual hash and the blocked loaders."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -5,39 +8,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import InvalidImage, UnsupportedImage
-from storage_node.objects.formats import sniff
 from storage_node.validate import probe
-
-FILES = {"chelsea_gps.jpg": "jpeg", "coins_gray.png": "png", "retina.webp": "webp", "anim_tiny.gif": "gif"}
-
-
-@pytest.mark.parametrize(("name", "fmt"), sorted(FILES.items()))
-def test_sniff_real_files(testdata: Path, name: str, fmt: str) -> None:
-    assert sniff((testdata / name).read_bytes()[:64]) == fmt
-
-
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"",
-        b"hello world",
-        b"<svg xmlns='http://www.w3.org/2000/svg'>",
-        b"%PDF-1.7",
-        b"II*\x00",
-        b"BM....",
-        b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom",
-    ],
-)
-def test_sniff_refuses_everything_else(head: bytes) -> None:
-    with pytest.raises(UnsupportedImage):
-        sniff(head)
-
-
-def test_sniff_isobmff_brands() -> None:
-    avif = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf"
-    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
-    mif1_avif = b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1avifmiaf"
-    assert (sniff(avif), sniff(heic), sniff(mif1_avif)) == ("avif", "heic", "avif")
+from tests.storage_node.test_formats import FILES
 
 
 def test_probe_reports_displayed_dimensions(testdata: Path) -> None:

@@ -1,9 +1,8 @@
+"""Placement of an upload: the nearest member of an open set, among healthy active nodes with room."""
+
 from __future__ import annotations
 
-import random
-
 from common.geo import REGIONS, Point
-from query_service.nearest import rank
 from query_service.placement import place
 from query_service.registry import NodeInfo
 
@@ -21,22 +20,6 @@ def node(
     return NodeInfo(
         node_id, region, set_id, f"http://{node_id}", REGIONS[region], state, set_state, 10**9, 0, free, 0, seen
     )
-
-
-NODES = [node("use", "us-east"), node("euw", "eu-west"), node("aps", "ap-southeast")]
-
-
-def test_rank_nearest_first() -> None:
-    dublin = Point(53.35, -6.26)
-    assert [r.node.node_id for r in rank(NODES, dublin)] == ["euw", "use", "aps"]
-    singapore = Point(1.29, 103.85)
-    assert [r.node.node_id for r in rank(NODES, singapore)][0] == "aps"
-
-
-def test_rank_breaks_ties_randomly() -> None:
-    twins = [node("a", "us-east"), node("b", "us-east")]
-    firsts = {rank(twins, REGIONS["us-east"], random.Random(seed))[0].node.node_id for seed in range(20)}
-    assert firsts == {"a", "b"}
 
 
 def test_placement_skips_closed_unhealthy_full_and_readonly_nodes() -> None:
