@@ -1,7 +1,7 @@
 """Configuration: a TOML file, then ``MINICDN_<SECTION>_<KEY>`` env overrides, into frozen dataclasses.
 
-Every key has a default and help text (``field(metadata={"help": ...})``); the README table is checked
-against them by a test. Errors name the bad key. Secrets are wrapped in :class:`Secret` so they never
+Every key has a default and help text (``field(metadata={"help": ...})``); the table in docs/operations.md is
+checked against them by a test. Errors name the bad key. Secrets are wrapped in :class:`Secret` so they never
 reach a log line or a repr.
 """
 

@@ -1,4 +1,4 @@
-"""One error tree for every process; the single place where errors meet HTTP status codes and API.md codes."""
+"""One error tree for every process; the single place where errors meet HTTP status codes and docs/api.md codes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 
 class MinicdnError(Exception):
-    """Base error: ``status`` is the HTTP status, ``code`` the API.md machine code."""
+    """Base error: ``status`` is the HTTP status, ``code`` the docs/api.md machine code."""
 
     status = 500
     code = "internal_error"

@@ -57,7 +57,7 @@ class GeoLocator:
         self._reader.close()
 
 
-# The regions of the dev cluster (DESIGN.md): name -> where its nodes stand.
+# The regions of the dev cluster (docs/architecture.md): name -> where its nodes stand.
 REGIONS: dict[str, Point] = {
     "us-east": Point(39.0, -77.5),
     "us-west": Point(45.6, -121.2),

@@ -2,7 +2,7 @@
 timeouts, and the security headers every response carries.
 
 aiohttp's own limits (line/field sizes) are set above ours, so that an oversized header normally meets
-our limit first and gets the API.md JSON error (431) instead of the parser's plain-text 400. A client
+our limit first and gets the docs/api.md JSON error (431) instead of the parser's plain-text 400. A client
 that never finishes its headers is closed by aiohttp's keep-alive timer, which also runs before the
 first request of a connection: ``header_timeout_s`` sets it, so a slowloris gets cut off.
 """

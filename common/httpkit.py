@@ -1,4 +1,4 @@
-"""Shared aiohttp parts: the one error middleware that renders API.md error bodies (and counts requests), JSON
+"""Shared aiohttp parts: the one error middleware that renders docs/api.md error bodies (and counts requests), JSON
 helpers. The metric objects live in common.metrics."""
 
 from __future__ import annotations

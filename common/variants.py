@@ -1,7 +1,7 @@
 """Variant names <-> specs, format negotiation, and choosing the variant for a box; shared by nodes and the
 query service (pure functions, no I/O).
 
-Names (API.md): ``w{W}.{fmt}`` (width W, height in proportion), ``{W}x{H}.{fmt}`` (exactly W x H, cropped to
+Names (docs/api.md): ``w{W}.{fmt}`` (width W, height in proportion), ``{W}x{H}.{fmt}`` (exactly W x H, cropped to
 fill), ``fit{W}x{H}.{fmt}`` (inside W x H), ``thumb.{fmt}`` (the square made at upload); ``fmt`` is ``jpg``,
 ``webp``, ``avif``, ``png`` or ``auto`` (resolved per request from ``Accept``).
 """

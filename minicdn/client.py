@@ -16,7 +16,7 @@ CHUNK_BYTES = 256 * 1024
 
 
 class ClientError(RuntimeError):
-    """The cluster answered with an API error (message includes the API.md code)."""
+    """The cluster answered with an API error (message includes the docs/api.md code)."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The query service's OpenAPI 3.0 description, served at GET /openapi.json.
 
-Written by hand as data (the routes are few and the contract is API.md): every status a route can
+Written by hand as data (the routes are few and the contract is docs/api.md): every status a route can
 answer is listed with its body, so a schema-driven fuzzer (schemathesis, in the test suite) can check
 that no request gets a 5xx or an undocumented answer.
 
@@ -476,7 +476,7 @@ def spec(server_url: str = "") -> dict[str, Any]:
         "info": {
             "title": "minicdn query service",
             "version": __version__,
-            "description": "The app-facing and operator API of minicdn (see API.md). Errors are "
+            "description": "The app-facing and operator API of minicdn (docs/api.md in the repository). Errors are "
             '{"error": {"code", "message"}}.',
         },
         "paths": paths,

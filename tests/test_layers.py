@@ -203,8 +203,10 @@ def test_the_collector_saw_the_whole_code_base(graph: Graph) -> None:
     for package in PACKAGES:
         assert package in graph and sum(top(name) == package for name in graph) >= 3, package
     packages = package_graph(graph)
-    for package, allowed in ALLOWED.items():  # each allowed edge is in use today, so each must be found
-        assert allowed <= packages[package], (package, packages[package])
+    for package, allowed in ALLOWED.items():  # each service's allowed edges are in use today, so must be found
+        if package != "minicdn":  # the tooling may import any service, and needs not import every one
+            assert allowed <= packages[package], (package, packages[package])
+    assert packages["minicdn"], "minicdn imports nothing of ours?"
 
 
 def test_common_holds_no_tooling(graph: Graph) -> None:

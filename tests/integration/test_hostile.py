@@ -1,7 +1,7 @@
 """The hostile-request catalogue: forged, replayed, expired, oversized, malformed, spoofed and slow
 requests against the query service and the storage nodes of one real cluster.
 
-Each case asserts the HTTP status, the API.md error code, and that nothing was written: no file under
+Each case asserts the HTTP status, the docs/api.md error code, and that nothing was written: no file under
 any node's data directory (objects/ or tmp/) and no row changed in any table but `nodes` (images,
 replicas, audit_log, api_keys, apps, and whatever the other migrations add). Cases refused at the
 connection level (slowloris, a hang-up) assert the closed connection instead of a status, and those

@@ -58,7 +58,7 @@ async def test_conditional_range_head_and_headers(cluster: TestCluster) -> None:
     status, whole, _ = await fetch(cluster, url, Range="bytes=0-0", **{"If-Range": '"stale"'})
     assert status == 200 and whole == body
 
-    # Unsatisfiable -> 416 with the API.md error body and the size.
+    # Unsatisfiable -> 416 with the docs/api.md error body and the size.
     status, err, h = await fetch(cluster, url, Range=f"bytes={size}-")
     assert status == 416 and h["Content-Range"] == f"bytes */{size}" and b"range_not_satisfiable" in err
     # Many ranges (amplification) or garbage -> the whole file once, never a multipart blow-up.

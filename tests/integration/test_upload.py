@@ -1,4 +1,4 @@
-"""Signed uploads: the happy path, and every rejection with its API.md status, code and no file left."""
+"""Signed uploads: the happy path, and every rejection with its docs/api.md status, code and no file left."""
 
 from __future__ import annotations
 
