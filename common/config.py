@@ -99,6 +99,11 @@ class LimitsSettings:
     max_pixels: int = _help("Largest accepted image, in pixels (width x height).", default=100_000_000)
     max_frames: int = _help("Most animation frames (pages) an accepted image may have.", default=500)
     max_variant_side: int = _help("Largest width or height of a variant a signed URL may ask for.", default=8192)
+    unsized_upload_bytes: int = _help(
+        "Room placement asks of a node for an upload ticket that states no `size` (a typical upload; the URL's "
+        "cap stays `limits.max_upload_bytes`).",
+        default=4 * 1024 * 1024,
+    )
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,12 @@ class NodeSettings:
     port: int = _help("Port the node listens on.", default=8081)
     data_dir: str = _help("Directory holding objects/ and tmp/ (one file system).", default="./data")
     capacity_bytes: int = _help("Usable capacity; 0 means the size of the disk.", default=0)
+    cold_dir: str = _help(
+        "Optional cold tier (e.g. an HDD mount) for originals not read for `tiers.cold_after_days`; empty means "
+        "one tier, everything in `data_dir`.",
+        default="",
+    )
+    cold_capacity_bytes: int = _help("Usable capacity of the cold tier; 0 means the size of its disk.", default=0)
     heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
     render_threads: int = _help(
         "Sandboxed worker processes building variants on request; 0 means the number of cores.", default=0
@@ -212,6 +223,10 @@ class QuerySettings:
     upload_demo: bool = _help(
         "Serve the browser upload page at /upload-demo (`minicdn dev` turns it on).", default=False
     )
+    srcset_widths: tuple[int, ...] = _help(
+        "Widths GET /v1/images/{id}/srcset lists when the request names none; empty: every width of limits.widths.",
+        default=(),
+    )
 
 
 @dataclass(frozen=True)
@@ -282,6 +297,58 @@ class ScrubSettings:
 
 
 @dataclass(frozen=True)
+class TiersSettings:
+    interval_s: float = _help("Seconds between two passes of a node's tier manager.", default=30.0)
+    hot_high_water: float = _help(
+        "Share of the hot tier's capacity (the node's, with one tier) in use past which variants are evicted, "
+        "least recently used first.",
+        default=0.9,
+    )
+    hot_low_water: float = _help("Eviction stops once the hot tier's use is back under this share.", default=0.8)
+    cold_after_days: float = _help("Originals not read for this many days move to `node.cold_dir`.", default=30.0)
+    promote_reads: int = _help(
+        "Reads of a cold original within `tiers.promote_window_s` that move it back to the hot tier (at most "
+        "1000); 0: never.",
+        default=3,
+    )
+    promote_window_s: float = _help("Window in which `tiers.promote_reads` reads must fall.", default=3600.0)
+    move_bytes_per_s: int = _help(
+        "Bytes per second copied between tiers (cold moves and promotions); 0 means no limit.", default=32 * 1024**2
+    )
+    max_moves_per_pass: int = _help("Most originals moved between tiers in one pass.", default=1000)
+    max_evictions_per_pass: int = _help("Most variants evicted in one pass.", default=10000)
+    idle_grace_s: float = _help(
+        "A file read this recently is never evicted or moved (a reader may be about to open it).", default=60.0
+    )
+    unlink_grace_s: float = _help(
+        "Seconds the old copy of a moved original is kept after readers were switched to the new one.",
+        default=5.0,
+    )
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    sweep_interval_s: float = _help(
+        "Seconds between two lifecycle sweeps of a query service (unused tickets -> `expired`, retention).",
+        default=30.0,
+    )
+    retention_s: float = _help(
+        "Seconds `expired` and `rejected` images stay visible (status and reason) before their rows are removed.",
+        default=7 * 86400.0,
+    )
+    batch_size: int = _help("Most rows one lifecycle sweep expires, and removes, per statement.", default=1000)
+
+
+@dataclass(frozen=True)
+class FallbackSettings:
+    max_age_s: int = _help(
+        "Cache lifetime (Cache-Control max-age) of an answer that gives an app's default image for a missing "
+        "one: short, as the app may change its default or the image may come back.",
+        default=60,
+    )
+
+
+@dataclass(frozen=True)
 class GeoipSettings:
     db: str = _help("GeoIP2/GeoLite2 City database; empty means the one shipped by maxminddb-geolite2.", default="")
 
@@ -336,6 +403,9 @@ class Settings:
     provisioner: ProvisionerSettings = field(default_factory=ProvisionerSettings)
     deletes: DeletesSettings = field(default_factory=DeletesSettings)
     scrub: ScrubSettings = field(default_factory=ScrubSettings)
+    tiers: TiersSettings = field(default_factory=TiersSettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    fallback: FallbackSettings = field(default_factory=FallbackSettings)
     geoip: GeoipSettings = field(default_factory=GeoipSettings)
     log: LogSettings = field(default_factory=LogSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -484,6 +554,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("limits.max_upload_bytes: must be positive")
     if not lim.widths or any(w <= 0 or w > 16384 for w in lim.widths):
         raise ConfigError("limits.widths: need at least one width, each 1..16384")
+    if any(w <= 0 or w > 16384 for w in settings.query.srcset_widths):
+        raise ConfigError("query.srcset_widths: each width must be 1..16384")
     _validate_access(settings)
     _validate_pipeline(settings)
     _validate_callbacks(settings)
@@ -498,9 +570,34 @@ def validate(settings: Settings) -> None:
         raise ConfigError("provisioner.kind: must be none, local, command or webhook")
     if settings.scrub.bytes_per_s < 0:
         raise ConfigError("scrub.bytes_per_s: must be 0 or positive")
+    _validate_tiers(settings)
+    _validate_lifecycle(settings)
     for kid, secret in settings.signing.keys.items():
         if len(secret.reveal()) < 16:
             raise ConfigError(f"signing.keys.{kid}: secret must be at least 16 characters")
+
+
+def _validate_tiers(settings: Settings) -> None:
+    tiers = settings.tiers
+    if not 0 < tiers.hot_low_water < tiers.hot_high_water <= 1:
+        raise ConfigError("tiers.hot_high_water: need 0 < hot_low_water < hot_high_water <= 1")
+    if tiers.cold_after_days <= 0 or tiers.interval_s <= 0:
+        raise ConfigError("tiers.cold_after_days, tiers.interval_s: must be positive")
+    if min(tiers.promote_reads, tiers.move_bytes_per_s, tiers.max_moves_per_pass, tiers.max_evictions_per_pass) < 0:
+        raise ConfigError("tiers: counts and rates must be 0 or positive")
+    if tiers.promote_reads > 1000:
+        raise ConfigError("tiers.promote_reads: at most 1000")
+    node = settings.node
+    if node.cold_dir and node.data_dir and Path(node.cold_dir).absolute() == Path(node.data_dir).absolute():
+        raise ConfigError("node.cold_dir: must not be node.data_dir")
+
+
+def _validate_lifecycle(settings: Settings) -> None:
+    life = settings.lifecycle
+    if life.sweep_interval_s <= 0 or life.retention_s < 0 or life.batch_size < 1:
+        raise ConfigError("lifecycle: sweep_interval_s and batch_size must be positive, retention_s not negative")
+    if settings.limits.unsized_upload_bytes <= 0 or settings.fallback.max_age_s < 0:
+        raise ConfigError("limits.unsized_upload_bytes must be positive, fallback.max_age_s not negative")
 
 
 def _validate_access(settings: Settings) -> None:

@@ -61,6 +61,10 @@ class NodeHeartbeat(Event):
     replicated_total: int = 0
     replication_lag_p50_s: float | None = None
     replication_lag_max_s: float | None = None
+    # Per storage tier ({"hot": {"capacity_bytes", "used_bytes", "free_bytes", "originals"}, "cold": ...})
+    # and the bytes of variants (the cache) on the node.
+    tiers: dict[str, dict[str, int]] | None = None
+    variant_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,7 @@ class NodeMetrics:
     scrub_progress: Gauge = field(init=False)
     processing: Counter = field(init=False)
     processing_duration: Histogram = field(init=False)
+    tiers: TierMetrics = field(init=False)
     replication: ReplicationMetrics = field(init=False)
     uploads_ok: int = 0
 
@@ -224,6 +225,7 @@ class NodeMetrics:
         for result in ("hit", "miss"):
             self.variant_cache.labels(result)
         self.uploads.labels("ok")
+        self.tiers = TierMetrics(reg, (self.node_id, self.region, self.set_id))
         self.replication = ReplicationMetrics(reg, self.node_id)
 
     def observe_processing(self, outcome: str, seconds: float) -> None:
@@ -236,6 +238,44 @@ class NodeMetrics:
         self.used.labels(*labels).set(used_bytes)
         self.free.labels(*labels).set(free_bytes)
         self.objects.labels(*labels).set(objects)
+
+
+class TierMetrics:
+    """A node's storage tiers: use per tier, the variant cache, evictions and moves between tiers."""
+
+    def __init__(self, reg: CollectorRegistry, node_labels: tuple[str, str, str]) -> None:
+        self.node_labels = node_labels
+        labels = ["node_id", "region", "set_id", "tier"]
+        self.capacity = Gauge("minicdn_node_tier_capacity_bytes", "Usable capacity of a tier", labels, registry=reg)
+        self.used = Gauge("minicdn_node_tier_used_bytes", "Bytes stored in a tier", labels, registry=reg)
+        self.free = Gauge("minicdn_node_tier_free_bytes", "Bytes still free in a tier", labels, registry=reg)
+        self.originals = Gauge("minicdn_node_tier_originals", "Originals stored in a tier", labels, registry=reg)
+        self.variant_bytes = Gauge(
+            "minicdn_node_variant_bytes", "Bytes of variants (the cache) on the node", labels[:3], registry=reg
+        )
+        self.evictions = Counter("minicdn_tier_evictions_total", "Variants evicted under disk pressure", registry=reg)
+        self.evicted_bytes = Counter("minicdn_tier_evicted_bytes_total", "Bytes of evicted variants", registry=reg)
+        self.moves = Counter(
+            "minicdn_tier_moves_total", "Originals moved between tiers, by target", ["to"], registry=reg
+        )
+        self.moved_bytes = Counter(
+            "minicdn_tier_moved_bytes_total", "Bytes of originals moved between tiers, by target", ["to"], registry=reg
+        )
+        self.move_failures = Counter(
+            "minicdn_tier_move_failures_total",
+            "Tier moves refused: the copy did not verify or could not be written",
+            registry=reg,
+        )
+        for to in ("hot", "cold"):
+            self.moves.labels(to)
+            self.moved_bytes.labels(to)
+
+    def set_tier(self, tier: str, capacity_bytes: int, used_bytes: int, free_bytes: int, originals: int) -> None:
+        labels = (*self.node_labels, tier)
+        self.capacity.labels(*labels).set(capacity_bytes)
+        self.used.labels(*labels).set(used_bytes)
+        self.free.labels(*labels).set(free_bytes)
+        self.originals.labels(*labels).set(originals)
 
 
 @dataclass(frozen=True)

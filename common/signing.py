@@ -1,4 +1,4 @@
-"""HMAC-SHA256 signatures with key ids: upload URLs, node-to-node requests, later download URLs.
+"""HMAC-SHA256 signatures with key ids: upload URLs, node-to-node requests, download and status URLs.
 
 A signature covers a versioned, newline-delimited, fixed-order canonical form of the claims, so no
 claim can be moved into another. Verification separates "expired" from "invalid" and compares in
@@ -22,7 +22,7 @@ from common.errors import SignatureExpired, SignatureInvalid
 if TYPE_CHECKING:
     from common.config import SigningSettings
 
-SCOPES = ("upload", "peer", "download")
+SCOPES = ("upload", "peer", "download", "status")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ query service (pure functions, no I/O).
 
 Names (docs/api.md): ``w{W}.{fmt}`` (width W, height in proportion), ``{W}x{H}.{fmt}`` (exactly W x H, cropped to
 fill), ``fit{W}x{H}.{fmt}`` (inside W x H), ``thumb.{fmt}`` (the square made at upload); ``fmt`` is ``jpg``,
-``webp``, ``avif``, ``png`` or ``auto`` (resolved per request from ``Accept``).
+``webp``, ``avif``, ``png`` or ``auto`` (resolved per request from ``Accept``). ``full.png`` (every pixel,
+upright, as PNG) is not requestable: a node serves it as the ``original`` of a format it never hands out as
+itself (TIFF, BMP, ICO).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _VARIANT_RE = re.compile(
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """One derived image. ``kind``: ``w`` | ``cover`` | ``fit`` | ``thumb``; ``height`` is 0 for ``w`` and
+    """One derived image. ``kind``: ``w`` | ``cover`` | ``fit`` | ``thumb`` | ``full``; ``height`` is 0 for ``w`` and
     ``thumb`` (a thumb's side comes from the node's configuration); ``fmt`` may be ``auto`` in a request."""
 
     kind: str
@@ -46,6 +48,8 @@ class VariantSpec:
             return f"{self.width}x{self.height}.{self.fmt}"
         if self.kind == "fit":
             return f"fit{self.width}x{self.height}.{self.fmt}"
+        if self.kind == "full":
+            return f"full.{self.fmt}"
         return f"thumb.{self.fmt}"
 
     @property
@@ -54,6 +58,15 @@ class VariantSpec:
 
     def with_format(self, fmt: str) -> VariantSpec:
         return replace(self, fmt=fmt)
+
+
+# The `original` of an input-only format (TIFF, BMP, ICO): every pixel, losslessly, in a format browsers show.
+ORIGINAL_RENDITION = VariantSpec("full", 0, "png")
+
+
+def parse_stored_variant(name: str) -> VariantSpec:
+    """``parse_variant``, plus the names only a node makes (``ORIGINAL_RENDITION``)."""
+    return ORIGINAL_RENDITION if name == ORIGINAL_RENDITION.name else parse_variant(name)
 
 
 def parse_variant(name: str) -> VariantSpec:

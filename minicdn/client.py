@@ -1,4 +1,6 @@
-"""Client side of the public API, shared by `minicdn upload|url|status|bench`: find the cluster, upload a file."""
+"""Low-level helpers of the operator commands (`minicdn url|status|node|repair|keys|bench`) over one aiohttp
+session: find the cluster, call an endpoint, PUT bytes. Apps use the SDK (`minicdn.Client`), which the
+`upload`, `delete` and `images` commands use too; errors here are the SDK's typed errors."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from typing import Any
 
 import aiohttp
 
+from minicdn.sdk.errors import MinicdnError, error_for
+
 CHUNK_BYTES = 256 * 1024
 
 
-class ClientError(RuntimeError):
-    """The cluster answered with an API error (message includes the docs/api.md code)."""
+# One error hierarchy for the CLI and the SDK: `except ClientError` catches every typed SDK error too.
+ClientError = MinicdnError
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,8 @@ def find_cluster(query_url: str | None, api_key: str | None, state_dir: str | Pa
         except FileNotFoundError:
             raise ClientError(
                 f"no cluster: pass --query-url/--api-key, set MINICDN_QUERY_URL/MINICDN_API_KEY, "
-                f"or run `minicdn dev` (expects {path})"
+                f"or run `minicdn dev` (expects {path})",
+                code="no_cluster",
             ) from None
         query_url = query_url or info["query_url"]
         api_key = api_key or info["api_key"]
@@ -53,8 +58,7 @@ async def _json_or_raise(resp: aiohttp.ClientResponse) -> dict[str, Any]:
     except (ValueError, aiohttp.ContentTypeError):
         data = {}
     if resp.status >= 400:
-        err = data.get("error", {}) if isinstance(data, dict) else {}
-        raise ClientError(f"{resp.status} {err.get('code', resp.reason)}: {err.get('message', '')}")
+        raise error_for(resp.status, data, reason=resp.reason or "")
     return data
 
 

@@ -26,6 +26,7 @@ from query_service.auth import ApiKeyAuth
 from query_service.cluster_stats import ClusterStats
 from query_service.handlers_dashboard import load_assets
 from query_service.handlers_deletes import watch_deletes
+from query_service.lifecycle import LifecycleSweeper
 from query_service.locations import LocationCache
 from query_service.monitor import CapacityMonitor, load_report
 from query_service.provisioners import make_provisioner
@@ -89,6 +90,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(cancel_all, [task])
         deletes = asyncio.create_task(watch_deletes(bus, app[keys.LOCATIONS]), name="delete-watch")
         stack.push_async_callback(cancel_all, [deletes])
+        sweeper = app[keys.LIFECYCLE] = LifecycleSweeper(settings.lifecycle, pool, callbacks)
+        lifecycle = asyncio.create_task(sweeper.run(), name="lifecycle-sweep")
+        stack.push_async_callback(cancel_all, [lifecycle])
         monitor = app[keys.MONITOR] = CapacityMonitor(settings, pool, make_provisioner(settings), registry)
         if settings.capacity.enabled:
             watcher = asyncio.create_task(monitor.run(), name="capacity-monitor")

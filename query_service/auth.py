@@ -72,8 +72,16 @@ class ApiKeyAuth:
                 self._apps[key_id] = await app_of_key(conn, key_id)
         return self._apps[key_id]
 
+    async def app_id_of(self, owner_key_id: str | None) -> str | None:
+        """The app owning an image requested by ``owner_key_id`` (cached: a key never changes app)."""
+        return None if owner_key_id is None else await self._app_id_of_key(owner_key_id)
+
+    def forget_app(self, app_id: str) -> None:
+        """Drop an app's cached row after this instance changed it (others see it within CACHE_TTL_S)."""
+        self._app_rows.pop(app_id, None)
+
     async def app_of_image(self, owner_key_id: str | None) -> App | None:
-        """The owning app (its hotlink settings), cached for CACHE_TTL_S."""
+        """The owning app (its hotlink settings and default image), cached for CACHE_TTL_S."""
         if owner_key_id is None:
             return None
         app_id = await self._app_id_of_key(owner_key_id)

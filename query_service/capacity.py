@@ -39,6 +39,9 @@ class NodeFigures:
     days_until_full: float | None
     lat: float = 0.0
     lon: float = 0.0
+    # Per storage tier (hot; cold when the node has one): capacity, used, free bytes and originals.
+    tiers: dict[str, dict[str, int]] = field(default_factory=dict)
+    variant_bytes: int = 0  # the node's cache of variants (in the hot tier)
 
     @property
     def live(self) -> bool:
@@ -123,6 +126,8 @@ def node_figures(row: Mapping[str, Any], healthy: bool, growth: float | None) ->
         days_until_full=_days(int(row["free_bytes"]), growth),
         lat=row["lat"],
         lon=row["lon"],
+        tiers=dict(row.get("tiers") or {}),
+        variant_bytes=int(row.get("variant_bytes") or 0),
     )
 
 

@@ -61,7 +61,20 @@ def _totals(members: list[dict[str, Any]]) -> dict[str, Any]:
         "free_bytes": int(_sum(members, "free_bytes")),
         "objects": int(_sum(members, "objects")),
         "used_ratio": _ratio(used, capacity),
+        "tiers": _tier_totals(members),
+        "variant_bytes": int(_sum(members, "variant_bytes")),
     }
+
+
+def _tier_totals(members: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per storage tier, the sums over the members that have it (a node without a cold tier adds none)."""
+    out: dict[str, dict[str, int]] = {}
+    for n in members:
+        for tier, figures in (n.get("tiers") or {}).items():
+            acc = out.setdefault(tier, {})
+            for key, value in figures.items():
+                acc[key] = acc.get(key, 0) + int(value)
+    return out
 
 
 def _min_days(members: list[dict[str, Any]]) -> float | None:

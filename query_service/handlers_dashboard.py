@@ -1,6 +1,7 @@
 """GET /dashboard (the operator page), GET /v1/dashboard (its JSON, admin key), GET /upload-demo (dev
-mode) and their assets. The pages are plain files shipped in the package: no external assets, so they
-work offline; the data comes only from the JSON endpoint, which needs an admin key."""
+mode) and their assets, among them the browser upload module apps import (`/assets/minicdn-upload.js`).
+The pages are plain files shipped in the package: no external assets, so they work offline; the data
+comes only from the JSON endpoint, which needs an admin key."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def load_assets() -> dict[str, Asset]:
     return assets
 
 
-def _send(request: web.Request, name: str, csp: str | None = None) -> web.Response:
+def _send(request: web.Request, name: str, csp: str | None = None, cors: bool = False) -> web.Response:
     asset = request.app[keys.ASSETS].get(name)
     if asset is None:
         raise NotFound("no such asset")
@@ -60,6 +61,8 @@ def _send(request: web.Request, name: str, csp: str | None = None) -> web.Respon
     }
     if csp:
         headers["Content-Security-Policy"] = csp
+    if cors:  # an app's page on another origin imports the module: module scripts are fetched with CORS
+        headers["Access-Control-Allow-Origin"] = "*"
     if any(tag.value == asset.etag for tag in request.if_none_match or ()):
         return web.Response(status=304, headers=headers)
     return web.Response(body=asset.body, headers=headers)
@@ -79,7 +82,7 @@ async def asset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name.endswith(".html"):
         raise NotFound("no such asset")  # pages have their own routes (and headers)
-    return _send(request, name)
+    return _send(request, name, cors=True)  # public files with no secrets
 
 
 async def dashboard_data(request: web.Request) -> web.Response:

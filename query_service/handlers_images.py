@@ -1,26 +1,32 @@
-"""GET /v1/images/{id}, GET /v1/images/{id}/url and GET /img/{id}: status and nearest-replica URLs."""
+"""GET /v1/images/{id} (with a key, or the signed status URL of an upload ticket), GET /v1/images/{id}/url
+and GET /img/{id}: status and nearest-replica URLs."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
-from common import signing
+from common import fallback, signing
+from common.config import Settings
 from common.db import images as db_images
 from common.db.api_keys import ApiKey
-from common.errors import Conflict, Forbidden, NotFound, Unavailable
-from common.holders import rank
+from common.errors import Conflict, Forbidden, MinicdnError, NotFound, Unavailable
+from common.holders import Ranked, rank
 from common.hotlink import check_referer
 from common.httpkit import json_response
 from common.ids import check_image_id
 from common.variants import pick_variant
 from query_service import keys
 from query_service.handlers_uploads import rfc3339
+from query_service.locations import Location
+from query_service.registry import NodeInfo
 from query_service.requests import UrlQuery, parse_url_query, remote_address
+from query_service.status_links import carries_signature, verify_status
 
 SERVABLE = ("ready",)  # validated, processed and not held: nothing else gets a URL
 IMAGE_FIELDS = (
@@ -40,6 +46,7 @@ IMAGE_FIELDS = (
     "metadata",
     "duplicate_of",
     "replicas",
+    "stored_bytes",
     "pages",
     "animated",
     "colour_space",
@@ -48,30 +55,66 @@ IMAGE_FIELDS = (
 )
 
 
+# Any page may read this endpoint cross-origin: credentials are a bearer key or a signed status URL, never
+# cookies, so `*` lends a foreign page nothing it does not already hold. Only simple GETs (no Authorization
+# header, so no preflight) need it: a browser polling its upload's signed `status_url`.
+STATUS_CORS = {"Access-Control-Allow-Origin": "*"}
+
+
 async def get_image(request: web.Request) -> web.Response:
+    try:
+        return await _get_image(request)
+    except MinicdnError as exc:  # errors too, so the page can read the JSON error
+        exc.headers.update(STATUS_CORS)
+        raise
+
+
+async def _get_image(request: web.Request) -> web.Response:
     app = request.app
     image_id = check_image_id(request.match_info["image_id"])
+    signed = carries_signature(request.query)
+    if signed:  # checked before any database access: a bad signature reveals nothing about the image
+        verify_status(app[keys.SETTINGS].signing, image_id, request.query)
     key = await app[keys.AUTH].optional(request)
     row = await db_images.get_image(app[keys.POOL], image_id)
-    if not await app[keys.AUTH].may_see(key, row["visibility"], row["owner_key_id"]):
+    if not signed and not await app[keys.AUTH].may_see(key, row["visibility"], row["owner_key_id"]):
         raise NotFound("no such image")  # existence of another app's private image is not revealed
     columns: Mapping[str, object] = row  # the public fields are picked by name
-    return json_response({field: columns[field] for field in IMAGE_FIELDS})
+    return json_response({field: columns[field] for field in IMAGE_FIELDS}, headers=STATUS_CORS)
 
 
-async def resolve_url(
-    request: web.Request, image_id: str, q: UrlQuery, key: ApiKey | None, public_only: bool = False
-) -> dict[str, Any]:
-    """The nearest healthy `ok` replica's URL for the variant that fits the box (no Postgres when cached)."""
+@dataclass(frozen=True)
+class Servable:
+    """A `ready` image the caller may see, and its healthy `ok` holders, nearest to the client first."""
+
+    image_id: str
+    location: Location
+    ranked: list[Ranked[NodeInfo]]
+
+    def url(self, base_url: str, variant: str, query: str) -> str:
+        return f"{base_url.rstrip('/')}/i/{self.image_id}/{variant}{query}"
+
+
+async def find_servable(
+    request: web.Request,
+    image_id: str,
+    key: ApiKey | None,
+    client_ip: str | None,
+    *,
+    public_only: bool = False,
+    original: bool = False,
+) -> Servable:
+    """The checks every URL answer makes (visibility, ownership of originals, hotlinking, status, health) and
+    the ranking of the holders (no Postgres when the location is cached)."""
     app = request.app
-    settings, registry = app[keys.SETTINGS], app[keys.REGISTRY]
+    registry = app[keys.REGISTRY]
     auth = app[keys.AUTH]
     loc = await app[keys.LOCATIONS].get(image_id)
     if loc is None or loc.status == "deleted" or not await auth.may_see(key, loc.visibility, loc.owner_key_id):
         raise NotFound("no such image")
     if public_only and loc.visibility != "public":
         raise Forbidden("private images are not served through /img", code="forbidden")
-    if q.variant == "original" and not (key is not None and (key.is_admin or await auth.owns(key, loc.owner_key_id))):
+    if original and not (key is not None and (key.is_admin or await auth.owns(key, loc.owner_key_id))):
         raise Forbidden("the original is only for the image's owner", code="forbidden")
     if public_only:  # /img is what pages embed: hold it to the owner app's Referer allowlist
         check_referer(await auth.app_of_image(loc.owner_key_id), request.headers.get("Referer"))
@@ -81,9 +124,33 @@ async def resolve_url(
     healthy = [n for n in nodes if registry.healthy(n)]
     if not healthy:
         raise Unavailable("no healthy node holds this image right now", code="no_replica")
-    client_ip = q.client_ip if (q.client_ip and key is not None) else remote_address(request)
-    ranked = rank(healthy, app[keys.GEO].locate(client_ip))
-    if q.variant == "original":
+    client_ip = client_ip if (client_ip and key is not None) else remote_address(request)
+    return Servable(image_id, loc, rank(healthy, app[keys.GEO].locate(client_ip)))
+
+
+def signed_query(settings: Settings, image_id: str, variant: str, expires_at: int) -> str:
+    """The `?exp=..&kid=..&sig=..` of a download URL, bound to the image and the variant path (not to a
+    node, so that the alternatives and a node's 307 to a peer work with the same signature)."""
+    claims = signing.Claims("download", image_id, "", expires_at, path=variant)
+    return "?" + urlencode(signing.sign_with(settings.signing, claims))
+
+
+async def resolve_url(
+    request: web.Request, image_id: str, q: UrlQuery, key: ApiKey | None, public_only: bool = False
+) -> dict[str, Any]:
+    """The nearest healthy `ok` replica's URL for the variant that fits the box (no Postgres when cached)."""
+    settings = request.app[keys.SETTINGS]
+    original = q.variant == "original"
+    stand_in: str | None = None
+    try:
+        found = await find_servable(request, image_id, key, q.client_ip, public_only=public_only, original=original)
+    except (NotFound, Conflict):  # deleted, or rejected/expired: a public image may have a default to stand in
+        stand_in = None if original else await _default_for(request, image_id, q.default)
+        if stand_in is None:
+            raise
+        found = await find_servable(request, stand_in, key, q.client_ip, public_only=public_only)
+    loc = found.location
+    if original:
         variant = "original"
     else:
         variant = pick_variant(
@@ -97,21 +164,17 @@ async def resolve_url(
             image_w=loc.width,
             image_h=loc.height,
         )
-    # Private images and originals get a signed URL, bound to the image and the variant path (not to a
-    # node, so that the alternatives and a node's 307 to a peer work with the same signature).
+    # Private images and originals get a signed URL.
     expires_at: int | None = None
     query = ""
-    if variant == "original" or loc.visibility == "private":
+    if original or loc.visibility == "private":
         expires_at = int(time.time()) + settings.signing.download_ttl_s
-        claims = signing.Claims("download", image_id, "", expires_at, path=variant)
-        query = "?" + urlencode(signing.sign_with(settings.signing, claims))
-
-    def url(base_url: str) -> str:
-        return f"{base_url.rstrip('/')}/i/{image_id}/{variant}{query}"
-
-    best, rest = ranked[0], ranked[1:]
+        query = signed_query(settings, image_id, variant, expires_at)
+    best, rest = found.ranked[0], found.ranked[1:]
+    marker = {} if stand_in is None else {"fallback": fallback.HEADER_VALUE, "default_image_id": stand_in}
     return {
-        "url": url(best.node.base_url),
+        **marker,
+        "url": found.url(best.node.base_url, variant, query),
         "node_id": best.node.node_id,
         "region": best.node.region,
         "distance_km": round(best.distance_km, 1),
@@ -119,7 +182,7 @@ async def resolve_url(
         "expires_at": rfc3339(expires_at) if expires_at is not None else None,
         "alternatives": [
             {
-                "url": url(r.node.base_url),
+                "url": found.url(r.node.base_url, variant, query),
                 "node_id": r.node.node_id,
                 "region": r.node.region,
                 "distance_km": round(r.distance_km, 1),
@@ -129,14 +192,43 @@ async def resolve_url(
     }
 
 
+async def _default_for(request: web.Request, image_id: str, requested: str | None) -> str | None:
+    """The image standing in for missing ``image_id``: the request's ``default=`` if usable, else its app's
+    default if usable (``common.fallback``). Only the 404/409 path comes here; the lookups are the caches'."""
+    auth, locations = request.app[keys.AUTH], request.app[keys.LOCATIONS]
+    loc = await locations.get(image_id)
+    if loc is None or not fallback.falls_back(loc.status, loc.visibility):
+        return None
+    app_id = await auth.app_id_of(loc.owner_key_id)
+    owner_app = await auth.app_of_image(loc.owner_key_id)
+    for candidate in (requested, owner_app.default_image_id if owner_app else None):
+        if candidate is None or candidate == image_id:
+            continue
+        found = await locations.get(candidate)
+        if found is not None and fallback.default_usable(
+            app_id, await auth.app_id_of(found.owner_key_id), found.status, found.visibility
+        ):
+            return candidate  # same app: find_servable holds /img to the same Referer allowlist
+    return None
+
+
 async def get_url(request: web.Request) -> web.Response:
     image_id = check_image_id(request.match_info["image_id"])
     key = await request.app[keys.AUTH].optional(request)
-    return json_response(await resolve_url(request, image_id, parse_url_query(request), key))
+    found = await resolve_url(request, image_id, parse_url_query(request), key)
+    return json_response(found, headers=_fallback_headers(request, found))
 
 
 async def redirect(request: web.Request) -> web.Response:
     image_id = check_image_id(request.match_info["image_id"])
     key = await request.app[keys.AUTH].optional(request)
     found = await resolve_url(request, image_id, parse_url_query(request), key, public_only=True)
-    return web.Response(status=302, headers={"Location": found["url"], "Cache-Control": "no-store"})
+    headers = {"Location": found["url"], "Cache-Control": "no-store", **_fallback_headers(request, found)}
+    return web.Response(status=302, headers=headers)
+
+
+def _fallback_headers(request: web.Request, found: dict[str, Any]) -> dict[str, str]:
+    """A default image given for a missing one says so, and is cached only briefly (never immutable)."""
+    if "fallback" not in found:
+        return {}
+    return fallback.headers(request.app[keys.SETTINGS].fallback.max_age_s)

@@ -1,4 +1,5 @@
-"""POST /v1/uploads: create the image row (`requested`), place it, return a signed upload URL."""
+"""POST /v1/uploads: create the image row (`requested`), place it, return a signed upload URL (and a signed
+status URL the uploading browser may poll without the API key)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from common.ids import new_image_id
 from query_service import keys
 from query_service.placement import place
 from query_service.requests import parse_upload_request, remote_address
+from query_service.status_links import status_query
 
 
 def public_base(request: web.Request) -> str:
@@ -39,11 +41,16 @@ async def create_upload(request: web.Request) -> web.Response:
         await check_callback_url(body.callback_url, settings.callbacks.allow_private)
     remote = remote_address(request)
     uploader = app[keys.GEO].locate(body.client_ip or remote)
-    chosen = place(registry.nodes.values(), uploader, body.size or max_bytes, registry.healthy)
+    # Without a stated size, a typical upload's room: asking for the whole cap would refuse every such upload
+    # on a small node (the cap still bounds the PUT, and the capacity marks are the backstop).
+    need = body.size if body.size is not None else min(settings.limits.unsized_upload_bytes, max_bytes)
+    chosen = place(registry.nodes.values(), uploader, need, registry.healthy)
     if chosen is None:
         raise Unavailable("no healthy node with room can take this upload", code="no_capacity")
     node = chosen.node
     image_id = new_image_id()
+    now = int(time.time())
+    exp = now + settings.signing.upload_ttl_s
     # The image row and its `upload.request` audit row commit (or roll back) together.
     async with app[keys.POOL].connection() as conn, conn.transaction():
         await db_images.create_requested(
@@ -59,6 +66,7 @@ async def create_upload(request: web.Request) -> web.Response:
                 tags=body.tags,
                 metadata=body.metadata,
                 callback_url=body.callback_url,
+                expires_at=exp,  # the lifecycle sweep expires the ticket if it is not used by then
             ),
         )
         await audit.record(
@@ -71,7 +79,6 @@ async def create_upload(request: web.Request) -> web.Response:
             client_ip=remote,
             detail={"visibility": body.visibility, "size": body.size},
         )
-    exp = int(time.time()) + settings.signing.upload_ttl_s
     claims = signing.Claims("upload", image_id, node.node_id, exp, max_bytes=max_bytes)
     # `rid` (not signed, only logged) lets the node's log line for the PUT name this request's id.
     query = urlencode(
@@ -89,6 +96,9 @@ async def create_upload(request: web.Request) -> web.Response:
             "region": node.region,
             "status": "requested",
             "status_url": f"{public_base(request)}/v1/images/{image_id}",
+            # The same read, signed for this image: the uploading page polls it without the API key.
+            "signed_status_url": f"{public_base(request)}/v1/images/{image_id}?"
+            + urlencode(status_query(settings.signing, image_id, exp, now)),
         },
         status=201,
     )

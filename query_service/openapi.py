@@ -63,12 +63,67 @@ _URL_PARAMS = [
         "name": "variant",
         "in": "query",
         "schema": {"type": "string", "enum": ["original"]},
-        "description": "`original`: a signed URL of the uploaded bytes, for the owner only",
+        "description": "`original`: a signed URL of the uploaded bytes (TIFF, BMP, ICO: as PNG), for the owner only",
     },
 ]
+_DEFAULT_PARAM = {
+    "name": "default",
+    "in": "query",
+    "schema": IMAGE_ID,
+    "description": "a public, ready image of the same app to give if this public image is deleted, rejected or expired",
+}
 _IMAGE_PATH = [{"name": "image_id", "in": "path", "required": True, "schema": IMAGE_ID}]
+_STATUS_SIGNATURE = [  # the signed status_url of an upload ticket: a browser polls without a key
+    {"name": name, "in": "query", "schema": {"type": "string"}, "description": "status signature (see status_url)"}
+    for name in ("exp", "kid", "sig")
+]
 _NODE_PATH = [{"name": "node_id", "in": "path", "required": True, "schema": NODE_ID}]
 _COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+_DIMENSION = {"type": "integer", "minimum": 0, "maximum": 2147483647}
+_LIST = "comma-separated; may be repeated"
+_SEARCH_PARAMS = [
+    {"name": "tags", "in": "query", "schema": {"type": "string"}, "description": f"every one of these tags ({_LIST})"},
+    {"name": "any_tags", "in": "query", "schema": {"type": "string"}, "description": f"any of these tags ({_LIST})"},
+    {
+        "name": "format",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": f"jpeg, png, gif, webp, avif, heic ({_LIST})",
+    },
+    {
+        "name": "status",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": f"image statuses ({_LIST}); default: all but deleted",
+    },
+    {"name": "visibility", "in": "query", "schema": {"type": "string", "enum": ["public", "private"]}},
+    *(
+        {"name": name, "in": "query", "schema": _DIMENSION}
+        for name in ("min_width", "max_width", "min_height", "max_height")
+    ),
+    *(
+        {"name": name, "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "ISO 8601"}
+        for name in ("created_after", "created_before", "ready_after", "ready_before")
+    ),
+    {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["newest", "oldest"]}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "next_cursor of the previous page"},
+    {
+        "name": "app_id",
+        "in": "query",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+        "description": "admin keys: one app's images (an app key may name only its own app)",
+    },
+]
+_SRCSET_PARAMS = [
+    {
+        "name": "widths",
+        "in": "query",
+        "schema": {"type": "string", "pattern": "^[0-9]{1,5}(,[0-9]{1,5}){0,19}$"},
+        "description": "comma-separated widths, 1-16384 (default: query.srcset_widths, else limits.widths)",
+    },
+    *_URL_PARAMS[3:6],  # fit, fmt, client_ip
+]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -107,6 +162,7 @@ SCHEMAS: dict[str, Any] = {
             "region",
             "status",
             "status_url",
+            "signed_status_url",
         ],
         "properties": {
             "image_id": IMAGE_ID,
@@ -118,6 +174,7 @@ SCHEMAS: dict[str, Any] = {
             "region": {"type": "string"},
             "status": {"type": "string", "enum": ["requested"]},
             "status_url": {"type": "string"},
+            "signed_status_url": {"type": "string", "description": "status_url, signed: readable without a key"},
         },
     },
     "Image": {
@@ -127,10 +184,24 @@ SCHEMAS: dict[str, Any] = {
             "image_id": IMAGE_ID,
             "status": {
                 "type": "string",
-                "enum": ["requested", "uploaded", "processing", "ready", "rejected", "quarantined", "deleted"],
+                "enum": [
+                    "requested",
+                    "uploaded",
+                    "processing",
+                    "ready",
+                    "rejected",
+                    "quarantined",
+                    "deleted",
+                    "expired",
+                ],
             },
             "visibility": {"type": "string", "enum": ["public", "private"]},
             "replicas": {"type": "array", "items": {"type": "object", "required": ["node_id", "region", "state"]}},
+            "stored_bytes": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "bytes on disk over every node: each ok original plus the variants nodes report",
+            },
         },
     },
     "ImageUrl": {
@@ -144,6 +215,39 @@ SCHEMAS: dict[str, Any] = {
             "variant": {"type": "string"},
             "expires_at": {"type": "string", "nullable": True},
             "alternatives": {"type": "array", "items": {"type": "object"}},
+            "fallback": {"type": "string", "enum": ["default"], "description": "set when a default stands in"},
+            "default_image_id": IMAGE_ID,
+        },
+    },
+    "DefaultImageRequest": {
+        "type": "object",
+        "required": ["image_id"],
+        "properties": {"image_id": {**IMAGE_ID, "nullable": True}},
+    },
+    "DefaultImage": {
+        "type": "object",
+        "required": ["app_id", "default_image_id"],
+        "properties": {"app_id": {"type": "string"}, "default_image_id": {**IMAGE_ID, "nullable": True}},
+    },
+    "ImageList": {
+        "type": "object",
+        "required": ["images", "next_cursor"],
+        "properties": {
+            "images": {"type": "array", "items": _ref("Image")},
+            "next_cursor": {"type": "string", "nullable": True},
+        },
+    },
+    "Srcset": {
+        "type": "object",
+        "required": ["srcset", "src", "widths", "variants", "node_id", "region", "expires_at"],
+        "properties": {
+            "srcset": {"type": "string"},
+            "src": {"type": "string"},
+            "widths": {"type": "array", "items": {"type": "integer"}},
+            "variants": {"type": "array", "items": {"type": "string"}},
+            "node_id": {"type": "string"},
+            "region": {"type": "string"},
+            "expires_at": {"type": "string", "nullable": True},
         },
     },
     "KeyRequest": {
@@ -313,8 +417,8 @@ def spec(server_url: str = "") -> dict[str, Any]:
             "get": {
                 "summary": "Status, metadata and replicas of an image (another app's private image is not found).",
                 "security": anonymous_or_key,
-                "parameters": _IMAGE_PATH,
-                "responses": {"200": _json(_ref("Image"), "the image"), **_errors(404, *_COMMON_ERRORS)},
+                "parameters": _IMAGE_PATH + _STATUS_SIGNATURE,
+                "responses": {"200": _json(_ref("Image"), "the image"), **_errors(403, 404, *_COMMON_ERRORS)},
             },
             "delete": {
                 "summary": "Delete an image (a key of the owning app, or admin): served no more, files go.",
@@ -327,10 +431,33 @@ def spec(server_url: str = "") -> dict[str, Any]:
             "get": {
                 "summary": "URL of the nearest healthy replica for the variant that fits the box (signed if private).",
                 "security": anonymous_or_key,
-                "parameters": _IMAGE_PATH + _URL_PARAMS,
+                "parameters": _IMAGE_PATH + _URL_PARAMS + [_DEFAULT_PARAM],
                 "responses": {
                     "200": _json(_ref("ImageUrl"), "the URL and alternatives"),
                     **_errors(400, 403, 404, 409, 503, *_COMMON_ERRORS),
+                },
+            }
+        },
+        "/v1/images": {
+            "get": {
+                "summary": "The caller's images (an admin key: every app's), filtered, newest or oldest first,"
+                " paginated. Also meta.<key>=<value>: a metadata key equals the value.",
+                "security": auth,
+                "parameters": _SEARCH_PARAMS,
+                "responses": {
+                    "200": _json(_ref("ImageList"), "a page of images"),
+                    **_errors(400, 403, *_COMMON_ERRORS),
+                },
+            }
+        },
+        "/v1/images/{image_id}/srcset": {
+            "get": {
+                "summary": "A srcset of the image's variants on the nearest healthy node (signed if private).",
+                "security": anonymous_or_key,
+                "parameters": _IMAGE_PATH + _SRCSET_PARAMS,
+                "responses": {
+                    "200": _json(_ref("Srcset"), "the srcset and its fallback src"),
+                    **_errors(400, 404, 409, 503, *_COMMON_ERRORS),
                 },
             }
         },
@@ -338,7 +465,7 @@ def spec(server_url: str = "") -> dict[str, Any]:
             "get": {
                 "summary": "302 to the URL above; public images only, subject to the owner's Referer allowlist.",
                 "security": anonymous_or_key,
-                "parameters": _IMAGE_PATH + _URL_PARAMS[:5],
+                "parameters": _IMAGE_PATH + _URL_PARAMS[:5] + [_DEFAULT_PARAM],
                 "responses": {
                     "302": {
                         "description": "redirect to a node",
@@ -462,6 +589,22 @@ def spec(server_url: str = "") -> dict[str, Any]:
                 ],
                 "responses": {"200": _json(_ref("Revoked"), "revoked"), **_errors(403, 404, *_COMMON_ERRORS)},
             }
+        },
+        "/v1/apps/default-image": {
+            "get": {
+                "summary": "The default image of the caller's app (null when none).",
+                "security": auth,
+                "responses": {"200": _json(_ref("DefaultImage"), "the default"), **_errors(403, *_COMMON_ERRORS)},
+            },
+            "put": {
+                "summary": "Set (null: clear) the caller's app's default image: one of its public, ready images.",
+                "security": auth,
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DefaultImageRequest")}}},
+                "responses": {
+                    "200": _json(_ref("DefaultImage"), "the new default"),
+                    **_errors(400, 403, 404, 409, *_COMMON_ERRORS),
+                },
+            },
         },
         "/healthz": {
             "get": {

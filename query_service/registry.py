@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from common import holders, loops
 from common.bus import Bus
@@ -36,6 +36,9 @@ class NodeInfo:
     free_bytes: int
     objects: int
     last_seen: float  # time.monotonic() of the last heartbeat; -inf when never seen
+    # Per storage tier (hot; cold when the node has one) and the bytes of its variant cache.
+    tiers: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
+    variant_bytes: int = 0
 
 
 @dataclass
@@ -110,6 +113,8 @@ class NodeRegistry:
                 r["free_bytes"],
                 r["objects"],
                 seen,
+                r["tiers"],
+                r["variant_bytes"],
             )
         self.nodes = fresh
 
@@ -125,6 +130,8 @@ class NodeRegistry:
             free_bytes=event.free_bytes,
             objects=event.objects,
             last_seen=time.monotonic(),
+            tiers=event.tiers if event.tiers is not None else node.tiers,
+            variant_bytes=event.variant_bytes,
         )
 
     async def run(self, pool: Pool, bus: Bus, refresh_s: float) -> None:

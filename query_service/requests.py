@@ -13,6 +13,7 @@ from aiohttp import web
 from common.clientaddr import client_address
 from common.errors import InvalidRequest, PayloadTooLarge
 from common.hardening import read_small_body
+from common.ids import is_image_id
 from query_service import keys
 
 MAX_BODY_BYTES = 64 * 1024
@@ -133,6 +134,7 @@ class UrlQuery:
     fmt: str
     client_ip: str | None
     variant: str | None = None  # "original" (owner only, signed), else the variant picked for the box
+    default: str | None = None  # an image of the same app to give if this one is missing (common.fallback)
 
 
 def _opt_number(query: Any, key: str, lo: float, hi: float) -> float | None:
@@ -160,6 +162,9 @@ def parse_url_query(request: web.Request) -> UrlQuery:
     variant = q.get("variant")
     if variant not in (None, "original"):
         raise InvalidRequest("variant must be `original` (other variants are picked from w/h/dpr/fmt)")
+    default = q.get("default")
+    if default is not None and not is_image_id(default):
+        raise InvalidRequest("default must be an image id")
     return UrlQuery(
         w=_opt_number(q, "w", 1, 16384),
         h=_opt_number(q, "h", 1, 16384),
@@ -168,6 +173,7 @@ def parse_url_query(request: web.Request) -> UrlQuery:
         fmt=fmt,
         client_ip=check_ip(client_ip) if client_ip else None,
         variant=variant,
+        default=default,
     )
 
 

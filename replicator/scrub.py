@@ -92,7 +92,9 @@ class Scrubber:
         started = time.perf_counter()
         result = ScrubResult()
         store = self.ctx.store
-        ids = await asyncio.to_thread(lambda: list(iter_image_ids(store.objects)))
+        # Originals in every tier (a cold original is scrubbed where it lies).
+        roots = [store.objects] + ([store.cold_objects] if store.cold_objects is not None else [])
+        ids = await asyncio.to_thread(lambda: sorted({i for root in roots for i in iter_image_ids(root)}))
         for done, image_id in enumerate(ids):
             if self.metrics is not None:
                 self.metrics.scrub_progress.set(done / len(ids))
@@ -100,7 +102,7 @@ class Scrubber:
             if meta is None:
                 continue
             await self.rate.take(meta.bytes)
-            actual = await asyncio.to_thread(sha256_file, store.path_for(image_id, ORIGINAL))
+            actual = await asyncio.to_thread(sha256_file, store.original_path(image_id))
             if actual is None:
                 continue
             result.checked += 1

@@ -34,7 +34,11 @@ async def _replicator_main(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    store = Store(settings.node.data_dir, settings.node.capacity_bytes)
+    node = settings.node
+    # The node's tiers too: a copy it replaces or deletes may lie in the cold directory.
+    store = Store(
+        node.data_dir, node.capacity_bytes, cold_dir=node.cold_dir, cold_capacity_bytes=node.cold_capacity_bytes
+    )
     await asyncio.to_thread(store.objects.mkdir, parents=True, exist_ok=True)
     await asyncio.to_thread(store.tmp.mkdir, parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:

@@ -1,19 +1,22 @@
 """The processing job that runs inside a sandboxed worker: validate fully, read metadata, fingerprint, and
-write the eager variants. Pure libvips and plain values in and out (JSON-able dicts), no I/O beyond the
-files it is given, so it is as safe to run in a throwaway process as in a test.
+write the eager variants. Pure libvips (and ``storage_node.decoders`` for what libvips cannot decode) and
+plain values in and out (JSON-able dicts), no I/O beyond the files it is given, so it is as safe to run in
+a throwaway process as in a test.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pyvips
 
-from common.variants import parse_variant
+from common.variants import parse_stored_variant
+from storage_node.decoders import LIBVIPS_ANIMATED, PILLOW_PROBED, open_source, probe_foreign
 from storage_node.objects.formats import sniff
 from storage_node.render import MULTI_PAGE_TYPES, RenderOptions, build_variant
-from storage_node.validate import decode_check, dhash, exif_facts, probe
+from storage_node.validate import decode_check, dhash, dhash_image, exif_facts
 
 
 def analyse(job: dict[str, Any]) -> dict[str, Any]:
@@ -22,15 +25,24 @@ def analyse(job: dict[str, Any]) -> dict[str, Any]:
     Raises UnsupportedImage/InvalidImage (the image is rejected); anything else is a processing failure.
     """
     path = Path(job["path"])
+    max_pixels, max_frames = int(job["max_pixels"]), int(job["max_frames"])
     with path.open("rb") as fobj:
         fmt = sniff(fobj.read(64))
-    info = probe(path, fmt, int(job["max_pixels"]), int(job["max_frames"]))
-    decode_check(path, info.pages)
-    header = pyvips.Image.new_from_file(str(path))
+    info = probe_foreign(path, fmt, max_pixels, max_frames)
+    source = open_source(path, max_pixels, max_frames)  # decodes HEIC, BMP, ICO and animated PNG fully
+    if source.decoded is None:
+        # Every frame of an animation; a TIFF's first page only (its other pages are never shown).
+        decode_check(path, info.pages if fmt in LIBVIPS_ANIMATED or fmt == "avif" else 1)
+    # Metadata from libvips's header where it reads one (EXIF of a HEIC too), else from the decoded pixels.
+    if source.decoded is not None and fmt in PILLOW_PROBED:
+        header = source.decoded
+    else:
+        header = pyvips.Image.new_from_file(str(path))
+    pixels = source.decoded if source.decoded is not None else header
     animated = info.pages > 1 and info.content_type in MULTI_PAGE_TYPES
     opts = RenderOptions(**job.get("render", {}))
     for name, dest in job.get("eager", []):
-        build_variant(path, parse_variant(name), Path(dest), opts, animated)
+        build_variant(path, parse_stored_variant(name), Path(dest), opts, animated, source.decoded)
     return {
         "format": fmt,
         "content_type": info.content_type,
@@ -39,23 +51,33 @@ def analyse(job: dict[str, Any]) -> dict[str, Any]:
         "pages": info.pages,
         "animated": animated,
         "colour_space": str(header.interpretation),
-        "icc_profile": bool(header.get_typeof("icc-profile-data")),
-        "has_alpha": bool(header.hasalpha()),
+        "icc_profile": bool(pixels.get_typeof("icc-profile-data")),
+        "has_alpha": bool(pixels.hasalpha()),
         "exif": exif_facts(header, bool(job.get("keep_gps"))),
-        "phash": dhash(path),
+        "phash": dhash(path) if source.decoded is None else dhash_image(source.decoded),
     }
+
+
+def probe(job: dict[str, Any]) -> dict[str, Any]:
+    """``job``: path, max_pixels, max_frames: the header probe of a format only Pillow reads (BMP, ICO)."""
+    path = Path(job["path"])
+    with path.open("rb") as fobj:
+        fmt = sniff(fobj.read(64))
+    return asdict(probe_foreign(path, fmt, int(job["max_pixels"]), int(job["max_frames"])))
 
 
 def variant(job: dict[str, Any]) -> dict[str, Any]:
     """``job``: path, variant (name), dest, animated, render (RenderOptions fields): build one lazy variant."""
+    source = open_source(Path(job["path"]))
     build_variant(
-        Path(job["path"]),
-        parse_variant(job["variant"]),
+        source.path,
+        parse_stored_variant(job["variant"]),
         Path(job["dest"]),
         RenderOptions(**job.get("render", {})),
-        bool(job.get("animated")),
+        bool(job.get("animated")) and source.multi_page,  # the node's hint is by content type (any PNG)
+        source.decoded,
     )
     return {"dest": job["dest"]}
 
 
-JOBS = {"analyse": analyse, "variant": variant}
+JOBS = {"analyse": analyse, "probe": probe, "variant": variant}

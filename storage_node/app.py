@@ -14,6 +14,7 @@ from common.bus import open_bus
 from common.callback_outbox import CallbackOutbox
 from common.config import Settings, require_node
 from common.db import nodes as db_nodes
+from common.db import replicas as db_replicas
 from common.db.pool import open_pool
 from common.hardening import handler_args, make_header_limit_middleware
 from common.httpkit import make_error_middleware
@@ -29,6 +30,7 @@ from storage_node.objects.store import Store
 from storage_node.process import Processor
 from storage_node.render import Renderer, RenderOptions, configure_process
 from storage_node.routes import add_routes
+from storage_node.tiers import TierManager
 from storage_node.validate import restrict_loaders
 
 
@@ -49,7 +51,9 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
     app[keys.STATUS] = keys.NodeStatus()
-    app[keys.STORE] = Store(settings.node.data_dir, settings.node.capacity_bytes)
+    app[keys.STORE] = Store(
+        node.data_dir, node.capacity_bytes, cold_dir=node.cold_dir, cold_capacity_bytes=node.cold_capacity_bytes
+    )
     metrics.http.install(app)
     add_routes(app)
     cors.install(app)
@@ -101,4 +105,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS], app[keys.METRICS]), name="heartbeat"
         )
         stack.push_async_callback(cancel_all, [heartbeat])
+
+        async def report_variant_bytes(changed: dict[str, int]) -> None:
+            await db_replicas.record_variant_bytes(pool, node.node_id, changed)
+
+        tiers = app[keys.TIERS] = TierManager(store, settings.tiers, app[keys.METRICS], report_variant_bytes)
+        stack.push_async_callback(cancel_all, [asyncio.create_task(tiers.run_forever(), name="tiers")])
         yield

@@ -1,6 +1,9 @@
 """What decodes and encodes images on this node, for `/healthz`: libvips and its bindings, the codecs
-it links, and which loaders are allowed. pyvips-binary links its codecs statically and exports none of
-their version functions, so their versions are read from the banners compiled into the library."""
+it links, which loaders are allowed, and the decoders the sandbox runs beside libvips (Pillow for BMP, ICO
+and animated PNG; pillow-heif's libheif with libde265 for HEIC). pyvips-binary links its codecs statically
+and exports none of their version functions, so their versions are read from the banners compiled into
+the library; the other decoders' versions come from their package metadata and library file names (read
+here without importing them: they run only in sandboxed workers)."""
 
 from __future__ import annotations
 
@@ -50,6 +53,21 @@ def _linked() -> dict[str, str]:
     return found
 
 
+@functools.cache
+def _sandbox_decoders() -> dict[str, str | None]:
+    """Pillow and pillow-heif versions, and the libheif bundled in pillow-heif's wheel (by its file name)."""
+    found: dict[str, str | None] = {"pillow": _dist_version("pillow"), "pillow_heif": _dist_version("pillow-heif")}
+    try:
+        files = metadata.files("pillow-heif") or []
+    except metadata.PackageNotFoundError:
+        return found
+    for entry in files:
+        m = re.fullmatch(r"libheif[-.].*\.so\.([0-9]+\.[0-9]+\.[0-9]+)", entry.name)
+        if m:
+            found["libheif"] = m.group(1)
+    return found
+
+
 def codec_versions() -> dict[str, Any]:
     """Blocking on the first call (reads the library once); cached afterwards."""
     return {
@@ -58,4 +76,5 @@ def codec_versions() -> dict[str, Any]:
         "pyvips_binary": _dist_version("pyvips-binary"),
         "linked": _linked(),
         "loaders": [name.removeprefix("VipsForeignLoad").lower() for name in ALLOWED_LOADER_CLASSES],
+        "decoders": _sandbox_decoders(),
     }

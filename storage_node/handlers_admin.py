@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from aiohttp import web
 
@@ -26,6 +27,8 @@ async def stats(request: web.Request) -> web.Response:
             "used_bytes": usage.used_bytes,
             "free_bytes": usage.free_bytes,
             "objects": usage.objects,
+            "tiers": {name: dataclasses.asdict(t) for name, t in usage.tiers.items()},
+            "variant_bytes": usage.variant_bytes,
             "state": app[keys.STATUS].state,
         }
     )

@@ -11,7 +11,7 @@ from common.errors import NotFound
 from common.ids import check_image_id
 from storage_node import keys
 from storage_node.objects.peer import PEER_SHA_HEADER, PEER_VISIBILITY_HEADER
-from storage_node.objects.store import ORIGINAL
+from storage_node.tierfile import FallbackFileResponse
 
 
 async def get_original(request: web.Request) -> web.StreamResponse:
@@ -23,8 +23,8 @@ async def get_original(request: web.Request) -> web.StreamResponse:
     meta = await asyncio.to_thread(store.meta, image_id)
     if meta is None:
         raise NotFound("no such image on this node")
-    return web.FileResponse(
-        store.path_for(image_id, ORIGINAL),
+    return FallbackFileResponse(
+        store.original_paths(image_id),  # either tier: a move in flight never fails the copy
         headers={
             "Content-Type": meta.content_type,
             PEER_SHA_HEADER: meta.sha256,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import ETag
 
 from common import signing
-from common.errors import RangeNotSatisfiable, SignatureInvalid
+from common.errors import NotFound, RangeNotSatisfiable, SignatureInvalid
 from common.hardening import IMAGE_CSP
 from common.ids import check_image_id
-from common.variants import VariantSpec, check_size, parse_variant, resolve_format
-from storage_node import keys, misses
+from common.variants import ORIGINAL_RENDITION, VariantSpec, check_size, parse_variant, resolve_format
+from storage_node import fallback, keys, misses
+from storage_node.objects.formats import INPUT_ONLY
 from storage_node.objects.store import ORIGINAL, ObjectMeta
+from storage_node.tierfile import FallbackFileResponse
 
 CACHE_PUBLIC = "public, max-age=31536000, immutable"
 CACHE_PRIVATE = "private, max-age=3600"
@@ -34,12 +37,13 @@ SIGNATURE_PARAMS = ("exp", "kid", "sig")
 _SINGLE_RANGE_RE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.ASCII | re.IGNORECASE)
 
 
-class ImmutableFileResponse(web.FileResponse):
+class ImmutableFileResponse(FallbackFileResponse):
     """FileResponse whose ETag is ours (content hash, equal on every replica), not mtime-size, and which
-    sends no Last-Modified (mtimes differ between replicas)."""
+    sends no Last-Modified (mtimes differ between replicas). Given several paths (an original's tiers),
+    it serves the first that exists."""
 
-    def __init__(self, path: Path, etag: str, *, ignore_range: bool = False, **kwargs: Any) -> None:
-        super().__init__(path, **kwargs)
+    def __init__(self, path: Path | Sequence[Path], etag: str, *, ignore_range: bool = False, **kwargs: Any) -> None:
+        super().__init__([path] if isinstance(path, Path) else path, **kwargs)
         self._fixed_etag = etag
         self._ignore_range = ignore_range
         self.etag = etag
@@ -117,6 +121,16 @@ def _ignore_range(request: web.Request, size: int, etag: str) -> bool:
 
 
 async def get_image(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _serve(request)
+    except NotFound:  # a missing public image may have a default to stand in (never on a hit)
+        answer = await fallback.redirect_to_default(request)
+        if answer is None:
+            raise
+        return answer
+
+
+async def _serve(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, store = app[keys.SETTINGS], app[keys.STORE]
     image_id = check_image_id(request.match_info["image_id"])
@@ -142,9 +156,15 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     await app[keys.GATE].check(image_id)  # only `ready` images (memory-only once known ready)
     if not signed:  # a signed URL is the owner's own grant; public reads obey the app's Referer allowlist
         await app[keys.HOTLINK].check(image_id, request.headers.get("Referer"))
+    original = spec is None  # the original (or its rendition) is the owner's: never cached publicly
+    if original and meta.content_type in INPUT_ONLY:  # TIFF, BMP, ICO are never handed out as themselves
+        spec = ORIGINAL_RENDITION
+        name = spec.name
     etag = _etag_for(meta, name)
+    if spec is not None:
+        store.note_read(image_id, name)  # memory only: the variant LRU (a revalidation is a use too)
     headers = {
-        "Cache-Control": CACHE_PRIVATE if (meta.private or spec is None) else CACHE_PUBLIC,
+        "Cache-Control": CACHE_PRIVATE if (meta.private or original) else CACHE_PUBLIC,
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": IMAGE_CSP,
     }
@@ -153,13 +173,16 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     if _not_modified(request, etag):
         headers["ETag"] = f'"{etag}"'
         return web.Response(status=304, headers=headers)
+    paths: list[Path]
     if spec is None:
-        path, content_type = store.path_for(image_id, ORIGINAL), meta.content_type
+        store.note_read(image_id, ORIGINAL)  # memory only: last read and promotion of a cold original
+        paths, content_type = store.original_paths(image_id), meta.content_type
     else:
-        path, content_type = await app[keys.RENDERER].ensure(image_id, spec, meta.content_type), spec.content_type
+        paths = [await app[keys.RENDERER].ensure(image_id, spec, meta.content_type)]
+        content_type = spec.content_type
     ignore_range = False
     if "Range" in request.headers:
-        size = meta.bytes if spec is None else (await asyncio.to_thread(os.stat, path)).st_size
+        size = meta.bytes if spec is None else (await asyncio.to_thread(os.stat, paths[0])).st_size
         ignore_range = _ignore_range(request, size, etag)
     headers["Content-Type"] = content_type
-    return ImmutableFileResponse(path, etag, ignore_range=ignore_range, headers=headers)
+    return ImmutableFileResponse(paths, etag, ignore_range=ignore_range, headers=headers)

@@ -1,4 +1,8 @@
-"""PUT /upload/{image_id}: verify the signed URL, stream to disk, validate, commit with the outbox, publish."""
+"""PUT /upload/{image_id}: verify the signed URL, stream to disk, validate, commit with the outbox, publish.
+
+A PUT refused for its content (too large, not an image type we take, an unreadable or oversized image) uses
+up the ticket: the image becomes `rejected` with the reason, and its callback is sent, so a client polling
+the status learns the outcome instead of seeing `requested` forever."""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from aiohttp import web
 from common import signing
 from common.db import audit
 from common.db import images as db_images
+from common.db import lifecycle as db_lifecycle
 from common.db import pipeline as db_pipeline
-from common.errors import Conflict, NotFound, PayloadTooLarge
+from common.errors import Conflict, InvalidImage, MinicdnError, NotFound, PayloadTooLarge, UnsupportedImage
 from common.events import ImageUploaded
 from common.hardening import timed_chunks
 from common.ids import check_image_id
@@ -19,9 +24,12 @@ from storage_node import keys
 from storage_node.objects.formats import sniff
 from storage_node.objects.ingest import Ingested, ingest
 from storage_node.objects.store import ObjectMeta
-from storage_node.validate import ImageInfo, probe
+from storage_node.validate import ImageInfo, probe_upload
 
 logger = logging.getLogger(__name__)
+# Refusals for the content itself: the ticket is used up and the image `rejected` (not for a stalled or cut
+# body, a bad signature or a used URL, which say nothing about the image).
+CONTENT_REFUSALS = (PayloadTooLarge, UnsupportedImage, InvalidImage)
 
 
 def _verify_upload_url(request: web.Request, image_id: str) -> int:
@@ -46,18 +54,20 @@ async def put_upload(request: web.Request) -> web.Response:
     image_id = check_image_id(request.match_info["image_id"])
     outcome = "error"
     tmp = store.new_tmp_path()
+    verified = False
     try:
         max_bytes = _verify_upload_url(request, image_id)
+        verified = True
         if request.content_length is not None and request.content_length > max_bytes:
             raise PayloadTooLarge(f"upload is larger than {max_bytes} bytes")
         state = await db_images.upload_state(pool, image_id)
         if state is None or state["origin_node"] != settings.node.node_id:
             raise NotFound("no upload is expected for this image on this node")
-        if state["status"] != "requested":
+        if state["status"] not in db_images.UPLOADABLE:
             raise Conflict("this upload URL has already been used", code="already_uploaded")
         got = await ingest(timed_chunks(request.content, settings.http.body_read_timeout_s), tmp, max_bytes)
-        info = await asyncio.to_thread(
-            probe, tmp, sniff(got.head), settings.limits.max_pixels, settings.limits.max_frames
+        info = await probe_upload(
+            app[keys.PROCESSOR].sandbox, tmp, sniff(got.head), settings.limits.max_pixels, settings.limits.max_frames
         )
         # Shielded: a client hanging up mid-commit must not split the file move from the transaction.
         event = await asyncio.shield(asyncio.ensure_future(_commit(request, image_id, got, info)))
@@ -66,6 +76,8 @@ async def put_upload(request: web.Request) -> web.Response:
         metrics.upload_bytes.inc(got.size)
     except Exception as exc:
         outcome = getattr(exc, "code", "error")
+        if verified and isinstance(exc, CONTENT_REFUSALS):
+            await _reject(request, image_id, exc)
         raise
     finally:
         metrics.uploads.labels(outcome).inc()
@@ -133,3 +145,18 @@ async def _commit(request: web.Request, image_id: str, got: Ingested, info: Imag
         bytes=got.size,
         content_type=info.content_type,
     )
+
+
+async def _reject(request: web.Request, image_id: str, exc: MinicdnError) -> None:
+    """Record the refusal as the image's final status (with its callback); the refusal itself is answered
+    whatever happens here."""
+    app = request.app
+    try:
+        row = await db_lifecycle.reject_upload(
+            app[keys.POOL], image_id, app[keys.SETTINGS].node.node_id, f"{exc.code}: {exc.message}"
+        )
+    except Exception as db_exc:  # the ticket stays `requested` and expires in the lifecycle sweep
+        logger.warning("recording the refusal of %s failed: %s", image_id, db_exc)
+        return
+    if row is not None and row["callback_url"]:
+        app[keys.CALLBACKS].wake()

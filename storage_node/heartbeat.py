@@ -1,8 +1,10 @@
-"""Periodic heartbeat: the data directory's capacity/used/free and object count, to Postgres and NATS."""
+"""Periodic heartbeat: the data directories' capacity/used/free (in all and per tier) and object count, to Postgres
+and NATS."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -24,8 +26,16 @@ async def beat_once(
 ) -> None:
     usage = await asyncio.to_thread(store.usage)
     metrics.set_usage(usage.capacity_bytes, usage.used_bytes, usage.free_bytes, usage.objects)
+    tiers = {name: dataclasses.asdict(t) for name, t in usage.tiers.items()}
     state = await db_nodes.record_heartbeat(
-        pool, node.node_id, usage.capacity_bytes, usage.used_bytes, usage.free_bytes, usage.objects
+        pool,
+        node.node_id,
+        usage.capacity_bytes,
+        usage.used_bytes,
+        usage.free_bytes,
+        usage.objects,
+        tiers,
+        usage.variant_bytes,
     )
     if state:
         status.state = state
@@ -48,6 +58,8 @@ async def beat_once(
         replicated_total=metrics.replication.copied,
         replication_lag_p50_s=lag_p50,
         replication_lag_max_s=lag_max,
+        tiers=tiers,
+        variant_bytes=usage.variant_bytes,
     )
     await bus.publish_core(bus.subjects.heartbeat(node.node_id), event)
 

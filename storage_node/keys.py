@@ -17,6 +17,7 @@ from storage_node.hotlink import HotlinkGuard
 from storage_node.objects.store import Store
 from storage_node.process import Processor
 from storage_node.render import Renderer
+from storage_node.tiers import TierManager
 
 
 @dataclass
@@ -38,6 +39,7 @@ CALLBACKS = web.AppKey("callbacks", CallbackOutbox)
 METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)
 HOTLINK = web.AppKey("hotlink", HotlinkGuard)
+TIERS = web.AppKey("tiers", TierManager)
 # Copies an image here in the background (image_id, sha256, bytes, content_type); set by the process's
 # composition root when a replicator runs in-process, absent otherwise.
 ReadRepair = Callable[[str, str, int, str], Awaitable[None]]

@@ -28,7 +28,7 @@ from common.errors import InvalidImage, UnsupportedImage
 from common.events import ImageRejected
 from common.loops import cancel_all
 from storage_node.moderation import Moderation
-from storage_node.objects.store import ORIGINAL, Store
+from storage_node.objects.store import Store
 from storage_node.render import RenderOptions
 from storage_node.sandbox import SandboxPool
 
@@ -98,7 +98,7 @@ class Processor:
         ]
         limits = self.settings.limits
         job = {
-            "path": str(self.store.path_for(image_id, ORIGINAL)),
+            "path": str(self.store.original_path(image_id)),
             "max_pixels": limits.max_pixels,
             "max_frames": limits.max_frames,
             "keep_gps": self.settings.pipeline.keep_gps,
@@ -129,9 +129,7 @@ class Processor:
         )
         status, reason = "ready", None
         if self.moderation.enabled:
-            verdict = await self.moderation.check(
-                image_id, self.store.path_for(image_id, ORIGINAL), result["content_type"]
-            )
+            verdict = await self.moderation.check(image_id, self.store.original_path(image_id), result["content_type"])
             if verdict.flagged:
                 status, reason = "quarantined", verdict.reason
         done = await db_pipeline.finish(

@@ -2,7 +2,8 @@
 
 ``build_variant`` is the one place pixels are made (in sandboxed worker processes, for eager and lazy
 variants alike). It uses ``thumbnail`` (shrink-on-load, so memory follows the
-output size rather than the source's), auto-orients from EXIF, never upscales, converts to sRGB through
+output size rather than the source's; a source decoded outside libvips, see ``storage_node.decoders``, is
+in memory already and shrunk with ``thumbnail_image``), auto-orients from EXIF, never upscales, converts to sRGB through
 the embedded ICC profile (CMYK with or without one), strips every metadata field from the output, keeps alpha
 for png/webp/avif and flattens it on white for jpg, and keeps animations animated for webp/avif.
 """
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
     from common.metrics import NodeMetrics
 
 HUGE = 10_000_000  # "no bound" for the other side of a thumbnail box
-# Formats whose libvips loader takes `n` (pages): what can be animated on input.
-MULTI_PAGE_TYPES = frozenset({"image/gif", "image/webp"})
+# What can be animated on input: GIF and WebP (libvips reads their frames), PNG (an APNG's frames are
+# decoded by storage_node.decoders; a still PNG is one frame).
+MULTI_PAGE_TYPES = frozenset({"image/gif", "image/webp", "image/png"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ def _target(spec: VariantSpec, opts: RenderOptions) -> tuple[int, int, bool]:
         return spec.width, spec.height, False
     if spec.kind == "cover":
         return spec.width, spec.height, True
+    if spec.kind == "full":
+        return HUGE, HUGE, False
     return opts.thumb_size, opts.thumb_size, True
 
 
@@ -85,6 +89,27 @@ def _load(src: Path, spec: VariantSpec, opts: RenderOptions, animated: bool) -> 
         )
         return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down", fail_on="error")
     return pyvips.Image.thumbnail(name, width, height=height, size="down", fail_on="error")
+
+
+def _shrink_decoded(image: pyvips.Image, spec: VariantSpec, opts: RenderOptions, animated: bool) -> pyvips.Image:
+    """The same boxes as ``_load``, for an image decoded in memory (each frame of an animation alike)."""
+    width, height, crop = _target(spec, opts)
+    page_h = header_field(image, "page-height", image.height)
+    pages = image.height // page_h if animated else 1
+    frames = [image.crop(0, i * page_h, image.width, page_h) for i in range(pages)]
+    how = {}
+    if crop:
+        width, height = _shrink_box(width, height, image.width, page_h)
+        how = {"crop": "centre" if animated else "attention"}  # attention would make frames jump
+    out = [pyvips.Image.thumbnail_image(frame, width, height=height, size="down", **how) for frame in frames]
+    if pages == 1:
+        return out[0]
+    strip = pyvips.Image.arrayjoin(out, across=1).copy()
+    strip.set_type(pyvips.GValue.gint_type, "page-height", out[0].height)
+    for field in ("delay", "loop"):
+        if image.get_typeof(field):
+            strip.set_type(image.get_typeof(field), field, image.get(field))
+    return strip
 
 
 def _cover_animation(src: Path, width: int, height: int) -> pyvips.Image:
@@ -120,10 +145,20 @@ def _to_srgb(image: pyvips.Image) -> pyvips.Image:
     return image
 
 
-def build_variant(src: Path, spec: VariantSpec, dest: Path, opts: RenderOptions, animated: bool = False) -> None:
-    """Blocking: write the variant ``spec`` of the image at ``src`` to ``dest``."""
+def build_variant(
+    src: Path,
+    spec: VariantSpec,
+    dest: Path,
+    opts: RenderOptions,
+    animated: bool = False,
+    decoded: pyvips.Image | None = None,
+) -> None:
+    """Blocking: write the variant ``spec`` of the image at ``src`` (or of its ``decoded`` pixels) to ``dest``."""
     keep_frames = animated and spec.fmt in ANIMATED_FORMATS
-    image = _to_srgb(_load(src, spec, opts, keep_frames))
+    if decoded is not None:
+        image = _to_srgb(_shrink_decoded(decoded, spec, opts, keep_frames))
+    else:
+        image = _to_srgb(_load(src, spec, opts, keep_frames))
     if not keep_frames:
         image = first_frame(image)
     if spec.fmt == "jpg":
@@ -205,23 +240,21 @@ class Renderer:
 
     async def _build(self, image_id: str, spec: VariantSpec, animated: bool) -> Path:
         tmp = self.store.new_tmp_path().with_suffix("." + spec.fmt)
+        self.store.note_read(image_id, ORIGINAL)  # a build reads the original: it counts as a use
         try:
             started = time.perf_counter()
-            try:
-                await self.sandbox.run(
-                    {
-                        "op": "variant",
-                        "path": str(self.store.path_for(image_id, ORIGINAL)),
-                        "variant": spec.name,
-                        "dest": str(tmp),
-                        "animated": animated,
-                        "render": asdict(self.opts),
-                    }
-                )
-            except (InvalidImage, UnsupportedImage) as exc:
-                raise MinicdnError(
-                    f"variant {spec.name} could not be built: {exc.message}", code="render_failed"
-                ) from None
+            for attempt in (1, 2):
+                source = self.store.original_path(image_id)  # hot or cold
+                job = {"op": "variant", "path": str(source), "variant": spec.name, "dest": str(tmp)}
+                try:
+                    await self.sandbox.run({**job, "animated": animated, "render": asdict(self.opts)})
+                    break
+                except (InvalidImage, UnsupportedImage) as exc:
+                    if attempt == 1 and not await asyncio.to_thread(source.exists):
+                        continue  # the original switched tiers while the job waited for a worker: once more
+                    raise MinicdnError(
+                        f"variant {spec.name} could not be built: {exc.message}", code="render_failed"
+                    ) from None
             self.builds += 1
             if self.metrics is not None:
                 self.metrics.variant_build_duration.labels(spec.fmt).observe(time.perf_counter() - started)

@@ -2,21 +2,27 @@
 off the request path, a full decode check, EXIF facts and a perceptual hash.
 
 The header probe reads dimensions and the frame count without decoding pixels, so an oversized image
-(a 30000x30000 PNG of a few hundred KB) is refused before any pixel buffer exists. The full decode
-(``decode_check``) runs inside a sandboxed worker process (``storage_node.sandbox_worker``) so that a codec
-crash or runaway costs one job, never the node.
+(a 30000x30000 PNG of a few hundred KB) is refused before any pixel buffer exists. It runs in the node
+process for what libvips reads (HEIC included: libheif parses its boxes, no HEVC is decoded) and in a
+sandboxed worker for BMP and ICO (``probe_upload``), which only Pillow reads. The full decode
+(``decode_check``, or ``storage_node.decoders`` for what libvips cannot decode) runs inside a sandboxed
+worker process (``storage_node.sandbox_worker``) so that a codec crash or runaway costs one job, never the node.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyvips
 
 from common.errors import InvalidImage, UnsupportedImage
 from storage_node.objects.formats import CONTENT_TYPES
+
+if TYPE_CHECKING:
+    from storage_node.sandbox import SandboxPool
 
 OUT_OF_MEMORY = "decoding this image needs more memory than a worker may use"
 
@@ -28,8 +34,11 @@ LOADERS = {
     "gif": "gifload",
     "webp": "webpload",
     "avif": "heifload",
-    "heic": "heifload",
+    "heic": "heifload",  # the header only: libvips's libheif has no HEVC decoder (see storage_node.decoders)
+    "tiff": "tiffload",
 }
+# Read by Pillow inside a sandboxed worker, header included: libvips has no loader for them but ImageMagick's.
+SANDBOX_PROBED = frozenset({"bmp", "ico"})
 
 
 @dataclass(frozen=True)
@@ -41,14 +50,15 @@ class ImageInfo:
     pages: int
 
 
-# libvips loader classes that may run at all; every other loader (SVG, PDF, TIFF, JPEG 2000, FITS, matrix,
-# ...) is blocked, so nothing minicdn does can reach their parsers, whatever the bytes claim.
+# libvips loader classes that may run at all; every other loader (SVG, PDF, JPEG 2000, FITS, matrix, raw,
+# ImageMagick, ...) is blocked, so nothing minicdn does can reach their parsers, whatever the bytes claim.
 ALLOWED_LOADER_CLASSES = (
     "VipsForeignLoadJpeg",
     "VipsForeignLoadPng",
     "VipsForeignLoadNsgif",
     "VipsForeignLoadWebp",
     "VipsForeignLoadHeif",
+    "VipsForeignLoadTiff",
 )
 
 
@@ -86,14 +96,51 @@ def probe(path: Path, fmt: str, max_pixels: int, max_frames: int = 500) -> Image
         width, height = displayed_size(image)
         pages = header_field(image, "n-pages", 1)
     except pyvips.Error as exc:
-        raise InvalidImage(f"cannot read the image header: {str(exc).splitlines()[0]}") from None
+        detail = str(exc).splitlines()[0]
+        if str(path) in detail:  # the node's temp path says nothing to the client
+            detail = f"not a valid {fmt} file"
+        raise InvalidImage(f"cannot read the image header: {detail}") from None
     if loader != LOADERS[fmt]:
         raise UnsupportedImage(f"content looks like {fmt} but decodes as {loader}")
+    if fmt == "png":  # libvips sees an animated PNG's default image only: its frames are counted here
+        pages = apng_frames(path)
     if width <= 0 or height <= 0 or width * height > max_pixels:
         raise InvalidImage(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
     if pages > max_frames:
         raise InvalidImage(f"image has {pages} frames, over the {max_frames}-frame limit")
     return ImageInfo(fmt, CONTENT_TYPES[fmt], width, height, pages)
+
+
+async def probe_upload(sandbox: SandboxPool, path: Path, fmt: str, max_pixels: int, max_frames: int) -> ImageInfo:
+    """The header probe of an upload: in a thread for what libvips reads, in a sandboxed worker for the rest."""
+    if fmt not in SANDBOX_PROBED:
+        return await asyncio.to_thread(probe, path, fmt, max_pixels, max_frames)
+    job = {"op": "probe", "path": str(path), "max_pixels": max_pixels, "max_frames": max_frames}
+    return ImageInfo(**await sandbox.run(job))
+
+
+def apng_frames(path: Path) -> int:
+    """The frame count of a PNG's animation control chunk (``acTL``, before the first ``IDAT``); 1 without.
+
+    A walk over the chunk headers only (a few reads, no data decoded), so the node can apply the frame
+    limit to an animated PNG at upload like to a GIF's.
+    """
+    with path.open("rb") as fobj:
+        fobj.seek(8)
+        # Bounded: an acTL hidden behind more chunks than this is ignored, so the PNG is a still image
+        # everywhere (libvips reads its default image only), never an animation past the frame limit.
+        for _chunk in range(4096):
+            header = fobj.read(8)
+            if len(header) < 8:
+                break
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"acTL":
+                frames = int.from_bytes(fobj.read(4), "big")
+                return max(frames, 1)
+            if kind in (b"IDAT", b"IEND"):
+                break
+            fobj.seek(length + 4, 1)  # data and CRC
+    return 1
 
 
 def decode_check(path: Path, pages: int) -> None:
@@ -152,7 +199,15 @@ def dhash(path: Path) -> int:
 
     Stable under re-encoding, resizing and metadata changes; a different photo lands ~32 bits away.
     """
-    small = first_frame(pyvips.Image.thumbnail(str(path), 9, height=8, size="force", fail_on="error"))
+    return _dhash_of(first_frame(pyvips.Image.thumbnail(str(path), 9, height=8, size="force", fail_on="error")))
+
+
+def dhash_image(image: pyvips.Image) -> int:
+    """``dhash`` of an image decoded outside libvips (``storage_node.decoders``)."""
+    return _dhash_of(pyvips.Image.thumbnail_image(first_frame(image), 9, height=8, size="force"))
+
+
+def _dhash_of(small: pyvips.Image) -> int:
     grey = small.colourspace("b-w")[0].cast("uchar")
     pixels = grey.write_to_memory()
     bits = 0

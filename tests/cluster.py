@@ -20,7 +20,7 @@ from common.db.api_keys import create_key
 from common.db.pool import open_pool
 from common.geo import REGIONS
 from common.procs import free_port
-from storage_node.objects.store import ORIGINAL, Store
+from storage_node.objects.store import Store
 
 # region -> (network in the test GeoIP database, a client address inside it)
 REGION_IPS = {
@@ -42,9 +42,11 @@ class TestCluster:
         geoip_db: str,
         node_capacity_bytes: int = 0,
         extra: dict[str, dict[str, Any]] | None = None,
+        cold_tier: bool = False,
     ) -> None:
         self.root = root
         self.node_capacity_bytes = node_capacity_bytes
+        self.cold_tier = cold_tier  # each node gets a cold directory beside its data directory
         tag = secrets.token_hex(4)
         self.common: dict[str, dict[str, Any]] = {
             "database": {"url": database_url, "pool_max": 6},
@@ -88,6 +90,7 @@ class TestCluster:
                     "heartbeat_interval_s": 0.3,
                     "render_threads": 2,
                     "capacity_bytes": self.node_capacity_bytes,
+                    "cold_dir": str(self.root / f"{node_id}-cold") if self.cold_tier else "",
                 }
             )
         await asyncio.gather(*(self.start_node(n) for n in self.node_settings))
@@ -104,15 +107,15 @@ class TestCluster:
         self.session = aiohttp.ClientSession()
         await self.wait_for(lambda: self.healthy_count(3), "three healthy nodes")
 
-    async def start_query(self, name: str) -> str:
-        """Another query-service instance on the same database and NATS (they share nothing else)."""
+    async def start_query(self, name: str, **query: Any) -> str:
+        """Another query-service instance on the same database and NATS (they share nothing else); ``query``
+        overrides its `[query]` settings."""
         from query_service.app import create_app
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        await self._serve(
-            name, create_app(self.settings(query={"port": port, "public_url": url, "node_refresh_s": 0.3})), port
-        )
+        settings = self.settings(query={"port": port, "public_url": url, "node_refresh_s": 0.3, **query})
+        await self._serve(name, create_app(settings), port)
         return url
 
     async def supervise(self, spool: Path) -> None:
@@ -164,10 +167,11 @@ class TestCluster:
         return {"Authorization": f"Bearer {self.api_key}"}
 
     def store(self, node_id: str) -> Store:
-        return Store(self.node_settings[node_id].node.data_dir)
+        node = self.node_settings[node_id].node
+        return Store(node.data_dir, cold_dir=node.cold_dir)
 
     def disk_sha256(self, node_id: str, image_id: str) -> str | None:
-        path = self.store(node_id).path_for(image_id, ORIGINAL)
+        path = self.store(node_id).original_path(image_id)  # either tier
         return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
     def files_under(self, node_id: str, sub: str = "") -> list[Path]:

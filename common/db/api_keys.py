@@ -38,6 +38,7 @@ class App:
     name: str
     referers: tuple[str, ...]
     allow_empty_referer: bool
+    default_image_id: str | None = None  # stands in for the app's missing public images (common.fallback)
 
 
 class KeyRow(TypedDict):
@@ -76,6 +77,7 @@ class AppRow(TypedDict):
     name: str
     referers: list[str]
     allow_empty_referer: bool
+    default_image_id: str | None
 
 
 def hash_key(plaintext: str) -> bytes:
@@ -191,12 +193,15 @@ async def app_of_key(conn: AsyncConnection[Any], key_id: str) -> str | None:
 
 
 def _app(row: AppRow) -> App:
-    return App(row["app_id"], row["name"], tuple(row["referers"]), row["allow_empty_referer"])
+    return App(row["app_id"], row["name"], tuple(row["referers"]), row["allow_empty_referer"], row["default_image_id"])
 
 
 async def get_app(pool: Pool, app_id: str) -> App | None:
     row = await fetch_one(
-        pool, AppRow, "SELECT app_id, name, referers, allow_empty_referer FROM apps WHERE app_id = %s", (app_id,)
+        pool,
+        AppRow,
+        "SELECT app_id, name, referers, allow_empty_referer, default_image_id FROM apps WHERE app_id = %s",
+        (app_id,),
     )
     return _app(row) if row else None
 
@@ -204,7 +209,9 @@ async def get_app(pool: Pool, app_id: str) -> App | None:
 async def restricted_apps(pool: Pool) -> list[App]:
     """The apps with a hotlink allowlist (few: the storage node keeps them all in memory)."""
     rows = await fetch_all(
-        pool, AppRow, "SELECT app_id, name, referers, allow_empty_referer FROM apps WHERE referers <> '{}'"
+        pool,
+        AppRow,
+        "SELECT app_id, name, referers, allow_empty_referer, default_image_id FROM apps WHERE referers <> '{}'",
     )
     return [_app(row) for row in rows]
 

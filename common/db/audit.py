@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 
 from common.db.rows import Pool, fetch_all
 
-ACTIONS = ("upload.request", "upload.complete", "image.delete", "key.create", "key.revoke")
+ACTIONS = ("upload.request", "upload.complete", "image.delete", "key.create", "key.revoke", "app.default_image")
 
 
 class AuditRow(TypedDict):

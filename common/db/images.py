@@ -25,13 +25,19 @@ class NewImage:
     tags: tuple[str, ...] = ()
     metadata: dict[str, Any] | None = None
     callback_url: str | None = None
+    expires_at: float | None = None  # unix time the upload URL expires (its signed `exp`)
+
+
+# A ticket whose URL was valid when its PUT began may still complete after the lifecycle sweep expired it.
+UPLOADABLE = ("requested", "expired")
 
 
 async def create_requested(conn: AsyncConnection[Any], img: NewImage) -> None:
     """Insert the `requested` row; the caller owns the transaction (so its audit row commits with it)."""
     await conn.execute(
         "INSERT INTO images (image_id, owner_key_id, status, visibility, filename, max_bytes, set_id,"
-        " origin_node, tags, metadata, callback_url) VALUES (%s, %s, 'requested', %s, %s, %s, %s, %s, %s, %s, %s)",
+        " origin_node, tags, metadata, callback_url, expires_at)"
+        " VALUES (%s, %s, 'requested', %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))",
         (
             img.image_id,
             img.owner_key_id,
@@ -43,6 +49,7 @@ async def create_requested(conn: AsyncConnection[Any], img: NewImage) -> None:
             list(img.tags),
             Jsonb(img.metadata or {}),
             img.callback_url,
+            img.expires_at,
         ),
     )
 
@@ -68,7 +75,8 @@ class UploadLockRow(TypedDict):
 
 
 async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: str) -> UploadLockRow:
-    """Inside a transaction: lock the image row; only a `requested` image placed on this node may be uploaded."""
+    """Inside a transaction: lock the image row; only a `requested` image placed on this node may be uploaded
+    (or one the lifecycle sweep expired while a PUT that began in time was streaming: the signature said so)."""
     row = await fetch_one(
         conn,
         UploadLockRow,
@@ -77,7 +85,7 @@ async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: st
     )
     if row is None or row["origin_node"] != node_id:
         raise NotFound("no upload is expected for this image on this node")
-    if row["status"] != "requested":
+    if row["status"] not in UPLOADABLE:
         raise Conflict("this upload URL has already been used", code="already_uploaded")
     return row
 
@@ -117,6 +125,19 @@ _IMAGE_COLUMNS = (
 )
 
 
+# An ImageRow per image of ``images i`` (the search in common/db/search.py adds its own WHERE and ORDER BY).
+IMAGE_SELECT = (
+    f"SELECT {_IMAGE_COLUMNS}, coalesce((SELECT json_agg(json_build_object("
+    "  'node_id', r.node_id, 'region', n.region, 'state', r.state, 'verified_at', r.verified_at)"
+    "  ORDER BY n.region)"
+    "  FROM replicas r JOIN nodes n USING (node_id) WHERE r.image_id = i.image_id), '[]') AS replicas,"
+    # Bytes stored for the image on every node: each verified original plus the variants nodes report.
+    " coalesce((SELECT sum(CASE WHEN r.state = 'ok' THEN coalesce(r.bytes, 0) ELSE 0 END + r.variant_bytes)"
+    "  FROM replicas r WHERE r.image_id = i.image_id), 0)::bigint AS stored_bytes"
+    " FROM images i"
+)
+
+
 class ReplicaInfo(TypedDict):
     """One element of ``ImageRow.replicas`` (built with json_build_object, so decoded from JSON)."""
 
@@ -153,20 +174,12 @@ class ImageRow(TypedDict):
     exif: dict[str, Any] | None
     had_gps: bool | None
     replicas: list[ReplicaInfo]
+    stored_bytes: int  # originals (ok replicas) plus variants, over every node
 
 
 async def get_image(pool: Pool, image_id: str) -> ImageRow:
     """The image row with its replicas (node, region, state), for `GET /v1/images/{id}`."""
-    row = await fetch_one(
-        pool,
-        ImageRow,
-        f"SELECT {_IMAGE_COLUMNS}, coalesce((SELECT json_agg(json_build_object("
-        "  'node_id', r.node_id, 'region', n.region, 'state', r.state, 'verified_at', r.verified_at)"
-        "  ORDER BY n.region)"
-        "  FROM replicas r JOIN nodes n USING (node_id) WHERE r.image_id = i.image_id), '[]') AS replicas"
-        " FROM images i WHERE image_id = %s",
-        (image_id,),
-    )
+    row = await fetch_one(pool, ImageRow, IMAGE_SELECT + " WHERE image_id = %s", (image_id,))
     if row is None:
         raise NotFound("no such image")
     return row

@@ -7,13 +7,14 @@ from typing import Any, TypedDict
 
 import psycopg.errors
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
 from common.config import NodeSettings
 from common.db.rows import Pool, fetch_all, fetch_one
 
 NODE_COLUMNS = (
     "n.node_id, n.region, n.set_id, n.base_url, n.lat, n.lon, n.capacity_bytes, n.used_bytes, n.free_bytes,"
-    " n.objects, n.state, n.last_heartbeat, n.version, s.state AS set_state,"
+    " n.objects, n.state, n.last_heartbeat, n.version, s.state AS set_state, n.tiers, n.variant_bytes,"
     " extract(epoch FROM now() - n.last_heartbeat)::float8 AS heartbeat_age_s"
 )
 
@@ -35,6 +36,8 @@ class NodeRow(TypedDict):
     last_heartbeat: datetime | None
     version: str
     set_state: str
+    tiers: dict[str, dict[str, int]]  # per storage tier: capacity, used, free bytes and originals
+    variant_bytes: int
     heartbeat_age_s: float | None  # None until its first heartbeat
 
 
@@ -81,15 +84,22 @@ async def _register(conn: AsyncConnection[Any], node: NodeSettings, version: str
 
 
 async def record_heartbeat(
-    pool: Pool, node_id: str, capacity_bytes: int, used_bytes: int, free_bytes: int, objects: int
+    pool: Pool,
+    node_id: str,
+    capacity_bytes: int,
+    used_bytes: int,
+    free_bytes: int,
+    objects: int,
+    tiers: dict[str, dict[str, int]] | None = None,
+    variant_bytes: int = 0,
 ) -> str | None:
-    """Store the usage figures; returns the node's state (operators set it in Postgres)."""
+    """Store the usage figures (per tier too); returns the node's state (operators set it in Postgres)."""
     row = await fetch_one(
         pool,
         NodeStateRow,
         "UPDATE nodes SET capacity_bytes = %s, used_bytes = %s, free_bytes = %s, objects = %s,"
-        " last_heartbeat = now() WHERE node_id = %s RETURNING state",
-        (capacity_bytes, used_bytes, free_bytes, objects, node_id),
+        " tiers = %s, variant_bytes = %s, last_heartbeat = now() WHERE node_id = %s RETURNING state",
+        (capacity_bytes, used_bytes, free_bytes, objects, Jsonb(tiers or {}), variant_bytes, node_id),
     )
     return row["state"] if row else None
 

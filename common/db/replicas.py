@@ -174,3 +174,16 @@ async def needs_copy_for_node(pool: Pool, node_id: str, limit: int = 200) -> lis
         " AND i.status <> 'deleted' ORDER BY r.updated_at LIMIT %s",
         (node_id, limit),
     )
+
+
+async def record_variant_bytes(pool: Pool, node_id: str, variant_bytes: dict[str, int]) -> None:
+    """Each image's bytes of variants on this node (sent in batches by the node's tier manager, never per
+    read); images without a replica row here (deleted meanwhile) are skipped."""
+    ids = list(variant_bytes)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE replicas r SET variant_bytes = v.bytes"
+            " FROM unnest(%s::text[], %s::bigint[]) AS v(image_id, bytes)"
+            " WHERE r.image_id = v.image_id AND r.node_id = %s AND r.variant_bytes <> v.bytes",
+            (ids, [variant_bytes[i] for i in ids], node_id),
+        )

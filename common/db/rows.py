@@ -26,13 +26,19 @@ async def fetch_one(
 
 
 async def fetch_all(
-    db: Pool | AsyncConnection[Any], row: type[Row], query: LiteralString, params: Params | None = None
+    db: Pool | AsyncConnection[Any],
+    row: type[Row],
+    query: LiteralString,
+    params: Params | None = None,
+    *,
+    prepare: bool | None = None,
 ) -> list[Row]:
-    """Every row of ``query`` as ``row`` values."""
+    """Every row of ``query`` as ``row`` values. ``prepare=False``: never a server-side prepared statement, so
+    every execution is planned for its own values (psycopg prepares a query after a few runs by default)."""
     if isinstance(db, AsyncConnection):
-        return await _all(db, row, query, params)
+        return await _all(db, row, query, params, prepare)
     async with db.connection() as conn:
-        return await _all(conn, row, query, params)
+        return await _all(conn, row, query, params, prepare)
 
 
 async def _one(conn: AsyncConnection[Any], row: type[Row], query: LiteralString, params: Params | None) -> Row | None:
@@ -41,7 +47,9 @@ async def _one(conn: AsyncConnection[Any], row: type[Row], query: LiteralString,
         return await cur.fetchone()
 
 
-async def _all(conn: AsyncConnection[Any], row: type[Row], query: LiteralString, params: Params | None) -> list[Row]:
+async def _all(
+    conn: AsyncConnection[Any], row: type[Row], query: LiteralString, params: Params | None, prepare: bool | None = None
+) -> list[Row]:
     async with conn.cursor(row_factory=class_row(row)) as cur:
-        await cur.execute(query, params)
+        await cur.execute(query, params, prepare=prepare)
         return await cur.fetchall()

@@ -66,6 +66,26 @@ def bar(ratio: float, width: int = 12) -> str:
     return f"[{colour}]{'█' * filled}[/{colour}]{'░' * (width - filled)} {ratio:4.0%}"
 
 
+def _tier_table(nodes: list[dict[str, Any]]) -> Table:
+    """One row per node and storage tier (hot first; cold only where a node has one); variants live hot."""
+    table = Table(title="storage tiers")
+    for col in ("node", "tier", "used", "free", "originals", "variants"):
+        table.add_column(col)
+    for n in nodes:
+        tiers = n.get("tiers") or {}
+        for name, t in sorted(tiers.items(), key=lambda kv: kv[0] != "hot"):
+            ratio = t["used_bytes"] / t["capacity_bytes"] if t["capacity_bytes"] else 0.0
+            table.add_row(
+                n["node_id"],
+                name,
+                f"{bar(ratio)} of {human(t['capacity_bytes'])}",
+                human(t["free_bytes"]),
+                str(t["originals"]),
+                human(n.get("variant_bytes") or 0) if name == "hot" else "-",
+            )
+    return table
+
+
 def _days(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} days"
 
@@ -109,6 +129,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
             "never" if age is None else f"{age:.1f}s ago",
         )
     console.print(nodes)
+    console.print(_tier_table(data["nodes"]))
     sets = Table(title="replication sets")
     for col in ("set", "state", "members", "used", "room before close", "until closed"):
         sets.add_column(col)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import signal
 import sys
 import threading
@@ -13,14 +12,14 @@ from typing import Any
 
 import aiohttp
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
 from minicdn.cli import control as cli_control
+from minicdn.cli import images as cli_images
 from minicdn.cli import keys as cli_keys
-from minicdn.client import ClientError, find_cluster, get_json, upload_file
+from minicdn.client import ClientError, find_cluster, get_json
 
 console = Console()
 err_console = Console(stderr=True)
@@ -61,10 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--config", help="TOML file with [database] (MINICDN_DATABASE_URL also works)")
     boot.add_argument("--name", default="bootstrap-admin")
 
-    up = sub.add_parser("upload", help="upload files, with a progress bar; prints image ids")
-    up.add_argument("files", nargs="+", type=Path)
-    up.add_argument("--private", action="store_true")
-    _add_client_flags(up)
+    cli_images.add_parsers(sub, _add_client_flags)
 
     url = sub.add_parser("url", help="print the nearest URL of an image")
     url.add_argument("image_id")
@@ -113,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keys":
             return asyncio.run(cli_keys.cmd_keys(args, console))
         handler = {
-            "upload": cmd_upload,
+            "upload": cli_images.cmd_upload,
+            "delete": cli_images.cmd_delete,
+            "images": cli_images.cmd_images,
             "url": cmd_url,
             "status": cli_control.cmd_status,
             "bench": cmd_bench,
@@ -207,34 +205,6 @@ def cmd_component(args: argparse.Namespace) -> int:
         "replicator": runner.run_replicator,
     }[component](settings)
     return 0
-
-
-async def cmd_upload(args: argparse.Namespace) -> int:
-    cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
-    failures = 0
-    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    async with aiohttp.ClientSession() as session:
-        with Progress(*columns, console=err_console) as progress:
-            for path in args.files:
-                if not path.is_file():
-                    err_console.print(f"[red]{path}: no such file[/red]")
-                    failures += 1
-                    continue
-                task = progress.add_task(path.name, total=path.stat().st_size)
-                try:
-                    result = await upload_file(
-                        session,
-                        cluster,
-                        path,
-                        on_chunk=functools.partial(progress.advance, task),
-                        visibility="private" if args.private else "public",
-                    )
-                except ClientError as exc:
-                    err_console.print(f"[red]{path}: {exc}[/red]")
-                    failures += 1
-                    continue
-                console.print(result["image_id"])
-    return 1 if failures else 0
 
 
 async def cmd_url(args: argparse.Namespace) -> int:

@@ -96,6 +96,11 @@ function nodeCard(n) {
     ["free", humanBytes(n.free_bytes), "free_bytes", n.free_bytes],
     ["capacity", humanBytes(n.capacity_bytes), "capacity_bytes", n.capacity_bytes],
     ["objects", String(n.objects), "objects", n.objects],
+    // Storage tiers: hot always, cold only on a node with a cold directory; variants are the hot tier's cache.
+    ...Object.entries(n.tiers || {}).map(([tier, t]) =>
+      [tier + " tier", `${humanBytes(t.used_bytes)} · ${t.originals} originals`,
+       "tier_" + tier + "_used_bytes", t.used_bytes]),
+    ["variant cache", humanBytes(n.variant_bytes || 0), "variant_bytes", n.variant_bytes],
     ["days until full", fmtDays(n.days_until_full), "days_until_full", n.days_until_full],
     ["growth", n.growth_bytes_per_day == null ? "–" : humanBytes(n.growth_bytes_per_day) + "/day",
      "growth_bytes_per_day", n.growth_bytes_per_day],

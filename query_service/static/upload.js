@@ -1,11 +1,12 @@
-// The upload demo: the six steps of an upload, in the browser. Ask the query service for a signed
-// URL, PUT the file straight to the node with a progress bar, poll the status while the other
-// regions copy it, and show it from the nearest node.
-"use strict";
+// The upload demo: the steps of an upload, in the browser. The page asks the query service for an
+// upload ticket with the API key (an app's backend would do this step), then hands the ticket to the
+// browser upload module, which PUTs the file to the node with progress, polls the signed status URL
+// while the node processes the image and the other regions copy it, and the page shows the image
+// from its nearest node.
+import { upload } from "./minicdn-upload.js";
 
 const $ = (id) => document.getElementById(id);
-const READY = "ready";  // processed: only then does the query service hand out its URL
-const FAILED = ["rejected", "quarantined", "deleted"];
+const REPLICA_WAIT_MS = 60000; // show every region's copy when it comes quickly; else go on once ready
 
 function log(text) {
   $("log").append(el("li", { text: `${new Date().toLocaleTimeString()}  ${text}` }));
@@ -17,59 +18,25 @@ function fail(message) {
   $("go").disabled = false;
 }
 
-function putWithProgress(url, file) {
-  return new Promise((resolve, reject) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open("PUT", url);
-    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
-    xhr.upload.onprogress = (ev) => {
-      if (!ev.lengthComputable) return;
-      const p = Math.round((ev.loaded / ev.total) * 100);
-      $("progress").value = p;
-      $("percent").textContent = p + " %";
-    };
-    xhr.onload = () => {
-      let body = null;
-      try { body = JSON.parse(xhr.responseText); } catch (_) { body = null; }
-      if (xhr.status === 201) {
-        $("progress").value = 100;
-        $("percent").textContent = "100 %";
-        resolve({ body, requestId: xhr.getResponseHeader("X-Request-Id") });
-      } else {
-        const msg = body && body.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${xhr.status}`;
-        reject(new Error(msg));
-      }
-    };
-    xhr.onerror = () => reject(new Error("the node could not be reached"));
-    xhr.send(file);
-  });
+function showProgress({ loaded, total }) {
+  const p = total > 0 ? Math.round((loaded / total) * 100) : 0;
+  $("progress").value = p;
+  $("percent").textContent = p + " %";
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function showReplicas(replicas) {
-  $("replicas").textContent = (replicas || []).map((r) => `${r.region}: ${r.state}`).join(" · ") || "–";
-}
-
-async function pollUntilReplicated(imageId) {
-  // Poll while the node processes it and the other regions copy it; stop when it is ready with every
-  // replica ok (after 60 s, go on once it is ready: it is served from the replicas it has).
-  const deadline = Date.now() + 60000;
-  let image = null;
-  const giveUp = Date.now() + 180000;
-  for (;;) {
-    image = await minicdnAuth.api("GET", `/v1/images/${imageId}`);
-    $("status").textContent = image.status;
-    showReplicas(image.replicas);
-    if (FAILED.includes(image.status)) throw new Error(`image ${image.status}: ${image.reason || ""}`);
-    const allOk = image.replicas.length > 0 && image.replicas.every((r) => r.state === "ok");
-    if (image.status === READY && (allOk || Date.now() > deadline)) return image;
-    if (Date.now() > giveUp) throw new Error(`still ${image.status} after 3 minutes`);
-    await sleep(400);
+function showStatus({ status, image, stored }) {
+  $("status").textContent = status;
+  if (status === "uploaded" && stored) {
+    const sha = stored.sha256 ? `, sha256 ${stored.sha256.slice(0, 12)}…` : "";
+    log(`   stored: ${humanBytes(stored.bytes)}${sha}, request ${stored.requestId}`);
+    log("3. waiting for processing and for the other regions to copy it");
+  }
+  if (image) {
+    $("replicas").textContent = (image.replicas || []).map((r) => `${r.region}: ${r.state}`).join(" · ") || "–";
   }
 }
 
-async function upload(ev) {
+async function submit(ev) {
   ev.preventDefault();
   const file = $("file").files[0];
   if (!file) return;
@@ -79,19 +46,21 @@ async function upload(ev) {
   $("result").hidden = true;
   $("progress").value = 0;
   try {
-    log(`1. asking for an upload URL for ${file.name} (${humanBytes(file.size)})`);
+    log(`1. asking for an upload ticket for ${file.name} (${humanBytes(file.size)})`);
     const ticket = await minicdnAuth.api("POST", "/v1/uploads", {
       filename: file.name, size: file.size, content_type: file.type || undefined,
       visibility: $("private").checked ? "private" : "public",
     });
     $("image-id").textContent = ticket.image_id;
     $("placed").textContent = `${ticket.node_id} (${ticket.region})`;
-    $("status").textContent = ticket.status;
     log(`2. PUT to ${ticket.node_id} in ${ticket.region}`);
-    const put = await putWithProgress(ticket.upload_url, file);
-    log(`   stored: ${humanBytes(put.body.bytes)}, sha256 ${put.body.sha256.slice(0, 12)}…, request ${put.requestId}`);
-    log("3. waiting for processing and for the other regions to copy it");
-    const image = await pollUntilReplicated(ticket.image_id);
+    const image = await upload(ticket, file, {
+      onProgress: showProgress,
+      onStatus: showStatus,
+      onRetry: ({ phase, attempt, delayMs, error }) => log(`   ${phase} attempt ${attempt} failed (${error.code}); again in ${delayMs} ms`),
+      waitForReplicasMs: REPLICA_WAIT_MS,
+      timeoutMs: 180000,
+    });
     log(`   status ${image.status}; replicas ${image.replicas.map((r) => r.state).join(", ")}`);
     const box = Math.round(Math.min(window.innerWidth - 48, 800));
     const params = new URLSearchParams({ w: String(box), dpr: String(window.devicePixelRatio || 1) });
@@ -107,7 +76,7 @@ async function upload(ev) {
     $("go").disabled = false;
   } catch (err) {
     if (err.status === 401) { minicdnAuth.setKey(""); showLogin(); }
-    fail(err.message);
+    fail(err.code ? `${err.code}: ${err.message}` : err.message);
   }
 }
 
@@ -124,5 +93,5 @@ function start() {
 
 minicdnAuth.bindLogin($("login-form"), start);
 $("logout").addEventListener("click", () => { minicdnAuth.setKey(""); showLogin(); });
-$("upload-form").addEventListener("submit", upload);
+$("upload-form").addEventListener("submit", submit);
 start();

@@ -11,9 +11,16 @@ CONTENT_TYPES = {
     "webp": "image/webp",
     "avif": "image/avif",
     "heic": "image/heic",
+    "tiff": "image/tiff",
+    "bmp": "image/bmp",
+    "ico": "image/vnd.microsoft.icon",
 }
+# Accepted as input only: never handed out as themselves (browsers do not show them), so their `original`
+# is a PNG rendition (docs/api.md).
+INPUT_ONLY = frozenset({"image/tiff", "image/bmp", "image/vnd.microsoft.icon"})
 _HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
 _AVIF_BRANDS = {b"avif", b"avis"}
+_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}  # BITMAPCOREHEADER ... BITMAPV5HEADER
 
 
 def sniff(head: bytes) -> str:
@@ -33,4 +40,10 @@ def sniff(head: bytes) -> str:
             return "avif"
         if brands & _HEIC_BRANDS:
             return "heic"
-    raise UnsupportedImage("not a JPEG, PNG, GIF, WebP, AVIF or HEIC image")
+    if head[:4] in (b"II*\x00", b"MM\x00*"):  # classic TIFF only (BigTIFF is refused)
+        return "tiff"
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "bmp"
+    if head[:4] == b"\x00\x00\x01\x00" and len(head) >= 6 and int.from_bytes(head[4:6], "little") > 0:
+        return "ico"
+    raise UnsupportedImage("not a JPEG, PNG, GIF, WebP, AVIF, HEIC, TIFF, BMP or ICO image")

@@ -1,8 +1,16 @@
-"""Disk layout of a node: ``objects/<aa>/<bb>/<image_id>/{original,meta.json,<variant>}`` and ``tmp/``.
+"""Disk layout of a node: ``objects/<aa>/<bb>/<image_id>/{original,meta.json,<variant>}`` and ``tmp/``, in the hot
+data directory; with a cold tier, ``<cold_dir>/objects/<aa>/<bb>/<image_id>/original`` and ``<cold_dir>/tmp/``.
 
 Bytes are written once: streamed into ``tmp/`` (same file system), fsynced, then ``os.replace``d into
 place and the directory fsynced, so a crash leaves either the whole file or none. Every path is
 checked to stay inside the data directory.
+
+Tiers: the sidecar, the private marker and every variant always live in the hot tier; only an original
+moves. A move copies the bytes into the other tier, verifies them against the recorded SHA-256, renames
+them into place and only then (``drop_other_copy``) removes the old copy, so at every instant at least
+one tier holds the whole original. If a crash leaves both copies, ``prepare`` keeps the hot one.
+A file's mtime is its last-read marker (reads never write files, so nothing else changes it once
+committed): set at commit, then refreshed from the in-memory read times by ``flush_reads``.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.ids import check_image_id, shard
+from common.ids import check_image_id, is_image_id, shard
 from storage_node.objects.formats import CONTENT_TYPES, sniff
 
 ORIGINAL = "original"
@@ -27,6 +37,10 @@ META = "meta.json"
 # Present (empty, fsynced with the original) when the image is private: kept apart from the sidecar so a
 # rebuilt sidecar can never turn a private image public.
 PRIVATE_MARKER = "private"
+NOT_VARIANTS = frozenset({ORIGINAL, META, PRIVATE_MARKER})
+HOT, COLD = "hot", "cold"
+BLOCK = 1024 * 1024
+MAX_COLD_READS = 1000  # read times kept per cold original (tiers.promote_reads is at most this)
 
 
 @dataclass(frozen=True)
@@ -40,45 +54,119 @@ class ObjectMeta:
 
 
 @dataclass(frozen=True)
+class TierUsage:
+    capacity_bytes: int
+    used_bytes: int
+    free_bytes: int
+    originals: int
+
+
+@dataclass(frozen=True)
 class Usage:
     capacity_bytes: int
     used_bytes: int
     free_bytes: int
     objects: int
+    # Per tier (``hot`` always; ``cold`` only with a cold directory) and the bytes of variants (all hot).
+    tiers: dict[str, TierUsage] = field(default_factory=dict, compare=False)
+    variant_bytes: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file found by a scan: what the tier policy needs to decide about it."""
+
+    image_id: str
+    name: str
+    path: Path
+    bytes: int
+    last_read: float  # wall-clock seconds: the newer of the in-memory read time and the file's mtime
+    links: int
+
+
+@dataclass
+class _Entry:
+    meta: ObjectMeta
+    variants: set[str]
+    tier: str = HOT
+
+
+class CopyMismatch(Exception):
+    """The copy made for a tier move does not hash to the recorded SHA-256: nothing was switched."""
 
 
 class Store:
-    def __init__(self, data_dir: str | Path, capacity_bytes: int = 0, meta_cache_size: int = 65536) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        capacity_bytes: int = 0,
+        meta_cache_size: int = 65536,
+        *,
+        cold_dir: str | Path = "",
+        cold_capacity_bytes: int = 0,
+    ) -> None:
         self.root = Path(data_dir).absolute()
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
         self.capacity_bytes = capacity_bytes
+        self.cold_root = Path(cold_dir).absolute() if str(cold_dir) else None
+        self.cold_objects = self.cold_root / "objects" if self.cold_root else None
+        self.cold_tmp = self.cold_root / "tmp" if self.cold_root else None
+        self.cold_capacity_bytes = cold_capacity_bytes
         self._lock = threading.Lock()
-        self._used_bytes = 0
-        self._objects = 0
-        # Hot-path cache: image id -> (its metadata, names of the variants known to be on disk).
-        self._cache: OrderedDict[str, tuple[ObjectMeta, set[str]]] = OrderedDict()
+        self._used = {HOT: 0, COLD: 0}
+        self._originals = {HOT: 0, COLD: 0}
+        self._variant_bytes: dict[str, int] = {}  # image id -> bytes of its variants on this node
+        self._dirty_variant_bytes: set[str] = set()  # images whose variant bytes changed since last taken
+        self._reads: dict[tuple[str, str], float] = {}  # (image id, file name) -> last read, not yet flushed
+        self._read_marks: dict[tuple[str, str], float] = {}  # the same, kept after the flush for the policy
+        self._cold_reads: dict[str, list[float]] = {}  # image id -> recent read times of its cold original
+        # Hot-path cache: image id -> its metadata, the variants known to be on disk, its original's tier.
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._meta_cache_size = meta_cache_size
+
+    @property
+    def tiered(self) -> bool:
+        return self.cold_root is not None
 
     # --- set-up -------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Create the layout, drop leftovers of interrupted uploads, and count what is stored (blocking)."""
+        """Create the layout, drop leftovers of interrupted uploads and moves, and count what is stored."""
         self.objects.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        used = objects = 0
+        if self.cold_objects is not None and self.cold_tmp is not None:
+            self.cold_objects.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.cold_tmp, ignore_errors=True)
+            self.cold_tmp.mkdir(parents=True, exist_ok=True)
+            for image_id, _folder in list(_image_dirs(self.cold_objects)):
+                if (self.image_dir(image_id) / ORIGINAL).exists():  # a move a crash interrupted: keep hot
+                    shutil.rmtree(self.cold_dir_of(image_id), ignore_errors=True)
+        used = {HOT: 0, COLD: 0}
+        originals = {HOT: 0, COLD: 0}
+        variant_bytes: dict[str, int] = {}
         seen: set[tuple[int, int]] = set()  # deduplicated originals are hard links: count each inode once
-        for dirpath, _dirs, files in os.walk(self.objects):
-            for name in files:
-                with contextlib.suppress(FileNotFoundError):
-                    st = os.stat(os.path.join(dirpath, name))
-                    if st.st_nlink == 1 or (st.st_dev, st.st_ino) not in seen:
-                        used += st.st_size
-                        seen.add((st.st_dev, st.st_ino))
-                if name == ORIGINAL:
-                    objects += 1
+        for tier, base in self._tier_bases():
+            for image_id, folder in _image_dirs(base):
+                for entry in os.scandir(folder):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat()
+                        if st.st_nlink == 1 or (st.st_dev, st.st_ino) not in seen:
+                            used[tier] += st.st_size
+                            seen.add((st.st_dev, st.st_ino))
+                        if entry.name not in NOT_VARIANTS:
+                            variant_bytes[image_id] = variant_bytes.get(image_id, 0) + st.st_size
+                    originals[tier] += entry.name == ORIGINAL
         with self._lock:
-            self._used_bytes, self._objects = used, objects
+            self._used, self._originals = used, originals
+            self._variant_bytes = variant_bytes
+            self._dirty_variant_bytes = set(variant_bytes)
+
+    def _tier_bases(self) -> list[tuple[str, Path]]:
+        bases = [(HOT, self.objects)]
+        if self.cold_objects is not None:
+            bases.append((COLD, self.cold_objects))
+        return bases
 
     # --- paths --------------------------------------------------------------------------------------
     def image_dir(self, image_id: str) -> Path:
@@ -89,13 +177,47 @@ class Store:
             raise ValueError("path escapes the data directory")
         return path
 
+    def cold_dir_of(self, image_id: str) -> Path:
+        if self.cold_objects is None:
+            raise ValueError("this node has no cold tier")
+        return self.cold_objects / self.image_dir(image_id).relative_to(self.objects)
+
     def path_for(self, image_id: str, name: str) -> Path:
+        """A file's path in the hot tier (variants, sidecar; an original only while it is hot)."""
         if "/" in name or name in ("", ".", ".."):
             raise ValueError("bad object name")
         return self.image_dir(image_id) / name
 
-    def new_tmp_path(self) -> Path:
-        return self.tmp / uuid.uuid4().hex
+    def _original_in(self, image_id: str, tier: str) -> Path:
+        return (self.image_dir(image_id) if tier == HOT else self.cold_dir_of(image_id)) / ORIGINAL
+
+    def original_paths(self, image_id: str) -> list[Path]:
+        """Where the original is, best guess first (memory only when cached), then the other tier: a reader
+        that finds the first gone (a move switched tiers meanwhile) opens the second."""
+        with self._lock:
+            entry = self._cache.get(image_id)
+            tier = entry.tier if entry is not None else None
+        hot = self.path_for(image_id, ORIGINAL)
+        if self.cold_objects is None:
+            return [hot]
+        cold = self._original_in(image_id, COLD)
+        if tier is None and not hot.exists() and cold.exists():
+            tier = COLD
+        return [cold, hot] if tier == COLD else [hot, cold]
+
+    def original_path(self, image_id: str) -> Path:
+        return self.original_paths(image_id)[0]
+
+    def tier_of(self, image_id: str) -> str | None:
+        """The tier holding the original (blocking), or None when it is not stored here."""
+        for tier in (HOT, COLD) if self.tiered else (HOT,):
+            if self._original_in(image_id, tier).exists():
+                return tier
+        return None
+
+    def new_tmp_path(self, tier: str = HOT) -> Path:
+        base = self.cold_tmp if tier == COLD and self.cold_tmp is not None else self.tmp
+        return base / uuid.uuid4().hex
 
     # --- writes (blocking: call through asyncio.to_thread) ------------------------------------------
     def commit(self, tmp_path: Path, image_id: str, name: str) -> Path:
@@ -116,13 +238,13 @@ class Store:
             marker.touch()
             files.insert(0, (marker, PRIVATE_MARKER, True))
         dest = self._commit_files(image_id, files)
-        self._remember(image_id, meta)
+        self._remember(image_id, meta, HOT)
         return dest
 
     def link_copy(self, src_image_id: str, image_id: str, meta: ObjectMeta) -> Path | None:
         """Dedupe: store ``image_id``'s original as a hard link to ``src_image_id``'s identical bytes (the
         inode's link count is the reference count, so deleting either image keeps the other intact).
-        None when the source is gone or does not match ``meta``; the caller then stores the bytes."""
+        None when the source is gone, cold or does not match ``meta``; the caller then stores the bytes."""
         src = self.path_for(src_image_id, ORIGINAL)
         tmp = self.new_tmp_path()
         try:
@@ -145,12 +267,8 @@ class Store:
         folder.mkdir(parents=True, exist_ok=True)
         for tmp_path, _name, durable in files:
             if durable:
-                fd = os.open(tmp_path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        grown = new_objects = 0
+                _fsync_file(tmp_path)
+        grown = new_objects = variant_grown = 0
         dest = folder
         for tmp_path, name, _durable in files:
             dest = self.path_for(image_id, name)
@@ -159,36 +277,234 @@ class Store:
             st = dest.stat()
             if st.st_nlink == 1:  # a hard link to bytes already stored (dedupe) takes no new space
                 grown += st.st_size - (old_size or 0)
+            if name not in NOT_VARIANTS:
+                variant_grown += st.st_size - (old_size or 0)
             new_objects += name == ORIGINAL and old_size is None
         _fsync_dir(folder)
         for created in new_dirs:
             _fsync_dir(created.parent)
         with self._lock:
-            self._used_bytes += grown
-            self._objects += new_objects
+            self._used[HOT] += grown
+            self._originals[HOT] += new_objects
+            if variant_grown:
+                self._add_variant_bytes(image_id, variant_grown)
         return dest
 
+    def _add_variant_bytes(self, image_id: str, delta: int) -> None:
+        """Under the lock."""
+        total = self._variant_bytes.get(image_id, 0) + delta
+        if total > 0:
+            self._variant_bytes[image_id] = total
+        else:
+            self._variant_bytes.pop(image_id, None)
+        self._dirty_variant_bytes.add(image_id)
+
     def remove_image(self, image_id: str) -> None:
-        """Remove an image's directory (a rolled-back upload, later deletes)."""
-        folder = self.image_dir(image_id)
-        freed = had_original = 0
-        if folder.exists():
+        """Remove an image's directory in every tier (a rolled-back upload, later deletes)."""
+        freed = {HOT: 0, COLD: 0}
+        had = {HOT: 0, COLD: 0}
+        folders = [(HOT, self.image_dir(image_id))]
+        if self.tiered:
+            folders.append((COLD, self.cold_dir_of(image_id)))
+        for tier, folder in folders:
+            if not folder.exists():
+                continue
             for entry in folder.iterdir():
                 with contextlib.suppress(FileNotFoundError):
                     st = entry.stat()
-                    freed += st.st_size if st.st_nlink == 1 else 0  # other images still link shared bytes
-                    had_original |= entry.name == ORIGINAL
+                    freed[tier] += st.st_size if st.st_nlink == 1 else 0  # other images still link shared bytes
+                    had[tier] |= entry.name == ORIGINAL
             shutil.rmtree(folder, ignore_errors=True)
         with self._lock:
-            self._used_bytes -= freed
-            self._objects -= had_original
+            for tier in (HOT, COLD):
+                self._used[tier] -= freed[tier]
+                self._originals[tier] -= had[tier]
+            if self._variant_bytes.pop(image_id, None) is not None:
+                self._dirty_variant_bytes.add(image_id)
             self._cache.pop(image_id, None)
+            self._cold_reads.pop(image_id, None)
 
     def discard_tmp(self, tmp_path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
 
+    # --- tiers (blocking; the node's tier manager calls these, bounded in rate) ---------------------
+    def evict_variant(self, image_id: str, name: str, idle_s: float, now: float) -> int:
+        """Remove a variant (a cache entry, rebuilt on demand) unless it was read in the last ``idle_s``
+        (a reader may be about to open it). Returns the bytes freed (0 when kept or already gone)."""
+        if name in NOT_VARIANTS:
+            raise ValueError("only variants are evicted")
+        path = self.path_for(image_id, name)
+        # Under the lock from the check to the unlink: a request records its read (under the same lock)
+        # either before (the variant is kept) or after (it finds the file gone and rebuilds it).
+        with self._lock:
+            if now - self._read_marks.get((image_id, name), 0.0) < idle_s:
+                return 0
+            entry = self._cache.get(image_id)
+            if entry is not None:
+                entry.variants.discard(name)  # from now on a request rebuilds it
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                return 0
+            self._used[HOT] -= size
+            self._add_variant_bytes(image_id, -size)
+        return size
+
+    def switch_tier(self, image_id: str, to: str, expected_sha256: str) -> int:
+        """Copy the original into tier ``to``, verify it against ``expected_sha256``, rename it into place
+        and point readers at it. The old copy stays until ``drop_other_copy``. Returns the bytes copied;
+        0 when there is nothing to move (gone, already there, or a deduplicated link that stays hot).
+        Raises CopyMismatch (the source bytes are bad: the scrubber's business) with nothing switched."""
+        if self.cold_objects is None or to not in (HOT, COLD):
+            raise ValueError("no such tier")
+        frm = COLD if to == HOT else HOT
+        src, dest = self._original_in(image_id, frm), self._original_in(image_id, to)
+        try:
+            st = src.stat()
+        except FileNotFoundError:
+            return 0
+        if dest.exists() or (to == COLD and st.st_nlink > 1):
+            return 0  # a shared (deduplicated) original would take room twice: it stays hot
+        tmp = self.new_tmp_path(to)
+        try:
+            shutil.copyfile(src, tmp)
+            _fsync_file(tmp)
+            digest = _sha256_of(tmp)  # the copy as written, read back: catches bad source and bad writes
+            if digest != expected_sha256:
+                raise CopyMismatch(f"{image_id}: copy hashes to {digest[:12]}..., recorded {expected_sha256[:12]}...")
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # keep the last-read marker
+            folder = dest.parent
+            if to == COLD:
+                new_dirs = [d for d in (folder.parent.parent, folder.parent, folder) if not d.exists()]
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                new_dirs = []  # never recreate a hot directory: its absence means the image was removed
+            os.replace(tmp, dest)
+            _fsync_dir(folder)
+            for created in new_dirs:
+                _fsync_dir(created.parent)
+        except FileNotFoundError:
+            return 0  # removed meanwhile
+        finally:
+            self.discard_tmp(tmp)
+        with self._lock:
+            self._used[to] += st.st_size
+            self._originals[to] += 1
+            entry = self._cache.get(image_id)
+            if entry is not None:
+                entry.tier = to
+            self._cold_reads.pop(image_id, None)
+        if not src.exists():  # removed while we copied (a delete): remove our copy too
+            self._unlink_original(image_id, to)
+        return st.st_size
+
+    def drop_other_copy(self, image_id: str, kept: str) -> None:
+        """After ``switch_tier(.., kept, ..)`` and a grace period: remove the original from the other tier."""
+        if self._original_in(image_id, kept).exists():
+            self._unlink_original(image_id, COLD if kept == HOT else HOT)
+
+    def _unlink_original(self, image_id: str, tier: str) -> None:
+        path = self._original_in(image_id, tier)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+        if tier == COLD:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # an empty cold image directory
+        with self._lock:
+            self._used[tier] -= size
+            self._originals[tier] -= 1
+            entry = self._cache.get(image_id)
+            if entry is not None:
+                entry.tier = COLD if tier == HOT else HOT
+
+    def scan(self, tier: str) -> Iterator[StoredFile]:
+        """Every file of interest in a tier (variants and originals hot, originals cold), one directory at a
+        time (blocking). ``last_read`` merges the reads in memory with the mtime markers on disk."""
+        base = self.objects if tier == HOT else self.cold_objects
+        if base is None:
+            return
+        for image_id, folder in _image_dirs(base):
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(folder):
+                    if entry.name in (META, PRIVATE_MARKER):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat()
+                        with self._lock:
+                            mark = self._read_marks.get((image_id, entry.name), 0.0)
+                        yield StoredFile(
+                            image_id, entry.name, Path(entry.path), st.st_size, max(mark, st.st_mtime), st.st_nlink
+                        )
+
     # --- reads --------------------------------------------------------------------------------------
+    def note_read(self, image_id: str, name: str, now: float | None = None) -> None:
+        """Memory only, no I/O (the serving path): remember that a file was read now."""
+        now = time.time() if now is None else now
+        with self._lock:
+            self._reads[(image_id, name)] = now
+            self._read_marks[(image_id, name)] = now
+            if name == ORIGINAL:
+                entry = self._cache.get(image_id)
+                if entry is not None and entry.tier == COLD:
+                    times = self._cold_reads.setdefault(image_id, [])
+                    times.append(now)
+                    if len(times) > MAX_COLD_READS:  # enough to decide a promotion: memory stays bounded
+                        del times[: len(times) - MAX_COLD_READS]
+
+    def last_read(self, image_id: str, name: str) -> float:
+        """The last read remembered in memory (0 when none since the start)."""
+        with self._lock:
+            return self._read_marks.get((image_id, name), 0.0)
+
+    def flush_reads(self, keep_marks_s: float) -> int:
+        """Write the read times gathered in memory as the files' mtimes (the marker that survives a restart),
+        and forget in-memory marks older than ``keep_marks_s``. Returns the files touched (blocking)."""
+        with self._lock:
+            reads, self._reads = self._reads, {}
+        touched = 0
+        for (image_id, name), when in reads.items():
+            paths = self.original_paths(image_id) if name == ORIGINAL else [self.path_for(image_id, name)]
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.stat()
+                    if when > st.st_mtime:
+                        os.utime(path, ns=(st.st_atime_ns, int(when * 1e9)))
+                        touched += 1
+        cutoff = time.time() - keep_marks_s
+        with self._lock:
+            self._read_marks = {k: v for k, v in self._read_marks.items() if v >= cutoff}
+        return touched
+
+    def cold_reads(self, since: float) -> dict[str, int]:
+        """Reads of cold originals since ``since`` (older ones are forgotten), per image."""
+        with self._lock:
+            out = {}
+            for image_id, times in list(self._cold_reads.items()):
+                recent = [t for t in times if t >= since]
+                if recent:
+                    self._cold_reads[image_id] = recent
+                    out[image_id] = len(recent)
+                else:
+                    del self._cold_reads[image_id]
+            return out
+
+    def take_variant_bytes(self) -> dict[str, int]:
+        """Variant bytes per image changed since the last call (0: none left), for reporting."""
+        with self._lock:
+            dirty, self._dirty_variant_bytes = self._dirty_variant_bytes, set()
+            return {image_id: self._variant_bytes.get(image_id, 0) for image_id in dirty}
+
+    def requeue_variant_bytes(self, image_ids: Iterable[str]) -> None:
+        """A report that failed: send these again next time."""
+        with self._lock:
+            self._dirty_variant_bytes.update(image_ids)
+
     def cached_meta(self, image_id: str) -> ObjectMeta | None:
         """Memory only, no I/O: safe to call on the event loop."""
         with self._lock:
@@ -196,29 +512,35 @@ class Store:
             if cached is None:
                 return None
             self._cache.move_to_end(image_id)
-            return cached[0]
+            return cached.meta
 
     def has_variant(self, image_id: str, name: str) -> bool:
         """Memory only: True when ``name`` is known to be on disk (built or seen here)."""
         with self._lock:
             cached = self._cache.get(image_id)
-            return cached is not None and name in cached[1]
+            return cached is not None and name in cached.variants
 
     def note_variant(self, image_id: str, name: str) -> None:
         with self._lock:
             cached = self._cache.get(image_id)
             if cached is not None:
-                cached[1].add(name)
+                cached.variants.add(name)
 
     def meta(self, image_id: str) -> ObjectMeta | None:
-        """The object's metadata if its original is stored here (cached; the first read is blocking)."""
+        """The object's metadata if its original is stored here, in either tier (cached; the first read is
+        blocking)."""
         cached = self.cached_meta(image_id)
         if cached is not None:
             return cached
         folder = self.image_dir(image_id)
-        try:
-            size = (folder / ORIGINAL).stat().st_size
-        except FileNotFoundError:
+        tier = HOT
+        size = None
+        for candidate in self.original_paths(image_id):
+            with contextlib.suppress(FileNotFoundError):
+                size = candidate.stat().st_size
+                tier = HOT if candidate.parent == folder else COLD
+                break
+        if size is None:
             return None
         try:
             raw = json.loads((folder / META).read_text())
@@ -229,41 +551,90 @@ class Store:
             meta = self._rebuild_meta(image_id)
         if (folder / PRIVATE_MARKER).exists():
             meta = dataclasses.replace(meta, private=True)
-        self._remember(image_id, meta)
+        self._remember(image_id, meta, tier)
         return meta
 
     def _rebuild_meta(self, image_id: str) -> ObjectMeta:
         """Recompute a lost or torn sidecar from the original (hash and magic bytes)."""
-        path = self.path_for(image_id, ORIGINAL)
+        path = self.original_path(image_id)
         digest = hashlib.sha256()
         with path.open("rb") as fobj:
             head = fobj.read(64)
             digest.update(head)
-            for block in iter(lambda: fobj.read(1024 * 1024), b""):
+            for block in iter(lambda: fobj.read(BLOCK), b""):
                 digest.update(block)
         meta = ObjectMeta(digest.hexdigest(), CONTENT_TYPES[sniff(head)], path.stat().st_size)
         tmp = self.new_tmp_path()
         tmp.write_text(_meta_json(meta))
+        self.image_dir(image_id).mkdir(parents=True, exist_ok=True)  # a cold original whose hot folder was lost
         os.replace(tmp, self.path_for(image_id, META))
         return meta
 
-    def _remember(self, image_id: str, meta: ObjectMeta) -> None:
+    def _remember(self, image_id: str, meta: ObjectMeta, tier: str) -> None:
         with self._lock:
-            self._cache[image_id] = (meta, set())
+            self._cache[image_id] = _Entry(meta, set(), tier)
             if len(self._cache) > self._meta_cache_size:
                 self._cache.popitem(last=False)
 
     def usage(self) -> Usage:
-        disk = shutil.disk_usage(self.root)
+        """Capacity, use and room of the node (every tier together) and of each tier (blocking: statvfs)."""
         with self._lock:
-            used, objects = self._used_bytes, self._objects
-        capacity = self.capacity_bytes or disk.total
-        free = max(0, min(capacity - used, disk.free))
-        return Usage(capacity, used, free, objects)
+            used, originals = dict(self._used), dict(self._originals)
+            variant_bytes = sum(self._variant_bytes.values())
+        hot_disk = shutil.disk_usage(self.root)
+        tiers = {HOT: _tier_usage(self.capacity_bytes, hot_disk, used[HOT], originals[HOT])}
+        free = tiers[HOT].free_bytes
+        if self.cold_root is not None:
+            cold_disk = shutil.disk_usage(self.cold_root)
+            tiers[COLD] = _tier_usage(self.cold_capacity_bytes, cold_disk, used[COLD], originals[COLD])
+            free += tiers[COLD].free_bytes
+            if os.stat(self.root).st_dev == os.stat(self.cold_root).st_dev:
+                free = min(free, hot_disk.free)  # both tiers on one disk: its free space counts once
+        capacity = sum(t.capacity_bytes for t in tiers.values())
+        total_used = used[HOT] + used[COLD]
+        return Usage(capacity, total_used, free, originals[HOT] + originals[COLD], tiers, variant_bytes)
+
+
+def _tier_usage(capacity_bytes: int, disk: shutil._ntuple_diskusage, used: int, originals: int) -> TierUsage:
+    capacity = capacity_bytes or disk.total
+    return TierUsage(capacity, used, max(0, min(capacity - used, disk.free)), originals)
+
+
+def _image_dirs(base: Path) -> Iterator[tuple[str, str]]:
+    """(image id, directory) of every image directory under ``base`` (objects/<aa>/<bb>/<id>)."""
+    if not base.exists():
+        return
+    for aa in sorted(os.scandir(base), key=lambda e: e.name):
+        if not aa.is_dir():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            for bb in os.scandir(aa.path):
+                if not bb.is_dir():
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    for image in os.scandir(bb.path):
+                        if image.is_dir() and is_image_id(image.name):  # strays are not ours to touch
+                            yield image.name, image.path
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fobj:
+        for block in iter(lambda: fobj.read(BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _meta_json(meta: ObjectMeta) -> str:
     return json.dumps({"sha256": meta.sha256, "content_type": meta.content_type, "bytes": meta.bytes})
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -25,7 +25,9 @@ import pytest
 from common import signing
 from common.db.pool import open_pool
 from minicdn.embedded import EmbeddedNats, EmbeddedPostgres
+from tests import hostile as hostile_files
 from tests.cluster import TestCluster, make_jpeg
+from tests.hostile import PAYLOAD, apng_claiming_frames, ico_holding, png_header_only
 
 ORIGIN_OK = "https://app.example"
 MAX_TTL_S = 7 * 86400
@@ -131,7 +133,8 @@ def _files(root: Path) -> list[tuple[str, int]]:
     return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
 
 
-async def snapshot(h: Hostile) -> tuple[dict[str, list[tuple[str, int]]], dict[str, str]]:
+async def snapshot(h: Hostile, ended: str | None = None) -> tuple[dict[str, list[tuple[str, int]]], dict[str, str]]:
+    """Every file and every row; ``ended``: an image whose row alone may change (a ticket the attack ended)."""
     files = {}
     for node_id, settings in h.cluster.node_settings.items():
         files[node_id] = await asyncio.to_thread(_files, Path(settings.node.data_dir))
@@ -144,6 +147,8 @@ async def snapshot(h: Hostile) -> tuple[dict[str, list[tuple[str, int]]], dict[s
             cur = await conn.execute(
                 f"SELECT count(*) AS n, md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) AS digest"
                 f' FROM "{table}" t'  # names from pg_tables, quoted
+                + (" WHERE t.image_id IS DISTINCT FROM %s" if table == "images" else ""),
+                (ended,) if table == "images" else None,
             )
             row = await cur.fetchone()
             assert row is not None
@@ -310,6 +315,24 @@ async def used_ticket(h: Hostile) -> dict[str, Any]:
 def put_jpeg(url_of: Callable[[Hostile, dict[str, Any]], str], headers: dict[str, str] | None = None) -> Attack:
     async def attack(h: Hostile, ctx: dict[str, Any]) -> Outcome:
         return await http(h, "PUT", url_of(h, ctx), headers=headers, data=make_jpeg(seed=h.next_seed()))
+
+    return attack
+
+
+IPHONE_HEIC = Path(__file__).parents[1] / "images" / "iphone_rot6_p3.heic"
+HEIC_FTYP = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+
+
+def _half(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[: len(data) // 2]
+
+
+def put_bytes(make: Callable[[], bytes]) -> Attack:
+    """PUT the bytes ``make`` returns to the ticket's upload URL (made off the loop: some take a moment)."""
+
+    async def attack(h: Hostile, ctx: dict[str, Any]) -> Outcome:
+        return await http(h, "PUT", ctx["t"]["upload_url"], data=await asyncio.to_thread(make))
 
     return attack
 
@@ -579,6 +602,23 @@ CASES = [
         "invalid_image",
         setup=one_ticket,
         attack=lambda h, c: http(h, "PUT", c["t"]["upload_url"], data=b"\xff\xd8\xff\xe0" + b"\x13" * 5000),
+    ),
+    # Every accepted format's bombs (huge dimensions or frame counts in a tiny file), cut headers and
+    # polyglots are refused from the header, before any pixel buffer exists (BMP and ICO in a sandbox).
+    *(
+        Case(f"upload: {name}", 422, "invalid_image", setup=one_ticket, attack=put_bytes(make))
+        for name, make in (
+            ("HEIC claiming 60000x60000 in 400 bytes", hostile_files.heic_bomb),
+            ("TIFF claiming 100000x100000 in 300 bytes", hostile_files.tiff_bomb),
+            ("BMP (RLE) claiming 50000x50000 in 1 KB", hostile_files.bmp_bomb),
+            ("ICO holding a PNG that claims 30000x30000", lambda: ico_holding(png_header_only(30000))),
+            ("animated PNG announcing 501 frames", lambda: apng_claiming_frames(501)),
+            ("HEIC cut in half (its item locations point past the end)", lambda: _half(IPHONE_HEIC)),
+            ("TIFF magic then garbage", lambda: b"II*\x00" + b"\x13" * 5000),
+            ("BMP header then garbage", lambda: b"BM" + bytes(12) + (40).to_bytes(4, "little") + b"\x13" * 5000),
+            ("ICO directory whose icon is an HTML page", lambda: ico_holding(PAYLOAD * 4, 16)),
+            ("HEIC brand over an MP4 with a script", lambda: HEIC_FTYP + b"\x00\x00\x00\x10moov" + PAYLOAD),
+        )
     ),
     Case(
         "upload: body shorter than Content-Length, client stalls",
@@ -1026,13 +1066,18 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_hostile_request(hostile: Hostile, case: Case) -> None:
     ctx = await case.setup(hostile) if case.setup else {}
-    before = await snapshot(hostile)
+    # A PUT refused for its content ends its ticket (the one write it makes): the image is `rejected`.
+    ended = ctx["t"]["image_id"] if case.status in (413, 415, 422) and "t" in ctx else None
+    before = await snapshot(hostile, ended)
     outcome = await case.attack(hostile, ctx)
     assert (outcome.status, outcome.code) == (case.status, case.code), outcome.body[:300]
     if case.check is not None:
         case.check(hostile, outcome)
     await asyncio.sleep(0.05)  # let a server-side handler whose client vanished finish its cleanup
-    assert await snapshot(hostile) == before, "something was written"
+    assert await snapshot(hostile, ended) == before, "something was written"
+    if ended is not None:
+        status, body = await hostile.cluster.api("GET", f"/v1/images/{ended}")
+        assert status == 200 and body["status"] == "rejected" and body["reason"].startswith(f"{case.code}: "), body
 
 
 def test_catalogue_is_big_enough() -> None:

@@ -96,6 +96,8 @@ async def test_openapi_document_and_schemathesis(cluster: TestCluster) -> None:
         "POST /v1/uploads",
         "GET /v1/images/{image_id}",
         "GET /v1/images/{image_id}/url",
+        "GET /v1/images",
+        "GET /v1/images/{image_id}/srcset",
         "GET /img/{image_id}",
         "DELETE /v1/images/{image_id}",
         "GET /v1/keys",

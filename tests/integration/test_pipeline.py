@@ -107,7 +107,8 @@ async def test_processing_records_metadata_and_makes_eager_thumbnails(cluster: T
     status, _, data = await get(cluster, f"{cluster.node_settings[NODES[0]].node.base_url}/healthz")
     codecs = json.loads(data)["codecs"]
     assert status == 200 and codecs["libvips"] == ".".join(str(pyvips.version(i)) for i in range(3))
-    assert codecs["loaders"] == ["jpeg", "png", "nsgif", "webp", "heif"] and codecs["pyvips"]
+    assert codecs["loaders"] == ["jpeg", "png", "nsgif", "webp", "heif", "tiff"] and codecs["pyvips"]
+    assert set(codecs["decoders"]) == {"pillow", "pillow_heif", "libheif"} and all(codecs["decoders"].values())
 
     gif = await cluster.upload((testdata / "anim_tiny.gif").read_bytes())
     body = await cluster.wait_ready(gif["image_id"])

@@ -39,6 +39,13 @@ async def assert_still_requested(cluster: TestCluster, image_id: str) -> None:
     assert status == 200 and body["status"] == "requested" and body["replicas"] == []
 
 
+async def assert_rejected(cluster: TestCluster, image_id: str, code: str) -> None:
+    """A PUT refused for its content uses up the ticket: the image is `rejected`, with the refusal as reason."""
+    status, body = await cluster.api("GET", f"/v1/images/{image_id}")
+    assert status == 200 and body["status"] == "rejected" and body["replicas"] == [], body
+    assert body["reason"].startswith(f"{code}: "), body
+
+
 def with_params(url: str, **changes: str) -> str:
     parts = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -122,7 +129,7 @@ async def test_declared_oversize_body_is_413_before_reading(cluster: TestCluster
         status, resp = 413, {"error": {"code": "too_large"}}
     assert status == 413 and resp["error"]["code"] == "too_large"
     assert_nothing_stored(cluster)
-    await assert_still_requested(cluster, ticket["image_id"])
+    await assert_rejected(cluster, ticket["image_id"], "too_large")
 
 
 async def test_streamed_oversize_body_is_413_without_buffering(cluster: TestCluster) -> None:
@@ -157,7 +164,7 @@ async def test_text_named_jpg_is_415(cluster: TestCluster) -> None:
     )
     assert status == 415 and body["error"]["code"] == "unsupported_type"
     assert_nothing_stored(cluster)
-    await assert_still_requested(cluster, ticket["image_id"])
+    await assert_rejected(cluster, ticket["image_id"], "unsupported_type")
 
 
 async def test_pixel_bomb_header_is_422(cluster: TestCluster) -> None:

@@ -103,18 +103,21 @@ def test_dhash_finds_reencodes_not_other_photos(testdata: Path, tmp_path: Path) 
 
 
 def test_loaders_of_other_formats_are_blocked(testdata: Path, tmp_path: Path) -> None:
-    """Defence in depth behind the magic-byte sniff: SVG and TIFF parsers cannot run at all."""
+    """Defence in depth behind the magic-byte sniff: the SVG, CSV and vips-native parsers cannot run at all
+    (nor ImageMagick's, which this libvips does not even carry); TIFF's, an accepted format, can."""
     import pyvips
 
     from storage_node.validate import restrict_loaders
     from tests.hostile import svg_with_script
 
     restrict_loaders()
-    svg, tiff = tmp_path / "x.svg", tmp_path / "x.tif"
+    svg, csv, native, tiff = tmp_path / "x.svg", tmp_path / "x.csv", tmp_path / "x.v", tmp_path / "x.tif"
     svg.write_bytes(svg_with_script())
+    csv.write_text("1 2\n3 4\n")
+    pyvips.Image.black(8, 8).vipssave(str(native))
     pyvips.Image.black(8, 8).tiffsave(str(tiff))
-    for path in (svg, tiff):
+    for path in (svg, csv, native):
         with pytest.raises(pyvips.Error):
             pyvips.Image.new_from_file(str(path)).avg()
-    for name in FILES:
-        assert pyvips.Image.new_from_file(str(testdata / name)).width > 0
+    for path in [testdata / name for name in FILES] + [tiff]:
+        assert pyvips.Image.new_from_file(str(path)).width > 0
