@@ -320,9 +320,16 @@ async def test_callbacks_signed_retried_and_guarded(
     failed, *rest = receiver.hits
     assert failed.status == 500 and [h.delivery_id for h in rest].count(failed.delivery_id) == 1
     assert len({h.delivery_id for h in rest}) == 2 and all(h.delivery_id for h in rest)
-    async with cluster.apps["query"][query_keys.POOL].connection() as conn:
-        cur = await conn.execute("SELECT delivery_id::text AS d, state, attempts FROM callback_outbox")
-        rows = {r["d"]: (r["state"], r["attempts"]) for r in await cur.fetchall()}
+    rows: dict[str, tuple[str, int]] = {}
+
+    async def settled() -> bool:
+        async with cluster.apps["query"][query_keys.POOL].connection() as conn:
+            cur = await conn.execute("SELECT delivery_id::text AS d, state, attempts FROM callback_outbox")
+            rows.update({r["d"]: (r["state"], r["attempts"]) for r in await cur.fetchall()})
+        return all(state != "pending" for state, _attempts in rows.values())
+
+    # The outbox row is marked after the receiver's answer arrives, so it may trail the receiver by a moment.
+    await cluster.wait_for(settled, "both outbox rows settled", 5)
     assert rows == {
         failed.delivery_id: ("delivered", 2),
         next(h.delivery_id for h in rest if h.delivery_id != failed.delivery_id): ("delivered", 1),
