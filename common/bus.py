@@ -38,6 +38,8 @@ class Bus:
             discard=DiscardPolicy.OLD,
             max_age=float(self.settings.stream_max_age_s),
             duplicate_window=120.0,
+            # Applied on every start, so raising it in the config grows an existing stream (NATS 2.10 can).
+            num_replicas=self.settings.stream_replicas,
         )
         try:
             await self.js.stream_info(self.subjects.stream)

@@ -69,6 +69,10 @@ class NatsSettings:
     stream: str = _help("JetStream stream holding the replication events.", default="MINICDN")
     subject_prefix: str = _help("Prefix of every minicdn subject.", default="minicdn")
     stream_max_age_s: int = _help("How long events are kept: must cover the longest node outage.", default=7 * 86400)
+    stream_replicas: int = _help(
+        "Copies of the stream a NATS cluster keeps (1..5): 3 on three servers, so a lost server loses no event.",
+        default=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,11 @@ class QuerySettings:
     stats_interval_s: float = _help(
         "Seconds between reads of the replication backlog for /dashboard and /metrics.", default=5.0
     )
+    history_s: float = _help("Seconds of history the dashboard's charts show (kept in memory).", default=3600.0)
+    history_points: int = _help(
+        "Points per chart series at most: samples are averaged into history_s / history_points buckets.",
+        default=120,
+    )
     upload_demo: bool = _help(
         "Serve the browser upload page at /upload-demo (`minicdn dev` turns it on).", default=False
     )
@@ -245,7 +254,8 @@ class CapacitySettings:
     sample_interval_s: float = _help("Seconds between usage samples kept for growth rates.", default=60.0)
     growth_window_s: float = _help("Usage history used for growth rates and days until full.", default=86400.0)
     forecast_min_span_s: float = _help(
-        "Forecasts act (provision) only on usage samples spanning at least this long.", default=3600.0
+        "Forecasts (growth, days until full) are shown and act only on usage samples spanning at least this long.",
+        default=3600.0,
     )
     provision_cooldown_s: float = _help(
         "After a provisioning ends, the forecast may not start another for this long.", default=3600.0
@@ -556,6 +566,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError("limits.widths: need at least one width, each 1..16384")
     if any(w <= 0 or w > 16384 for w in settings.query.srcset_widths):
         raise ConfigError("query.srcset_widths: each width must be 1..16384")
+    if settings.query.history_s <= 0 or settings.query.history_points < 2:
+        raise ConfigError("query.history_s: must be positive; query.history_points: at least 2")
+    if not 1 <= settings.nats.stream_replicas <= 5:
+        raise ConfigError("nats.stream_replicas: must be 1..5 (JetStream's limit)")
     _validate_access(settings)
     _validate_pipeline(settings)
     _validate_callbacks(settings)

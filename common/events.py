@@ -65,6 +65,10 @@ class NodeHeartbeat(Event):
     # and the bytes of variants (the cache) on the node.
     tiers: dict[str, dict[str, int]] | None = None
     variant_bytes: int = 0
+    # The file systems under its tiers ("<machine>:<st_dev>" -> total and free bytes), and its running total
+    # of backfill copies (a new or replacement member catching up: not replication lag).
+    filesystems: dict[str, dict[str, int]] | None = None
+    backfilled_total: int = 0
 
 
 @dataclass(frozen=True)

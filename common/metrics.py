@@ -106,10 +106,12 @@ class ReplicationMetrics:
     node_id: str
     lag: Histogram = field(init=False)
     copies: Counter = field(init=False)
+    backfill_copies: Counter = field(init=False)
     consumer_pending: Gauge = field(init=False)
     consumer_ack_pending: Gauge = field(init=False)
     recent: RecentLags = field(init=False, default_factory=RecentLags)
     copied: int = field(init=False, default=0)
+    backfilled: int = field(init=False, default=0)  # of ``copied``: images uploaded before this node joined
 
     def __post_init__(self) -> None:
         reg = self.registry
@@ -135,8 +137,15 @@ class ReplicationMetrics:
             ["consumer"],
             registry=reg,
         )
+        self.backfill_copies = Counter(
+            "minicdn_replication_backfill_copies_total",
+            "Copies of images uploaded before this node joined its set (not in the lag histogram)",
+            ["node_id"],
+            registry=reg,
+        )
         for outcome in ("copied", "present", "retry", "checksum_mismatch"):
             self.copies.labels(self.node_id, outcome)
+        self.backfill_copies.labels(self.node_id)
 
     def count(self, outcome: str) -> None:
         self.copies.labels(self.node_id, outcome).inc()
@@ -146,6 +155,11 @@ class ReplicationMetrics:
     def observe_lag(self, seconds: float) -> None:
         self.lag.labels(self.node_id).observe(seconds)
         self.recent.add(seconds)
+
+    def count_backfill(self) -> None:
+        """A copy made to catch up (a new or replacement member): counted, kept out of the lag figures."""
+        self.backfilled += 1
+        self.backfill_copies.labels(self.node_id).inc()
 
 
 @dataclass

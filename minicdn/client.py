@@ -112,3 +112,18 @@ async def send_json(
 ) -> dict[str, Any]:
     async with session.request(method, f"{cluster.query_url}{path}", json=body, headers=cluster.auth) as resp:
         return await _json_or_raise(resp)
+
+
+async def remove_images(session: aiohttp.ClientSession, cluster: ClusterRef, image_ids: list[str]) -> int:
+    """Delete images (what a bench uploaded); how many deletes were accepted (one already gone is not counted)."""
+    sem = asyncio.Semaphore(8)
+
+    async def one(image_id: str) -> bool:
+        async with sem:
+            try:
+                await send_json(session, cluster, "DELETE", f"/v1/images/{image_id}")
+            except ClientError:
+                return False
+        return True
+
+    return sum(await asyncio.gather(*(one(i) for i in image_ids)))

@@ -5,15 +5,22 @@ storage-node|query-service --config` a real deployment runs), started as childre
 and stopped by it: on Ctrl-C/SIGTERM nodes and the query service stop first, then NATS, then
 Postgres, and no process is left behind. State (database, stream, objects, keys) lives under the
 state directory, so a restart keeps every image.
+
+Start-up is truthful: the ports are checked before anything starts or is written (`PortsUnavailable`);
+`start()` returns (and `cluster.json` is written) only once every process answers its health check;
+a process that exits or stays unhealthy during start-up stops everything started so far and raises
+`ProcessFailed` with its name, exit and last log lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +36,7 @@ from common.config import Secret
 from common.db.api_keys import create_key, new_plaintext
 from common.geo import REGIONS
 from common.procs import die_with_parent, free_port
-from minicdn.embedded import EmbeddedNats, EmbeddedPostgres, stop_process
+from minicdn.embedded import EmbeddedNats, EmbeddedPostgres, ProcessFailed, describe_exit, stop_process, tail
 
 console = Console(stderr=True)
 DEV_DATABASE = "minicdn"
@@ -44,6 +51,31 @@ class DevOptions:
     host: str = "127.0.0.1"
     port: int = 8080  # query service; nodes take the ports after it. 0: free ports everywhere
     geoip_db: str = ""
+    start_timeout_s: float = 60.0  # every process healthy within this, else start-up fails
+
+
+@dataclass(frozen=True)
+class PortUse:
+    port: int
+    purpose: str  # "the query service", "storage node us-east-1"
+    problem: str  # "in use", or why the port cannot be listened on
+
+
+class PortsUnavailable(Exception):
+    """Ports `minicdn dev` needs cannot be listened on; raised before anything is started or written."""
+
+    def __init__(self, host: str, uses: list[PortUse]) -> None:
+        self.host, self.uses = host, uses
+        listed = "; ".join(f"port {u.port} ({u.purpose}) is {u.problem}" for u in uses)
+        super().__init__(f"cannot start on {host}: {listed}")
+
+
+@dataclass(frozen=True)
+class PlannedNode:
+    node_id: str
+    region: str
+    set_no: int
+    port: int
 
 
 @dataclass(frozen=True)
@@ -70,9 +102,12 @@ def parse_size(text: str) -> int:
     raw = text.strip().upper().replace(" ", "")
     number = raw.rstrip("KMGTIB")
     unit = raw[len(number) :]
-    if unit not in units or not number:
-        raise ValueError(f"not a size: {text!r}")
-    return int(float(number) * units[unit])
+    try:
+        if unit not in units:
+            raise ValueError(unit)
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 20MB, 1.5GiB, 500000)") from None
 
 
 def _load_secrets(state_dir: Path) -> dict[str, str]:
@@ -106,18 +141,29 @@ def _toml(sections: TomlSections) -> str:
     return "\n".join(lines)
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
-            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{tail}")
+def _healthz(url: str) -> dict[str, Any] | None:
+    """The body of ``url``/healthz when it answers 200 with JSON, else None."""
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+            return dict(json.loads(resp.read()))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why nothing could listen on ``host:port`` now (None: it is free). SO_REUSEADDR as the servers set it,
+    so a port left in TIME_WAIT by a previous run counts as free, as it is for them."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        return f"not usable: {host} does not resolve ({exc.strerror})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return dict(json.loads(resp.read()))
-        except (urllib.error.URLError, OSError, ValueError):
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout_s}s")
+            probe.bind(address)
+        except OSError as exc:
+            return "in use" if exc.errno == errno.EADDRINUSE else f"not usable: {exc.strerror}"
+    return None
 
 
 class DevCluster:
@@ -130,10 +176,57 @@ class DevCluster:
         self.info: dict[str, Any] = {}
         self.provisioned_dir = self.state / "provisioned"
 
-    def _port(self, offset: int) -> int:
-        return free_port() if self.opt.port == 0 else self.opt.port + offset
+    @property
+    def running(self) -> bool:
+        """Anything started and not stopped yet."""
+        return bool(self.children) or self.pg.proc is not None or self.nats.proc is not None
+
+    def _plan(self) -> tuple[int, list[PlannedNode]]:
+        """The query service's port and every node's, fixed before anything starts."""
+        count = 1 + self.opt.nodes_per_region * len(self.opt.regions)
+        if self.opt.port == 0:
+            ports: list[int] = []
+            while len(ports) < count:  # free_port() may hand out a port twice once its probe is closed
+                port = free_port()
+                if port not in ports:
+                    ports.append(port)
+        else:
+            ports = [self.opt.port + offset for offset in range(count)]
+        nodes = []
+        offset = 1
+        for set_no in range(1, self.opt.nodes_per_region + 1):
+            for region in self.opt.regions:
+                nodes.append(PlannedNode(f"{region}-{set_no}", region, set_no, ports[offset]))
+                offset += 1
+        return ports[0], nodes
+
+    def _check_ports(self, query_port: int, nodes: list[PlannedNode]) -> None:
+        """Raise PortsUnavailable naming every port that cannot be listened on, incl. provisioned nodes'."""
+        from common.config import load_settings
+
+        wanted = [(query_port, "the query service")] + [(n.port, f"storage node {n.node_id}") for n in nodes]
+        for cfg_path in sorted(self.provisioned_dir.glob("*.toml")):
+            wanted.append((load_settings(cfg_path, env={}).node.port, f"provisioned storage node {cfg_path.stem}"))
+        taken = []
+        for port, purpose in wanted:
+            problem = port_problem(self.opt.host, port)
+            if problem:
+                taken.append(PortUse(port, purpose, problem))
+        if taken:
+            raise PortsUnavailable(self.opt.host, taken)
 
     def start(self) -> dict[str, Any]:
+        """Start everything and wait until every process is healthy. Raises PortsUnavailable (nothing was
+        started or written) or ProcessFailed (everything started was stopped again)."""
+        query_port, planned = self._plan()
+        self._check_ports(query_port, planned)
+        try:
+            return self._start(query_port, planned)
+        except BaseException:
+            self.stop()  # a failure or Ctrl-C half-way: no process outlives the start-up
+            raise
+
+    def _start(self, query_port: int, planned: list[PlannedNode]) -> dict[str, Any]:
         for sub in ("config", "logs"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         secrets_ = _load_secrets(self.state)
@@ -151,34 +244,30 @@ class DevCluster:
             "health": {"heartbeat_timeout_s": 6.0},
             "geoip": {"db": self.opt.geoip_db},
         }
-        query_port = self._port(0)
         query_url = f"http://{self.opt.host}:{query_port}"
         nodes = []
-        offset = 1
-        for set_no in range(1, self.opt.nodes_per_region + 1):
-            for region in self.opt.regions:
-                node_id, port = f"{region}-{set_no}", self._port(offset)
-                offset += 1
-                point = REGIONS[region]
-                url = f"http://{self.opt.host}:{port}"
-                cfg: TomlSections = {
-                    **common,
-                    "node": {
-                        "node_id": node_id,
-                        "region": region,
-                        "lat": point.lat,
-                        "lon": point.lon,
-                        "set_id": f"set-{set_no}",
-                        "base_url": url,
-                        "host": self.opt.host,
-                        "port": port,
-                        "data_dir": str(self.state / "nodes" / node_id),
-                        "capacity_bytes": self.opt.node_capacity_bytes,
-                        "heartbeat_interval_s": 2.0,
-                    },
-                }
-                self._spawn(node_id, "storage-node", cfg, url)
-                nodes.append({"node_id": node_id, "region": region, "set_id": f"set-{set_no}", "url": url})
+        for plan in planned:
+            point = REGIONS[plan.region]
+            url = f"http://{self.opt.host}:{plan.port}"
+            set_id = f"set-{plan.set_no}"
+            cfg: TomlSections = {
+                **common,
+                "node": {
+                    "node_id": plan.node_id,
+                    "region": plan.region,
+                    "lat": point.lat,
+                    "lon": point.lon,
+                    "set_id": set_id,
+                    "base_url": url,
+                    "host": self.opt.host,
+                    "port": plan.port,
+                    "data_dir": str(self.state / "nodes" / plan.node_id),
+                    "capacity_bytes": self.opt.node_capacity_bytes,
+                    "heartbeat_interval_s": 2.0,
+                },
+            }
+            self._spawn(plan.node_id, "storage-node", cfg, url)
+            nodes.append({"node_id": plan.node_id, "region": plan.region, "set_id": set_id, "url": url})
         self._spawn(
             "query",
             "query-service",
@@ -197,9 +286,7 @@ class DevCluster:
             query_url,
         )
         nodes += self._start_provisioned()
-        for child in self.children:
-            _wait_http(f"{child.url}/healthz", child.proc, 60, self.state / "logs" / f"{child.name}.log")
-        self._wait_all_healthy(query_url, len(nodes))
+        self._wait_healthy(query_url, len(nodes))
         self.info = {
             "query_url": query_url,
             "dashboard_url": f"{query_url}/dashboard",
@@ -207,7 +294,7 @@ class DevCluster:
             "api_key": secrets_["api_key"],
             "nodes": nodes,
         }
-        self._write_info()
+        self._write_info()  # only now: every process answered its health check
         return self.info
 
     async def _bootstrap(self, database_url: str, api_key: str) -> None:
@@ -232,15 +319,49 @@ class DevCluster:
             )
         self.children.append(Child(name, url, proc))
 
-    def _wait_all_healthy(self, query_url: str, count: int, timeout_s: float = 30) -> None:
+    def _log(self, name: str) -> Path:
+        return self.state / "logs" / f"{name}.log"
+
+    def _check_alive(self) -> None:
+        """Raise ProcessFailed for the first process that has exited: Postgres and NATS first, as the others
+        exit when those do."""
+        for name, proc, log in (
+            ("postgres", self.pg.proc, self.pg.log),
+            ("nats-server", self.nats.proc, self.nats.log),
+        ):
+            if proc is not None and proc.poll() is not None:
+                raise ProcessFailed(name, describe_exit(proc.returncode), log, tail(log))
+        for child in self.children:
+            if child.proc.poll() is not None:
+                log = self._log(child.name)
+                raise ProcessFailed(child.name, describe_exit(child.proc.returncode), log, tail(log))
+
+    def _wait_healthy(self, query_url: str, node_count: int) -> None:
+        """Until every child answers /healthz and the query service sees every node healthy (heartbeats
+        arrive); a process exiting meanwhile, or the timeout, fails the start-up."""
+        timeout_s = self.opt.start_timeout_s
         deadline = time.monotonic() + timeout_s
-        query = next(c for c in self.children if c.name == "query")
-        while time.monotonic() < deadline:
-            health = _wait_http(f"{query_url}/healthz", query.proc, 10, self.state / "logs" / "query.log")
-            if health.get("healthy_nodes", 0) >= count:
-                return
+        pending = [child.name for child in self.children]
+        seen = 0
+        while True:
+            self._check_alive()
+            urls = {child.name: child.url for child in self.children}
+            pending = [name for name in pending if _healthz(urls[name]) is None]
+            if not pending:
+                health = _healthz(query_url) or {}
+                seen = int(health.get("healthy_nodes", 0))
+                if seen >= node_count:
+                    self._check_alive()
+                    return
+            if time.monotonic() > deadline:
+                name = pending[0] if pending else "query"
+                what = (
+                    f"did not answer /healthz within {timeout_s:g} s"
+                    if pending
+                    else f"saw {seen} of {node_count} nodes healthy after {timeout_s:g} s"
+                )
+                raise ProcessFailed(name, what, self._log(name), tail(self._log(name)))
             time.sleep(0.2)
-        raise RuntimeError(f"the query service does not see {count} healthy nodes after {timeout_s}s")
 
     def _start_provisioned(self) -> list[dict[str, Any]]:
         """Start a node for every config the local provisioner wrote that is not running yet."""

@@ -27,18 +27,38 @@ from common.procs import die_with_parent, free_port
 PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver's convention for the user it runs as
 
 
+class ProcessFailed(RuntimeError):
+    """A process of the cluster did not come up: its name, what happened, its log and the log's last lines."""
+
+    def __init__(self, name: str, what: str, log: Path | None, tail: str) -> None:
+        self.name, self.what, self.log, self.tail = name, what, log, tail
+        where = f"last lines of {log}" if log else "its output"
+        super().__init__(f"{name} {what}; {where}:\n{tail}")
+
+
+def describe_exit(returncode: int) -> str:
+    """`exited with code 1`, or `was killed by SIGKILL` (Popen's returncode is -N for signal N)."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}; log:\n{_tail(log)}")
+            raise ProcessFailed(what, describe_exit(proc.returncode), log, tail(log))
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s}s; log:\n{_tail(log)}")
+    raise ProcessFailed(what, f"did not listen on port {port} within {timeout_s:g} s", log, tail(log))
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file, for a start-up failure's message."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -78,6 +98,10 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    @property
+    def log(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
     def _run_as(self) -> pwd.struct_passwd | None:
         """The system user postgres runs as when we are root (it refuses to run as root), else None: ourselves."""
         if os.geteuid() != 0:
@@ -99,9 +123,9 @@ class EmbeddedPostgres:
         if run_as:
             pgserver.utils.ensure_prefix_permissions(self.data_dir)
             os.chown(self.data_dir, run_as.pw_uid, run_as.pw_gid)
-        log = self.data_dir.parent / f"{self.data_dir.name}.log"
+        log = self.log
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
+            initdb = subprocess.run(
                 [
                     str(bin_path / "initdb"),
                     "-D",
@@ -112,11 +136,14 @@ class EmbeddedPostgres:
                     "postgres",
                     "--no-instructions",
                 ],
-                check=True,
+                check=False,
                 capture_output=True,
                 user=user,
                 group=group,
             )
+            if initdb.returncode != 0:
+                output = (initdb.stdout + initdb.stderr).decode(errors="replace").splitlines()[-30:]
+                raise ProcessFailed("postgres initdb", describe_exit(initdb.returncode), None, "\n".join(output))
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / "postmaster.pid").unlink()  # left by a killed run; we own this directory
         with open(log, "ab") as log_file:
@@ -198,6 +225,10 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def log(self) -> Path:
+        return self.data_dir / "nats.log"
+
     def start(self, timeout_s: float = 30) -> EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats.conf"
@@ -206,7 +237,7 @@ class EmbeddedNats:
             f"host: 127.0.0.1\nport: {self.port}\nserver_name: minicdn-embedded\n"
             f'jetstream {{\n  store_dir: "{self.data_dir / "js"}"\n  sync_interval: always\n}}\n'
         )
-        log = self.data_dir / "nats.log"
+        log = self.log
         with open(log, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [nats_server_binary(), "-c", str(conf)],

@@ -24,8 +24,10 @@ from common.reqlog import request_id_middleware
 from query_service import keys
 from query_service.auth import ApiKeyAuth
 from query_service.cluster_stats import ClusterStats
+from query_service.dashboard import build_dashboard
 from query_service.handlers_dashboard import load_assets
 from query_service.handlers_deletes import watch_deletes
+from query_service.history import History, sample_every
 from query_service.lifecycle import LifecycleSweeper
 from query_service.locations import LocationCache
 from query_service.monitor import CapacityMonitor, load_report
@@ -55,6 +57,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.QUERY_METRICS] = qmetrics
     registry = app[keys.REGISTRY] = NodeRegistry(settings.health.heartbeat_timeout_s, settings.health.recover_s)
     stats = app[keys.CLUSTER_STATS] = ClusterStats()
+    app[keys.HISTORY] = History(settings.query.history_s, settings.query.history_points)
     app[keys.ASSETS] = load_assets()
 
     def node_views() -> list[NodeView]:
@@ -106,4 +109,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             name="cluster-stats",
         )
         stack.push_async_callback(cancel_all, [stats])
+
+        def summary() -> dict[str, Any] | None:
+            figures = app[keys.CLUSTER_STATS]
+            if figures.backlog.read_at == float("-inf") or not registry.nodes:
+                return None  # nothing read yet: charting zeros would draw a false drop at every start
+            doc = build_dashboard(registry.nodes.values(), registry.healthy, registry.heartbeat_age_s, figures)
+            return dict(doc["summary"])
+
+        charts = asyncio.create_task(
+            sample_every(app[keys.HISTORY], summary, settings.query.stats_interval_s), name="dashboard-history"
+        )
+        stack.push_async_callback(cancel_all, [charts])
         yield

@@ -24,7 +24,7 @@ from common.events import NodeHeartbeat
 
 logger = logging.getLogger(__name__)
 RATE_WINDOW_S = 30.0  # rates are averaged over the heartbeats of the last half minute
-COUNTERS = ("requests_total", "bytes_sent_total", "uploads_total", "replicated_total")
+COUNTERS = ("requests_total", "bytes_sent_total", "uploads_total", "replicated_total", "backfilled_total")
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Backlog:
     events: list[dict[str, Any]] = field(default_factory=list)
     event_counts: dict[str, int] = field(default_factory=dict)
     read_at: float = float("-inf")  # time.monotonic() of the last successful read
+    backfill_by_node: dict[str, int] = field(default_factory=dict)  # catching up: apart from pending_by_node
 
 
 @dataclass
@@ -47,6 +48,9 @@ class NodeActivity:
     replicated_per_s: float = 0.0
     replication_lag_p50_s: float | None = None
     replication_lag_max_s: float | None = None
+    # Of replicated_per_s: copies of images uploaded before the node joined (a new or replacement member
+    # catching up), which the lag figures leave out.
+    backfilled_per_s: float = 0.0
 
 
 def rates(samples: deque[tuple[float, dict[str, float]]]) -> dict[str, float]:
@@ -93,7 +97,13 @@ class ClusterStats:
             r = dict.fromkeys(COUNTERS, 0.0)
         p50, worst = self._lags.get(node_id, (None, None))
         return NodeActivity(
-            r["requests_total"], r["bytes_sent_total"], r["uploads_total"], r["replicated_total"], p50, worst
+            r["requests_total"],
+            r["bytes_sent_total"],
+            r["uploads_total"],
+            r["replicated_total"],
+            p50,
+            worst,
+            r["backfilled_total"],
         )
 
     # --- Postgres --------------------------------------------------------------------------------------
@@ -108,6 +118,7 @@ class ClusterStats:
             events,
             counts,
             time.monotonic(),
+            backlog["backfill_by_node"],
         )
         if capacity is not None:
             self.capacity = await capacity()

@@ -42,7 +42,11 @@ async def cluster_view(request: web.Request) -> dict[str, Any]:
     for node in view["nodes"]:
         waiting = backlog.get(node["node_id"], {})
         node["backlog"] = {s: waiting.get(s, 0) for s in ("pending", "missing", "corrupt")}
-        node["health"] = "dead" if node["state"] == "dead" else ("healthy" if node["healthy"] else "unhealthy")
+        node["health"] = (
+            ("replaced" if node["replaced"] else "dead")
+            if node["state"] == "dead"
+            else ("healthy" if node["healthy"] else "unhealthy")
+        )
         info = registry.nodes.get(node["node_id"])
         node["base_url"] = info.base_url if info else None
     decisions = decide(report, settings.capacity, settings.health)

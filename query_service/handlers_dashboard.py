@@ -89,6 +89,10 @@ async def dashboard_data(request: web.Request) -> web.Response:
     await request.app[keys.AUTH].required(request, scope="admin")
     registry = request.app[keys.REGISTRY]
     data = build_dashboard(
-        registry.nodes.values(), registry.healthy, registry.heartbeat_age_s, request.app[keys.CLUSTER_STATS]
+        registry.nodes.values(),
+        registry.healthy,
+        registry.heartbeat_age_s,
+        request.app[keys.CLUSTER_STATS],
+        request.app[keys.HISTORY],
     )
     return json_response(data, headers={"Cache-Control": "no-store"})

@@ -13,6 +13,7 @@ from common.geo import GeoLocator
 from common.metrics import HttpMetrics, QueryMetrics
 from query_service.auth import ApiKeyAuth
 from query_service.cluster_stats import ClusterStats
+from query_service.history import History
 from query_service.lifecycle import LifecycleSweeper
 from query_service.locations import LocationCache
 from query_service.monitor import CapacityMonitor
@@ -30,6 +31,7 @@ MONITOR = web.AppKey("monitor", CapacityMonitor)
 PROXIES = web.AppKey("proxies", TrustedProxies)
 QUERY_METRICS = web.AppKey("query_metrics", QueryMetrics)
 CLUSTER_STATS = web.AppKey("cluster_stats", ClusterStats)
+HISTORY = web.AppKey("history", History)
 ASSETS = web.AppKey("assets", dict)
 CALLBACKS = web.AppKey("callbacks", CallbackOutbox)
 LIFECYCLE = web.AppKey("lifecycle", LifecycleSweeper)

@@ -23,7 +23,15 @@ from common import loops
 from common.config import Settings
 from common.db import control as db_control
 from common.db.rows import Pool
-from query_service.capacity import Decisions, Report, build_report, decide, growth_per_day, node_figures
+from query_service.capacity import (
+    Decisions,
+    Report,
+    build_report,
+    decide,
+    growth_per_day,
+    node_figures,
+    replaced_nodes,
+)
 from query_service.provisioners import Plan, PlannedNode, Provisioner, ProvisionError
 from query_service.registry import NodeRegistry
 
@@ -48,18 +56,24 @@ async def load_report(pool: Pool, settings: Settings, registry: NodeRegistry | N
     rows = await db_control.nodes_with_sets(pool)
     samples = await db_control.growth_samples(pool, cap.growth_window_s)
     set_states = {r["set_id"]: r["state"] for r in await db_control.list_sets(pool)}
-    figures = []
+    health = {}
     for r in rows:
         info = registry.nodes.get(r["node_id"]) if registry else None
         if info is not None and registry is not None:
-            healthy = registry.healthy(info)
+            health[r["node_id"]] = registry.healthy(info)
         else:
             age = r["heartbeat_age_s"]
-            healthy = r["state"] != "dead" and age is not None and age < settings.health.heartbeat_timeout_s
-        # Shown as soon as a few samples exist; acted upon only with `forecast_min_span_s` of history.
-        growth = growth_per_day(samples.get(r["node_id"]), min_span_s=max(2 * cap.sample_interval_s, 1.0))
-        figures.append(node_figures(r, healthy, growth))
-    history_s = max((span for span, _first, _last in samples.values() if span is not None), default=0.0)
+            health[r["node_id"]] = (
+                r["state"] != "dead" and age is not None and age < settings.health.heartbeat_timeout_s
+            )
+    replaced = replaced_nodes((r["node_id"], r["set_id"], r["region"], r["state"], health[r["node_id"]]) for r in rows)
+    figures = []
+    for r in rows:
+        # Neither shown nor acted upon before the samples span `forecast_min_span_s`: a minute of history
+        # forecasts nothing but its own noise.
+        growth = growth_per_day(samples.get(r["node_id"]), min_span_s=cap.forecast_min_span_s)
+        figures.append(node_figures(r, health[r["node_id"]], growth, r["node_id"] in replaced))
+    history_s = max((span for span, _slope in samples.values() if span is not None), default=0.0)
     return build_report(figures, set_states, cap, history_s)
 
 

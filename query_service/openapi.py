@@ -296,7 +296,14 @@ SCHEMAS: dict[str, Any] = {
             "nodes": {
                 "type": "array",
                 "items": {"type": "object", "required": ["node_id", "region", "set_id", "state", "healthy"]},
-            }
+            },
+            "cluster": {
+                "type": "object",
+                "nullable": True,
+                "description": "every live node; a file system shared by several nodes counted once",
+            },
+            "history_s": {"type": "number", "description": "span of the usage samples behind the forecasts"},
+            "forecast_min_span_s": {"type": "number", "description": "forecasts appear once history_s reaches it"},
         },
     },
     "Deleted": {
@@ -391,7 +398,29 @@ SCHEMAS: dict[str, Any] = {
             "regions": {"type": "array"},
             "sets": {"type": "array"},
             "nodes": {"type": "array"},
+            "replaced_nodes": {"type": "array", "items": {"type": "string"}},
             "events": {"type": "array"},
+            "history": {
+                "type": "object",
+                "description": "The charts' last query.history_s, at most query.history_points per series.",
+                "required": ["window_s", "step_s", "t", "series", "forecast"],
+                "properties": {
+                    "window_s": {"type": "number"},
+                    "step_s": {"type": "number"},
+                    "t": {"type": "array", "items": {"type": "number"}, "description": "seconds since the epoch"},
+                    "series": {
+                        "type": "object",
+                        "additionalProperties": {"type": "array", "items": {"type": "number", "nullable": True}},
+                    },
+                    "forecast": {
+                        "type": "object",
+                        "properties": {
+                            "growth_bytes_per_day": {"type": "number", "nullable": True},
+                            "days_until_full": {"type": "number", "nullable": True},
+                        },
+                    },
+                },
+            },
         },
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},

@@ -39,6 +39,7 @@ class NodeInfo:
     # Per storage tier (hot; cold when the node has one) and the bytes of its variant cache.
     tiers: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
     variant_bytes: int = 0
+    filesystems: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class NodeRegistry:
                 seen,
                 r["tiers"],
                 r["variant_bytes"],
+                r["filesystems"],
             )
         self.nodes = fresh
 
@@ -132,6 +134,7 @@ class NodeRegistry:
             last_seen=time.monotonic(),
             tiers=event.tiers if event.tiers is not None else node.tiers,
             variant_bytes=event.variant_bytes,
+            filesystems=event.filesystems if event.filesystems is not None else node.filesystems,
         )
 
     async def run(self, pool: Pool, bus: Bus, refresh_s: float) -> None:

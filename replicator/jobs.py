@@ -129,11 +129,14 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
             continue
         finally:
             await asyncio.to_thread(ctx.store.discard_tmp, tmp)
-        lag_s = await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
+        done = await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
         ctx.copied += 1
         ctx.count("copied")
-        if ctx.metrics is not None and lag_s is not None:
-            ctx.metrics.observe_lag(max(lag_s, 0.0))
+        if ctx.metrics is not None:
+            if done["backfill"]:  # catching up on old images: reported apart, never as lag
+                ctx.metrics.count_backfill()
+            elif done["lag_s"] is not None:
+                ctx.metrics.observe_lag(max(done["lag_s"], 0.0))
         logger.info(
             "replicated %s from %s (%d bytes) in %.3fs",
             want.image_id,

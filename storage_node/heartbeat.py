@@ -36,6 +36,7 @@ async def beat_once(
         usage.objects,
         tiers,
         usage.variant_bytes,
+        usage.filesystems,
     )
     if state:
         status.state = state
@@ -60,6 +61,8 @@ async def beat_once(
         replication_lag_max_s=lag_max,
         tiers=tiers,
         variant_bytes=usage.variant_bytes,
+        filesystems=usage.filesystems,
+        backfilled_total=metrics.replication.backfilled,
     )
     await bus.publish_core(bus.subjects.heartbeat(node.node_id), event)
 

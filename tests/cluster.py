@@ -97,7 +97,14 @@ class TestCluster:
         port = free_port()
         self.query_url = f"http://127.0.0.1:{port}"
         query_settings = self.settings(
-            query={"port": port, "public_url": self.query_url, "node_refresh_s": 0.3, "stats_interval_s": 0.3}
+            # One chart point a second (not 30 s), so tests lasting seconds see a history with several points.
+            query={
+                "port": port,
+                "public_url": self.query_url,
+                "node_refresh_s": 0.3,
+                "stats_interval_s": 0.3,
+                "history_points": 3600,
+            }
         )
         from query_service.app import create_app
 

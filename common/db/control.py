@@ -79,8 +79,7 @@ class BackfillProgress(TypedDict):
 class _GrowthRow(TypedDict):
     node_id: str
     span_s: float
-    first_used: int
-    last_used: int
+    slope: float | None  # bytes per second, least squares over the window's samples (None: one sample)
 
 
 class _EventIdRow(TypedDict):
@@ -214,18 +213,18 @@ async def add_samples(pool: Pool, rows: list[tuple[str, int, int]], keep_s: floa
         )
 
 
-async def growth_samples(pool: Pool, window_s: float) -> dict[str, tuple[float, int, int]]:
-    """Per node: (seconds between its oldest and newest sample in the window, oldest used, newest used)."""
+async def growth_samples(pool: Pool, window_s: float) -> dict[str, tuple[float, float | None]]:
+    """Per node: (seconds between its oldest and newest sample in the window, the least-squares slope of its
+    used bytes over time in bytes/s)."""
     rows = await fetch_all(
         pool,
         _GrowthRow,
         "SELECT node_id, extract(epoch FROM max(sampled_at) - min(sampled_at))::float8 AS span_s,"
-        " (array_agg(used_bytes ORDER BY sampled_at))[1] AS first_used,"
-        " (array_agg(used_bytes ORDER BY sampled_at DESC))[1] AS last_used"
+        " regr_slope(used_bytes::float8, extract(epoch FROM sampled_at)::float8) AS slope"
         " FROM capacity_samples WHERE sampled_at > now() - make_interval(secs => %s) GROUP BY node_id",
         (window_s,),
     )
-    return {r["node_id"]: (r["span_s"], r["first_used"], r["last_used"]) for r in rows}
+    return {r["node_id"]: (r["span_s"], r["slope"]) for r in rows}
 
 
 # --- events --------------------------------------------------------------------------------------------

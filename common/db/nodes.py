@@ -14,7 +14,7 @@ from common.db.rows import Pool, fetch_all, fetch_one
 
 NODE_COLUMNS = (
     "n.node_id, n.region, n.set_id, n.base_url, n.lat, n.lon, n.capacity_bytes, n.used_bytes, n.free_bytes,"
-    " n.objects, n.state, n.last_heartbeat, n.version, s.state AS set_state, n.tiers, n.variant_bytes,"
+    " n.objects, n.state, n.last_heartbeat, n.version, s.state AS set_state, n.tiers, n.variant_bytes, n.filesystems,"
     " extract(epoch FROM now() - n.last_heartbeat)::float8 AS heartbeat_age_s"
 )
 
@@ -38,6 +38,7 @@ class NodeRow(TypedDict):
     set_state: str
     tiers: dict[str, dict[str, int]]  # per storage tier: capacity, used, free bytes and originals
     variant_bytes: int
+    filesystems: dict[str, dict[str, int]]  # "<machine>:<st_dev>" -> total and free bytes (migration 011)
     heartbeat_age_s: float | None  # None until its first heartbeat
 
 
@@ -92,14 +93,24 @@ async def record_heartbeat(
     objects: int,
     tiers: dict[str, dict[str, int]] | None = None,
     variant_bytes: int = 0,
+    filesystems: dict[str, dict[str, int]] | None = None,
 ) -> str | None:
     """Store the usage figures (per tier too); returns the node's state (operators set it in Postgres)."""
     row = await fetch_one(
         pool,
         NodeStateRow,
         "UPDATE nodes SET capacity_bytes = %s, used_bytes = %s, free_bytes = %s, objects = %s,"
-        " tiers = %s, variant_bytes = %s, last_heartbeat = now() WHERE node_id = %s RETURNING state",
-        (capacity_bytes, used_bytes, free_bytes, objects, Jsonb(tiers or {}), variant_bytes, node_id),
+        " tiers = %s, variant_bytes = %s, filesystems = %s, last_heartbeat = now() WHERE node_id = %s RETURNING state",
+        (
+            capacity_bytes,
+            used_bytes,
+            free_bytes,
+            objects,
+            Jsonb(tiers or {}),
+            variant_bytes,
+            Jsonb(filesystems or {}),
+            node_id,
+        ),
     )
     return row["state"] if row else None
 

@@ -74,12 +74,15 @@ class ImageGone(Exception):
 
 class LagRow(TypedDict):
     lag_s: float | None
+    # The image was uploaded before this node joined (a new or replacement member catching up): its age is
+    # not replication lag.
+    backfill: bool
 
 
-async def mark_ok(pool: Pool, image_id: str, node_id: str, size: int) -> float | None:
+async def mark_ok(pool: Pool, image_id: str, node_id: str, size: int) -> LagRow:
     """Record the replica `ok`; returns the replication lag (seconds since the upload was recorded, on the
-    database's clock, so node clocks do not matter), None when the image has no upload time. Raises
-    ImageGone (recording nothing) when the image was deleted meanwhile."""
+    database's clock, so node clocks do not matter; None when the image has no upload time) and whether the
+    copy was a backfill. Raises ImageGone (recording nothing) when the image was deleted meanwhile."""
     row = await fetch_one(
         pool,
         LagRow,
@@ -88,12 +91,14 @@ async def mark_ok(pool: Pool, image_id: str, node_id: str, size: int) -> float |
         " ON CONFLICT (image_id, node_id) DO UPDATE SET state = 'ok', bytes = EXCLUDED.bytes,"
         " verified_at = now(), updated_at = now()"
         " RETURNING (SELECT extract(epoch FROM clock_timestamp() - i.uploaded_at)::float8 FROM images i"
-        "  WHERE i.image_id = replicas.image_id) AS lag_s",
+        "  WHERE i.image_id = replicas.image_id) AS lag_s,"
+        " coalesce((SELECT i.uploaded_at < n.registered_at FROM images i, nodes n"
+        "  WHERE i.image_id = replicas.image_id AND n.node_id = replicas.node_id), false) AS backfill",
         (image_id, node_id, size, image_id),
     )
     if row is None:
         raise ImageGone(image_id)
-    return row["lag_s"]
+    return row
 
 
 class CopyRow(TypedDict):

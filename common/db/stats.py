@@ -13,12 +13,16 @@ class ReplicationBacklog(TypedDict):
     pending_by_node: dict[str, int]
     oldest_pending_s: float | None  # None when nothing is pending
     under_replicated: int
+    # Pending copies of images uploaded before their node joined (a new or replacement member catching up):
+    # not in pending_by_node nor in oldest_pending_s, which measure replication of new uploads.
+    backfill_by_node: dict[str, int]
 
 
 class _PendingRow(TypedDict):
     node_id: str
     n: int
-    oldest_s: float
+    backfill: int
+    oldest_s: float | None
 
 
 class _CountRow(TypedDict):
@@ -40,8 +44,12 @@ async def replication_backlog(pool: Pool) -> ReplicationBacklog:
         rows = await fetch_all(
             conn,
             _PendingRow,
-            "SELECT node_id, count(*) AS n, extract(epoch FROM now() - min(created_at))::float8 AS oldest_s"
-            " FROM replicas WHERE state = 'pending' GROUP BY node_id",
+            "SELECT r.node_id, count(*) FILTER (WHERE NOT b.backfill) AS n,"
+            " count(*) FILTER (WHERE b.backfill) AS backfill,"
+            " extract(epoch FROM now() - min(r.created_at) FILTER (WHERE NOT b.backfill))::float8 AS oldest_s"
+            " FROM replicas r JOIN nodes n USING (node_id) JOIN images i USING (image_id),"
+            " LATERAL (SELECT coalesce(i.uploaded_at < n.registered_at, false) AS backfill) b"
+            " WHERE r.state = 'pending' GROUP BY r.node_id",
         )
         under = await fetch_one(
             conn,
@@ -50,9 +58,10 @@ async def replication_backlog(pool: Pool) -> ReplicationBacklog:
             " WHERE state = 'pending' OR state IN ('missing', 'corrupt')",
         )
     return {
-        "pending_by_node": {r["node_id"]: int(r["n"]) for r in rows},
-        "oldest_pending_s": max((r["oldest_s"] for r in rows), default=None),
+        "pending_by_node": {r["node_id"]: int(r["n"]) for r in rows if r["n"]},
+        "oldest_pending_s": max((r["oldest_s"] for r in rows if r["oldest_s"] is not None), default=None),
         "under_replicated": int(under["n"]) if under else 0,
+        "backfill_by_node": {r["node_id"]: int(r["backfill"]) for r in rows if r["backfill"]},
     }
 
 

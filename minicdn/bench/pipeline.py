@@ -10,6 +10,7 @@ same run on this machine.
   variants of it are built.
 
 The node must run on this machine (its RSS is read with psutil from the process listening on its port).
+The images it uploads are deleted at the end (also after a failure) unless `keep`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from minicdn.client import ClusterRef, get_json, put_bytes, request_upload
+from minicdn.client import ClusterRef, get_json, put_bytes, remove_images, request_upload
 
 WEBP_QUALITY = 80  # the node's default (pipeline.webp_quality), used by every peer too
 
@@ -45,6 +46,8 @@ WEBP_QUALITY = 80  # the node's default (pipeline.webp_quality), used by every p
 class PipelineFigures:
     rows: list[tuple[str, str, str]] = field(default_factory=list)  # (figure, value, vs peer)
     values: dict[str, float] = field(default_factory=dict)
+    uploaded: list[str] = field(default_factory=list)  # every image id a ticket was issued for
+    removed: int = 0  # of those, deleted at the end (0 with keep)
 
     def add(self, key: str, label: str, value: float, unit: str, peer: str = "") -> None:
         self.values[key] = value
@@ -74,10 +77,14 @@ def make_photos(n: int, width: int, height: int) -> list[bytes]:
 
 
 # --- cluster helpers ------------------------------------------------------------------------------------
-async def upload_all(session: aiohttp.ClientSession, cluster: ClusterRef, bodies: list[bytes]) -> list[str]:
+async def upload_all(
+    session: aiohttp.ClientSession, cluster: ClusterRef, bodies: list[bytes], uploaded: list[str]
+) -> list[str]:
+    """Upload each body; every ticket's id also goes to ``uploaded`` at once, so a failure leaves nothing behind."""
     ids = []
     for body in bodies:
         ticket = await request_upload(session, cluster, size=len(body))
+        uploaded.append(ticket["image_id"])
         await put_bytes(session, ticket["upload_url"], body, len(body))
         ids.append(ticket["image_id"])
     return ids
@@ -245,15 +252,23 @@ async def run_pipeline_bench(
     with_100mp: bool = True,
     photo_size: tuple[int, int] = (4000, 3000),
     big_size: tuple[int, int] = (10000, 10000),
+    keep: bool = False,
 ) -> PipelineFigures:
     """``photo_size``/``big_size`` are the 12 MP and 100 MP inputs (smaller only for the bench's own test)."""
     fig = PipelineFigures()
     work = Path(tempfile.mkdtemp(prefix="minicdn-bench-"))
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
-            await _run(session, cluster, fig, work, images, stored_gets, console, photo_size)
-            if with_100mp:
-                await _hundred_megapixels(session, cluster, fig, console, big_size)
+            try:
+                await _run(session, cluster, fig, work, images, stored_gets, console, photo_size)
+                if with_100mp:
+                    await _hundred_megapixels(session, cluster, fig, console, big_size)
+            finally:
+                if not keep and fig.uploaded:
+                    console.print(
+                        f"deleting the {len(fig.uploaded)} image(s) this bench uploaded (--keep keeps them)..."
+                    )
+                    fig.removed = await remove_images(session, cluster, fig.uploaded)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -284,7 +299,7 @@ async def _run(
     for i, body in enumerate(bodies[:n]):
         paths.append(src / f"img{i}.jpg")
         paths[-1].write_bytes(body)
-    ids = await upload_all(session, cluster, bodies)
+    ids = await upload_all(session, cluster, bodies, fig.uploaded)
     await wait_ready(session, cluster, ids)
     build_ids, lazy_ids = ids[:n], ids[n:]
 
@@ -370,6 +385,7 @@ async def _hundred_megapixels(
     body = (await asyncio.to_thread(make_photos, 1, *size))[0]
     node_base = (await get_json(session, cluster, "/v1/nodes"))["nodes"]
     ticket = await request_upload(session, cluster, size=len(body))
+    fig.uploaded.append(ticket["image_id"])
     base = next(n["base_url"] for n in node_base if n["node_id"] == ticket["node_id"])
     sampler = RssSampler(node_process(base))
     with sampler:

@@ -2,6 +2,7 @@
 
 Each figure sits beside a peer measured in the same run on the same server: the server's own
 `/healthz` (an empty handler), so the ratio shows what the real work costs over aiohttp itself.
+The images it uploads are deleted at the end (also after a failure) unless `--keep`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from minicdn.client import ClusterRef, get_json, put_bytes, request_upload
+from minicdn.client import ClusterRef, get_json, put_bytes, remove_images, request_upload
 
 TARGET_JPEG_BYTES = 100 * 1024
 
@@ -112,71 +113,129 @@ async def replication_lags(
     return list(lags.values())
 
 
+@dataclass
+class BenchRun:
+    figures: dict[str, Figures] = field(default_factory=dict)
+    mean_bytes: float = 0.0
+    uploaded: list[str] = field(default_factory=list)  # every image id a ticket was issued for
+    removed: int = 0  # of those, deleted at the end (0 with keep)
+
+    def as_json(self, concurrency: int) -> dict[str, Any]:
+        """The `minicdn bench --json` document (docs/operations.md)."""
+        return {
+            "concurrency": concurrency,
+            "mean_jpeg_bytes": round(self.mean_bytes),
+            "figures": {
+                name: {
+                    "count": f.count,
+                    "rate_per_s": round(f.rate, 2),
+                    # None, not NaN (which is no JSON), when a figure had nothing to time.
+                    "p50_ms": round(f.pct(50) * 1000, 3) if f.latencies_s else None,
+                    "p99_ms": round(f.pct(99) * 1000, 3) if f.latencies_s else None,
+                }
+                for name, f in self.figures.items()
+            },
+            "uploaded": len(self.uploaded),
+            "removed": self.removed,
+        }
+
+
 async def run_bench(
-    cluster: ClusterRef, *, uploads: int, concurrency: int, lookups: int, gets: int, console: Console
-) -> dict[str, Figures]:
+    cluster: ClusterRef,
+    *,
+    uploads: int,
+    concurrency: int,
+    lookups: int,
+    gets: int,
+    console: Console,
+    idle_uploads: int = 20,
+    keep: bool = False,
+) -> BenchRun:
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
-    results: dict[str, Figures] = {}
+    run = BenchRun()
     async with aiohttp.ClientSession(connector=connector) as session:
-        console.print(f"making {uploads} distinct ~100 KB JPEGs...")
-        bodies = await asyncio.to_thread(make_jpegs, uploads + 20)
-        image_ids: list[str] = []
-        with Progress(console=console, transient=True) as progress:
+        try:
+            await _load(session, cluster, run, uploads, concurrency, lookups, gets, console, idle_uploads)
+        finally:
+            if not keep and run.uploaded:
+                console.print(f"deleting the {len(run.uploaded)} image(s) this bench uploaded (--keep keeps them)...")
+                run.removed = await remove_images(session, cluster, run.uploaded)
+    _print(run.figures, concurrency, run.mean_bytes, console)
+    return run
 
-            async def upload(i: int) -> None:
-                ticket = await request_upload(session, cluster, size=len(bodies[i]))
-                await put_bytes(session, ticket["upload_url"], bodies[i], len(bodies[i]))
-                image_ids.append(ticket["image_id"])
 
-            results["uploads"] = await run_load(uploads, concurrency, upload, progress, "uploads")
-            loaded_lags = await replication_lags(session, cluster, image_ids)
-            results["replication_loaded"] = Figures(len(loaded_lags), 1, loaded_lags)
+async def _load(
+    session: aiohttp.ClientSession,
+    cluster: ClusterRef,
+    run: BenchRun,
+    uploads: int,
+    concurrency: int,
+    lookups: int,
+    gets: int,
+    console: Console,
+    idle_uploads: int,
+) -> None:
+    results = run.figures
+    console.print(f"making {uploads + idle_uploads} distinct ~100 KB JPEGs...")
+    bodies = await asyncio.to_thread(make_jpegs, uploads + idle_uploads)
+    run.mean_bytes = statistics.mean(len(b) for b in bodies)
+    image_ids: list[str] = []
+    with Progress(console=console, transient=True) as progress:
 
-            idle_lags: list[float] = []
-            for i in range(uploads, uploads + 20):  # one at a time: the lag without a queue in front
-                ticket = await request_upload(session, cluster, size=len(bodies[i]))
-                await put_bytes(session, ticket["upload_url"], bodies[i], len(bodies[i]))
-                idle_lags += await replication_lags(session, cluster, [ticket["image_id"]])
-            results["replication_idle"] = Figures(len(idle_lags), 1, idle_lags)
+        async def upload(i: int) -> None:
+            ticket = await request_upload(session, cluster, size=len(bodies[i]))
+            run.uploaded.append(ticket["image_id"])
+            await put_bytes(session, ticket["upload_url"], bodies[i], len(bodies[i]))
+            image_ids.append(ticket["image_id"])
 
-            from minicdn.bench.pipeline import wait_ready
+        results["uploads"] = await run_load(uploads, concurrency, upload, progress, "uploads")
+        loaded_lags = await replication_lags(session, cluster, image_ids)
+        results["replication_loaded"] = Figures(len(loaded_lags), 1, loaded_lags)
 
-            await wait_ready(session, cluster, image_ids)  # URLs are handed out for processed images only
-            rng = random.Random(1)
-            results["lookups"] = await run_load(
-                lookups,
-                concurrency,
-                lambda i: get_json(session, cluster, f"/v1/images/{rng.choice(image_ids)}/url", {"w": 600}),
-                progress,
-                "URL lookups",
-            )
-            results["query_peer"] = await run_load(
-                lookups,
-                concurrency,
-                lambda i: _get_ok(session, f"{cluster.query_url}/healthz"),
-                progress,
-                "query /healthz",
-            )
+        idle_lags: list[float] = []
+        for i in range(uploads, uploads + idle_uploads):  # one at a time: the lag without a queue in front
+            ticket = await request_upload(session, cluster, size=len(bodies[i]))
+            run.uploaded.append(ticket["image_id"])
+            await put_bytes(session, ticket["upload_url"], bodies[i], len(bodies[i]))
+            idle_lags += await replication_lags(session, cluster, [ticket["image_id"]])
+        results["replication_idle"] = Figures(len(idle_lags), 1, idle_lags)
 
-            variant_urls = [
-                (await get_json(session, cluster, f"/v1/images/{image_id}/url", {"w": 600}))["url"]
-                for image_id in image_ids[:20]
-            ]
-            for url in variant_urls:  # build once; the timed GETs read stored variants
-                await _get_ok(session, url)
-            results["node_gets"] = await run_load(
-                gets,
-                concurrency,
-                lambda i: _get_ok(session, variant_urls[i % len(variant_urls)]),
-                progress,
-                "node GETs",
-            )
-            node_base = variant_urls[0].split("/i/")[0]
-            results["node_peer"] = await run_load(
-                gets, concurrency, lambda i: _get_ok(session, f"{node_base}/healthz"), progress, "node /healthz"
-            )
-    _print(results, concurrency, statistics.mean(len(b) for b in bodies), console)
-    return results
+        from minicdn.bench.pipeline import wait_ready
+
+        await wait_ready(session, cluster, image_ids)  # URLs are handed out for processed images only
+        rng = random.Random(1)
+        results["lookups"] = await run_load(
+            lookups,
+            concurrency,
+            lambda i: get_json(session, cluster, f"/v1/images/{rng.choice(image_ids)}/url", {"w": 600}),
+            progress,
+            "URL lookups",
+        )
+        results["query_peer"] = await run_load(
+            lookups,
+            concurrency,
+            lambda i: _get_ok(session, f"{cluster.query_url}/healthz"),
+            progress,
+            "query /healthz",
+        )
+
+        variant_urls = [
+            (await get_json(session, cluster, f"/v1/images/{image_id}/url", {"w": 600}))["url"]
+            for image_id in image_ids[:20]
+        ]
+        for url in variant_urls:  # build once; the timed GETs read stored variants
+            await _get_ok(session, url)
+        results["node_gets"] = await run_load(
+            gets,
+            concurrency,
+            lambda i: _get_ok(session, variant_urls[i % len(variant_urls)]),
+            progress,
+            "node GETs",
+        )
+        node_base = variant_urls[0].split("/i/")[0]
+        results["node_peer"] = await run_load(
+            gets, concurrency, lambda i: _get_ok(session, f"{node_base}/healthz"), progress, "node /healthz"
+        )
 
 
 def _print(r: dict[str, Figures], concurrency: int, mean_bytes: float, console: Console) -> None:

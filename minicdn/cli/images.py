@@ -7,63 +7,62 @@ stderr, and the result lines are printed only after the bars are done, so the tw
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
-from rich.table import Table
 
-from minicdn.cli.control import human
+from minicdn.cli import render
+from minicdn.cli.render import Column, human
 from minicdn.client import find_cluster
 from minicdn.sdk.aio import AsyncClient
 from minicdn.sdk.errors import MinicdnError
 from minicdn.sdk.models import Image
 
-console = Console()
-err_console = Console(stderr=True)
 LS_DEFAULT_LIMIT = 50
+Formatter = render.HelpFormatter
 
 
 def add_parsers(sub: Any, add_client_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    up = sub.add_parser("upload", help="upload files (progress bars), then print `file → id` per file")
-    up.add_argument("files", nargs="+", type=Path)
-    up.add_argument("--private", action="store_true")
+    up = sub.add_parser(
+        "upload", help="upload files (progress bars), then print `file → id` per file", formatter_class=Formatter
+    )
+    up.add_argument("files", nargs="+", type=Path, help="image files")
+    up.add_argument("--private", action="store_true", help="private: served through signed URLs only")
     up.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
     up.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)")
     up.add_argument("--wait", type=float, default=0, help="wait up to this many seconds for each to be ready")
-    up.add_argument("--json", action="store_true", help="print a JSON list of {file, image_id, status, ...}")
+    render.add_json_flag(up, "a list of {file, image_id, status, format, width, height, bytes}")
     add_client_flags(up)
 
-    delete = sub.add_parser("delete", help="delete images from every node")
-    delete.add_argument("image_ids", nargs="+", metavar="ID")
+    delete = sub.add_parser("delete", help="delete images from every node", formatter_class=Formatter)
+    delete.add_argument("image_ids", nargs="+", metavar="ID", help="image ids")
     add_client_flags(delete)
 
     images = sub.add_parser("images", help="your images")
     actions = images.add_subparsers(dest="images_command", required=True)
-    ls = actions.add_parser("ls", help="list your images, newest first, with the filters of GET /v1/images")
+    ls = actions.add_parser(
+        "ls", help="list your images, newest first, with the filters of GET /v1/images", formatter_class=Formatter
+    )
     ls.add_argument("--tag", action="append", default=[], help="has this tag (repeatable: all of them)")
     ls.add_argument("--any-tag", action="append", default=[], help="has any of these tags (repeatable)")
     ls.add_argument(
         "--format", help="jpeg, png, gif, webp, avif, heic, tiff, bmp or ico (comma-separated: any of them)"
     )
     for side in ("width", "height"):
-        ls.add_argument(f"--min-{side}", type=int)
-        ls.add_argument(f"--max-{side}", type=int)
+        ls.add_argument(f"--min-{side}", type=int, help=f"at least this {side} in pixels")
+        ls.add_argument(f"--max-{side}", type=int, help=f"at most this {side} in pixels")
     for when in ("created", "ready"):
-        ls.add_argument(f"--{when}-after", metavar="ISO8601")
-        ls.add_argument(f"--{when}-before", metavar="ISO8601")
+        ls.add_argument(f"--{when}-after", metavar="ISO8601", help=f"{when} at or after this time")
+        ls.add_argument(f"--{when}-before", metavar="ISO8601", help=f"{when} before this time")
     ls.add_argument("--status", help="e.g. ready, rejected (comma-separated: any of them; default: all but deleted)")
-    ls.add_argument("--visibility", choices=("public", "private"))
+    ls.add_argument("--visibility", choices=("public", "private"), help="only public or only private images")
     ls.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)")
-    ls.add_argument("--order", choices=("newest", "oldest"), default="newest")
-    ls.add_argument(
-        "--limit", type=int, default=LS_DEFAULT_LIMIT, help=f"at most this many (default {LS_DEFAULT_LIMIT})"
-    )
-    ls.add_argument("--json", action="store_true", help="print a JSON list of image objects")
+    ls.add_argument("--order", choices=("newest", "oldest"), default="newest", help="by creation time")
+    ls.add_argument("--limit", type=int, default=LS_DEFAULT_LIMIT, help="at most this many")
+    render.add_json_flag(ls, "a list of image objects (as GET /v1/images/{id})")
     add_client_flags(ls)
 
 
@@ -83,6 +82,7 @@ def _client(args: argparse.Namespace) -> AsyncClient:
 
 
 async def cmd_upload(args: argparse.Namespace) -> int:
+    err_console = render.err()
     metadata = _pairs(args.meta, "--meta")
     results: list[dict[str, Any]] = []
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
@@ -110,8 +110,9 @@ async def cmd_upload(args: argparse.Namespace) -> int:
                     continue
                 row.update(_summary(image))
     if args.json:
-        console.print_json(json.dumps(results))
+        render.emit_json(results)
     else:
+        console = render.out()
         for row in results:
             if row["status"] == "error":
                 err_console.print(
@@ -145,6 +146,7 @@ def _summary(image: Image) -> dict[str, Any]:
 
 
 async def cmd_delete(args: argparse.Namespace) -> int:
+    console, err_console = render.out(), render.err()
     failures = 0
     async with _client(args) as cdn:
         for image_id in args.image_ids:
@@ -156,6 +158,15 @@ async def cmd_delete(args: argparse.Namespace) -> int:
                 continue
             console.print(f"{image_id} deleted", markup=False, highlight=False, soft_wrap=True)
     return 1 if failures else 0
+
+
+IMAGE_COLUMNS = [
+    Column("id", keep=True),
+    Column("status", keep=True),
+    Column("size"),
+    Column("bytes", justify="right"),
+    Column("created"),
+]
 
 
 async def cmd_images(args: argparse.Namespace) -> int:
@@ -179,21 +190,21 @@ async def cmd_images(args: argparse.Namespace) -> int:
     async with _client(args) as cdn:
         found = [i async for i in cdn.search(page_size=min(args.limit, 1000), max_results=args.limit, **filters)]
     if args.json:
-        console.print_json(json.dumps([image.raw for image in found]))
+        render.emit_json([image.raw for image in found])
         return 0
-    # Fits 80 columns: id 22, status ≤ 11, size and format ~14, bytes 8, created 16, two spaces between.
-    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold")
-    for name in ("id", "status", "size", "bytes", "created"):
-        table.add_column(name, justify="right" if name == "bytes" else "left", no_wrap=True)
+    # At 80 columns all fit: id 22, status ≤ 11, size and format ~14, bytes 8, created 16, two spaces between.
+    rows = []
     for image in found:
         size = f"{image.width}x{image.height}" if image.width and image.height else "-"
-        table.add_row(
-            image.id,
-            image.status,
-            f"{size} {image.format or ''}".strip(),
-            human(image.bytes),
-            image.created_at.strftime("%Y-%m-%d %H:%M") if image.created_at else "-",
+        rows.append(
+            [
+                image.id,
+                image.status,
+                f"{size} {image.format or ''}".strip(),
+                human(image.bytes),
+                image.created_at.strftime("%Y-%m-%d %H:%M") if image.created_at else "-",
+            ]
         )
-    console.print(table)
-    err_console.print(f"{len(found)} image(s)" + (f" (--limit {args.limit})" if len(found) == args.limit else ""))
+    render.print_records(render.out(), IMAGE_COLUMNS, rows)
+    render.err().print(f"{len(found)} image(s)" + (f" (--limit {args.limit})" if len(found) == args.limit else ""))
     return 0

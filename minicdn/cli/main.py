@@ -19,6 +19,7 @@ from common.logs import setup_logging
 from minicdn.cli import control as cli_control
 from minicdn.cli import images as cli_images
 from minicdn.cli import keys as cli_keys
+from minicdn.cli import render
 from minicdn.client import ClientError, find_cluster, get_json
 
 console = Console()
@@ -26,8 +27,8 @@ err_console = Console(stderr=True)
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--query-url", help="query service URL (else MINICDN_QUERY_URL, else cluster.json)")
-    p.add_argument("--api-key", help="API key (else MINICDN_API_KEY, else cluster.json)")
+    p.add_argument("--query-url", help="query service URL (default: MINICDN_QUERY_URL, else cluster.json)")
+    p.add_argument("--api-key", help="API key (default: MINICDN_API_KEY, else cluster.json)")
     p.add_argument("--state-dir", default=".minicdn", help="where `minicdn dev` keeps cluster.json")
 
 
@@ -44,9 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--nodes-per-region", type=int, default=1, help="N nodes per region = N replication sets")
     dev.add_argument("--node-capacity", default="0", help="usable space per node, e.g. 20MB (0: the disk)")
     dev.add_argument("--state-dir", default=".minicdn", help="database, stream, objects and cluster.json")
-    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--host", default="127.0.0.1", help="address every process listens on (default: 127.0.0.1)")
     dev.add_argument("--port", type=int, default=8080, help="query service port; nodes use the next ones (0: free)")
     dev.add_argument("--geoip-db", default="", help="GeoIP2 City database (default: the packaged GeoLite2)")
+    dev.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        help="seconds for every process to become healthy before start-up fails (default: 60)",
+    )
 
     for name, text in (
         ("storage-node", "run a storage node (with its replicator unless disabled)"),
@@ -58,26 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     boot = sub.add_parser("bootstrap-key", help="create an admin API key directly in Postgres (new deployments)")
     boot.add_argument("--config", help="TOML file with [database] (MINICDN_DATABASE_URL also works)")
-    boot.add_argument("--name", default="bootstrap-admin")
+    boot.add_argument("--name", default="bootstrap-admin", help="the key's name (default: bootstrap-admin)")
 
     cli_images.add_parsers(sub, _add_client_flags)
 
-    url = sub.add_parser("url", help="print the nearest URL of an image")
-    url.add_argument("image_id")
-    url.add_argument("--w", type=float)
-    url.add_argument("--h", type=float)
-    url.add_argument("--dpr", type=float)
-    url.add_argument("--fmt", default="auto")
-    url.add_argument("--client-ip")
+    url = sub.add_parser("url", help="print the nearest URL of an image", formatter_class=render.HelpFormatter)
+    url.add_argument("image_id", help="the image's id")
+    url.add_argument("--w", type=float, help="width of the box, CSS px, 1-16384 (default: no box)")
+    url.add_argument("--h", type=float, help="height of the box, CSS px, 1-16384 (default: no box)")
+    url.add_argument("--dpr", type=float, help="device pixel ratio, 0.5-5 (default: 1)")
+    url.add_argument("--fmt", default="auto", help="auto, jpeg, webp, avif or png")
+    url.add_argument("--client-ip", help="the end user's address, to pick the node nearest it (default: the caller's)")
+    render.add_json_flag(url, "the GET /v1/images/{id}/url body")
     _add_client_flags(url)
 
     cli_control.add_parsers(sub, _add_client_flags)
 
-    bench = sub.add_parser("bench", help="load a running cluster through the public API and print figures")
+    bench = sub.add_parser(
+        "bench",
+        help="load a running cluster through the public API and print figures",
+        formatter_class=render.HelpFormatter,
+    )
     bench.add_argument("--uploads", type=int, default=300, help="uploads to time")
-    bench.add_argument("--concurrency", type=int, default=32)
-    bench.add_argument("--lookups", type=int, default=3000)
-    bench.add_argument("--gets", type=int, default=3000)
+    bench.add_argument("--idle-uploads", type=int, default=20, help="uploads one at a time, for the idle lag")
+    bench.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    bench.add_argument("--lookups", type=int, default=3000, help="URL lookups to time")
+    bench.add_argument("--gets", type=int, default=3000, help="node GETs of stored variants to time")
+    bench.add_argument("--keep", action="store_true", help="keep the uploaded images (default: delete them)")
+    render.add_json_flag(bench, "{figures: {...}, removed}; progress and the table go to stderr")
     bench.add_argument(
         "--pipeline",
         action="store_true",
@@ -107,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.command == "keys":
-            return asyncio.run(cli_keys.cmd_keys(args, console))
+            return asyncio.run(cli_keys.cmd_keys(args))
         handler = {
             "upload": cli_images.cmd_upload,
             "delete": cli_images.cmd_delete,
@@ -133,21 +148,28 @@ class _Shutdown(BaseException):
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from common.geo import REGIONS
-    from minicdn.devcluster import DevCluster, DevOptions, parse_size
+    from minicdn.devcluster import DevCluster, DevOptions, PortsUnavailable, parse_size
+    from minicdn.embedded import ProcessFailed
 
     regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
     unknown = [r for r in regions if r not in REGIONS]
     if unknown or not regions or len(set(regions)) != len(regions):
         err_console.print(f"[red]--regions: pick distinct names among {', '.join(REGIONS)}[/red]")
         return 2
+    try:
+        node_capacity_bytes = parse_size(args.node_capacity)
+    except ValueError as exc:
+        err_console.print(f"[red]--node-capacity: {exc}[/red]")
+        return 2
     options = DevOptions(
         state_dir=Path(args.state_dir),
         regions=regions,
         nodes_per_region=args.nodes_per_region,
-        node_capacity_bytes=parse_size(args.node_capacity),
+        node_capacity_bytes=node_capacity_bytes,
         host=args.host,
         port=args.port,
         geoip_db=args.geoip_db,
+        start_timeout_s=args.start_timeout,
     )
     cluster = DevCluster(options)
 
@@ -161,14 +183,32 @@ def cmd_dev(args: argparse.Namespace) -> int:
             info = cluster.start()
         _print_cluster(info)
         cluster.watch(threading.Event())
+    except PortsUnavailable as exc:  # nothing was started or written
+        for use in exc.uses:
+            err_console.print(
+                f"[red]port {use.port} ({use.purpose}) is {use.problem}[/red] on {exc.host}", soft_wrap=True
+            )
+        err_console.print(
+            "nothing was started; free the port, or run `minicdn dev --port 0` to use free ports", soft_wrap=True
+        )
+        return 2
+    except ProcessFailed as exc:  # start() has stopped everything it started
+        err_console.print(
+            f"[red]start-up failed: {exc.name} {exc.what}[/red]; stopped everything it started", soft_wrap=True
+        )
+        err_console.print(f"last lines of {exc.log or 'its output'}:", highlight=False, soft_wrap=True)
+        err_console.print(exc.tail, markup=False, highlight=False, soft_wrap=True)
+        return 1
     except _Shutdown:
-        pass
+        if not cluster.running:  # interrupted during start-up: start() has stopped what it started
+            err_console.print("start-up interrupted; stopped everything it started")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        err_console.print("stopping...")
-        cluster.stop()
-        err_console.print("stopped.")
+        if cluster.running:
+            err_console.print("stopping...")
+            cluster.stop()
+            err_console.print("stopped.")
     return 0
 
 
@@ -216,7 +256,10 @@ async def cmd_url(args: argparse.Namespace) -> int:
     }
     async with aiohttp.ClientSession() as session:
         found = await get_json(session, cluster, f"/v1/images/{args.image_id}/url", params)
-    console.print(found["url"], highlight=False, soft_wrap=True)
+    if args.json:
+        render.emit_json(found)
+    else:
+        render.out().print(found["url"], markup=False, soft_wrap=True)
     return 0
 
 
@@ -224,19 +267,32 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     from minicdn.bench.uploads import run_bench
 
     cluster = find_cluster(args.query_url, args.api_key, args.state_dir)
+    # With --json, stdout carries the JSON document only: progress and the table go to stderr.
+    shown = render.err() if args.json else render.out()
     if args.pipeline:
         from minicdn.bench.pipeline import run_pipeline_bench
 
-        await run_pipeline_bench(
-            cluster, images=args.images, stored_gets=args.stored_gets, console=console, with_100mp=not args.skip_100mp
+        fig = await run_pipeline_bench(
+            cluster,
+            images=args.images,
+            stored_gets=args.stored_gets,
+            console=shown,
+            with_100mp=not args.skip_100mp,
+            keep=args.keep,
         )
+        if args.json:
+            render.emit_json({"figures": fig.values, "uploaded": len(fig.uploaded), "removed": fig.removed})
         return 0
-    await run_bench(
+    run = await run_bench(
         cluster,
         uploads=args.uploads,
         concurrency=args.concurrency,
         lookups=args.lookups,
         gets=args.gets,
-        console=console,
+        console=shown,
+        idle_uploads=args.idle_uploads,
+        keep=args.keep,
     )
+    if args.json:
+        render.emit_json(run.as_json(args.concurrency))
     return 0

@@ -1,5 +1,5 @@
-// The operator dashboard: reads /v1/dashboard every few seconds and redraws. Every field is read
-// defensively: figures the control plane adds later (days until full, events) show when present.
+// The operator dashboard: reads /v1/dashboard every few seconds and redraws (its charts with charts.js).
+// Every field is read defensively: figures the control plane adds later (days until full, events) show when present.
 "use strict";
 
 const REFRESH_MS = 3000;
@@ -49,6 +49,14 @@ function bar(used, capacity, ratio) {
                      "aria-valuenow": used || 0, "aria-label": "used space" }, fill);
 }
 
+// The span of usage history behind the forecast; none is shown before forecast_min_span_s of it.
+function historyNote(s) {
+  if (s.forecast_history_s == null) return "";
+  if (s.forecast_min_span_s != null && s.forecast_history_s < s.forecast_min_span_s)
+    return ` · forecast after ${fmtSeconds(s.forecast_min_span_s)} of history (${fmtSeconds(s.forecast_history_s)} so far)`;
+  return ` · from ${fmtSeconds(s.forecast_history_s)} of history`;
+}
+
 function renderSummary(s) {
   const box = $("summary");
   const down = s.nodes - s.healthy_nodes;
@@ -62,15 +70,16 @@ function renderSummary(s) {
     tile("objects", String(s.objects), { name: "objects", raw: s.objects, sub: "replicas on all nodes" }),
     tile("days until full", fmtDays(s.days_until_full),
          { name: "days", raw: s.days_until_full, level: s.days_until_full != null && s.days_until_full < 7 ? "warn" : "",
-           sub: s.days_until_open_sets_close != null ? "open sets close in " + fmtDays(s.days_until_open_sets_close)
-                                                     : "soonest node" }),
+           sub: (s.days_until_open_sets_close != null ? "open sets close in " + fmtDays(s.days_until_open_sets_close)
+                                                      : "soonest node") + historyNote(s) }),
     tile("uploads", fmtRate(s.uploads_per_s, "/s"), { name: "uploads", raw: s.uploads_per_s,
          sub: `${fmtRate(s.replicated_per_s, "copies/s")}` }),
     tile("serving", fmtRate(s.requests_per_s, "req/s"), { name: "serving", raw: s.requests_per_s,
          sub: humanBytes(s.bytes_per_s) + "/s" }),
     tile("replication backlog", String(s.pending_replicas),
          { name: "pending", raw: s.pending_replicas, level: s.pending_replicas ? "warn" : "ok",
-           sub: "oldest " + fmtSeconds(s.oldest_pending_s) }),
+           sub: "oldest " + fmtSeconds(s.oldest_pending_s) +
+                (s.backfill_replicas ? ` · backfill ${s.backfill_replicas} apart` : "") }),
     tile("under-replicated", String(s.under_replicated),
          { name: "under", raw: s.under_replicated, level: s.under_replicated ? "warn" : "ok", sub: "images" }),
     tile("replication lag", fmtSeconds(s.replication_lag_p50_s),
@@ -146,6 +155,69 @@ function renderEvents(events) {
   box.replaceChildren(el("div", { class: "scroll" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))));
 }
 
+// --- Charts (drawn by charts.js) of the history every /v1/dashboard answer carries: the query service keeps
+// it, so a reload shows it at once.
+let lastHistory = null;
+
+function chartSpecs(h, summary) {
+  const s = h.series, t = h.t;
+  const usedNow = latest(s.used_bytes);
+  const f = h.forecast || {};
+  let forecast = null, forecastNote = null;
+  if (f.growth_bytes_per_day !== null && f.growth_bytes_per_day !== undefined && usedNow !== null) {
+    const t1 = t[t.length - 1];
+    const ahead = (t1 - Math.min(t[0], t1 - MIN_SPAN_S)) / 3;  // the projection takes the last quarter of the chart
+    forecast = { from: [t1, usedNow], to: [t1 + ahead, usedNow + (f.growth_bytes_per_day * ahead) / 86400],
+                 label: `forecast +${humanBytes(f.growth_bytes_per_day)}/day · soonest node full in ` +
+                        fmtDays(f.days_until_full) };
+  } else {
+    forecastNote = "forecast: not enough history yet";
+  }
+  const capacity = latest(s.capacity_bytes) ?? summary.capacity_bytes;
+  // Backfill (a new or replacement member catching up) is charted apart from replication, when reported.
+  const optional = (key, label, cls) => s[key] && s[key].some((v) => v !== null) ? [{ key, label, values: s[key], cls }] : [];
+  return [
+    { id: "rates", title: "Served, uploaded, copied", yLabel: "per second", fmt: (v) => v === null ? "–" : fmtCount(v),
+      note: `serving ${humanBytes(summary.bytes_per_s)}/s now`, t,
+      lines: [{ key: "requests_per_s", label: "served req/s", values: s.requests_per_s, cls: "c1" },
+              { key: "uploads_per_s", label: "uploads/s", values: s.uploads_per_s, cls: "c2" },
+              { key: "replicated_per_s", label: "copies/s", values: s.replicated_per_s, cls: "c3" },
+              ...optional("backfilled_per_s", "backfill/s", "c4")] },
+    { id: "used", title: "Used space", yLabel: "bytes", fmt: humanBytes, t, forecast, forecastNote,
+      tick: (v) => humanBytes(v).replace(/\.0+ /, " "),
+      note: `of ${humanBytes(capacity)} capacity`,
+      lines: [{ key: "used_bytes", label: "used", values: s.used_bytes, cls: "c1" }] },
+    { id: "lag", title: "Replication lag", yLabel: "seconds", fmt: fmtSeconds, t,
+      note: "from upload to the copy landing on a replica",
+      lines: [{ key: "replication_lag_p50_s", label: "median", values: s.replication_lag_p50_s, cls: "c1" },
+              { key: "replication_lag_max_s", label: "max", values: s.replication_lag_max_s, cls: "c2" }] },
+    { id: "backlog", title: "Replication backlog", yLabel: "copies", fmt: (v) => v === null ? "–" : fmtCount(v), t,
+      note: `oldest waiting ${fmtSeconds(summary.oldest_pending_s)}`,
+      lines: [{ key: "pending_replicas", label: "new uploads' copies", values: s.pending_replicas, cls: "c2" },
+              ...optional("backfill_replicas", "backfill", "c4")] },
+  ];
+}
+
+function renderCharts(h, summary) {
+  const box = $("charts");
+  lastHistory = [h, summary];
+  if (!h || !h.t || !h.t.length) {
+    box.replaceChildren(el("p", { class: "muted", text: "No history yet: the first samples arrive within seconds." }));
+    return;
+  }
+  const minutes = Math.round(h.window_s / 60);
+  $("charts-title").textContent = minutes === 60 ? "Last hour" : `Last ${minutes} min`;
+  const figures = chartSpecs(h, summary).map(chartFigure);
+  box.replaceChildren(...figures);
+  for (const fig of figures) {  // sized to the box they got, so text stays its real size on a phone
+    const style = getComputedStyle(fig);
+    const inner = fig.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    drawChart(fig.querySelector("svg"), fig.chartSpec, inner);
+  }
+}
+
+window.addEventListener("resize", () => { if (lastHistory) renderCharts(...lastHistory); });
+
 function showLogin(message) {
   $("main").hidden = true;
   $("login").hidden = false;
@@ -160,6 +232,8 @@ async function refresh() {
     $("login").hidden = true;
     $("main").hidden = false;
     renderSummary(data.summary);
+    $("charts").hidden = $("charts-title").hidden = !data.history;  // a server without history: no charts
+    if (data.history) renderCharts(data.history, data.summary);
     renderRegions(data.regions);
     renderSets(data.sets, data.nodes);
     renderEvents(data.events);

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -70,6 +71,9 @@ class Usage:
     # Per tier (``hot`` always; ``cold`` only with a cold directory) and the bytes of variants (all hot).
     tiers: dict[str, TierUsage] = field(default_factory=dict, compare=False)
     variant_bytes: int = field(default=0, compare=False)
+    # The file systems under the tiers, by identity (``filesystem_id``): {"total_bytes", "free_bytes"}, so the
+    # control plane counts a disk shared by several nodes (or both tiers) once.
+    filesystems: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -592,7 +596,33 @@ class Store:
                 free = min(free, hot_disk.free)  # both tiers on one disk: its free space counts once
         capacity = sum(t.capacity_bytes for t in tiers.values())
         total_used = used[HOT] + used[COLD]
-        return Usage(capacity, total_used, free, originals[HOT] + originals[COLD], tiers, variant_bytes)
+        filesystems = {filesystem_id(self.root): _disk(hot_disk)}
+        if self.cold_root is not None:
+            filesystems[filesystem_id(self.cold_root)] = _disk(cold_disk)
+        return Usage(capacity, total_used, free, originals[HOT] + originals[COLD], tiers, variant_bytes, filesystems)
+
+
+def _machine_id() -> str:
+    """This machine's identity: systemd's machine-id (stable, distinct per host) or else the host name."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            text = Path(path).read_text().strip()
+            if text:
+                return text
+    return socket.gethostname()
+
+
+MACHINE_ID = _machine_id()
+
+
+def filesystem_id(path: Path) -> str:
+    """``<machine>:<st_dev>``: equal for two directories (of any processes) on one file system of one machine.
+    st_dev alone repeats across machines; the machine id tells them apart."""
+    return f"{MACHINE_ID}:{os.stat(path).st_dev}"
+
+
+def _disk(disk: shutil._ntuple_diskusage) -> dict[str, int]:
+    return {"total_bytes": disk.total, "free_bytes": disk.free}
 
 
 def _tier_usage(capacity_bytes: int, disk: shutil._ntuple_diskusage, used: int, originals: int) -> TierUsage:

@@ -21,6 +21,48 @@ async def _node_values(page: Page) -> dict[str, dict[str, str]]:
     return values
 
 
+CHART_SERIES = {
+    "rates": ("requests_per_s", "uploads_per_s", "replicated_per_s"),
+    "used": ("used_bytes",),
+    "lag": ("replication_lag_p50_s", "replication_lag_max_s"),
+    "backlog": ("pending_replicas",),
+}
+
+
+async def _charts_drawn(page: Page, cluster: TestCluster) -> None:
+    """Each chart is an SVG with a title, axis labels and a line of several points per series, as many points
+    as the history in the JSON holds; the uploads appear as a rise of the upload rate."""
+    _status, doc = await cluster.api("GET", "/v1/dashboard")
+    assert len(doc["history"]["t"]) >= 2
+    await page.wait_for_function(
+        """series => Object.entries(series).every(([chart, names]) => names.every(name => {
+               const g = document.querySelector(`svg.chart[data-chart=${chart}] g[data-series=${name}]`);
+               return g && +g.dataset.points >= 2 && g.querySelector('polyline') !== null; }))""",
+        arg=CHART_SERIES,
+        timeout=15_000,
+    )
+    charts: list[dict[str, Any]] = await page.eval_on_selector_all(
+        "svg.chart",
+        """svgs => svgs.map(s => ({
+               id: s.dataset.chart, role: s.getAttribute('role'), title: s.querySelector('title')?.textContent,
+               labelled: (s.getAttribute('aria-labelledby') || '').split(' ').every(id => document.getElementById(id)),
+               axes: [...s.querySelectorAll('.axis-label')].map(t => t.textContent),
+               ticks: s.querySelectorAll('.grid text').length,
+               width: s.getBoundingClientRect().width,
+               uploads: s.querySelector('g[data-series=uploads_per_s] polyline')?.getAttribute('points') ?? ''}))""",
+    )
+    assert [c["id"] for c in charts] == list(CHART_SERIES)
+    units = {"rates": "per second", "used": "bytes", "lag": "seconds", "backlog": "copies"}
+    for chart in charts:
+        assert chart["role"] == "img" and chart["labelled"] and chart["width"] > 200
+        assert chart["title"] and units[chart["id"]] in chart["title"]
+        assert chart["axes"] == ["time (local)", units[chart["id"]]] and chart["ticks"] >= 4
+    # Uploads happened in this history: some point of the upload rate sits above the x axis (SVG y grows down).
+    rates = next(c for c in charts if c["id"] == "rates")
+    ys = [float(p.split(",")[1]) for p in rates["uploads"].split()]
+    assert min(ys) < max(ys)
+
+
 async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(
     cluster: TestCluster, browser: Browser, screenshots: Path
 ) -> None:
@@ -56,6 +98,10 @@ async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(
         assert await page.get_attribute("[data-tile=healthy]", "data-value") == "3"
         total_used = sum(int(n["used_bytes"]) for n in checks["shown"].values())
         assert await page.get_attribute("[data-tile=used]", "data-value") == str(total_used)
+        await _charts_drawn(page, cluster)
+        await page.reload()  # the history is kept by the server: a reload draws it again at once
+        await page.wait_for_selector("svg.chart[data-chart=used] polyline", timeout=10_000)
+        await _charts_drawn(page, cluster)
         await page.screenshot(path=str(screenshots / "dashboard-laptop.png"), full_page=True)
 
         await cluster.stop_node("eu-west-1")
@@ -66,6 +112,11 @@ async def test_dashboard_matches_the_api_and_shows_a_stopped_node_down(
         await page.screenshot(path=str(screenshots / "dashboard-node-down.png"), full_page=True)
 
         await page.set_viewport_size(PHONE)
+        # The charts are redrawn to the phone's width (text at its real size, not a shrunken laptop drawing).
+        await page.wait_for_function(
+            "[...document.querySelectorAll('svg.chart')].every(s => +s.getAttribute('width') <= window.innerWidth - 40)"
+        )
+        await _charts_drawn(page, cluster)
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"]  # readable on a phone: no sideways scrolling of the page
         await page.screenshot(path=str(screenshots / "dashboard-phone.png"), full_page=True)
@@ -96,13 +147,22 @@ async def test_dashboard_shows_control_plane_fields_and_escapes_text(
 ) -> None:
     """Fields the control plane adds (days until full, node states, events) show when the JSON has them;
     text from the database is shown as text, never run as markup."""
-    status, real = await cluster.api("GET", "/v1/dashboard")
-    assert status == 200
+    real: dict[str, Any] = {}
+
+    async def some_history() -> bool:
+        status, doc = await cluster.api("GET", "/v1/dashboard")
+        assert status == 200
+        real.update(doc)
+        return len(doc["history"]["t"]) >= 2
+
+    await cluster.wait_for(some_history, "a few seconds of history for the charts")
     doc = dict(real)
     doc["nodes"] = [dict(n) for n in real["nodes"]]
     doc["nodes"][0].update(days_until_full=5.5, state="readonly")
     doc["sets"] = [{**real["sets"][0], "state": "closed", "days_until_full": 5.5}]
     doc["summary"] = {**real["summary"], "days_until_full": 5.5}
+    # Once the capacity monitor knows the growth, the used-space chart projects it past "now".
+    doc["history"] = {**real["history"], "forecast": {"growth_bytes_per_day": 2e9, "days_until_full": 5.5}}
     doc["events"] = [
         {
             "created_at": "2026-11-23T10:00:00Z",
@@ -133,6 +193,11 @@ async def test_dashboard_shows_control_plane_fields_and_escapes_text(
         await expect(page.locator("#events td").nth(5)).to_have_text(doc["events"][0]["reason"])
         assert await page.evaluate("window.__pwned === undefined")
         assert await page.locator("#events img").count() == 0
+        forecast = page.locator("svg.chart[data-chart=used] g[data-series=forecast] polyline")
+        await expect(forecast).to_have_count(1)
+        await expect(page.locator("[data-chart=used] li[data-series=forecast]")).to_contain_text(
+            "+2.00 GB/day · soonest node full in 5.5 days"
+        )
         await page.screenshot(path=str(screenshots / "dashboard-control-plane-fields.png"), full_page=True)
     finally:
         await context.close()

@@ -27,6 +27,8 @@ def test_defaults_then_toml_then_env(tmp_path: Path) -> None:
         ({"MINICDN_LOG_FORMAT": "xml"}, "log.format"),
         ({"MINICDN_SIGNING_ACTIVE_KID": "k9"}, "signing.active_kid"),
         ({"MINICDN_SIGNING_KEYS": "k1:short"}, "signing.keys.k1"),
+        ({"MINICDN_NATS_STREAM_REPLICAS": "0"}, "nats.stream_replicas"),
+        ({"MINICDN_NATS_STREAM_REPLICAS": "6"}, "nats.stream_replicas"),
     ],
 )
 def test_errors_name_the_bad_key(env: dict[str, str], named: str) -> None:

@@ -1,44 +1,33 @@
 """deploy/ validated: Compose (`docker compose config`, client only), Prometheus (`promtool check
-config|rules`, and `promtool test rules` on the alert unit tests), every YAML parsed, Kubernetes and
-systemd files checked against the real CLI and settings, and every metric named in the alert rules and
-the Grafana dashboard found on a live cluster's /metrics."""
+config|rules`, and `promtool test rules` on the alert unit tests), every YAML parsed, systemd files
+checked against the real CLI and settings, and every metric named in the alert rules and the Grafana
+dashboard found on a live cluster's /metrics. Kubernetes: test_k8s.py; plain VMs: test_vms.py."""
 
 from __future__ import annotations
 
 import argparse
 import configparser
+import fnmatch
 import json
-import os
 import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
-from typing import Any
 
-import pytest
 import yaml
 
 from common.config import iter_keys, load_settings, require_node, require_query
 from minicdn.cli.main import build_parser
 from tests.cluster import TestCluster, make_jpeg
+from tests.deploy.tools import need
 from tests.integration.test_metrics import scrape
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
 METRIC_NAME = re.compile(r"\bminicdn_[a-z0-9_]+\b")
 ENV_NAME = re.compile(r"\bMINICDN_[A-Z0-9_]+\b")
-
-
-def need(tool: str) -> str:
-    """A tool .ci/run installs: missing in CI is a failure, missing on a laptop a skip."""
-    path = shutil.which(tool)
-    if path is None:
-        message = f"`{tool}` is not installed (.ci/run installs it from Debian)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def run(*args: str, cwd: Path = DEPLOY) -> str:
@@ -160,41 +149,6 @@ def test_every_env_var_in_deploy_files_is_a_setting() -> None:
     assert sorted(used - known) == []
 
 
-def test_kubernetes_manifests(tmp_path: Path) -> None:
-    kustomization = yaml.safe_load((DEPLOY / "k8s/kustomization.yaml").read_text())
-    docs: list[dict[str, Any]] = []
-    for name in kustomization["resources"]:
-        docs += [d for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if d]
-    kinds: dict[str, list[dict[str, Any]]] = {}
-    for doc in docs:
-        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
-        kinds.setdefault(doc["kind"], []).append(doc)
-    statefulsets = kinds["StatefulSet"]
-    assert len(statefulsets) == 3 and kinds["Deployment"] and kinds["ConfigMap"] and kinds["Secret"]
-    regions = set()
-    for sts in statefulsets:
-        spec = sts["spec"]
-        assert spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
-        container = spec["template"]["spec"]["containers"][0]
-        env = {e["name"]: e.get("value") for e in container["env"]}
-        regions.add(env["MINICDN_NODE_REGION"])
-        # The start script derives node id, set and base URL from the pod name: run it with a stand-in.
-        script = container["args"][0].replace("exec minicdn", "echo $MINICDN_NODE_NODE_ID $MINICDN_NODE_SET_ID #")
-        pod = f"{sts['metadata']['name']}-2"
-        out = subprocess.run(["sh", "-c", script], env={"POD_NAME": pod}, capture_output=True, text=True).stdout
-        assert out.split() == [pod, "set-3"]
-        assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
-        assert spec["serviceName"] in {s["metadata"]["name"] for s in kinds["Service"]}
-    assert regions == {"us-east", "eu-west", "ap-southeast"}
-    config = kinds["ConfigMap"][0]["data"]["minicdn.toml"]
-    secret_env = {k: str(v) for k, v in kinds["Secret"][0]["stringData"].items()}
-    toml = tmp_path / "minicdn.toml"
-    toml.write_text(config)
-    query_container = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
-    query_env = {e["name"]: e["value"] for e in query_container["env"]}
-    require_query(load_settings(toml, env={**secret_env, **query_env}))
-
-
 def test_systemd_units_and_example_configs() -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     commands = set(sub.choices)
@@ -213,8 +167,13 @@ def test_systemd_units_and_example_configs() -> None:
 
 def test_dockerfile_copies_what_exists() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
-    for line in text.splitlines():
-        if line.startswith("COPY "):
-            for src in line.split()[1:-1]:
-                assert (DEPLOY.parent / src).exists(), src
+    ignored = [p for p in (DEPLOY.parent / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")]
+    copied = [src for line in text.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]]
+    for src in copied:
+        assert (DEPLOY.parent / src).exists(), src
+        assert not any(fnmatch.fnmatch(src, pattern) for pattern in ignored), f"{src} is in .dockerignore"
+    # Every package the wheel is built from (pyproject's packages.find) is copied into the image.
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages <= set(copied)
     assert 'ENTRYPOINT ["minicdn"]' in text and "USER minicdn" in text

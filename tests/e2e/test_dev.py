@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -48,6 +50,24 @@ async def wait_everywhere(
             return
         assert time.monotonic() < deadline, body
         await asyncio.sleep(0.2)
+
+
+def check_every_process_healthy(proc: subprocess.Popen[bytes], info: dict[str, object]) -> None:
+    """The moment cluster.json exists every process answers its health check and the query service sees
+    every node healthy: `minicdn dev` never announces a cluster that is not running."""
+    names = ""
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a short-lived worker may be gone already
+            names += " ".join(child.cmdline()) + "\n"
+    assert "postgres" in names and "nats-server" in names
+    nodes = info["nodes"]
+    assert isinstance(nodes, list) and len(nodes) == 3
+    for node in nodes:
+        with urllib.request.urlopen(f"{node['url']}/healthz", timeout=5) as resp:
+            assert json.loads(resp.read())["node_id"] == node["node_id"]
+    with urllib.request.urlopen(f"{info['query_url']}/healthz", timeout=5) as resp:
+        health = json.loads(resp.read())
+    assert health["nodes"] == health["healthy_nodes"] == 3
 
 
 def stop_and_check_no_leftovers(proc: subprocess.Popen[bytes]) -> None:
@@ -100,6 +120,7 @@ async def test_dev_cluster_end_to_end(tmp_path: Path, testdata: Path) -> None:
     proc = start_dev(state)
     try:
         info = await wait_ready(proc, state)
+        check_every_process_healthy(proc, info)
         assert {n["region"] for n in info["nodes"]} == {"us-east", "eu-west", "ap-southeast"}  # type: ignore[attr-defined]
         assert str(info["api_key"]).startswith("mk_")
         cluster = find_cluster(None, None, state)

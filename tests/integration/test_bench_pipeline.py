@@ -1,4 +1,4 @@
-"""`minicdn bench --pipeline` runs end to end (on small pictures) and reports every figure."""
+"""`minicdn bench --pipeline` runs end to end (on small pictures), reports every figure and deletes its uploads."""
 
 from __future__ import annotations
 
@@ -25,3 +25,7 @@ async def test_pipeline_bench_reports_every_figure(cluster: TestCluster) -> None
         assert fig.values[key] > 0, key
     text = out.getvalue()
     assert "fresh 1200 px WebP builds" in text and "peak RSS" in text
+    # 2 + 4 small JPEGs and the big one, all deleted at the end (no `keep`).
+    assert len(fig.uploaded) == 7 and fig.removed == 7
+    status, body = await cluster.api("GET", "/v1/images")
+    assert status == 200 and body["images"] == [], body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aiohttp
@@ -81,13 +82,45 @@ async def _lag_reported(cluster: TestCluster) -> bool:
     return d["summary"]["replication_lag_max_s"] is not None and d["summary"]["replication_lag_max_s"] > 0
 
 
+async def test_dashboard_history_charts_recent_activity(cluster: TestCluster) -> None:
+    """The JSON carries the history the charts draw: after uploads, the upload and copy rates rise above
+    zero, used bytes grow and replication lag is charted; the series stay aligned and bounded."""
+    _s, before = await cluster.api("GET", "/v1/dashboard")
+    used_before = before["summary"]["used_bytes"]
+    for seed in range(3):
+        image = await cluster.upload(make_jpeg(300, 200, seed=40 + seed))
+        await cluster.wait_replicated(image["image_id"])
+    seen: dict[str, Any] = {}
+
+    async def charted() -> bool:
+        _s, doc = await cluster.api("GET", "/v1/dashboard")
+        history = seen["history"] = doc["history"]
+        series = history["series"]
+        return (
+            len(history["t"]) >= 3
+            and any((v or 0) > 0 for v in series["uploads_per_s"])
+            and any((v or 0) > 0 for v in series["replicated_per_s"])
+            and any(v is not None and v > used_before for v in series["used_bytes"])
+            and any(v is not None for v in series["replication_lag_max_s"])
+        )
+
+    await cluster.wait_for(charted, "the uploads and their copies in the dashboard's history", timeout_s=30)
+    history = seen["history"]
+    assert history["window_s"] == 3600 and history["step_s"] == 1
+    assert len(history["t"]) <= history["window_s"] / history["step_s"]
+    assert history["t"] == sorted(history["t"]) and history["t"][-1] <= time.time() + 1
+    assert all(len(values) == len(history["t"]) for values in history["series"].values())
+    assert set(history["forecast"]) == {"growth_bytes_per_day", "days_until_full"}
+
+
 async def test_pages_and_assets(cluster: TestCluster) -> None:
     resp = await _get(cluster, "/dashboard")
     assert resp.status == 200 and resp.content_type == "text/html"
     assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
     html = await resp.text()
     assert "http" not in html.replace("http-equiv", "")  # no external asset: works offline
-    for name, ctype in (("dashboard.js", "text/javascript"), ("auth.js", "text/javascript"), ("style.css", "text/css")):
+    scripts = ("dashboard.js", "charts.js", "auth.js")
+    for name, ctype in (*((s, "text/javascript") for s in scripts), ("style.css", "text/css")):
         asset = await _get(cluster, f"/assets/{name}")
         assert asset.status == 200 and asset.content_type == ctype
         again = await _get(cluster, f"/assets/{name}", {"If-None-Match": asset.headers["ETag"]})

@@ -9,6 +9,7 @@ from common.events import NodeHeartbeat
 from common.geo import Point
 from query_service.cluster_stats import Backlog, ClusterStats
 from query_service.dashboard import build_dashboard
+from query_service.history import History, sample
 from query_service.registry import NodeInfo
 
 
@@ -122,3 +123,15 @@ def test_capacity_monitor_figures_fill_the_forecasts() -> None:
     (only_set,) = doc["sets"]
     assert (only_set["days_until_full"], only_set["days_until_closed"], only_set["headroom_bytes"]) == (3.0, 1.5, 10)
     assert doc["summary"]["days_until_full"] == 3.0 and doc["summary"]["days_until_open_sets_close"] == 1.5
+
+
+def test_the_history_and_its_forecast_ride_along_when_kept() -> None:
+    stats = ClusterStats()
+    stats.capacity = {"nodes": [{"node_id": "us-1", "days_until_full": 3.0, "growth_bytes_per_day": 100.0}]}
+    nodes = [_node("us-1", "us", "set-1", 800), _node("eu-1", "eu", "set-1", 200)]
+    assert "history" not in build_dashboard(nodes, lambda n: True, lambda n: 1.0, stats)
+    history = History(window_s=60, points=6)
+    history.record(1_800_000_000.0, sample({"used_bytes": 1000, "requests_per_s": 2.0}))
+    doc = build_dashboard(nodes, lambda n: True, lambda n: 1.0, stats, history)
+    assert doc["history"]["series"]["used_bytes"] == [1000.0]
+    assert doc["history"]["forecast"] == {"growth_bytes_per_day": 100.0, "days_until_full": 3.0}
