@@ -32,8 +32,12 @@ CHART_SERIES = {
 async def _charts_drawn(page: Page, cluster: TestCluster) -> None:
     """Each chart is an SVG with a title, axis labels and a line of several points per series, as many points
     as the history in the JSON holds; the uploads appear as a rise of the upload rate."""
-    _status, doc = await cluster.api("GET", "/v1/dashboard")
-    assert len(doc["history"]["t"]) >= 2
+
+    async def two_points() -> bool:  # the history is sampled once per stats interval
+        _status, doc = await cluster.api("GET", "/v1/dashboard")
+        return len(doc["history"]["t"]) >= 2
+
+    await cluster.wait_for(two_points, "two history points", timeout_s=15)
     await page.wait_for_function(
         """series => Object.entries(series).every(([chart, names]) => names.every(name => {
                const g = document.querySelector(`svg.chart[data-chart=${chart}] g[data-series=${name}]`);
