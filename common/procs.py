@@ -5,14 +5,33 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import random
 import signal
 import socket
+from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range when there is room there: an outgoing
+    connection takes its local port from that range, and could otherwise grab the port between this check
+    and the server's bind."""
+    low = _ephemeral_low()
+    for _ in range(50):
+        port = random.randint(10_000, low - 1) if low > 11_000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port found")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0  # unknown: let the kernel choose
 
 
 def die_with_parent() -> None:
