@@ -31,6 +31,10 @@ REGION_IPS = {
 NODE_REGIONS = ("us-east", "eu-west", "ap-southeast")
 
 
+# The `make_cluster` fixture (tests/conftest.py): a cluster built with extra settings, started, stopped at the end.
+MakeCluster = Callable[..., Awaitable["TestCluster"]]
+
+
 class TestCluster:
     __test__ = False  # not a test class
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from minicdn.embedded import EmbeddedNats, EmbeddedPostgres
-from tests.cluster import REGION_IPS, TestCluster
+from tests.cluster import REGION_IPS, MakeCluster, TestCluster
 
 TESTDATA = Path(__file__).resolve().parent / "images"  # copied from shared/testdata (see its README)
 
@@ -71,6 +72,28 @@ async def cluster(
         yield c
     finally:
         await c.stop()
+
+
+@pytest.fixture
+async def make_cluster(
+    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str
+) -> AsyncIterator[MakeCluster]:
+    """A cluster whose settings the test adds to (one per test: each test has its own database)."""
+    started: list[TestCluster] = []
+
+    async def make(node_capacity_bytes: int = 0, **sections: dict[str, Any]) -> TestCluster:
+        c = TestCluster(tmp_path / "cluster", database_url, nats_server.url, geoip_db, node_capacity_bytes)
+        for name, values in sections.items():
+            c.common.setdefault(name, {}).update(values)
+        started.append(c)
+        await c.start()
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in started:
+            await c.stop()
 
 
 @pytest.fixture

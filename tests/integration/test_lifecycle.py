@@ -5,7 +5,7 @@ are removed after the retention period leaving nothing behind, and tickets witho
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -13,34 +13,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from common.db.pool import open_pool
-from minicdn.embedded import EmbeddedNats
 from query_service import keys
-from tests.cluster import TestCluster, make_jpeg
+from tests.cluster import MakeCluster, TestCluster, make_jpeg
 from tests.receiver import CallbackReceiver
 
-MakeCluster = Callable[..., Awaitable[TestCluster]]
 MAX_UPLOAD = 300_000
-
-
-@pytest.fixture
-async def make_cluster(
-    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str
-) -> AsyncIterator[MakeCluster]:
-    started: list[TestCluster] = []
-
-    async def make(node_capacity_bytes: int = 0, **sections: dict[str, Any]) -> TestCluster:
-        c = TestCluster(tmp_path / "cluster", database_url, nats_server.url, geoip_db, node_capacity_bytes)
-        for name, values in sections.items():
-            c.common.setdefault(name, {}).update(values)
-        started.append(c)
-        await c.start()
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in started:
-            await c.stop()
 
 
 @pytest.fixture

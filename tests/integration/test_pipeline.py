@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,10 @@ import pyvips
 from multidict import CIMultiDict
 
 from common import callbacks
-from minicdn.embedded import EmbeddedNats
 from query_service import keys as query_keys
 from storage_node import keys as node_keys
 from storage_node.objects.store import ORIGINAL
-from tests.cluster import NODE_REGIONS, TestCluster
+from tests.cluster import NODE_REGIONS, MakeCluster, TestCluster
 from tests.hostile import (
     PAYLOAD,
     animated_gif,
@@ -34,30 +33,7 @@ from tests.hostile import (
 from tests.receiver import CallbackReceiver
 
 NODES = [f"{r}-1" for r in NODE_REGIONS]
-MakeCluster = Callable[..., Awaitable[TestCluster]]
 CHROME_ACCEPT = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
-
-
-@pytest.fixture
-async def make_cluster(
-    tmp_path: Path, database_url: str, nats_server: EmbeddedNats, geoip_db: str
-) -> AsyncIterator[MakeCluster]:
-    """A cluster whose settings the test adds to (one per test: each test has its own database)."""
-    started: list[TestCluster] = []
-
-    async def make(**sections: dict[str, Any]) -> TestCluster:
-        c = TestCluster(tmp_path / "cluster", database_url, nats_server.url, geoip_db)
-        for name, values in sections.items():
-            c.common.setdefault(name, {}).update(values)
-        started.append(c)
-        await c.start()
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in started:
-            await c.stop()
 
 
 async def get(cluster: TestCluster, url: str, **headers: str) -> tuple[int, CIMultiDict[str], bytes]:
