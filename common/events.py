@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,9 @@ class Event:
 
     @classmethod
     def from_json(cls, data: bytes) -> Self:
-        raw: dict[str, Any] = json.loads(data)
+        raw = json.loads(data)
+        if not isinstance(raw, dict):  # a stray publish must be dropped as bad, not redelivered forever
+            raise ValueError(f"{cls.name}: not a JSON object")
         if raw.pop("v", None) != cls.version:
             raise ValueError(f"{cls.name}: unsupported event version")
         names = {f.name for f in dataclasses.fields(cls)}

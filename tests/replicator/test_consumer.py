@@ -137,3 +137,10 @@ def test_decode_round_trips_a_good_event() -> None:
     assert consumer._decode(ImageUploaded, event.to_json()) == event
     with pytest.raises(Permanent, match="malformed event"):
         consumer._decode(ImageUploaded, ImageDeleted(IMAGE_ID, SET).to_json())  # fields missing
+
+
+@pytest.mark.parametrize("payload", [b"[]", b"42", b'"uploaded"', b"null", b"{not json"])
+def test_decode_refuses_a_payload_that_is_not_an_event_object(payload: bytes) -> None:
+    # Terminated as malformed, never an AttributeError that would redeliver the message forever.
+    with pytest.raises(Permanent, match="malformed event"):
+        consumer._decode(ImageUploaded, payload)
