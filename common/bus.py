@@ -60,6 +60,17 @@ class Bus:
         """Fire-and-forget (heartbeats): losing one is harmless, the next follows in seconds."""
         await self.nc.publish(subject, event.to_json())
 
+    async def announce(self, subject: str, event: Event, *, flush: bool = False) -> None:
+        """Publish an event that keeps other processes' memory current (core NATS). Never raises: a lost one is
+        repaired by the receivers' reconcile from Postgres. ``flush``: return only once the server has it
+        (bounded to a second), for an answer that promises the others know (a revoked key)."""
+        try:
+            await self.nc.publish(subject, event.to_json())
+            if flush:
+                await self.nc.flush(timeout=1)
+        except Exception as exc:
+            logger.warning("announcing %s failed (the receivers' reconcile catches up): %r", subject, exc)
+
 
 @asynccontextmanager
 async def open_bus(settings: NatsSettings, name: str) -> AsyncIterator[Bus]:
@@ -80,4 +91,8 @@ async def open_bus(settings: NatsSettings, name: str) -> AsyncIterator[Bus]:
         await bus.ensure_stream()
         yield bus
     finally:
-        await nc.drain()
+        try:
+            await nc.drain()
+        except Exception as exc:  # stopping during a NATS outage: nothing to drain to, close all the same
+            logger.warning("nats: closed without draining: %r", exc)
+            await nc.close()

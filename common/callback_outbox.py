@@ -41,28 +41,32 @@ class CallbackOutbox:
         self._timers: set[asyncio.TimerHandle] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Deliver what is due now (rows a restart left behind included), then keep delivering."""
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="callback-outbox")
+    def start(self, *, sweep: bool = True) -> None:
+        """Deliver what is due now (rows a restart left behind included), then keep delivering. ``sweep=False``
+        (a query-service worker other than the primary): deliver only when woken, after this process's own
+        commits and retries; the primary's sweep finds the rest, so N workers do not sweep N times."""
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(sweep), name="callback-outbox")
 
     def wake(self) -> None:
         """A row was just committed (or a retry fell due): look now rather than at the next sweep."""
         self._wake.set()
 
-    async def _run(self) -> None:
+    async def _run(self, sweep: bool = True) -> None:
         purged_at = -PURGE_EVERY_S
+        if not sweep:
+            await self._wake.wait()
         while True:
             self._wake.clear()
             try:
                 await self.deliver_due()
-                if time.monotonic() - purged_at >= PURGE_EVERY_S:
+                if sweep and time.monotonic() - purged_at >= PURGE_EVERY_S:
                     await db_callbacks.purge_finished(self.pool, self.cfg.keep_days * 86400.0)
                     purged_at = time.monotonic()
             except Exception as exc:  # Postgres away: the rows wait there, the next round tries again
                 loops.raise_if_cancelling()
                 logger.warning("callback sweep failed: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.sweep_interval_s)
+                await asyncio.wait_for(self._wake.wait(), self.cfg.sweep_interval_s if sweep else None)
             loops.raise_if_cancelling()  # wait_for may have turned a cancellation into that timeout
 
     async def deliver_due(self) -> int:

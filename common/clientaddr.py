@@ -9,6 +9,7 @@ audit address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,7 @@ class TrustedProxies:
         return ip is not None and any(ip in net for net in self.networks)
 
 
+@functools.lru_cache(maxsize=4096)  # every request parses its peer's address: the same few, over and over
 def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not value:
         return None

@@ -59,6 +59,11 @@ class DatabaseSettings:
     url: Secret = _help("Postgres connection URL (libpq form); may contain a password.", default=Secret(""))
     pool_min: int = _help("Minimum connections kept open in the pool.", default=1)
     pool_max: int = _help("Maximum connections in the pool.", default=10)
+    acquire_timeout_s: float = _help(
+        "Seconds a request (or background task) waits for a pool connection; past it the request is answered "
+        "`503 database_unavailable` (Postgres down, or every connection busy) instead of hanging.",
+        default=0.5,
+    )
 
 
 @dataclass(frozen=True)
@@ -128,9 +133,25 @@ class NodeSettings:
         default="",
     )
     cold_capacity_bytes: int = _help("Usable capacity of the cold tier; 0 means the size of its disk.", default=0)
-    heartbeat_interval_s: float = _help("Seconds between heartbeats.", default=2.0)
+    heartbeat_interval_s: float = _help(
+        "Seconds between heartbeats, sent over NATS and written to Postgres independently (a node is alive while "
+        "either shows it alive).",
+        default=2.0,
+    )
+    stop_grace_s: float = _help(
+        "On SIGTERM the node announces it is stopping, then keeps accepting requests this long (for clients handed "
+        "its URL just before), then stops listening and finishes the requests in flight.",
+        default=1.0,
+    )
     render_threads: int = _help(
-        "Sandboxed worker processes building variants on request; 0 means the number of cores.", default=0
+        "Sandboxed worker processes building variants on request, for the whole node (shared out among its "
+        "`node.workers` processes, at least one each); 0 means the number of cores.",
+        default=0,
+    )
+    workers: int = _help(
+        "Serving processes of the node sharing its port (SO_REUSEPORT); one of them (the primary) also runs the "
+        "background duties: heartbeats, replicator, processing, scrubber, tier manager. 0 means the number of cores.",
+        default=0,
     )
     cors_origin: str = _help(
         "Origins allowed to PUT uploads from a browser (CORS): `*` (any: the signed URL is the "
@@ -220,7 +241,24 @@ class QuerySettings:
     default_lat: float = _help("Latitude used for clients GeoIP cannot place.", default=39.0)
     default_lon: float = _help("Longitude used for clients GeoIP cannot place.", default=-77.5)
     node_refresh_s: float = _help("Seconds between reloads of the node table.", default=5.0)
-    location_cache_size: int = _help("Fully replicated images whose locations are kept in memory.", default=100_000)
+    location_cache_size: int = _help(
+        "Images whose status, owner and `ok` replicas are kept in memory for URL lookups (least recently used "
+        "dropped first; about 0.5 KB each, per worker).",
+        default=100_000,
+    )
+    key_cache_size: int = _help(
+        "API keys kept in memory by hash (least recently used dropped first), and as many apps.", default=10_000
+    )
+    reconcile_s: float = _help(
+        "Seconds between background reconciles of the in-memory keys, apps and image locations with Postgres "
+        "(events keep them current in between; this repairs what a lost event missed).",
+        default=10.0,
+    )
+    workers: int = _help(
+        "Query-service processes sharing the port (SO_REUSEPORT), each with its own in-memory state; one of them "
+        "also runs the background singletons. 0 means the number of cores.",
+        default=0,
+    )
     stats_interval_s: float = _help(
         "Seconds between reads of the replication backlog for /dashboard and /metrics.", default=5.0
     )
@@ -303,7 +341,11 @@ class DeletesSettings:
 @dataclass(frozen=True)
 class ScrubSettings:
     bytes_per_s: int = _help("Re-hash stored originals at this rate; 0 disables scrubbing.", default=8 * 1024 * 1024)
-    interval_s: float = _help("Pause between two full scrub passes over a node.", default=86400.0)
+    interval_s: float = _help(
+        "Pause between two full scrub passes over a node: a damaged original is found within one pass (stored "
+        "original bytes / `scrub.bytes_per_s`) plus this.",
+        default=60.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -390,7 +432,7 @@ class HttpSettings:
 @dataclass(frozen=True)
 class RateLimitSettings:
     requests_per_s: float = _help(
-        "Sustained requests per second per API key, per query-service instance (a key may override it); 0: off.",
+        "Sustained requests per second per API key, per query-service process (a key may override it); 0: off.",
         default=50.0,
     )
     burst: int = _help("Requests a key may make at once before the rate applies.", default=100)
@@ -671,6 +713,8 @@ def _validate_callbacks(settings: Settings) -> None:
 def require_common(settings: Settings) -> None:
     if not settings.database.url.reveal():
         raise ConfigError("database.url: required (or MINICDN_DATABASE_URL)")
+    if settings.database.acquire_timeout_s <= 0:
+        raise ConfigError("database.acquire_timeout_s: must be positive")
     if not settings.signing.active_kid:
         raise ConfigError("signing.active_kid: required, with its secret in signing.keys")
 
@@ -687,6 +731,10 @@ def require_node(settings: Settings) -> None:
         raise ConfigError("node.lat: must be within -90..90")
     if not -180 <= node.lon <= 180:
         raise ConfigError("node.lon: must be within -180..180")
+    if node.heartbeat_interval_s <= 0 or node.stop_grace_s < 0:
+        raise ConfigError("node.heartbeat_interval_s: must be positive; node.stop_grace_s: not negative")
+    if node.workers < 0 or node.render_threads < 0:
+        raise ConfigError("node.workers, node.render_threads: 0 (cores) or more")
 
 
 def require_query(settings: Settings) -> None:
@@ -702,3 +750,9 @@ def require_query(settings: Settings) -> None:
         raise ConfigError("query.default_lat: must be within -90..90")
     if not -180 <= settings.query.default_lon <= 180:
         raise ConfigError("query.default_lon: must be within -180..180")
+    query = settings.query
+    if query.workers < 0 or query.location_cache_size < 1 or query.key_cache_size < 1 or query.reconcile_s <= 0:
+        raise ConfigError(
+            "query.workers: 0 (cores) or more; query.location_cache_size, query.key_cache_size: at least 1; "
+            "query.reconcile_s: positive"
+        )

@@ -76,6 +76,15 @@ class Unavailable(MinicdnError):
     status, code = 503, "unavailable"
 
 
+class DatabaseUnavailable(Unavailable):
+    """Postgres cannot be reached (or no connection came free in time): retry in a moment."""
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str = "the database is unavailable right now; retry shortly") -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class RequestTimeout(MinicdnError):
     status, code = 408, "timeout"
 

@@ -71,6 +71,9 @@ class NodeHeartbeat(Event):
     # of backfill copies (a new or replacement member catching up: not replication lag).
     filesystems: dict[str, dict[str, int]] | None = None
     backfilled_total: int = 0
+    # The node's last word: its graceful stop began (SIGTERM), so no reader or upload should be sent to it. On the
+    # heartbeat subject, so it cannot overtake the node's earlier beats.
+    stopping: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,76 @@ class ImageDeleted(Event):
     name: ClassVar[str] = "deleted"
     image_id: str
     set_id: str
+
+
+# Between the processes of one storage node (`node.workers`), on core NATS: ``storage_node.siblings``.
+
+
+@dataclass(frozen=True)
+class WorkerReport(Event):
+    """A node's non-primary process, every second, to its primary: running totals since it started counting, so the
+    primary's usage figures and heartbeat cover the whole node."""
+
+    name: ClassVar[str] = "worker_report"
+    worker: int
+    pid: int
+    started_at: float  # wall clock: when it began counting (the primary's own count of the disk may include it)
+    used_bytes: dict[str, int]  # per tier: the bytes it stored minus those it removed
+    originals: dict[str, int]  # per tier: the originals it stored minus those it removed
+    variants_changed: list[str]  # images whose variants it built or removed since its previous report
+    requests: int
+    bytes_sent: int
+    uploads: int
+    in_flight: int  # now, not a total
+
+
+@dataclass(frozen=True)
+class FilesChanged(Event):
+    """A process of a node removed variants of ``image_ids`` (``kind`` `variants`) or found their originals damaged
+    (`corrupt`): the node's other processes forget what they remember of them."""
+
+    name: ClassVar[str] = "files_changed"
+    pid: int
+    kind: str
+    image_ids: list[str]
+
+
+# Image and access events on core NATS (subjects outside the stream: fire and forget). They keep every query-service
+# process's in-memory lookups current; a lost one is repaired by the processes' reconcile from Postgres.
+
+
+@dataclass(frozen=True)
+class ReplicaOk(Event):
+    """``node_id`` now holds a verified copy of ``image_id`` (its replica row is `ok`): lookups may send readers."""
+
+    name: ClassVar[str] = "replica_ok"
+    image_id: str
+    node_id: str
+
+
+@dataclass(frozen=True)
+class ImageProcessed(Event):
+    """Processing (or an operator's approval) settled ``image_id`` as ``status`` (`ready` or `quarantined`), with
+    the dimensions processing found."""
+
+    name: ClassVar[str] = "processed"
+    image_id: str
+    status: str
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class KeyRevoked(Event):
+    """API key ``key_id`` was revoked: every query-service process refuses it from now on."""
+
+    name: ClassVar[str] = "key_revoked"
+    key_id: str
+
+
+@dataclass(frozen=True)
+class AppChanged(Event):
+    """App ``app_id``'s row changed (its default image): processes holding it read it again."""
+
+    name: ClassVar[str] = "app_changed"
+    app_id: str

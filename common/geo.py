@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import geoip2.database
 import geoip2.errors
 
 EARTH_RADIUS_KM = 6371.0088
+LOCATE_CACHE_SIZE = 16_384  # addresses whose position is kept: a lookup's GeoIP read costs more than the rest of it
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,13 @@ class GeoLocator:
     def __init__(self, db_path: str, default: Point) -> None:
         self._reader = geoip2.database.Reader(db_path or default_geoip_path())
         self.default = default
+        self._cached = functools.lru_cache(maxsize=LOCATE_CACHE_SIZE)(self._locate)
 
     def locate(self, ip: str | None) -> Point:
-        if not ip:
-            return self.default
+        """Where ``ip`` is (the default when unknown); from memory for an address seen recently."""
+        return self._cached(ip) if ip else self.default
+
+    def _locate(self, ip: str) -> Point:
         try:
             ipaddress.ip_address(ip)
             rec = self._reader.city(ip)

@@ -28,9 +28,10 @@ def is_fresh(heartbeat_age_s: float | None, timeout_s: float) -> bool:
     return heartbeat_age_s is not None and heartbeat_age_s < timeout_s
 
 
-def is_healthy(state: str, heartbeat_age_s: float | None, timeout_s: float) -> bool:
-    """The one definition: the node's state serves reads and it has heartbeaten within the timeout."""
-    return serves_reads(state) and is_fresh(heartbeat_age_s, timeout_s)
+def is_healthy(state: str, heartbeat_age_s: float | None, timeout_s: float, stopping: bool = False) -> bool:
+    """The one definition: the node's state serves reads, it has heartbeaten within the timeout, and it has not
+    announced that it is stopping (its graceful stop began: it is about to go away)."""
+    return serves_reads(state) and not stopping and is_fresh(heartbeat_age_s, timeout_s)
 
 
 class Located(Protocol):
@@ -60,8 +61,8 @@ def rank(
 ) -> list[Ranked[N]]:
     """The one ranking: nodes in ``region`` first (when given), then by great-circle distance from ``here``;
     equal distances (to the metre) in random order, which spreads load over co-located nodes."""
-    rng = rng or random.Random()
-    scored = [(region is not None and n.region != region, haversine_km(here, n.point), rng.random(), n) for n in nodes]
+    tie = (rng or random).random  # the module's generator unless told: seeding a new one costs a lookup dearly
+    scored = [(region is not None and n.region != region, haversine_km(here, n.point), tie(), n) for n in nodes]
     scored.sort(key=lambda t: (t[0], round(t[1], 3), t[2]))
     return [Ranked(n, d) for _other, d, _tie, n in scored]
 
@@ -77,11 +78,12 @@ class Holder:
     state: str  # the node's state
     heartbeat_age_s: float | None  # None until its first heartbeat
     replica_state: str = "ok"
+    stopping: bool = False  # it announced that it is stopping, and has not registered again since
 
 
 def usable(holder: Holder, timeout_s: float) -> bool:
     """A healthy node with a verified (`ok`) copy."""
-    return holder.replica_state == "ok" and is_healthy(holder.state, holder.heartbeat_age_s, timeout_s)
+    return holder.replica_state == "ok" and is_healthy(holder.state, holder.heartbeat_age_s, timeout_s, holder.stopping)
 
 
 def rank_holders(

@@ -1,5 +1,10 @@
 """Shared aiohttp parts: the one error middleware that renders docs/api.md error bodies (and counts requests), JSON
-helpers. The metric objects live in common.metrics."""
+helpers. The metric objects live in common.metrics.
+
+The middleware is also the one place where a database failure meets HTTP: psycopg's ``OperationalError`` (the
+server gone, a connection lost, or the pool's ``PoolTimeout`` when none came free within
+``database.acquire_timeout_s``) is answered `503 database_unavailable` with ``Retry-After``, in every handler
+of every service, instead of a 500."""
 
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from common.errors import MinicdnError, error_body
+from common.errors import DatabaseUnavailable, MinicdnError, error_body
 from common.metrics import HttpMetrics, route_of
 
 logger = logging.getLogger(__name__)
@@ -38,7 +44,10 @@ def make_error_middleware(metrics: HttpMetrics) -> Middleware:
         status = 500
         code = ""
         try:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except psycopg.OperationalError as db_exc:  # logged below, once; psycopg_pool logs the cause
+                raise DatabaseUnavailable() from db_exc
             status = response.status
             return response
         except MinicdnError as exc:

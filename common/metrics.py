@@ -11,9 +11,18 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -22,6 +31,11 @@ BUILD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 PROCESSING_OUTCOMES = ("ready", "rejected", "quarantined", "failed")
 PROVISIONING_KINDS = ("new_set", "replace", "set_closed", "set_opened", "node_state")
+# The node's gauges: set by one process (its primary) and never incremented. With several processes writing metrics
+# (prometheus_client's multiprocess mode, a node's ``node.workers``), the most recently set value is the node's.
+ONE_WRITER: dict[str, Any] = {"multiprocess_mode": "mostrecent"}
+CORRUPTION_FOUND_BY = ("serve", "variant", "scrub")  # the checks that find a copy not matching its record
+REPAIRED_STATES = ("corrupt", "missing")  # a replica's state before a repair made it `ok` again
 
 
 class HttpMetrics:
@@ -58,9 +72,17 @@ class HttpMetrics:
         # Plain totals for the heartbeat (the dashboard's rates), without reading the registry back.
         self.requests_seen = 0
         self.bytes_sent = 0
+        self._exposed = self.registry  # what /metrics shows
+
+    def expose_processes(self, path: str) -> None:
+        """Show on /metrics what every process writing to ``path`` counted (prometheus_client's multiprocess mode,
+        which this process runs in): counters and histograms summed, ``ONE_WRITER`` gauges their latest value."""
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]  # (the library's)
+        self._exposed = registry
 
     async def handler(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(self._exposed), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """Count the body about to be sent (Content-Length is known here, also for files and ranges)."""
@@ -107,6 +129,7 @@ class ReplicationMetrics:
     lag: Histogram = field(init=False)
     copies: Counter = field(init=False)
     backfill_copies: Counter = field(init=False)
+    repairs: Counter = field(init=False)
     consumer_pending: Gauge = field(init=False)
     consumer_ack_pending: Gauge = field(init=False)
     recent: RecentLags = field(init=False, default_factory=RecentLags)
@@ -130,12 +153,14 @@ class ReplicationMetrics:
             "Messages in the stream not yet delivered to this durable consumer",
             ["consumer"],
             registry=reg,
+            **ONE_WRITER,
         )
         self.consumer_ack_pending = Gauge(
             "minicdn_jetstream_consumer_ack_pending_messages",
             "Messages delivered to this consumer but not acked yet",
             ["consumer"],
             registry=reg,
+            **ONE_WRITER,
         )
         self.backfill_copies = Counter(
             "minicdn_replication_backfill_copies_total",
@@ -143,9 +168,17 @@ class ReplicationMetrics:
             ["node_id"],
             registry=reg,
         )
+        self.repairs = Counter(
+            "minicdn_repairs_total",
+            "Replicas made `ok` again with verified bytes, by the state they were in (`corrupt`, `missing`)",
+            ["node_id", "was"],
+            registry=reg,
+        )
         for outcome in ("copied", "present", "retry", "checksum_mismatch"):
             self.copies.labels(self.node_id, outcome)
         self.backfill_copies.labels(self.node_id)
+        for was in REPAIRED_STATES:
+            self.repairs.labels(self.node_id, was)
 
     def count(self, outcome: str) -> None:
         self.copies.labels(self.node_id, outcome).inc()
@@ -160,6 +193,9 @@ class ReplicationMetrics:
         """A copy made to catch up (a new or replacement member): counted, kept out of the lag figures."""
         self.backfilled += 1
         self.backfill_copies.labels(self.node_id).inc()
+
+    def count_repair(self, was: str) -> None:
+        self.repairs.labels(self.node_id, was).inc()
 
 
 @dataclass
@@ -182,6 +218,7 @@ class NodeMetrics:
     scrub_checked: Counter = field(init=False)
     scrub_corruptions: Counter = field(init=False)
     scrub_progress: Gauge = field(init=False)
+    corruptions: Counter = field(init=False)
     processing: Counter = field(init=False)
     processing_duration: Histogram = field(init=False)
     tiers: TierMetrics = field(init=False)
@@ -209,12 +246,22 @@ class NodeMetrics:
             ["result"],
             registry=reg,
         )
-        self.capacity = Gauge("minicdn_node_capacity_bytes", "Usable capacity of the node", node_labels, registry=reg)
-        self.used = Gauge("minicdn_node_used_bytes", "Bytes stored by minicdn on the node", node_labels, registry=reg)
-        self.free = Gauge(
-            "minicdn_node_free_bytes", "Bytes still free for minicdn on the node", node_labels, registry=reg
+        self.capacity = Gauge(
+            "minicdn_node_capacity_bytes", "Usable capacity of the node", node_labels, registry=reg, **ONE_WRITER
         )
-        self.objects = Gauge("minicdn_node_objects", "Images stored on the node", node_labels, registry=reg)
+        self.used = Gauge(
+            "minicdn_node_used_bytes", "Bytes stored by minicdn on the node", node_labels, registry=reg, **ONE_WRITER
+        )
+        self.free = Gauge(
+            "minicdn_node_free_bytes",
+            "Bytes still free for minicdn on the node",
+            node_labels,
+            registry=reg,
+            **ONE_WRITER,
+        )
+        self.objects = Gauge(
+            "minicdn_node_objects", "Images stored on the node", node_labels, registry=reg, **ONE_WRITER
+        )
         # Scrubbing (the control-plane work) updates these; exported from the start so rules can use them.
         self.scrub_checked = Counter(
             "minicdn_scrub_objects_checked_total", "Objects re-hashed by the scrubber", registry=reg
@@ -223,8 +270,16 @@ class NodeMetrics:
             "minicdn_scrub_corruptions_total", "Objects whose bytes no longer match their SHA-256", registry=reg
         )
         self.scrub_progress = Gauge(
-            "minicdn_scrub_progress_ratio", "Share of the current scrub pass done (0..1)", registry=reg
+            "minicdn_scrub_progress_ratio", "Share of the current scrub pass done (0..1)", registry=reg, **ONE_WRITER
         )
+        self.corruptions = Counter(
+            "minicdn_corruptions_total",
+            "Copies on this node found not to match their record, by the check that found them",
+            ["how"],
+            registry=reg,
+        )
+        for how in CORRUPTION_FOUND_BY:
+            self.corruptions.labels(how)
         self.processing = Counter(
             "minicdn_processing_total", "Uploads processed off the request path, by outcome", ["outcome"], registry=reg
         )
@@ -260,12 +315,22 @@ class TierMetrics:
     def __init__(self, reg: CollectorRegistry, node_labels: tuple[str, str, str]) -> None:
         self.node_labels = node_labels
         labels = ["node_id", "region", "set_id", "tier"]
-        self.capacity = Gauge("minicdn_node_tier_capacity_bytes", "Usable capacity of a tier", labels, registry=reg)
-        self.used = Gauge("minicdn_node_tier_used_bytes", "Bytes stored in a tier", labels, registry=reg)
-        self.free = Gauge("minicdn_node_tier_free_bytes", "Bytes still free in a tier", labels, registry=reg)
-        self.originals = Gauge("minicdn_node_tier_originals", "Originals stored in a tier", labels, registry=reg)
+        self.capacity = Gauge(
+            "minicdn_node_tier_capacity_bytes", "Usable capacity of a tier", labels, registry=reg, **ONE_WRITER
+        )
+        self.used = Gauge("minicdn_node_tier_used_bytes", "Bytes stored in a tier", labels, registry=reg, **ONE_WRITER)
+        self.free = Gauge(
+            "minicdn_node_tier_free_bytes", "Bytes still free in a tier", labels, registry=reg, **ONE_WRITER
+        )
+        self.originals = Gauge(
+            "minicdn_node_tier_originals", "Originals stored in a tier", labels, registry=reg, **ONE_WRITER
+        )
         self.variant_bytes = Gauge(
-            "minicdn_node_variant_bytes", "Bytes of variants (the cache) on the node", labels[:3], registry=reg
+            "minicdn_node_variant_bytes",
+            "Bytes of variants (the cache) on the node",
+            labels[:3],
+            registry=reg,
+            **ONE_WRITER,
         )
         self.evictions = Counter("minicdn_tier_evictions_total", "Variants evicted under disk pressure", registry=reg)
         self.evicted_bytes = Counter("minicdn_tier_evicted_bytes_total", "Bytes of evicted variants", registry=reg)

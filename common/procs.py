@@ -1,5 +1,5 @@
-"""Process and port helpers the services share with the tooling: a free loopback port, and a child that
-dies with its parent."""
+"""Process and port helpers the services share with the tooling: a free loopback port, a child that dies
+with its parent, and the command line of one of the project's own Python children."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import ctypes
 import random
 import signal
 import socket
+import sys
 from pathlib import Path
 
 
@@ -38,3 +39,9 @@ def die_with_parent() -> None:
     """preexec_fn: the kernel sends SIGTERM to the child when its parent goes away (Linux)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The command line running ``python -m module args`` in this interpreter with an isolated ``sys.path``: -P
+    keeps the current directory off it, so a ``select.py`` or ``json.py`` there cannot shadow a module."""
+    return [sys.executable, "-P", "-m", module, *args]

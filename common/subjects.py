@@ -25,6 +25,30 @@ class Subjects:
     def all_heartbeats(self) -> str:
         return f"{self.prefix}.node.*.heartbeat"
 
+    def set_events_named(self, name: str) -> str:
+        """Every set's ``name`` events (a core-NATS subscription sees the JetStream publishes too)."""
+        return f"{self.prefix}.set.*.{name}"
+
+    # Outside the stream's `set.>`: core NATS only, nothing stored (the receivers reconcile from Postgres).
+    def image_event(self, name: str) -> str:
+        return f"{self.prefix}.image.{name}"
+
+    def image_events(self) -> str:
+        return f"{self.prefix}.image.*"
+
+    def access_event(self, name: str) -> str:
+        return f"{self.prefix}.access.{name}"
+
+    def access_events(self) -> str:
+        return f"{self.prefix}.access.*"
+
+    # A node's own processes (`node.workers`) among themselves: core NATS, nothing stored.
+    def node_report(self, node_id: str) -> str:
+        return f"{self.prefix}.node.{node_id}.workers.report"
+
+    def node_files_changed(self, node_id: str) -> str:
+        return f"{self.prefix}.node.{node_id}.workers.changed"
+
     def durable(self, node_id: str) -> str:
         return f"replicator-{node_id}"
 

@@ -10,11 +10,32 @@ Start-up is truthful: the ports are checked before anything starts or is written
 `start()` returns (and `cluster.json` is written) only once every process answers its health check;
 a process that exits or stays unhealthy during start-up stops everything started so far and raises
 `ProcessFailed` with its name, exit and last log lines.
+
+Once started, `watch()` supervises every process (`minicdn.supervisor`): a death is reaped and reported (name,
+pid, exit code or signal, log path) on the console and in ``<state>/logs/dev.log`` (and the dead process's own
+log), and the process is started again, same command, ports and data, after a backoff
+(`DevOptions.backoff`), unless `DevOptions.restart` is off (`minicdn dev --no-restart`). Postgres's
+postmaster.pid left by a killed server is removed before its restart (`EmbeddedPostgres.spawn`); a node's
+data-directory lock is an flock, freed by the kernel with its holder, so a restart only has to wait for it.
+
+The API a test drives a running cluster with (the names: ``postgres``, ``nats``, ``query``, every node id):
+
+- `DevCluster.process(name)` -> `ChildInfo` now: ``pid`` (None while down; a new one after a restart),
+  ``restarts`` (relaunches so far), ``log`` (its log file), ``url``; `process_names()` lists the names.
+- `DevCluster.deaths()` -> every `Death` reported so far (``name``, ``pid``, ``what`` such as
+  ``was killed by SIGKILL``, ``log``, ``restart_in_s``).
+- `DevCluster.http` maps the nodes (provisioned ones too) and ``query`` to their base URLs.
+- `DevCluster.state` is the state directory (``logs/`` holds every log, ``dev.log`` the reports).
+- Run ``watch()`` in a thread and end with `stop()`, which returns once every process is stopped; no
+  restart happens after `stop()` began, and ``watch()`` returns by itself. Call `start()` and `stop()` from a
+  thread that outlives the cluster (the main one): children get SIGTERM when the thread that started them
+  ends (PR_SET_PDEATHSIG is per thread), which is also why ``watch()`` must run until `stop()` has finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -22,21 +43,24 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from common.config import Secret
 from common.db.api_keys import create_key, new_plaintext
 from common.geo import REGIONS
-from common.procs import die_with_parent, free_port
+from common.procs import die_with_parent, free_port, python_module
 from minicdn.embedded import EmbeddedNats, EmbeddedPostgres, ProcessFailed, describe_exit, stop_process, tail
+from minicdn.supervisor import Backoff, ChildInfo, Death, Supervisor, reap
 
 console = Console(stderr=True)
 DEV_DATABASE = "minicdn"
@@ -52,6 +76,8 @@ class DevOptions:
     port: int = 8080  # query service; nodes take the ports after it. 0: free ports everywhere
     geoip_db: str = ""
     start_timeout_s: float = 60.0  # every process healthy within this, else start-up fails
+    restart: bool = True  # restart a process that dies (False: `--no-restart`, the death is only reported)
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 @dataclass(frozen=True)
@@ -76,13 +102,6 @@ class PlannedNode:
     region: str
     set_no: int
     port: int
-
-
-@dataclass(frozen=True)
-class Child:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes]
 
 
 def parse_size(text: str) -> int:
@@ -172,14 +191,28 @@ class DevCluster:
         self.state = options.state_dir.absolute()
         self.pg = EmbeddedPostgres(self.state / "pg")
         self.nats = EmbeddedNats(self.state / "nats")
-        self.children: list[Child] = []
+        self.supervisor = Supervisor(self._report, options.restart, options.backoff)
+        self.http: dict[str, str] = {}  # name -> base URL of every node and the query service
         self.info: dict[str, Any] = {}
         self.provisioned_dir = self.state / "provisioned"
+        self.running = False  # anything started and not stopped yet
+        # watch()'s steps and the start of stop() exclude each other: once stop() has begun nothing is started,
+        # restarted or written to cluster.json; _stopped lets watch() return once everything is down.
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._stopped = threading.Event()
 
-    @property
-    def running(self) -> bool:
-        """Anything started and not stopped yet."""
-        return bool(self.children) or self.pg.proc is not None or self.nats.proc is not None
+    def process(self, name: str) -> ChildInfo:
+        """A supervised process as it is now (KeyError for an unknown name)."""
+        return self.supervisor.info(name)
+
+    def process_names(self) -> list[str]:
+        """``postgres``, ``nats``, the nodes, ``query``, then provisioned nodes, in start order."""
+        return self.supervisor.names()
+
+    def deaths(self) -> list[Death]:
+        """Every death reported since start-up, oldest first."""
+        return list(self.supervisor.deaths)
 
     def _plan(self) -> tuple[int, list[PlannedNode]]:
         """The query service's port and every node's, fixed before anything starts."""
@@ -227,12 +260,15 @@ class DevCluster:
             raise
 
     def _start(self, query_port: int, planned: list[PlannedNode]) -> dict[str, Any]:
+        self.running = True
         for sub in ("config", "logs"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         secrets_ = _load_secrets(self.state)
         self.pg.start()
         database_url = self.pg.create_database(DEV_DATABASE)
+        self.supervisor.add("postgres", database_url, self.pg.log, self.pg.spawn, self.pg.proc)
         self.nats.start()
+        self.supervisor.add("nats", self.nats.url, self.nats.log, self.nats.spawn, self.nats.proc)
         asyncio.run(self._bootstrap(database_url, secrets_["api_key"]))
         common: TomlSections = {
             "database": {"url": database_url},
@@ -241,7 +277,9 @@ class DevCluster:
                 "keys": {secrets_["signing_kid"]: secrets_["signing_secret"]},
                 "active_kid": secrets_["signing_kid"],
             },
-            "health": {"heartbeat_timeout_s": 6.0},
+            # A hung node is out of URLs and placement within 2 s; beats every 0.5 s (and the query service's
+            # reload of the node table every 0.5 s) keep a live node fresh through a NATS or a Postgres outage.
+            "health": {"heartbeat_timeout_s": 2.0},
             "geoip": {"db": self.opt.geoip_db},
         }
         query_url = f"http://{self.opt.host}:{query_port}"
@@ -263,8 +301,11 @@ class DevCluster:
                     "port": plan.port,
                     "data_dir": str(self.state / "nodes" / plan.node_id),
                     "capacity_bytes": self.opt.node_capacity_bytes,
-                    "heartbeat_interval_s": 2.0,
+                    "heartbeat_interval_s": 0.5,
                 },
+                # Re-hash continuously: a pass over a small dev node takes seconds, so damage is found within
+                # about 10 s plus one pass (at the default 8 MiB/s, 20 MB of originals take 2.5 s).
+                "scrub": {"interval_s": 10.0},
             }
             self._spawn(plan.node_id, "storage-node", cfg, url)
             nodes.append({"node_id": plan.node_id, "region": plan.region, "set_id": set_id, "url": url})
@@ -273,7 +314,13 @@ class DevCluster:
             "query-service",
             {
                 **common,
-                "query": {"host": self.opt.host, "port": query_port, "public_url": query_url, "upload_demo": True},
+                "query": {
+                    "host": self.opt.host,
+                    "port": query_port,
+                    "public_url": query_url,
+                    "upload_demo": True,
+                    "node_refresh_s": 0.5,
+                },
                 # Automatic provisioning: the monitor writes new nodes' configs here, watch() starts them.
                 "provisioner": {
                     "kind": "local",
@@ -309,44 +356,54 @@ class DevCluster:
         cfg_path = self.state / "config" / f"{name}.toml"
         cfg_path.write_text(_toml(config))
         cfg_path.chmod(0o600)  # holds the signing secret
-        with open(self.state / "logs" / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "minicdn.cli", command, "--config", str(cfg_path)],
+        self._supervise(name, command, cfg_path, url)
+
+    def _supervise(self, name: str, command: str, cfg_path: Path, url: str) -> None:
+        self.http[name] = url
+        self.supervisor.add(name, url, self._log(name), partial(self._launch, name, command, cfg_path))
+
+    def _launch(self, name: str, command: str, cfg_path: Path) -> subprocess.Popen[bytes]:
+        """`minicdn <command> --config <cfg_path>` in its own session (so its leftovers can be killed as a
+        group), output appended to its log."""
+        with open(self._log(name), "ab") as log:
+            return subprocess.Popen(
+                python_module("minicdn.cli", command, "--config", str(cfg_path)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,
                 start_new_session=True,
             )
-        self.children.append(Child(name, url, proc))
 
     def _log(self, name: str) -> Path:
         return self.state / "logs" / f"{name}.log"
 
+    def _report(self, message: str, own_log: Path, death: bool) -> None:
+        """A death or a restart: on the console, in logs/dev.log, and at the end of the process's own log."""
+        console.print(Text(message, style="red" if death else "green"), soft_wrap=True)
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {message}\n"
+        with open(self.state / "logs" / "dev.log", "a") as log:
+            log.write(line)
+        with contextlib.suppress(OSError), open(own_log, "a") as own:
+            own.write(f"--- minicdn dev: {line}")
+
     def _check_alive(self) -> None:
-        """Raise ProcessFailed for the first process that has exited: Postgres and NATS first, as the others
-        exit when those do."""
-        for name, proc, log in (
-            ("postgres", self.pg.proc, self.pg.log),
-            ("nats-server", self.nats.proc, self.nats.log),
-        ):
-            if proc is not None and proc.poll() is not None:
+        """Raise ProcessFailed for the first process that has exited: Postgres and NATS first (started first),
+        as the others exit when those do."""
+        for name, proc in self.supervisor.procs().items():
+            if proc.poll() is not None:
+                log = self.supervisor.info(name).log
                 raise ProcessFailed(name, describe_exit(proc.returncode), log, tail(log))
-        for child in self.children:
-            if child.proc.poll() is not None:
-                log = self._log(child.name)
-                raise ProcessFailed(child.name, describe_exit(child.proc.returncode), log, tail(log))
 
     def _wait_healthy(self, query_url: str, node_count: int) -> None:
         """Until every child answers /healthz and the query service sees every node healthy (heartbeats
         arrive); a process exiting meanwhile, or the timeout, fails the start-up."""
         timeout_s = self.opt.start_timeout_s
         deadline = time.monotonic() + timeout_s
-        pending = [child.name for child in self.children]
+        pending = list(self.http)
         seen = 0
         while True:
             self._check_alive()
-            urls = {child.name: child.url for child in self.children}
-            pending = [name for name in pending if _healthz(urls[name]) is None]
+            pending = [name for name in pending if _healthz(self.http[name]) is None]
             if not pending:
                 health = _healthz(query_url) or {}
                 seen = int(health.get("healthy_nodes", 0))
@@ -367,22 +424,13 @@ class DevCluster:
         """Start a node for every config the local provisioner wrote that is not running yet."""
         from common.config import load_settings
 
-        running = {c.name for c in self.children}
         started = []
         for cfg_path in sorted(self.provisioned_dir.glob("*.toml")):
             name = cfg_path.stem
-            if name in running:
+            if name in self.http:
                 continue
             node = load_settings(cfg_path, env={}).node
-            with open(self.state / "logs" / f"{name}.log", "ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "minicdn.cli", "storage-node", "--config", str(cfg_path)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=die_with_parent,
-                    start_new_session=True,
-                )
-            self.children.append(Child(name, node.base_url, proc))
+            self._supervise(name, "storage-node", cfg_path, node.base_url)
             started.append(
                 {"node_id": node.node_id, "region": node.region, "set_id": node.set_id, "url": node.base_url}
             )
@@ -393,33 +441,41 @@ class DevCluster:
         tmp.write_text(json.dumps(self.info, indent=2))
         os.replace(tmp, self.state / "cluster.json")
 
-    def watch(self, stop: Any) -> None:
-        """Block until ``stop`` (a threading.Event) is set; start nodes the capacity monitor provisions;
-        report children that die on their own."""
-        reported: set[str] = set()
-        while not stop.wait(0.5):
-            for node in self._start_provisioned():
-                console.print(
-                    f"[green]provisioned[/green] {node['node_id']} ({node['region']}, {node['set_id']}) "
-                    f"at {node['url']}"
-                )
-                self.info.setdefault("nodes", []).append(node)
-                self._write_info()
-            for child in self.children:
-                if child.proc.poll() is not None and child.name not in reported:
-                    reported.add(child.name)
+    def watch(self, stop: threading.Event | None = None) -> None:
+        """Supervise until ``stop`` is set or `stop()` has stopped the cluster: start nodes the capacity monitor
+        provisions; reap, report and restart processes that die on their own."""
+        while not self._stopped.wait(0.25):
+            if stop is not None and stop.is_set():
+                return
+            with self._lock:
+                if self._stopping:
+                    continue
+                for node in self._start_provisioned():
                     console.print(
-                        f"[red]{child.name} exited with {child.proc.returncode}; "
-                        f"see {self.state / 'logs' / (child.name + '.log')}[/red]"
+                        f"[green]provisioned[/green] {node['node_id']} ({node['region']}, {node['set_id']}) "
+                        f"at {node['url']}"
                     )
+                    self.info.setdefault("nodes", []).append(node)
+                    self._write_info()
+                self.supervisor.check()
 
     def stop(self) -> None:
-        (self.state / "cluster.json").unlink(missing_ok=True)
-        for child in self.children:
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-        for child in self.children:
-            stop_process(child.proc, signal.SIGTERM, timeout_s=15)
-        self.children = []
+        """Stop everything: nodes and the query service, then NATS, then Postgres. Nothing is restarted once
+        this has begun (a restart under way finishes first, and is stopped with the rest)."""
+        with self._lock:
+            self._stopping = True
+            self.supervisor.close()
+            (self.state / "cluster.json").unlink(missing_ok=True)
+        procs = self.supervisor.procs()
+        for proc in procs.values():
+            reap(proc)  # one that died unnoticed: reaped, and what is left of its process group killed
+        children = [proc for name, proc in procs.items() if name in self.http]
+        for proc in children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in children:
+            stop_process(proc, signal.SIGTERM, timeout_s=15)
         self.nats.stop()
         self.pg.stop()
+        self.running = False
+        self._stopped.set()

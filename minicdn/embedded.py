@@ -57,6 +57,17 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, wh
     raise ProcessFailed(what, f"did not listen on port {port} within {timeout_s:g} s", log, tail(log))
 
 
+def process_state(pid: int) -> tuple[str, str] | None:
+    """``(command name, state letter)`` of a process, from /proc (``("postgres", "S")``; state ``Z``: a zombie,
+    dead but not reaped), or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name, _, rest = stat.partition(" (")[2].rpartition(")")  # the name may hold spaces and parentheses
+    return name, rest.split()[0]
+
+
 def tail(path: Path, lines: int = 30) -> str:
     """The last lines of a log file, for a start-up failure's message."""
     try:
@@ -110,6 +121,14 @@ class EmbeddedPostgres:
         return pwd.getpwnam(PG_SYSTEM_USER)
 
     def start(self, timeout_s: float = 60) -> EmbeddedPostgres:
+        """Start the server and wait until it accepts connections."""
+        wait_for_port(self.port, self.spawn(), timeout_s, "postgres", self.log)
+        self._wait_ready(timeout_s)
+        return self
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the server (initdb first on an empty directory) without waiting for it: the same port and data
+        every time, so a supervisor can restart a dead one."""
         pgserver = _pgserver()
         bin_path: Path = pgserver._commands.POSTGRES_BIN_PATH
         run_as = self._run_as()
@@ -144,8 +163,7 @@ class EmbeddedPostgres:
             if initdb.returncode != 0:
                 output = (initdb.stdout + initdb.stderr).decode(errors="replace").splitlines()[-30:]
                 raise ProcessFailed("postgres initdb", describe_exit(initdb.returncode), None, "\n".join(output))
-        with contextlib.suppress(FileNotFoundError):
-            (self.data_dir / "postmaster.pid").unlink()  # left by a killed run; we own this directory
+        self._clear_stale_pid_file()
         with open(log, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [
@@ -172,9 +190,22 @@ class EmbeddedPostgres:
                 user=user,
                 group=group,
             )
-        wait_for_port(self.port, self.proc, timeout_s, "postgres", log)
-        self._wait_ready(timeout_s)
-        return self
+        return self.proc
+
+    def _clear_stale_pid_file(self) -> None:
+        """Remove the postmaster.pid a killed server left, unless its pid is a live postgres: the server refuses
+        to start while the file names a live process, and a reaped server's pid may belong to anyone by now."""
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            pid = 0  # unreadable or torn: no server could have written it whole and still be running
+        state = process_state(pid) if pid > 0 else None
+        if state is not None and state[0] == "postgres" and state[1] != "Z":
+            return  # a live server on this directory (of an earlier run?): postgres says so when it refuses
+        pid_file.unlink(missing_ok=True)
 
     def _wait_ready(self, timeout_s: float) -> None:
         import psycopg
@@ -230,6 +261,13 @@ class EmbeddedNats:
         return self.data_dir / "nats.log"
 
     def start(self, timeout_s: float = 30) -> EmbeddedNats:
+        """Start the server and wait until it listens."""
+        wait_for_port(self.port, self.spawn(), timeout_s, "nats-server", self.log)
+        return self
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the server without waiting for it, on the same port and store every time. It leaves no lock
+        or pid file behind when killed (no ``pid_file`` is configured, and JetStream's store takes no lock)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats.conf"
         # sync_interval: always -> every stored message is fsynced before the publish is acknowledged.
@@ -246,8 +284,7 @@ class EmbeddedNats:
                 preexec_fn=die_with_parent,
                 start_new_session=True,
             )
-        wait_for_port(self.port, self.proc, timeout_s, "nats-server", log)
-        return self
+        return self.proc
 
     def stop(self) -> None:
         if self.proc is not None:

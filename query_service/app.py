@@ -1,10 +1,17 @@
-"""Composition root of the query service: AppKeys, routes, middleware, resources opened in cleanup_ctx."""
+"""Composition root of the query service: AppKeys, routes, middleware, resources opened in cleanup_ctx.
+
+A query-service process is one of ``query.workers`` sharing the port (``minicdn.runner`` starts them). Each holds
+its own memory for lookups (node registry, keys, apps, locations) and keeps it current from NATS and the
+reconcile; the primary (worker 0) also runs the background singletons: the capacity monitor, the lifecycle sweep
+and the callback outbox's sweep (the others deliver only the callbacks they record themselves).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,18 +33,21 @@ from query_service.auth import ApiKeyAuth
 from query_service.cluster_stats import ClusterStats
 from query_service.dashboard import build_dashboard
 from query_service.handlers_dashboard import load_assets
-from query_service.handlers_deletes import watch_deletes
 from query_service.history import History, sample_every
 from query_service.lifecycle import LifecycleSweeper
-from query_service.locations import LocationCache
+from query_service.locations import location_cache
 from query_service.monitor import CapacityMonitor, load_report
 from query_service.provisioners import make_provisioner
 from query_service.ratelimit import RateLimiter
 from query_service.registry import NodeRegistry
 from query_service.routes import add_routes
+from query_service.watch import LookupCollector, Reconciler, subscribe, unsubscribe
+
+SHUTDOWN_TIMEOUT_S = 10.0  # how long the requests in flight may take to finish once the process stops listening
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
+    """The app of one query-service process; ``worker`` 0 is the primary (see the module's docstring)."""
     require_query(settings)
     qmetrics = QueryMetrics()
     metrics = qmetrics.http
@@ -52,6 +62,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     hardening.apply(app)
     app[keys.SETTINGS] = settings
+    app[keys.WORKER] = worker
     app[keys.PROXIES] = TrustedProxies.parse(settings.http.trusted_proxies)
     app[keys.METRICS] = metrics
     app[keys.QUERY_METRICS] = qmetrics
@@ -75,29 +86,68 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+async def serve(
+    settings: Settings,
+    *,
+    worker: int = 0,
+    reuse_port: bool = False,
+    on_ready: Callable[[], None] | None = None,
+    **server_kwargs: Any,
+) -> None:
+    """Serve one query-service process until SIGINT or SIGTERM, then stop listening, finish the requests in flight
+    and close. ``reuse_port``: bind with SO_REUSEPORT, beside the other workers (the kernel spreads connections
+    over them). ``on_ready`` is called once the port is bound (every resource is open by then). ``server_kwargs``
+    go to aiohttp's server (the access log)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = create_app(settings, worker=worker)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True, **server_kwargs)
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, settings.query.host, settings.query.port, reuse_port=reuse_port).start()
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(app[keys.GEO].close)
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, "query-service"))
-        limits = settings.ratelimit
-        app[keys.AUTH] = ApiKeyAuth(pool, RateLimiter(limits.requests_per_s, limits.burst))
+        primary = app[keys.WORKER] == 0
+        limits, query = settings.ratelimit, settings.query
+        auth = app[keys.AUTH] = ApiKeyAuth(
+            pool,
+            RateLimiter(limits.requests_per_s, limits.burst),
+            max_entries=query.key_cache_size,
+            absent_ttl_s=query.reconcile_s,
+        )
         callbacks = app[keys.CALLBACKS] = CallbackOutbox(settings, pool)
         stack.push_async_callback(callbacks.close)
-        callbacks.start()
-        app[keys.LOCATIONS] = LocationCache(pool, settings.query.location_cache_size)
+        callbacks.start(sweep=primary)
+        locations = app[keys.LOCATIONS] = location_cache(pool, query.location_cache_size, query.reconcile_s)
+        # Subscribed before anything is read or served: no event is missed after start-up.
+        stack.push_async_callback(unsubscribe, await subscribe(bus, locations, auth))
+        reconciler = Reconciler(locations, auth, query.reconcile_s)
+        app[keys.QUERY_METRICS].http.registry.register(LookupCollector([auth.keys, auth.apps, locations], reconciler))
+        reconcile = asyncio.create_task(reconciler.run(), name="lookup-reconcile")
+        stack.push_async_callback(cancel_all, [reconcile])
         registry = app[keys.REGISTRY]
         await registry.reload(pool)
-        task = asyncio.create_task(registry.run(pool, bus, settings.query.node_refresh_s), name="node-registry")
+        task = asyncio.create_task(registry.run(pool, bus, query.node_refresh_s), name="node-registry")
         stack.push_async_callback(cancel_all, [task])
-        deletes = asyncio.create_task(watch_deletes(bus, app[keys.LOCATIONS]), name="delete-watch")
-        stack.push_async_callback(cancel_all, [deletes])
         sweeper = app[keys.LIFECYCLE] = LifecycleSweeper(settings.lifecycle, pool, callbacks)
-        lifecycle = asyncio.create_task(sweeper.run(), name="lifecycle-sweep")
-        stack.push_async_callback(cancel_all, [lifecycle])
+        if primary:
+            lifecycle = asyncio.create_task(sweeper.run(), name="lifecycle-sweep")
+            stack.push_async_callback(cancel_all, [lifecycle])
         monitor = app[keys.MONITOR] = CapacityMonitor(settings, pool, make_provisioner(settings), registry)
-        if settings.capacity.enabled:
+        if settings.capacity.enabled and primary:
             watcher = asyncio.create_task(monitor.run(), name="capacity-monitor")
             stack.push_async_callback(cancel_all, [watcher])
 

@@ -1,28 +1,52 @@
-"""API-key authentication: `Authorization: Bearer <key>`, looked up by hash, cached briefly in memory,
-scopes checked, per-key rate limits applied, and image ownership decided by app."""
+"""API-key authentication: `Authorization: Bearer <key>`, looked up by its SHA-256 in memory, scopes checked,
+per-key rate limits applied, and image ownership decided by app.
+
+Keys (hash -> key) and apps (their hotlink allowlist and default image) are ``MemTable``s: a known key or app
+costs no Postgres query, a first sight one. A revocation reaches every query-service process at once over
+NATS (``KeyRevoked``, handled by ``revoke``) and is remembered, so a read in flight cannot bring the key back;
+an app changed by any process is read again on its next use (``AppChanged``); the reconcile
+(``query_service.watch``) re-reads both in the background as a safety net, so a lost event is repaired within
+``query.reconcile_s``.
+"""
 
 from __future__ import annotations
 
-import time
+from collections import OrderedDict
 
 from aiohttp import web
 
-from common.db.api_keys import ApiKey, App, app_of_key, get_app, lookup_key
+from common.db import api_keys as db_keys
+from common.db.api_keys import ApiKey, App
 from common.db.rows import Pool
 from common.errors import Forbidden, TooManyRequests, Unauthorized
+from query_service.memtable import MemTable
 from query_service.ratelimit import RateLimiter, retry_after_header
 
-CACHE_TTL_S = 10.0  # how long another instance may still accept a revoked key
 MAX_TOKEN_CHARS = 256
+KeyTable = MemTable[bytes, ApiKey]
+AppTable = MemTable[str, App]
 
 
 class ApiKeyAuth:
-    def __init__(self, pool: Pool, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self, pool: Pool, limiter: RateLimiter | None = None, *, max_entries: int = 10_000, absent_ttl_s: float = 10.0
+    ) -> None:
         self.pool = pool
         self.limiter = limiter
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
-        self._apps: dict[str, str | None] = {}  # key id -> app id (never changes once a key exists)
-        self._app_rows: dict[str, tuple[float, App | None]] = {}  # app id -> (when read, row)
+        # Revoked key ids seen (bounded; revocation is for good): a key read while its revocation arrived stays out.
+        self._revoked: OrderedDict[str, None] = OrderedDict()
+        self._max_revoked = max_entries
+
+        async def load_keys(hashes: list[bytes]) -> dict[bytes, ApiKey]:
+            return await db_keys.keys_by_hash(pool, hashes)
+
+        async def load_apps(app_ids: list[str]) -> dict[str, App]:
+            return await db_keys.apps_by_id(pool, app_ids)
+
+        self.keys: KeyTable = MemTable(
+            "keys", load_keys, max_entries, absent_ttl_s, valid=lambda key: key.key_id not in self._revoked
+        )
+        self.apps: AppTable = MemTable("apps", load_apps, max_entries, absent_ttl_s)
 
     async def optional(self, request: web.Request) -> ApiKey | None:
         """The caller's key, None without an Authorization header; 401 for a wrong or revoked key,
@@ -34,14 +58,7 @@ class ApiKeyAuth:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("expected `Authorization: Bearer <api key>`")
-        now = time.monotonic()
-        hit = self._cache.get(token)
-        if hit is None or now - hit[0] > CACHE_TTL_S:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            hit = (now, await lookup_key(self.pool, token))
-            self._cache[token] = hit
-        key = hit[1]
+        key = await self.keys.get(db_keys.hash_key(token))
         if key is None:
             raise Unauthorized("unknown or revoked API key")
         if self.limiter is not None:
@@ -60,49 +77,37 @@ class ApiKeyAuth:
             raise Forbidden(f"this needs an API key with {scope} scope")
         return key
 
-    def forget(self, key_id: str) -> None:
-        """Drop a revoked key from this instance's cache at once."""
-        for token, (_at, key) in list(self._cache.items()):
-            if key is not None and key.key_id == key_id:
-                del self._cache[token]
+    def revoke(self, key_id: str) -> None:
+        """Refuse ``key_id`` from now on (this process revoked it, or a ``KeyRevoked`` event said so)."""
+        self._revoked[key_id] = None
+        self._revoked.move_to_end(key_id)
+        while len(self._revoked) > self._max_revoked:
+            self._revoked.popitem(last=False)
+        self.keys.drop_where(lambda key: key.key_id == key_id, absent=True)
 
-    async def _app_id_of_key(self, key_id: str) -> str | None:
-        if key_id not in self._apps:
-            async with self.pool.connection() as conn:
-                self._apps[key_id] = await app_of_key(conn, key_id)
-        return self._apps[key_id]
+    async def app(self, app_id: str | None) -> App | None:
+        """An app's row (hotlink allowlist, default image): from memory once seen."""
+        return None if app_id is None else await self.apps.get(app_id)
 
-    async def app_id_of(self, owner_key_id: str | None) -> str | None:
-        """The app owning an image requested by ``owner_key_id`` (cached: a key never changes app)."""
-        return None if owner_key_id is None else await self._app_id_of_key(owner_key_id)
+    def app_changed(self, app_id: str) -> None:
+        """An app's row changed (here, or an ``AppChanged`` event): its next use reads it again. The change was
+        just committed, so Postgres answers that read."""
+        self.apps.drop(app_id)
 
-    def forget_app(self, app_id: str) -> None:
-        """Drop an app's cached row after this instance changed it (others see it within CACHE_TTL_S)."""
-        self._app_rows.pop(app_id, None)
+    async def reconcile(self) -> None:
+        await self.keys.refresh()
+        await self.apps.refresh()
 
-    async def app_of_image(self, owner_key_id: str | None) -> App | None:
-        """The owning app (its hotlink settings and default image), cached for CACHE_TTL_S."""
-        if owner_key_id is None:
-            return None
-        app_id = await self._app_id_of_key(owner_key_id)
-        if app_id is None:
-            return None
-        now = time.monotonic()
-        hit = self._app_rows.get(app_id)
-        if hit is None or now - hit[0] > CACHE_TTL_S:
-            hit = self._app_rows[app_id] = (now, await get_app(self.pool, app_id))
-        return hit[1]
 
-    async def owns(self, key: ApiKey | None, owner_key_id: str | None) -> bool:
-        """True when ``key`` belongs to the app that owns an image requested by ``owner_key_id``."""
-        if key is None or owner_key_id is None:
-            return False
-        if key.key_id == owner_key_id:
-            return True
-        return await self._app_id_of_key(owner_key_id) == key.app_id
+def owns(key: ApiKey | None, owner_key_id: str | None, app_id: str | None) -> bool:
+    """True when ``key`` belongs to the app that owns an image (``owner_key_id`` requested it, for ``app_id``)."""
+    if key is None or owner_key_id is None:
+        return False
+    return key.key_id == owner_key_id or (app_id is not None and key.app_id == app_id)
 
-    async def may_see(self, key: ApiKey | None, visibility: str, owner_key_id: str | None) -> bool:
-        """Public images for everyone; private ones for their app's keys and admin keys."""
-        if visibility == "public":
-            return True
-        return key is not None and (key.is_admin or await self.owns(key, owner_key_id))
+
+def may_see(key: ApiKey | None, visibility: str, owner_key_id: str | None, app_id: str | None) -> bool:
+    """Public images for everyone; private ones for their app's keys and admin keys."""
+    if visibility == "public":
+        return True
+    return key is not None and (key.is_admin or owns(key, owner_key_id, app_id))

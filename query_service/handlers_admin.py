@@ -19,5 +19,6 @@ async def healthz(request: web.Request) -> web.Response:
             "version": __version__,
             "nodes": len(registry.nodes),
             "healthy_nodes": healthy,
+            "worker": request.app[keys.WORKER],  # which of the processes sharing the port answered (0: primary)
         }
     )

@@ -8,6 +8,7 @@ from aiohttp import web
 from common import fallback
 from common.db import defaults as db_defaults
 from common.errors import InvalidRequest, NotFound
+from common.events import AppChanged
 from common.httpkit import json_response
 from common.ids import is_image_id
 from query_service import keys
@@ -44,5 +45,7 @@ async def put_default_image(request: web.Request) -> web.Response:
                 raise NotFound("no such image")
             fallback.check_candidate(key.app_id, found["app_id"], found["visibility"], found["status"])
         await db_defaults.set_default(conn, key.app_id, image_id, key_id=key.key_id, client_ip=remote_address(request))
-    auth.forget_app(key.app_id)  # this instance answers with the new default at once
+    auth.app_changed(key.app_id)  # this process answers with the new default at once, the others on the event
+    bus = app[keys.BUS]
+    await bus.announce(bus.subjects.access_event(AppChanged.name), AppChanged(key.app_id), flush=True)
     return json_response({"app_id": key.app_id, "default_image_id": image_id})

@@ -8,15 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
-from common.bus import Bus
 from common.db import deletions as db_deletions
 from common.errors import Forbidden, NotFound
 from common.events import ImageDeleted
 from common.httpkit import json_response
 from common.ids import check_image_id
-from query_service import keys
+from query_service import keys, locations
+from query_service.auth import owns
 from query_service.handlers_uploads import public_base
-from query_service.locations import LocationCache
 from query_service.purge import purge_payload, run_purge_hooks
 from query_service.requests import remote_address
 
@@ -31,14 +30,15 @@ async def delete_image(request: web.Request) -> web.Response:
     key = await auth.required(request)
     pool = app[keys.POOL]
     row = await db_deletions.owner_of(pool, image_id)
-    if not key.is_admin and not await auth.owns(key, row["owner_key_id"]):  # any key of the owning app
+    if not key.is_admin and not owns(key, row["owner_key_id"], row["app_id"]):  # any key of the owning app
         if row["visibility"] != "public":
             raise NotFound("no such image")  # another app's private image is not revealed
         raise Forbidden("only the owner's API key may delete this image")
     done = await db_deletions.tombstone(
         pool, image_id, actor_key_id=key.key_id, actor_app_id=key.app_id, client_ip=remote_address(request)
     )
-    app[keys.LOCATIONS].invalidate(image_id)  # stops resolving here at once; other instances via NATS
+    # Stops resolving here at once; in the other processes when the ImageDeleted event reaches them.
+    app[keys.LOCATIONS].apply(image_id, locations.gone("deleted"))
     if done is not None:
         try:
             await app[keys.BUS].publish_set_event(done["set_id"], ImageDeleted(image_id, done["set_id"]), image_id)
@@ -54,20 +54,3 @@ async def delete_image(request: web.Request) -> web.Response:
             _background.add(task)
             task.add_done_callback(_background.discard)
     return json_response({"image_id": image_id, "status": "deleted"}, status=202)
-
-
-async def watch_deletes(bus: Bus, cache: LocationCache) -> None:
-    """Drop cached locations of images deleted through any query-service instance (core NATS sees the
-    JetStream publishes too)."""
-
-    async def on_msg(msg: Any) -> None:
-        try:
-            cache.invalidate(ImageDeleted.from_json(msg.data).image_id)
-        except (ValueError, TypeError) as exc:
-            logger.warning("bad delete event: %s", exc)
-
-    sub = await bus.nc.subscribe(f"{bus.subjects.prefix}.set.*.{ImageDeleted.name}", cb=on_msg)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await sub.unsubscribe()

@@ -1,5 +1,10 @@
 """GET /v1/images/{id} (with a key, or the signed status URL of an upload ticket), GET /v1/images/{id}/url
-and GET /img/{id}: status and nearest-replica URLs."""
+and GET /img/{id}: status and nearest-replica URLs.
+
+The URL answers read memory only for an image and a key seen before (``query_service.locations``, ``auth``,
+the node registry): no Postgres query, so they keep answering while Postgres is down. The status answer is the
+full row, read from Postgres each time.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from common.httpkit import json_response
 from common.ids import check_image_id
 from common.variants import pick_variant
 from query_service import keys
+from query_service.auth import may_see, owns
 from query_service.handlers_uploads import rfc3339
 from query_service.locations import Location
 from query_service.registry import NodeInfo
@@ -77,7 +83,7 @@ async def _get_image(request: web.Request) -> web.Response:
         verify_status(app[keys.SETTINGS].signing, image_id, request.query)
     key = await app[keys.AUTH].optional(request)
     row = await db_images.get_image(app[keys.POOL], image_id)
-    if not signed and not await app[keys.AUTH].may_see(key, row["visibility"], row["owner_key_id"]):
+    if not signed and not may_see(key, row["visibility"], row["owner_key_id"], row["app_id"]):
         raise NotFound("no such image")  # existence of another app's private image is not revealed
     columns: Mapping[str, object] = row  # the public fields are picked by name
     return json_response({field: columns[field] for field in IMAGE_FIELDS}, headers=STATUS_CORS)
@@ -105,19 +111,18 @@ async def find_servable(
     original: bool = False,
 ) -> Servable:
     """The checks every URL answer makes (visibility, ownership of originals, hotlinking, status, health) and
-    the ranking of the holders (no Postgres when the location is cached)."""
+    the ranking of the holders (from memory once the image and its app were seen)."""
     app = request.app
     registry = app[keys.REGISTRY]
-    auth = app[keys.AUTH]
     loc = await app[keys.LOCATIONS].get(image_id)
-    if loc is None or loc.status == "deleted" or not await auth.may_see(key, loc.visibility, loc.owner_key_id):
+    if loc is None or loc.status == "deleted" or not may_see(key, loc.visibility, loc.owner_key_id, loc.app_id):
         raise NotFound("no such image")
     if public_only and loc.visibility != "public":
         raise Forbidden("private images are not served through /img", code="forbidden")
-    if original and not (key is not None and (key.is_admin or await auth.owns(key, loc.owner_key_id))):
+    if original and not (key is not None and (key.is_admin or owns(key, loc.owner_key_id, loc.app_id))):
         raise Forbidden("the original is only for the image's owner", code="forbidden")
     if public_only:  # /img is what pages embed: hold it to the owner app's Referer allowlist
-        check_referer(await auth.app_of_image(loc.owner_key_id), request.headers.get("Referer"))
+        check_referer(await app[keys.AUTH].app(loc.app_id), request.headers.get("Referer"))
     if loc.status not in SERVABLE:
         raise Conflict(f"image is {loc.status}", code="not_ready")
     nodes = [registry.nodes[n] for n in loc.ok_nodes if n in registry.nodes]
@@ -138,7 +143,7 @@ def signed_query(settings: Settings, image_id: str, variant: str, expires_at: in
 async def resolve_url(
     request: web.Request, image_id: str, q: UrlQuery, key: ApiKey | None, public_only: bool = False
 ) -> dict[str, Any]:
-    """The nearest healthy `ok` replica's URL for the variant that fits the box (no Postgres when cached)."""
+    """The nearest healthy `ok` replica's URL for the variant that fits the box (no Postgres when known)."""
     settings = request.app[keys.SETTINGS]
     original = q.variant == "original"
     stand_in: str | None = None
@@ -194,20 +199,17 @@ async def resolve_url(
 
 async def _default_for(request: web.Request, image_id: str, requested: str | None) -> str | None:
     """The image standing in for missing ``image_id``: the request's ``default=`` if usable, else its app's
-    default if usable (``common.fallback``). Only the 404/409 path comes here; the lookups are the caches'."""
+    default if usable (``common.fallback``). Only the 404/409 path comes here; the lookups are the memory's."""
     auth, locations = request.app[keys.AUTH], request.app[keys.LOCATIONS]
     loc = await locations.get(image_id)
     if loc is None or not fallback.falls_back(loc.status, loc.visibility):
         return None
-    app_id = await auth.app_id_of(loc.owner_key_id)
-    owner_app = await auth.app_of_image(loc.owner_key_id)
+    owner_app = await auth.app(loc.app_id)
     for candidate in (requested, owner_app.default_image_id if owner_app else None):
         if candidate is None or candidate == image_id:
             continue
         found = await locations.get(candidate)
-        if found is not None and fallback.default_usable(
-            app_id, await auth.app_id_of(found.owner_key_id), found.status, found.visibility
-        ):
+        if found is not None and fallback.default_usable(loc.app_id, found.app_id, found.status, found.visibility):
             return candidate  # same app: find_servable holds /img to the same Referer allowlist
     return None
 

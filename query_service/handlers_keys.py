@@ -12,6 +12,7 @@ from aiohttp import web
 
 from common.db import api_keys as db_keys
 from common.errors import InvalidRequest, NotFound
+from common.events import KeyRevoked
 from common.httpkit import json_response
 from query_service import keys
 from query_service.requests import read_json_object, remote_address
@@ -87,5 +88,8 @@ async def revoke_key(request: web.Request) -> web.Response:
     if not _KEY_ID_RE.match(key_id):
         raise NotFound("no such key")
     revoked_at = await db_keys.revoke_key(app[keys.POOL], key_id, actor=actor, client_ip=remote_address(request))
-    app[keys.AUTH].forget(key_id)
+    app[keys.AUTH].revoke(key_id)
+    # Every other query-service process drops it when this arrives; answered only once NATS has it.
+    bus = app[keys.BUS]
+    await bus.announce(bus.subjects.access_event(KeyRevoked.name), KeyRevoked(key_id), flush=True)
     return json_response({"key_id": key_id, "revoked_at": revoked_at})

@@ -14,10 +14,10 @@ from aiohttp import web
 from common.db import images as db_images
 from common.db import pipeline as db_pipeline
 from common.errors import Conflict
-from common.events import ImageRejected
+from common.events import ImageProcessed, ImageRejected
 from common.httpkit import json_response
 from common.ids import check_image_id
-from query_service import keys
+from query_service import keys, locations
 from query_service.requests import read_json_object
 
 
@@ -28,7 +28,11 @@ async def approve(request: web.Request) -> web.Response:
     row = await db_pipeline.approve(app[keys.POOL], image_id)
     if row is None:
         await _explain(request, image_id)
-    app[keys.LOCATIONS].invalidate(image_id)
+    # Served from now on: here at once, in the other query-service processes on the event.
+    event = ImageProcessed(image_id, row["status"], row["width"], row["height"])
+    app[keys.LOCATIONS].apply(image_id, locations.processed(event.status, event.width, event.height))
+    bus = app[keys.BUS]
+    await bus.announce(bus.subjects.image_event(ImageProcessed.name), event)
     app[keys.CALLBACKS].wake()  # the callback was recorded with the decision
     return json_response({"image_id": image_id, "status": row["status"]})
 
@@ -42,7 +46,7 @@ async def reject(request: web.Request) -> web.Response:
     row = await db_pipeline.reject(app[keys.POOL], image_id, reason, from_status=("quarantined",))
     if row is None:
         await _explain(request, image_id)
-    app[keys.LOCATIONS].invalidate(image_id)
+    app[keys.LOCATIONS].apply(image_id, locations.gone("rejected"))  # the others on the event below
     await app[keys.BUS].publish_set_event(row["set_id"], ImageRejected(image_id, row["set_id"], reason), image_id)
     app[keys.CALLBACKS].wake()
     return json_response({"image_id": image_id, "status": row["status"], "reason": reason})

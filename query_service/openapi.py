@@ -41,12 +41,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "too large",
         429: "over the key's rate (see Retry-After)",
         431: "headers too large",
-        503: "unavailable",
+        503: "unavailable (see Retry-After)",
     }
     return {str(s): _json(_ref("Error"), texts[s]) for s in statuses}
 
 
-_COMMON_ERRORS = (401, 429, 431)
+_COMMON_ERRORS = (401, 429, 431, 503)  # 503: database_unavailable, for anything reading Postgres
 _URL_PARAMS = [
     {"name": "w", "in": "query", "schema": {"type": "number", "minimum": 1, "maximum": 16384}},
     {"name": "h", "in": "query", "schema": {"type": "number", "minimum": 1, "maximum": 16384}},

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from common.config import Settings
+from common.config import NodeSettings, Settings
 from common.procs import free_port
 
 
@@ -114,6 +114,8 @@ def node_config_toml(settings: Settings, node: PlannedNode, port: int, data_dir:
             "port": port,
             "data_dir": str(data_dir),
             "capacity_bytes": capacity_bytes,
+            # Several beats per timeout (the default interval is sized for the default timeout).
+            "heartbeat_interval_s": min(NodeSettings().heartbeat_interval_s, settings.health.heartbeat_timeout_s / 4),
         },
         "geoip": {"db": settings.geoip.db},
         "log": {"level": settings.log.level, "format": settings.log.format},

@@ -1,9 +1,15 @@
 """In-memory node list and health: loaded from Postgres, kept fresh by NATS heartbeats.
 
 URL lookups read only this (no Postgres). A node is healthy when it is by the one definition in
-``common.holders`` (its state serves reads, its last heartbeat is younger than the timeout) and -- once its
-heartbeats have lapsed -- it has heartbeaten without a gap for ``recover_s``. That hysteresis is this
-service's own damping on top: a flapping node is not handed to clients, nor repaired, at every beat.
+``common.holders`` (its state serves reads, it has not announced that it is stopping, its last heartbeat is
+younger than the timeout) and -- once its heartbeats have lapsed -- it has heartbeaten without a gap for
+``recover_s``. That hysteresis is this service's own damping on top: a flapping node is not handed to
+clients, nor repaired, at every beat.
+
+Liveness comes two ways, and either keeps a node alive: its NATS heartbeats, and its row's heartbeat, read at
+every reload (``query.node_refresh_s``). The last heartbeat is the later of the two, so a NATS outage (the row
+still fresh) or a Postgres outage (the reload failing, NATS beats arriving) leaves healthy nodes healthy.
+The announcement that a node is stopping also comes both ways; it holds until the node beats again (a restart).
 """
 
 from __future__ import annotations
@@ -40,6 +46,12 @@ class NodeInfo:
     tiers: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
     variant_bytes: int = 0
     filesystems: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
+    stopped_at: float = float("-inf")  # time.monotonic() of its latest announcement that it is stopping
+
+
+def is_stopping(node: NodeInfo) -> bool:
+    """It announced that it is stopping and has not heartbeaten since (a restarted node beats again)."""
+    return node.stopped_at != float("-inf") and node.stopped_at >= node.last_seen
 
 
 @dataclass
@@ -79,9 +91,9 @@ class NodeRegistry:
         return h
 
     def healthy(self, node: NodeInfo, now: float | None = None) -> bool:
-        # Only freshness is damped: a change of state (to `dead`, or back) takes effect at once.
+        # Only freshness is damped: a change of state (to `dead`, or back) and a stop take effect at once.
         now = time.monotonic() if now is None else now
-        return holders.serves_reads(node.state) and self._observe(node, now).up
+        return holders.serves_reads(node.state) and not is_stopping(node) and self._observe(node, now).up
 
     def health(self, node: NodeInfo) -> Health:
         return self._observe(node, time.monotonic())
@@ -95,12 +107,13 @@ class NodeRegistry:
         now = time.monotonic()
         fresh = {}
         for r in rows:
-            age = r["heartbeat_age_s"]
-            seen = now - age if age is not None else float("-inf")
+            seen, stopped = _since(now, r["heartbeat_age_s"]), _since(now, r["stopping_age_s"])
             old = self.nodes.get(r["node_id"])
             if old is not None:
                 self._observe(old, now)  # notice a gap before a newer heartbeat in the row ends it
-                seen = max(seen, old.last_seen)  # a NATS heartbeat may be newer than the row we read
+                # NATS may have brought a newer heartbeat than the row we read, or the stop the row lacks
+                # (Postgres down when the node announced it; or a restart cleared it).
+                seen, stopped = max(seen, old.last_seen), max(stopped, old.stopped_at)
             fresh[r["node_id"]] = NodeInfo(
                 r["node_id"],
                 r["region"],
@@ -117,6 +130,7 @@ class NodeRegistry:
                 r["tiers"],
                 r["variant_bytes"],
                 r["filesystems"],
+                stopped,
             )
         self.nodes = fresh
 
@@ -124,14 +138,19 @@ class NodeRegistry:
         node = self.nodes.get(event.node_id)
         if node is None:
             return  # a node we have not loaded yet: the next reload brings it
-        self._observe(node, time.monotonic())  # notice a gap before this beat ends it
+        now = time.monotonic()
+        self._observe(node, now)  # notice a gap before this beat ends it
+        if event.stopping:
+            logger.info("node %s is stopping", event.node_id)
         self.nodes[event.node_id] = replace(
             node,
             capacity_bytes=event.capacity_bytes,
             used_bytes=event.used_bytes,
             free_bytes=event.free_bytes,
             objects=event.objects,
-            last_seen=time.monotonic(),
+            # Its last word is not a sign of life: the node is on its way out.
+            last_seen=node.last_seen if event.stopping else now,
+            stopped_at=now if event.stopping else node.stopped_at,
             tiers=event.tiers if event.tiers is not None else node.tiers,
             variant_bytes=event.variant_bytes,
             filesystems=event.filesystems if event.filesystems is not None else node.filesystems,
@@ -159,3 +178,8 @@ class NodeRegistry:
                     logger.warning("node reload failed: %s", exc)
         finally:
             await sub.unsubscribe()
+
+
+def _since(now: float, age_s: float | None) -> float:
+    """The monotonic time ``age_s`` ago (an age on the database's clock); -inf for never."""
+    return now - age_s if age_s is not None else float("-inf")

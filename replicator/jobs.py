@@ -1,4 +1,6 @@
-"""The replication job: make this node hold a verified copy of one image, then record the replica `ok`."""
+"""The replication job: make this node hold a verified copy of one image, then record the replica `ok`. It is
+also the one repair path: a `corrupt` or `missing` replica (found by a serve, a variant build, the scrubber
+or a miss) is replaced here from a holder whose bytes hash to the record, whoever asked for it."""
 
 from __future__ import annotations
 
@@ -11,17 +13,19 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from common.bus import Bus
 from common.config import Settings
 from common.db import images as db_images
 from common.db import pipeline as db_pipeline
 from common.db import replicas as db_replicas
 from common.db.rows import Pool
+from common.events import ReplicaOk
 from common.geo import Point
 from common.metrics import ReplicationMetrics
 from replicator.fetch import ChecksumMismatch, fetch_original
 from replicator.outcomes import Retry, backoff_s
 from replicator.peers import sources
-from storage_node.objects.store import ObjectMeta, Store
+from storage_node.objects.store import ObjectMeta, SidecarLost, Store
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +39,18 @@ class ReplicatorContext:
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     copied: int = 0
     metrics: ReplicationMetrics | None = None
+    bus: Bus | None = None  # announces each replica made `ok` to the query services' lookups
 
     def count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.count(outcome)
+
+    async def mark_ok(self, image_id: str, size: int) -> db_replicas.LagRow:
+        """Record this node's replica `ok`, then say so on NATS: lookups hand it out from that moment on."""
+        done = await db_replicas.mark_ok(self.pool, image_id, self.node_id, size)
+        if self.bus is not None:
+            await self.bus.announce(self.bus.subjects.image_event(ReplicaOk.name), ReplicaOk(image_id, self.node_id))
+        return done
 
     @property
     def node_id(self) -> str:
@@ -78,15 +90,36 @@ async def replicate(ctx: ReplicatorContext, want: Wanted, attempt: int = 1) -> b
             return False
 
 
+async def _copy_here(ctx: ReplicatorContext, want: Wanted, state: str) -> tuple[ObjectMeta | None, bool]:
+    """The record of the copy stored here (its sidecar restored from ``want``, read from Postgres, when lost)
+    and whether that copy is good: the recorded bytes, not known damaged, its replica not `corrupt`. A copy
+    not known good (left by a crash before its row was `ok`, or whose sidecar was lost) is hashed first."""
+    trusted = state == "ok"  # a copy recorded `ok` was verified when written (and is scrubbed since)
+    try:
+        have = await asyncio.to_thread(ctx.store.meta, want.image_id)
+    except SidecarLost:  # restored from the record, never from the bytes
+        private = await db_images.is_private(ctx.pool, want.image_id)
+        record = ObjectMeta(want.sha256, want.content_type, want.bytes, private=private)
+        have = await asyncio.to_thread(ctx.store.restore_meta, want.image_id, record)
+        trusted = False
+    if have is None or have.sha256 != want.sha256 or state not in ("ok", "pending", "missing"):
+        return have, False
+    if ctx.store.is_corrupt(want.image_id):
+        return have, False
+    good = trusted or await asyncio.to_thread(ctx.store.original_sha256, want.image_id) == want.sha256
+    return have, good
+
+
 async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) -> bool:
     started = time.perf_counter()
     state = await db_replicas.replica_state(ctx.pool, want.image_id, ctx.node_id)
     if state is None:
         return False  # no longer wanted here: deleted meanwhile, or this node left the set
-    have = await asyncio.to_thread(ctx.store.meta, want.image_id)
-    if have is not None and have.sha256 == want.sha256 and state in ("ok", "pending", "missing"):
+    have, good = await _copy_here(ctx, want, state)
+    if good:
         if state != "ok":
-            await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
+            await ctx.mark_ok(want.image_id, want.bytes)
+            _repaired(ctx, want, state, "the bytes already here")
         ctx.count("present")
         return False
     if have is not None:  # a corrupt or stale copy: drop it (variants too) before fetching a good one
@@ -100,8 +133,9 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
     same = await db_pipeline.local_copy(ctx.pool, want.sha256, ctx.node_id, want.image_id)
     linked = None if same is None else await asyncio.to_thread(ctx.store.link_copy, same, want.image_id, meta)
     if linked is not None:
-        await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)  # dedupe: no bytes copied
+        await ctx.mark_ok(want.image_id, want.bytes)  # dedupe: no bytes copied
         logger.info("replicated %s as a link to identical %s", want.image_id, same)
+        _repaired(ctx, want, state, f"identical image {same}")
         return True
     node = ctx.settings.node
     peers = await sources(
@@ -129,7 +163,7 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
             continue
         finally:
             await asyncio.to_thread(ctx.store.discard_tmp, tmp)
-        done = await db_replicas.mark_ok(ctx.pool, want.image_id, ctx.node_id, want.bytes)
+        done = await ctx.mark_ok(want.image_id, want.bytes)
         ctx.copied += 1
         ctx.count("copied")
         if ctx.metrics is not None:
@@ -144,10 +178,28 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
             want.bytes,
             time.perf_counter() - started,
         )
+        _repaired(ctx, want, state, f"node {peer.node_id}")
         return True
     reason = "; ".join(errors) or "no healthy peer holds it yet"
     ctx.count("retry")
     raise Retry(f"replicate {want.image_id}: {reason}", backoff_s(attempt))
+
+
+def _repaired(ctx: ReplicatorContext, want: Wanted, was: str, source: str) -> None:
+    """A replica that was `corrupt` or `missing` is `ok` again with verified bytes: counted and logged."""
+    if was not in ("corrupt", "missing"):
+        return
+    logger.warning(
+        "repaired: image %s on node %s was %s, now holds the recorded sha256 %s... (%d bytes) from %s",
+        want.image_id,
+        ctx.node_id,
+        was,
+        want.sha256[:12],
+        want.bytes,
+        source,
+    )
+    if ctx.metrics is not None:
+        ctx.metrics.count_repair(was)
 
 
 async def drop_rejected(ctx: ReplicatorContext, image_id: str) -> None:

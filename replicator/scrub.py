@@ -1,6 +1,11 @@
-"""Scrubbing: re-hash every stored original at a bounded rate; a copy whose bytes no longer match is marked
-`corrupt` and replaced from a member whose copy hashes to the SHA-256 recorded at upload (the fetch
-verifies against that hash, so a peer with bad bytes is skipped, never trusted because it answered first).
+"""Scrubbing: re-hash every stored original at a bounded rate (``scrub.bytes_per_s``), one pass after
+another with ``scrub.interval_s`` between them, so a damaged original is found within one pass plus the
+pause. What it compares against is the record: the sidecar, which only ever holds a copy of the SHA-256
+recorded in Postgres at upload (a lost one is restored from Postgres first), and Postgres itself before
+anything is called corrupt. A copy whose bytes no longer match is reported (``storage_node.integrity``:
+not served, variants removed, counted, logged, `corrupt`) and replaced from a member whose copy hashes to
+the recorded SHA-256 (the fetch verifies against that hash, so a peer with bad bytes is skipped, never
+trusted because it answered first).
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from pathlib import Path
 
 from common import loops
 from common.db import replicas as db_replicas
+from common.errors import Unavailable
 from common.metrics import NodeMetrics
 from replicator.jobs import ReplicatorContext, Wanted, replicate
 from replicator.outcomes import Retry
 from replicator.ratelimit import ByteRate
-from storage_node.objects.store import ORIGINAL
+from storage_node.integrity import Integrity
+from storage_node.objects.store import ORIGINAL, ObjectMeta, SidecarLost
+from storage_node.objects.verify import OriginalMismatch
 
 logger = logging.getLogger(__name__)
 BLOCK = 1024 * 1024
@@ -61,12 +69,18 @@ def iter_image_ids(objects: Path) -> Iterator[str]:
 
 class Scrubber:
     def __init__(
-        self, ctx: ReplicatorContext, bytes_per_s: int, interval_s: float, metrics: NodeMetrics | None = None
+        self,
+        ctx: ReplicatorContext,
+        bytes_per_s: int,
+        interval_s: float,
+        metrics: NodeMetrics | None = None,
+        integrity: Integrity | None = None,
     ) -> None:
         self.ctx = ctx
         self.rate = ByteRate(bytes_per_s)
         self.interval_s = interval_s
         self.metrics = metrics
+        self.integrity = integrity  # the node's: how a finding is reported (None: logged only)
         self.passes = 0
 
     async def run_forever(self) -> None:
@@ -98,7 +112,9 @@ class Scrubber:
         for done, image_id in enumerate(ids):
             if self.metrics is not None:
                 self.metrics.scrub_progress.set(done / len(ids))
-            meta = await asyncio.to_thread(store.meta, image_id)
+            if store.is_corrupt(image_id):
+                continue  # known bad already: its repair is owed (the sweep retries `corrupt` rows)
+            meta = await self._meta(image_id)
             if meta is None:
                 continue
             await self.rate.take(meta.bytes)
@@ -118,20 +134,34 @@ class Scrubber:
         result.seconds = time.perf_counter() - started
         return result
 
+    async def _meta(self, image_id: str) -> ObjectMeta | None:
+        """The record as the sidecar holds it, a lost sidecar first restored from Postgres (None: skip it)."""
+        if self.integrity is not None:
+            try:
+                return await self.integrity.meta(image_id)
+            except Unavailable:
+                return None  # Postgres unreachable: this one waits for the next pass
+        try:
+            return await asyncio.to_thread(self.ctx.store.meta, image_id)
+        except SidecarLost:
+            return None
+
     async def _repair(self, image_id: str, actual: str) -> int:
         row = await db_replicas.miss_lookup(self.ctx.pool, image_id, self.ctx.node_id)
         if row is None or row["sha256"] is None or row["my_state"] is None:
             return 0  # not an image this node should hold (deleted meanwhile): the delete sweep removes it
         if row["bytes"] is None or row["content_type"] is None:
             return 0  # never: both are recorded with the sha256 at upload (this narrows their types)
-        if actual == row["sha256"]:
-            return 0  # the bytes are right (a stale sidecar); nothing to repair
-        logger.error(
-            "scrub: %s is corrupt on this node (sha256 %s..., recorded %s...); replacing it from a peer",
-            image_id,
-            actual[:12],
-            row["sha256"][:12],
-        )
+        if actual == row["sha256"]:  # the bytes are right and the sidecar is not the record: rewrite it
+            record = ObjectMeta(row["sha256"], row["content_type"], row["bytes"], row["visibility"] != "public")
+            await asyncio.to_thread(self.ctx.store.restore_meta, image_id, record)
+            logger.warning("scrub: image %s on node %s: sidecar restored from the record", image_id, self.ctx.node_id)
+            return 0
+        mismatch = OriginalMismatch("sha256", row["sha256"], actual)
+        if self.integrity is not None:
+            await self.integrity.found(image_id, "scrub", mismatch)
+        else:
+            logger.error("corrupt copy: image %s on node %s, found by scrub: %s", image_id, self.ctx.node_id, mismatch)
         if self.metrics is not None:
             self.metrics.scrub_corruptions.inc()
         await db_replicas.mark_state(self.ctx.pool, image_id, self.ctx.node_id, "corrupt")

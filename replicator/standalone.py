@@ -47,7 +47,12 @@ async def _replicator_main(settings: Settings) -> None:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         metrics = HttpMetrics("replicator")
         ctx = ReplicatorContext(
-            settings, pool, store, session, metrics=ReplicationMetrics(metrics.registry, settings.node.node_id)
+            settings,
+            pool,
+            store,
+            session,
+            metrics=ReplicationMetrics(metrics.registry, settings.node.node_id),
+            bus=bus,
         )
         replicator = Replicator(ctx, bus)
         await replicator.start()

@@ -2,10 +2,16 @@
 write the eager variants. Pure libvips (and ``storage_node.decoders`` for what libvips cannot decode) and
 plain values in and out (JSON-able dicts), no I/O beyond the files it is given, so it is as safe to run in
 a throwaway process as in a test.
+
+A job that carries the original's record (``sha256``, ``bytes``; the node always sends it) decodes a
+verified private copy of the file (``storage_node.objects.verify.verified_copy``), never the file itself:
+a damaged original raises OriginalMismatch before any decoder sees it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,16 +21,33 @@ import pyvips
 from common.variants import parse_stored_variant
 from storage_node.decoders import LIBVIPS_ANIMATED, PILLOW_PROBED, open_source, probe_foreign
 from storage_node.objects.formats import sniff
+from storage_node.objects.verify import verified_copy
 from storage_node.render import MULTI_PAGE_TYPES, RenderOptions, build_variant
 from storage_node.validate import decode_check, dhash, dhash_image, exif_facts
 
 
-def analyse(job: dict[str, Any]) -> dict[str, Any]:
-    """``job``: path, max_pixels, max_frames, keep_gps, render (RenderOptions fields), eager: [[name, dest]].
+@contextlib.contextmanager
+def _source(job: dict[str, Any]) -> Iterator[Path]:
+    """The file a job decodes: the verified copy when the job carries the record, else ``path`` itself."""
+    if "sha256" not in job:
+        yield Path(job["path"])
+        return
+    with verified_copy(Path(job["path"]), str(job["sha256"]), int(job["bytes"])) as path:
+        yield path
 
-    Raises UnsupportedImage/InvalidImage (the image is rejected); anything else is a processing failure.
+
+def analyse(job: dict[str, Any]) -> dict[str, Any]:
+    """``job``: path, sha256 and bytes (the record), max_pixels, max_frames, keep_gps, render (RenderOptions
+    fields), eager: [[name, dest]].
+
+    Raises UnsupportedImage/InvalidImage (the image is rejected), OriginalMismatch (the stored bytes are
+    not the recorded ones); anything else is a processing failure.
     """
-    path = Path(job["path"])
+    with _source(job) as path:
+        return _analyse(path, job)
+
+
+def _analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
     max_pixels, max_frames = int(job["max_pixels"]), int(job["max_frames"])
     with path.open("rb") as fobj:
         fmt = sniff(fobj.read(64))
@@ -67,16 +90,18 @@ def probe(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def variant(job: dict[str, Any]) -> dict[str, Any]:
-    """``job``: path, variant (name), dest, animated, render (RenderOptions fields): build one lazy variant."""
-    source = open_source(Path(job["path"]))
-    build_variant(
-        source.path,
-        parse_stored_variant(job["variant"]),
-        Path(job["dest"]),
-        RenderOptions(**job.get("render", {})),
-        bool(job.get("animated")) and source.multi_page,  # the node's hint is by content type (any PNG)
-        source.decoded,
-    )
+    """``job``: path, sha256 and bytes (the record), variant (name), dest, animated, render (RenderOptions
+    fields): build one lazy variant. Raises OriginalMismatch when the original is not the recorded bytes."""
+    with _source(job) as path:
+        source = open_source(path)
+        build_variant(
+            source.path,
+            parse_stored_variant(job["variant"]),
+            Path(job["dest"]),
+            RenderOptions(**job.get("render", {})),
+            bool(job.get("animated")) and source.multi_page,  # the node's hint is by content type (any PNG)
+            source.decoded,
+        )
     return {"dest": job["dest"]}
 
 

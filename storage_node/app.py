@@ -1,10 +1,18 @@
 """A storage node's aiohttp app: AppKeys, routes, middleware, and resources opened in cleanup_ctx. The composition
-root of a node process (``replicator.node_root``) adds the in-process replicator to it."""
+root of a node process (``replicator.node_root``) adds the in-process replicator to it.
+
+A node runs as one process or as ``node.workers`` sharing its port (``storage_node.worker_reports.Role``): each
+serves (reads, uploads, peer copies, variant builds with its share of ``node.render_threads``); the primary alone
+counts the disk, registers the node, beats, processes uploads, sweeps callbacks and runs the tier manager (and, in
+``replicator.node_root``, the replicator and the scrubber). ``storage_node.siblings`` keeps their memories true."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import os
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -24,23 +32,37 @@ from common.reqlog import request_id_middleware
 from storage_node import cors, keys
 from storage_node.codecs import codec_versions
 from storage_node.gate import ServeGate
-from storage_node.heartbeat import run_heartbeats
+from storage_node.heartbeat import Heartbeats, NodeStatus
 from storage_node.hotlink import HotlinkGuard
+from storage_node.inflight import count_in_flight
+from storage_node.integrity import Integrity
 from storage_node.objects.store import Store
 from storage_node.process import Processor
+from storage_node.publisher import Publisher
 from storage_node.render import Renderer, RenderOptions, configure_process
 from storage_node.routes import add_routes
+from storage_node.siblings import Siblings
 from storage_node.tiers import TierManager
 from storage_node.validate import restrict_loaders
+from storage_node.worker_reports import Role
+
+# Set by the parent of a node's workers (``minicdn.runner``): prometheus_client's multiprocess mode, every process
+# writing its metrics there, so that /metrics on any of them shows the whole node.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, role: Role | None = None) -> web.Application:
+    """The app of one node process: the node's only one unless ``role`` says otherwise."""
     require_node(settings)
+    role = role or Role()
     restrict_loaders()  # only the loaders of accepted formats, and none libvips considers unsafe
     configure_process()
     node = settings.node
     metrics = NodeMetrics(HttpMetrics("storage-node"), node.node_id, node.region, node.set_id)
+    if not role.alone and os.environ.get(METRICS_DIR_ENV):
+        metrics.http.expose_processes(os.environ[METRICS_DIR_ENV])
     middlewares = [
+        count_in_flight,  # outermost: a stopping node waits for every request it has begun
         request_id_middleware,
         make_error_middleware(metrics.http),
         make_header_limit_middleware(settings.http),
@@ -49,8 +71,9 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=1024**2, handler_args=handler_args(settings.http))
     hardening.apply(app)
     app[keys.SETTINGS] = settings
+    app[keys.ROLE] = role
     app[keys.METRICS] = metrics
-    app[keys.STATUS] = keys.NodeStatus()
+    app[keys.STATUS] = NodeStatus()
     app[keys.STORE] = Store(
         node.data_dir, node.capacity_bytes, cold_dir=node.cold_dir, cold_capacity_bytes=node.cold_capacity_bytes
     )
@@ -62,8 +85,10 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    settings, store = app[keys.SETTINGS], app[keys.STORE]
-    await asyncio.to_thread(store.prepare)
+    settings, store, role = app[keys.SETTINGS], app[keys.STORE], app[keys.ROLE]
+    counted_at = time.time()
+    if role.primary:  # the others never count the disk: their store's figures are what they changed (reported)
+        await asyncio.to_thread(store.prepare, empty_tmp=role.alone)  # else their parent emptied tmp/ before them
     # /healthz is polled often: its body (versions read from installed packages and the library) is built once.
     node = settings.node
     codecs = await asyncio.to_thread(codec_versions)
@@ -75,14 +100,21 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         "version": __version__,
         "libvips": codecs["libvips"],
         "codecs": codecs,
+        "worker": role.worker,
     }
     async with contextlib.AsyncExitStack() as stack:
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
-        await db_nodes.register_node(pool, settings.node, __version__)
+        if role.primary:
+            await db_nodes.register_node(pool, settings.node, __version__)
+        integrity = app[keys.INTEGRITY] = Integrity(store, pool, node.node_id, app[keys.METRICS])
+        await integrity.load_known()  # copies already `corrupt` here stay unserved across a restart
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, settings.node.node_id))
+        publisher = app[keys.PUBLISHER] = Publisher(bus)
+        stack.push_async_callback(publisher.close)  # before the bus closes (the stack unwinds in reverse)
         renderer = app[keys.RENDERER] = Renderer(
             store,
-            settings.node.render_threads,
+            # The node's builders shared out among its processes (memory stays bounded), at least one each.
+            math.ceil((settings.node.render_threads or os.cpu_count() or 2) / role.workers),
             RenderOptions.from_settings(settings.pipeline),
             app[keys.METRICS],
             memory_mb=settings.pipeline.worker_memory_mb,
@@ -91,24 +123,33 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(renderer.close)
         callbacks = app[keys.CALLBACKS] = CallbackOutbox(settings, pool)
         stack.push_async_callback(callbacks.close)
-        callbacks.start()  # delivers what a stop left pending, first
-        app[keys.GATE] = ServeGate(pool)
+        callbacks.start(sweep=role.primary)  # delivers what a stop left pending, first
+        gate = app[keys.GATE] = ServeGate(pool)
         hotlink = app[keys.HOTLINK] = HotlinkGuard(pool, settings.http.hotlink_refresh_s)
         await hotlink.reload()
         hotlink_task = asyncio.create_task(hotlink.run(), name="hotlink-reload")
         stack.push_async_callback(cancel_all, [hotlink_task])
         processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
         processor.metrics = app[keys.METRICS]
+        processor.integrity = integrity
         stack.push_async_callback(processor.close)
-        processor.start()
-        heartbeat = asyncio.create_task(
-            run_heartbeats(settings.node, store, pool, bus, app[keys.STATUS], app[keys.METRICS]), name="heartbeat"
+        heartbeats = app[keys.HEARTBEATS] = Heartbeats(settings, store, pool, bus, app[keys.STATUS], app[keys.METRICS])
+        siblings = app[keys.SIBLINGS] = Siblings(
+            settings, role, store, gate, bus, app[keys.METRICS], app[keys.STATUS], processor.submit
         )
-        stack.push_async_callback(cancel_all, [heartbeat])
+        if role.primary:
+            siblings.count_from(counted_at, app[keys.METRICS], app[keys.STATUS])
+        await siblings.start()
+        stack.push_async_callback(siblings.stop)
+        if role.primary:  # elsewhere the processor only probes uploads (its sandbox), and never beats
+            processor.start()
+            heartbeats.start()
+            stack.push_async_callback(heartbeats.stop)
 
         async def report_variant_bytes(changed: dict[str, int]) -> None:
             await db_replicas.record_variant_bytes(pool, node.node_id, changed)
 
         tiers = app[keys.TIERS] = TierManager(store, settings.tiers, app[keys.METRICS], report_variant_bytes)
-        stack.push_async_callback(cancel_all, [asyncio.create_task(tiers.run_forever(), name="tiers")])
+        if role.primary:
+            stack.push_async_callback(cancel_all, [asyncio.create_task(tiers.run_forever(), name="tiers")])
         yield

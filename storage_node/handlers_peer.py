@@ -1,8 +1,7 @@
-"""Signed node-to-node endpoints: a peer fetches an original to replicate it."""
+"""Signed node-to-node endpoints: a peer fetches an original to replicate it (and verifies what it gets
+against the record; a copy known to be damaged here is not even offered)."""
 
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import web
 
@@ -20,7 +19,9 @@ async def get_original(request: web.Request) -> web.StreamResponse:
     image_id = check_image_id(request.match_info["image_id"])
     requester = request.query.get("node", "")
     signing.verify_with(settings.signing, request.query, lambda exp: signing.Claims("peer", image_id, requester, exp))
-    meta = await asyncio.to_thread(store.meta, image_id)
+    if await app[keys.INTEGRITY].refused(image_id):
+        raise NotFound("this node's copy of the image is damaged")
+    meta = store.cached_meta(image_id) or await app[keys.INTEGRITY].meta(image_id)
     if meta is None:
         raise NotFound("no such image on this node")
     return FallbackFileResponse(

@@ -4,6 +4,11 @@ Private images and every original need a signed URL (scope `download`, bound to 
 variant path). Responses carry a strong ETag from the content hash, a Content-Type from the detected
 format (never from the client), nosniff and a restrictive CSP; a single byte range gets 206, an
 unsatisfiable one 416, and several ranges get the whole file (no range amplification).
+
+Integrity: an original is sent from a descriptor checked against its record first (its size always, its
+hash when its bytes changed since last verified: ``storage_node.objects.verify``), and a variant is built
+only from verified bytes. A copy that fails is never answered with 200: it is reported
+(``storage_node.integrity``) and the request gets a 307 to a holder with a good copy (or 503).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from common.ids import check_image_id
 from common.variants import ORIGINAL_RENDITION, VariantSpec, check_size, parse_variant, resolve_format
 from storage_node import fallback, keys, misses
 from storage_node.objects.formats import INPUT_ONLY
-from storage_node.objects.store import ORIGINAL, ObjectMeta
-from storage_node.tierfile import FallbackFileResponse
+from storage_node.objects.store import ORIGINAL, ObjectMeta, Store
+from storage_node.objects.verify import OriginalMismatch, check_open
+from storage_node.tierfile import FallbackFileResponse, OpenedFile, open_first
 
 CACHE_PUBLIC = "public, max-age=31536000, immutable"
 CACHE_PRIVATE = "private, max-age=3600"
@@ -42,7 +48,9 @@ class ImmutableFileResponse(FallbackFileResponse):
     sends no Last-Modified (mtimes differ between replicas). Given several paths (an original's tiers),
     it serves the first that exists."""
 
-    def __init__(self, path: Path | Sequence[Path], etag: str, *, ignore_range: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, path: Path | Sequence[Path] | OpenedFile, etag: str, *, ignore_range: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__([path] if isinstance(path, Path) else path, **kwargs)
         self._fixed_etag = etag
         self._ignore_range = ignore_range
@@ -78,6 +86,19 @@ def _etag_for(meta: ObjectMeta, variant: str) -> str:
     if variant == ORIGINAL:
         return meta.sha256[:32]
     return f"{meta.sha256[:24]}-{variant}-{RENDER_VERSION}"
+
+
+def _open_checked(store: Store, image_id: str, meta: ObjectMeta) -> OpenedFile:
+    """Open the original (either tier) and check the very descriptor that will be sent against the record.
+    Raises OriginalMismatch or FileNotFoundError. Blocking."""
+    opened = open_first(store.original_paths(image_id))
+    try:
+        stamp = check_open(opened.fobj.fileno(), opened.st, meta, store.verified_stamp(image_id))
+    except BaseException:
+        opened.fobj.close()
+        raise
+    store.note_verified(image_id, stamp)
+    return opened
 
 
 def _not_modified(request: web.Request, etag: str) -> bool:
@@ -147,7 +168,9 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         signed = _check_signature(request, image_id, name)
         if not signed:
             raise SignatureInvalid("the original is served only with a signed URL")
-    meta = store.cached_meta(image_id) or await asyncio.to_thread(store.meta, image_id)
+    if await app[keys.INTEGRITY].refused(image_id):  # its copy here failed a check and is not repaired yet
+        return await misses.redirect_to_holder(request, image_id, signed=signed, corrupt=True)
+    meta = store.cached_meta(image_id) or await app[keys.INTEGRITY].meta(image_id)  # a lost sidecar: from the record
     if meta is None:
         # 307 to a holder + read repair, or 404
         return await misses.redirect_to_holder(request, image_id, signed=signed)
@@ -173,16 +196,37 @@ async def _serve(request: web.Request) -> web.StreamResponse:
     if _not_modified(request, etag):
         headers["ETag"] = f'"{etag}"'
         return web.Response(status=304, headers=headers)
-    paths: list[Path]
+    try:
+        return await _send(request, image_id, meta, spec, etag, headers, signed)
+    except OriginalMismatch as exc:  # never a 200 from a damaged copy: reported, and a good holder answers
+        await app[keys.INTEGRITY].found(image_id, "serve" if spec is None else "variant", exc)
+        return await misses.redirect_to_holder(request, image_id, signed=signed, corrupt=True)
+
+
+async def _send(
+    request: web.Request,
+    image_id: str,
+    meta: ObjectMeta,
+    spec: VariantSpec | None,
+    etag: str,
+    headers: dict[str, str],
+    signed: bool,
+) -> web.StreamResponse:
+    """The bytes: an original from a descriptor checked against its record, a variant built from verified
+    bytes. Raises OriginalMismatch (nothing was sent) when the original is damaged."""
+    store = request.app[keys.STORE]
     if spec is None:
         store.note_read(image_id, ORIGINAL)  # memory only: last read and promotion of a cold original
-        paths, content_type = store.original_paths(image_id), meta.content_type
-    else:
-        paths = [await app[keys.RENDERER].ensure(image_id, spec, meta.content_type)]
-        content_type = spec.content_type
+        ignore_range = "Range" in request.headers and _ignore_range(request, meta.bytes, etag)
+        try:
+            opened = await asyncio.to_thread(_open_checked, store, image_id, meta)
+        except FileNotFoundError:  # removed since its record was read (a delete, a repair under way): a miss
+            return await misses.redirect_to_holder(request, image_id, signed=signed)
+        headers["Content-Type"] = meta.content_type
+        return ImmutableFileResponse(opened, etag, ignore_range=ignore_range, headers=headers)
+    path = await request.app[keys.RENDERER].ensure(image_id, spec, meta.content_type, meta)
     ignore_range = False
     if "Range" in request.headers:
-        size = meta.bytes if spec is None else (await asyncio.to_thread(os.stat, paths[0])).st_size
-        ignore_range = _ignore_range(request, size, etag)
-    headers["Content-Type"] = content_type
-    return ImmutableFileResponse(paths, etag, ignore_range=ignore_range, headers=headers)
+        ignore_range = _ignore_range(request, (await asyncio.to_thread(os.stat, path)).st_size, etag)
+    headers["Content-Type"] = spec.content_type
+    return ImmutableFileResponse(path, etag, ignore_range=ignore_range, headers=headers)

@@ -1,4 +1,4 @@
-"""PUT /upload/{image_id}: verify the signed URL, stream to disk, validate, commit with the outbox, publish.
+"""PUT /upload/{image_id}: verify the signed URL, stream to disk, validate, commit with the outbox, answer, publish.
 
 A PUT refused for its content (too large, not an image type we take, an unreadable or oversized image) uses
 up the ticket: the image becomes `rejected` with the reason, and its callback is sent, so a client polling
@@ -82,11 +82,11 @@ async def put_upload(request: web.Request) -> web.Response:
     finally:
         metrics.uploads.labels(outcome).inc()
         await asyncio.to_thread(store.discard_tmp, tmp)
-    try:
-        await app[keys.BUS].publish_set_event(event.set_id, event, image_id)
-    except Exception as exc:  # the replicators' sweep of pending rows copies it anyway
-        logger.warning("publish of %s failed (the sweep will replicate it): %s", image_id, exc)
-    app[keys.PROCESSOR].submit(image_id)  # off the request path: the 201 does not wait for it
+    # In the background: the 201 waits for durability only, never for NATS (the sweep covers a lost event).
+    app[keys.PUBLISHER].publish(event.set_id, event, image_id)
+    if app[keys.ROLE].primary:  # off the request path: the 201 does not wait for it
+        app[keys.PROCESSOR].submit(image_id)
+    # (Another of the node's processes leaves it to the primary, which hears the event above: storage_node.siblings.)
     return web.json_response(
         {"image_id": image_id, "sha256": got.sha256, "bytes": got.size, "status": "uploaded"}, status=201
     )

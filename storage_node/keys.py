@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -13,20 +12,16 @@ from common.config import Settings
 from common.db.rows import Pool
 from common.metrics import NodeMetrics
 from storage_node.gate import ServeGate
+from storage_node.heartbeat import Heartbeats, NodeStatus
 from storage_node.hotlink import HotlinkGuard
+from storage_node.integrity import Integrity
 from storage_node.objects.store import Store
 from storage_node.process import Processor
+from storage_node.publisher import Publisher
 from storage_node.render import Renderer
+from storage_node.siblings import Siblings
 from storage_node.tiers import TierManager
-
-
-@dataclass
-class NodeStatus:
-    """What the last heartbeat learned (state is operator-set in Postgres)."""
-
-    state: str = "active"
-    in_flight: int = 0
-
+from storage_node.worker_reports import Role
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL: web.AppKey[Pool] = web.AppKey("pool")
@@ -38,8 +33,13 @@ GATE = web.AppKey("gate", ServeGate)
 CALLBACKS = web.AppKey("callbacks", CallbackOutbox)
 METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)
+HEARTBEATS = web.AppKey("heartbeats", Heartbeats)
+PUBLISHER = web.AppKey("publisher", Publisher)
 HOTLINK = web.AppKey("hotlink", HotlinkGuard)
 TIERS = web.AppKey("tiers", TierManager)
+INTEGRITY = web.AppKey("integrity", Integrity)
+ROLE = web.AppKey("role", Role)  # which of the node's processes (``node.workers``) this is
+SIBLINGS = web.AppKey("siblings", Siblings)
 # Copies an image here in the background (image_id, sha256, bytes, content_type); set by the process's
 # composition root when a replicator runs in-process, absent otherwise.
 ReadRepair = Callable[[str, str, int, str], Awaitable[None]]

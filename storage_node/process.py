@@ -8,6 +8,9 @@ near-duplicates, asks the moderation hooks, and records the outcome in Postgres 
 (delivered by ``common.callback_outbox``).
 A rejected image's files are removed here and, through an ``ImageRejected`` event, on every other
 member of its set. Postgres is the queue of record: a sweep re-claims uploads a crash left behind.
+The worker decodes a copy of the original verified against the record: an original damaged since its
+upload is not the image's fault, so it is reported (``storage_node.integrity``) and processed once a
+verified copy replaces it, never rejected for it.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from common.config import Settings
 from common.db import pipeline as db_pipeline
 from common.db.rows import Pool
 from common.errors import InvalidImage, UnsupportedImage
-from common.events import ImageRejected
+from common.events import ImageProcessed, ImageRejected
 from common.loops import cancel_all
+from storage_node.integrity import Integrity
 from storage_node.moderation import Moderation
 from storage_node.objects.store import Store
+from storage_node.objects.verify import OriginalMismatch
 from storage_node.render import RenderOptions
 from storage_node.sandbox import SandboxPool
 
@@ -55,6 +60,7 @@ class Processor:
         self._sweeper: asyncio.Task[None] | None = None
         self.processed = 0
         self.metrics: NodeMetrics | None = None  # set by the app: outcomes and durations for /metrics
+        self.integrity: Integrity | None = None  # set by the app: what a damaged original is reported to
 
     @property
     def node_id(self) -> str:
@@ -92,6 +98,11 @@ class Processor:
         row = await db_pipeline.claim(self.pool, image_id, self.node_id)
         if row is None:
             return None
+        sha256, size = row["sha256"], row["bytes"]
+        if sha256 is None or size is None:
+            return None  # never: an upload is claimed only once its record is written (this narrows the types)
+        if self.integrity is not None and await self.integrity.refused(image_id):
+            return None  # processed by a later sweep, once a verified copy has replaced the damaged one
         eager = [
             (name, self.store.new_tmp_path().with_suffix("." + name.rsplit(".", 1)[-1]))
             for name in self.settings.pipeline.eager_variants
@@ -99,6 +110,8 @@ class Processor:
         limits = self.settings.limits
         job = {
             "path": str(self.store.original_path(image_id)),
+            "sha256": sha256,  # the worker decodes only bytes that hash to the record
+            "bytes": size,
             "max_pixels": limits.max_pixels,
             "max_frames": limits.max_frames,
             "keep_gps": self.settings.pipeline.keep_gps,
@@ -114,6 +127,11 @@ class Processor:
             await self.reject(image_id, exc.message)
             logger.info("rejected %s: %s", image_id, exc.message)
             return "rejected"
+        except OriginalMismatch as exc:
+            if self.integrity is not None:
+                await self.integrity.found(image_id, "variant", exc)
+            logger.warning("processing %s deferred until its original here is repaired: %s", image_id, exc)
+            return None
         finally:
             for _name, path in eager:
                 await asyncio.to_thread(self.store.discard_tmp, path)
@@ -138,6 +156,9 @@ class Processor:
         self._failures.pop(image_id, None)
         self.processed += 1
         logger.info("processed %s -> %s in %.3fs", image_id, status, time.perf_counter() - started)
+        if done is not None:  # the query services' lookups hand out URLs from this moment (core NATS)
+            event = ImageProcessed(image_id, done["status"], done["width"], done["height"])
+            await self.bus.announce(self.bus.subjects.image_event(ImageProcessed.name), event)
         if done is not None and done["callback_url"]:
             self.callbacks.wake()  # `finish` recorded the callback (of `ready`) with the outcome
         return status

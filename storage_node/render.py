@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import pyvips
 
 from common.config import PipelineSettings
-from common.errors import InvalidImage, MinicdnError, UnsupportedImage
+from common.errors import InvalidImage, MinicdnError, NotFound, UnsupportedImage
 from common.variants import ANIMATED_FORMATS, VariantSpec
-from storage_node.objects.store import ORIGINAL, Store
+from storage_node.objects.store import ORIGINAL, ObjectMeta, Store
 from storage_node.sandbox import SandboxPool
 from storage_node.validate import displayed_size, first_frame, header_field
 
@@ -187,7 +187,9 @@ def configure_process() -> None:
 class Renderer:
     """Lazy variants, one build per (image, variant) however many requests ask (single-flight), each built in
     a sandboxed worker process (``storage_node.sandbox``): a source that passed the full decode check can
-    still meet a codec bug in a resize or encoder path, and that must cost one request, not the node."""
+    still meet a codec bug in a resize or encoder path, and that must cost one request, not the node.
+    Every build decodes a copy of the original verified against its record (the worker hashes what it
+    decodes): a damaged original raises OriginalMismatch, for the caller to answer without a 500."""
 
     def __init__(
         self,
@@ -208,8 +210,11 @@ class Renderer:
         self._inflight: dict[tuple[str, str], asyncio.Future[Path]] = {}
         self.builds = 0
 
-    async def ensure(self, image_id: str, spec: VariantSpec, content_type: str = "") -> Path:
-        """The variant's path, building it first if it is not on disk yet (single-flight)."""
+    async def ensure(
+        self, image_id: str, spec: VariantSpec, content_type: str = "", meta: ObjectMeta | None = None
+    ) -> Path:
+        """The variant's path, building it first if it is not on disk yet (single-flight). ``meta``: the
+        original's record (looked up in the store when not given)."""
         dest = self.store.path_for(image_id, spec.name)
         if self.store.has_variant(image_id, spec.name):
             self._count("hit")
@@ -227,7 +232,7 @@ class Renderer:
                 path = dest
             else:
                 self._count("miss")
-                path = await self._build(image_id, spec, content_type in MULTI_PAGE_TYPES)
+                path = await self._build(image_id, spec, content_type in MULTI_PAGE_TYPES, meta)
             self.store.note_variant(image_id, spec.name)
             future.set_result(path)
             return path
@@ -238,7 +243,10 @@ class Renderer:
         finally:
             del self._inflight[key]
 
-    async def _build(self, image_id: str, spec: VariantSpec, animated: bool) -> Path:
+    async def _build(self, image_id: str, spec: VariantSpec, animated: bool, meta: ObjectMeta | None) -> Path:
+        meta = meta or self.store.cached_meta(image_id) or await asyncio.to_thread(self.store.meta, image_id)
+        if meta is None:
+            raise NotFound("no such image on this node")
         tmp = self.store.new_tmp_path().with_suffix("." + spec.fmt)
         self.store.note_read(image_id, ORIGINAL)  # a build reads the original: it counts as a use
         try:
@@ -246,8 +254,9 @@ class Renderer:
             for attempt in (1, 2):
                 source = self.store.original_path(image_id)  # hot or cold
                 job = {"op": "variant", "path": str(source), "variant": spec.name, "dest": str(tmp)}
+                record = {"sha256": meta.sha256, "bytes": meta.bytes}  # the worker decodes only these bytes
                 try:
-                    await self.sandbox.run({**job, "animated": animated, "render": asdict(self.opts)})
+                    await self.sandbox.run({**job, **record, "animated": animated, "render": asdict(self.opts)})
                     break
                 except (InvalidImage, UnsupportedImage) as exc:
                     if attempt == 1 and not await asyncio.to_thread(source.exists):

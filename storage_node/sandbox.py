@@ -18,12 +18,12 @@ import json
 import os
 import resource
 import signal
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 from common.errors import InvalidImage, UnsupportedImage
-from common.procs import die_with_parent
+from common.procs import die_with_parent, python_module
+from storage_node.objects.verify import OriginalMismatch
 
 
 class SandboxFailure(InvalidImage):
@@ -57,9 +57,7 @@ class SandboxPool:
     async def _spawn(self) -> _Worker:
         env = {**os.environ, "VIPS_CONCURRENCY": str(self.vips_threads), "MALLOC_ARENA_MAX": "2", "VIPS_WARNING": "0"}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "storage_node.sandbox_worker",
+            *python_module("storage_node.sandbox_worker"),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
@@ -68,8 +66,8 @@ class SandboxPool:
         return _Worker(proc)
 
     async def run(self, job: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
-        """Run ``job`` in a worker; return its result, re-raise its InvalidImage/UnsupportedImage, or raise
-        SandboxFailure when the worker died or overran."""
+        """Run ``job`` in a worker; return its result, re-raise its InvalidImage/UnsupportedImage or
+        OriginalMismatch, or raise SandboxFailure when the worker died or overran."""
         async with self._sem:
             worker = self._idle.pop() if self._idle else await self._spawn()
             self._busy.add(worker)
@@ -84,6 +82,8 @@ class SandboxPool:
                 self._idle.append(worker)
         if answer["ok"]:
             return dict(answer["result"])
+        if "mismatch" in answer:
+            raise OriginalMismatch(**answer["mismatch"])
         if answer["status"] == UnsupportedImage.status:
             raise UnsupportedImage(answer["message"])
         raise InvalidImage(answer["message"])

@@ -10,6 +10,7 @@ import traceback
 from typing import Any
 
 from common.errors import InvalidImage, MinicdnError
+from storage_node.objects.verify import OriginalMismatch
 from storage_node.validate import OUT_OF_MEMORY
 
 
@@ -29,6 +30,8 @@ def _serve() -> None:
         try:
             job = json.loads(line)
             answer: dict[str, Any] = {"ok": True, "result": JOBS[job.get("op", "analyse")](job)}
+        except OriginalMismatch as exc:  # the stored bytes are not the recorded ones: nothing was decoded
+            answer = {"ok": False, "mismatch": exc.as_dict()}
         except Exception as exc:
             error = _as_error(exc)
             answer = {"ok": False, "status": error.status, "code": error.code, "message": error.message}

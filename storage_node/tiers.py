@@ -15,7 +15,7 @@ from common import loops
 from common.config import TiersSettings
 from common.metrics import NodeMetrics
 from storage_node import tier_policy
-from storage_node.objects.store import COLD, HOT, ORIGINAL, CopyMismatch, Store, StoredFile
+from storage_node.objects.store import COLD, HOT, ORIGINAL, CopyMismatch, SidecarLost, Store, StoredFile
 
 logger = logging.getLogger(__name__)
 ReportVariantBytes = Callable[[dict[str, int]], Awaitable[None]]
@@ -166,7 +166,10 @@ class TierManager:
         await self._drop_old(moved, HOT)
 
     async def _switch(self, image_id: str, to: str, size: int, result: PassResult) -> int:
-        meta = await asyncio.to_thread(self.store.meta, image_id)
+        try:
+            meta = await asyncio.to_thread(self.store.meta, image_id)
+        except SidecarLost:
+            return 0  # not before its sidecar is restored from the record (its next read, or the scrubber)
         if meta is None:
             return 0
         await self.pace.take(size or meta.bytes)

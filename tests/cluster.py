@@ -118,15 +118,15 @@ class TestCluster:
         self.session = aiohttp.ClientSession()
         await self.wait_for(lambda: self.healthy_count(3), "three healthy nodes")
 
-    async def start_query(self, name: str, **query: Any) -> str:
+    async def start_query(self, name: str, worker: int = 0, **query: Any) -> str:
         """Another query-service instance on the same database and NATS (they share nothing else); ``query``
-        overrides its `[query]` settings."""
+        overrides its `[query]` settings; ``worker`` other than 0: a worker that runs no singletons."""
         from query_service.app import create_app
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         settings = self.settings(query={"port": port, "public_url": url, "node_refresh_s": 0.3, **query})
-        await self._serve(name, create_app(settings), port)
+        await self._serve(name, create_app(settings, worker=worker), port)
         return url
 
     async def supervise(self, spool: Path) -> None:
@@ -150,7 +150,11 @@ class TestCluster:
 
     async def _serve(self, name: str, app: web.Application, port: int) -> None:
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await runner.setup()
+        try:
+            await runner.setup()
+        except BaseException:
+            await runner.cleanup()  # a failed start lets go of what it took (the data directory's lock too)
+            raise
         await web.TCPSite(runner, "127.0.0.1", port).start()
         self.runners[name] = runner
         self.apps[name] = app

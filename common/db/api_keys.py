@@ -7,9 +7,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypedDict
-
-from psycopg import AsyncConnection
+from typing import TypedDict
 
 from common.db import audit
 from common.db.rows import Pool, fetch_all, fetch_one
@@ -61,10 +59,6 @@ class KeyListRow(TypedDict):
 
 class RevokedRow(TypedDict):
     revoked_at: datetime
-    app_id: str
-
-
-class KeyAppRow(TypedDict):
     app_id: str
 
 
@@ -142,13 +136,24 @@ async def create_key(
 
 
 async def lookup_key(pool: Pool, plaintext: str) -> ApiKey | None:
-    row = await fetch_one(
+    found = await keys_by_hash(pool, [hash_key(plaintext)])
+    return next(iter(found.values()), None)
+
+
+class HashedKeyRow(KeyRow):
+    key_hash: bytes
+
+
+async def keys_by_hash(pool: Pool, hashes: list[bytes]) -> dict[bytes, ApiKey]:
+    """The live (not revoked) keys among ``hashes``, by hash: a first sight of a key, or a reconcile's batch."""
+    rows = await fetch_all(
         pool,
-        KeyRow,
-        "SELECT key_id, name, scopes, app_id, rate_per_s FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
-        (hash_key(plaintext),),
+        HashedKeyRow,
+        "SELECT key_hash, key_id, name, scopes, app_id, rate_per_s FROM api_keys"
+        " WHERE key_hash = ANY(%s) AND revoked_at IS NULL",
+        (hashes,),
     )
-    return _key(row) if row else None
+    return {bytes(row["key_hash"]): _key(row) for row in rows}
 
 
 def _key(row: KeyRow) -> ApiKey:
@@ -187,23 +192,19 @@ async def revoke_key(pool: Pool, key_id: str, *, actor: ApiKey | None = None, cl
     return row["revoked_at"]
 
 
-async def app_of_key(conn: AsyncConnection[Any], key_id: str) -> str | None:
-    row = await fetch_one(conn, KeyAppRow, "SELECT app_id FROM api_keys WHERE key_id = %s", (key_id,))
-    return row["app_id"] if row else None
-
-
 def _app(row: AppRow) -> App:
     return App(row["app_id"], row["name"], tuple(row["referers"]), row["allow_empty_referer"], row["default_image_id"])
 
 
-async def get_app(pool: Pool, app_id: str) -> App | None:
-    row = await fetch_one(
+async def apps_by_id(pool: Pool, app_ids: list[str]) -> dict[str, App]:
+    """The apps among ``app_ids`` (a first sight, or a reconcile's batch); unknown ids are left out."""
+    rows = await fetch_all(
         pool,
         AppRow,
-        "SELECT app_id, name, referers, allow_empty_referer, default_image_id FROM apps WHERE app_id = %s",
-        (app_id,),
+        "SELECT app_id, name, referers, allow_empty_referer, default_image_id FROM apps WHERE app_id = ANY(%s)",
+        (app_ids,),
     )
-    return _app(row) if row else None
+    return {row["app_id"]: _app(row) for row in rows}
 
 
 async def restricted_apps(pool: Pool) -> list[App]:

@@ -13,6 +13,7 @@ class OwnerRow(TypedDict):
     status: str
     visibility: str
     owner_key_id: str | None
+    app_id: str | None
     set_id: str
 
 
@@ -38,7 +39,10 @@ class Tombstoned(TypedDict):
 
 async def owner_of(pool: Pool, image_id: str) -> OwnerRow:
     row = await fetch_one(
-        pool, OwnerRow, "SELECT status, visibility, owner_key_id, set_id FROM images WHERE image_id = %s", (image_id,)
+        pool,
+        OwnerRow,
+        "SELECT status, visibility, owner_key_id, app_id, set_id FROM images WHERE image_id = %s",
+        (image_id,),
     )
     if row is None:
         raise NotFound("no such image")

@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from common.db.rows import Pool, fetch_one
+from common.db.rows import Pool, fetch_all, fetch_one
 from common.errors import Conflict, NotFound
 
 
@@ -119,7 +119,7 @@ async def mark_uploaded(
 
 
 _IMAGE_COLUMNS = (
-    "image_id, owner_key_id, status, reason, visibility, format, content_type, width, height, bytes, sha256,"
+    "image_id, owner_key_id, app_id, status, reason, visibility, format, content_type, width, height, bytes, sha256,"
     " set_id, tags, metadata, duplicate_of, created_at, uploaded_at, ready_at"
     ", pages, animated, colour_space, exif, had_gps"  # filled in by processing (migration 002)
 )
@@ -152,6 +152,7 @@ class ImageRow(TypedDict):
 
     image_id: str
     owner_key_id: str | None
+    app_id: str | None  # the owner key's app (NULL for an image requested without a key)
     status: str
     reason: str | None
     visibility: str
@@ -186,25 +187,26 @@ async def get_image(pool: Pool, image_id: str) -> ImageRow:
 
 
 class LocationsRow(TypedDict):
+    image_id: str
     status: str
     visibility: str
     owner_key_id: str | None
+    app_id: str | None  # the owner key's app (NULL for an image requested without a key)
     width: int | None
     height: int | None
     ok_nodes: list[str]
-    not_ok: int
 
 
-async def get_locations(pool: Pool, image_id: str) -> LocationsRow | None:
-    """One indexed query for a URL lookup: status, visibility, size, ok replicas and whether all are ok."""
-    return await fetch_one(
+async def locations_of(pool: Pool, image_ids: list[str]) -> list[LocationsRow]:
+    """What a URL lookup needs of each image (status, visibility, owner, size, the nodes of its `ok` replicas):
+    one indexed query for a first sight or a batch of a reconcile. Unknown ids have no row."""
+    return await fetch_all(
         pool,
         LocationsRow,
-        "SELECT i.status, i.visibility, i.owner_key_id, i.width, i.height,"
-        " coalesce(array_agg(r.node_id) FILTER (WHERE r.state = 'ok'), '{}') AS ok_nodes,"
-        " count(r.node_id) FILTER (WHERE r.state <> 'ok') AS not_ok"
-        " FROM images i LEFT JOIN replicas r USING (image_id) WHERE i.image_id = %s GROUP BY i.image_id",
-        (image_id,),
+        "SELECT i.image_id, i.status, i.visibility, i.owner_key_id, i.app_id, i.width, i.height,"
+        " coalesce(array_agg(r.node_id ORDER BY r.node_id) FILTER (WHERE r.state = 'ok'), '{}') AS ok_nodes"
+        " FROM images i LEFT JOIN replicas r USING (image_id) WHERE i.image_id = ANY(%s) GROUP BY i.image_id",
+        (image_ids,),
     )
 
 

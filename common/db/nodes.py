@@ -15,7 +15,8 @@ from common.db.rows import Pool, fetch_all, fetch_one
 NODE_COLUMNS = (
     "n.node_id, n.region, n.set_id, n.base_url, n.lat, n.lon, n.capacity_bytes, n.used_bytes, n.free_bytes,"
     " n.objects, n.state, n.last_heartbeat, n.version, s.state AS set_state, n.tiers, n.variant_bytes, n.filesystems,"
-    " extract(epoch FROM now() - n.last_heartbeat)::float8 AS heartbeat_age_s"
+    " extract(epoch FROM now() - n.last_heartbeat)::float8 AS heartbeat_age_s,"
+    " extract(epoch FROM now() - n.stopping_at)::float8 AS stopping_age_s"
 )
 
 
@@ -40,6 +41,7 @@ class NodeRow(TypedDict):
     variant_bytes: int
     filesystems: dict[str, dict[str, int]]  # "<machine>:<st_dev>" -> total and free bytes (migration 011)
     heartbeat_age_s: float | None  # None until its first heartbeat
+    stopping_age_s: float | None  # since it announced it is stopping; None when running (migration 012)
 
 
 class NodeSetRow(TypedDict):
@@ -76,7 +78,7 @@ async def _register(conn: AsyncConnection[Any], node: NodeSettings, version: str
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (node_id) DO UPDATE SET region = EXCLUDED.region, set_id = EXCLUDED.set_id,"
         " base_url = EXCLUDED.base_url, lat = EXCLUDED.lat, lon = EXCLUDED.lon,"
-        " capacity_bytes = EXCLUDED.capacity_bytes, version = EXCLUDED.version",
+        " capacity_bytes = EXCLUDED.capacity_bytes, version = EXCLUDED.version, stopping_at = NULL",
         (node.node_id, node.region, node.set_id, node.base_url, node.lat, node.lon, node.capacity_bytes, version),
     )
     if before is None or before["set_id"] != node.set_id:
@@ -113,6 +115,13 @@ async def record_heartbeat(
         ),
     )
     return row["state"] if row else None
+
+
+async def record_stopping(pool: Pool, node_id: str) -> None:
+    """The node announces it is stopping (cleared when it registers again). clock_timestamp(), not now(): a
+    heartbeat transaction still in flight began earlier, so its time stays before the announcement."""
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE nodes SET stopping_at = clock_timestamp() WHERE node_id = %s", (node_id,))
 
 
 async def list_nodes(pool: Pool) -> list[NodeRow]:

@@ -24,6 +24,7 @@ class ClaimRow(TypedDict):
     owner_key_id: str | None
     set_id: str
     sha256: str | None
+    bytes: int | None
     content_type: str | None
     callback_url: str | None
     duplicate_of: str | None
@@ -76,7 +77,7 @@ async def claim(pool: Pool, image_id: str, node_id: str) -> ClaimRow | None:
         ClaimRow,
         "UPDATE images SET status = 'processing' WHERE image_id = %s AND origin_node = %s"
         " AND status IN ('uploaded', 'processing')"
-        " RETURNING image_id, owner_key_id, set_id, sha256, content_type, callback_url, duplicate_of",
+        " RETURNING image_id, owner_key_id, set_id, sha256, bytes, content_type, callback_url, duplicate_of",
         (image_id, node_id),
     )
 

@@ -1,9 +1,24 @@
-"""psycopg AsyncConnectionPool lifecycle, as an aiohttp cleanup_ctx-friendly async context manager."""
+"""psycopg AsyncConnectionPool lifecycle, as an aiohttp cleanup_ctx-friendly async context manager.
+
+The pool is set up so that a Postgres outage costs requests a fast, clear failure and no recovery delay:
+
+- a connection is waited for ``database.acquire_timeout_s`` at most, then ``PoolTimeout`` (a psycopg
+  ``OperationalError``), which the error middleware (``common.httpkit``) answers `503 database_unavailable`;
+- every connection is checked (an empty query) when it is handed out, so one the server closed meanwhile is
+  replaced instead of failing the request; the first broken one found also has every idle connection
+  checked at once, so after a restart the stale ones go together rather than one request each;
+- a lost connection is re-made for ``RECONNECT_TIMEOUT_S`` only (psycopg_pool's own backoff, from 1 s, would
+  otherwise wait up to minutes between attempts after a long outage); after that the pool makes a new
+  connection when a request asks for one, at once: Postgres back means service back, within a second.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
@@ -13,10 +28,32 @@ from common.config import DatabaseSettings
 from common.db.migrate import migrate
 from common.db.rows import Pool
 
+logger = logging.getLogger(__name__)
+RECONNECT_TIMEOUT_S = 2.0  # background re-connects of a lost connection (attempts at 0 s and ~1 s), then on demand
+CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout: an unreachable host must not hold a pool worker for minutes
+
 
 @asynccontextmanager
 async def open_pool(settings: DatabaseSettings, *, run_migrations: bool = True) -> AsyncIterator[Pool]:
     """Open a pool (rows as dicts), apply pending migrations, and close the pool on exit."""
+    sweeping: set[asyncio.Task[None]] = set()
+
+    async def sweep_idle() -> None:
+        try:
+            await pool.check()
+        except Exception as exc:  # the pool closing, say: the next checkout checks again anyway
+            logger.debug("checking the idle connections failed: %r", exc)
+
+    async def check(conn: AsyncConnection[Any]) -> None:
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            if not sweeping:  # one sweep of the idle connections at a time
+                task = asyncio.get_running_loop().create_task(sweep_idle(), name="pool-check")
+                sweeping.add(task)
+                task.add_done_callback(sweeping.discard)
+            raise
+
     pool = AsyncConnectionPool(
         settings.url.reveal(),
         # Parameterised only for the type checker (psycopg's documented way): the connections' rows are
@@ -24,9 +61,12 @@ async def open_pool(settings: DatabaseSettings, *, run_migrations: bool = True) 
         connection_class=AsyncConnection[DictRow],
         min_size=settings.pool_min,
         max_size=settings.pool_max,
-        kwargs={"row_factory": dict_row, "autocommit": True},
+        kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
         open=False,
         name="minicdn",
+        timeout=settings.acquire_timeout_s,
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
+        check=check,
     )
     await pool.open(wait=True, timeout=30)
     try:
@@ -34,4 +74,6 @@ async def open_pool(settings: DatabaseSettings, *, run_migrations: bool = True) 
             await migrate(pool)
         yield pool
     finally:
+        for task in list(sweeping):
+            task.cancel()
         await pool.close()

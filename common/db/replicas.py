@@ -15,7 +15,8 @@ from common.holders import Holder
 # A holder of an image's `ok` replica (``r`` replicas, ``n`` nodes): the columns of ``HolderRow``.
 HOLDER_COLUMNS = (
     "n.node_id, n.region, n.base_url, n.lat, n.lon, n.state,"
-    " extract(epoch FROM now() - n.last_heartbeat)::float8 AS heartbeat_age_s, r.state AS replica_state"
+    " extract(epoch FROM now() - n.last_heartbeat)::float8 AS heartbeat_age_s, r.state AS replica_state,"
+    " n.stopping_at IS NOT NULL AS stopping"
 )
 
 
@@ -28,6 +29,7 @@ class HolderRow(TypedDict):
     state: str  # the node's
     heartbeat_age_s: float | None  # None until its first heartbeat
     replica_state: str
+    stopping: bool  # it announced that it is stopping (migration 012)
 
 
 def as_holders(rows: list[HolderRow]) -> list[Holder]:
@@ -41,6 +43,7 @@ def as_holders(rows: list[HolderRow]) -> list[Holder]:
             r["state"],
             None if r["heartbeat_age_s"] is None else float(r["heartbeat_age_s"]),
             r["replica_state"],
+            bool(r["stopping"]),
         )
         for r in rows
     ]

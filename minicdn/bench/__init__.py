@@ -1,1 +1,2 @@
-"""`minicdn bench`: load a running cluster and print figures (uploads and lookups; `--pipeline` for variants)."""
+"""`minicdn bench`: load a running cluster and print figures (uploads and lookups; `--pipeline` for variants;
+`--peers` beside SeaweedFS and nginx started here)."""

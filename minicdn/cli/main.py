@@ -20,7 +20,7 @@ from minicdn.cli import control as cli_control
 from minicdn.cli import images as cli_images
 from minicdn.cli import keys as cli_keys
 from minicdn.cli import render
-from minicdn.client import ClientError, find_cluster, get_json
+from minicdn.client import ClientError, ClusterRef, find_cluster, get_json
 
 console = Console()
 err_console = Console(stderr=True)
@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds for every process to become healthy before start-up fails (default: 60)",
     )
+    dev.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="report a process that dies but do not restart it (to watch a failover)",
+    )
 
     for name, text in (
         ("storage-node", "run a storage node (with its replicator unless disabled)"),
@@ -62,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="TOML file; MINICDN_<SECTION>_<KEY> env vars override it")
+        if name in ("query-service", "storage-node"):  # set by the parent of its workers (minicdn.workers), not by hand
+            p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+            p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+        if name == "storage-node":  # the data directories' lock, inherited from that parent
+            p.add_argument("--lock-fds", default="", help=argparse.SUPPRESS)
 
     boot = sub.add_parser("bootstrap-key", help="create an admin API key directly in Postgres (new deployments)")
     boot.add_argument("--config", help="TOML file with [database] (MINICDN_DATABASE_URL also works)")
@@ -86,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="load a running cluster through the public API and print figures",
         formatter_class=render.HelpFormatter,
     )
-    bench.add_argument("--uploads", type=int, default=300, help="uploads to time")
+    bench.add_argument("--uploads", type=int, help="uploads to time (default: 300; --peers: 1000 a run, --quick 20)")
     bench.add_argument("--idle-uploads", type=int, default=20, help="uploads one at a time, for the idle lag")
     bench.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     bench.add_argument("--lookups", type=int, default=3000, help="URL lookups to time")
@@ -101,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", type=int, default=16, help="--pipeline: 12 MP JPEGs to build variants of")
     bench.add_argument("--stored-gets", type=int, default=3000, help="--pipeline: GETs of one stored variant")
     bench.add_argument("--skip-100mp", action="store_true", help="--pipeline: skip the 100-megapixel RSS figure")
+    bench.add_argument(
+        "--peers",
+        action="store_true",
+        help="side by side with SeaweedFS and nginx started here: variant GETs, URL lookups, uploads",
+    )
+    bench.add_argument("--runs", type=int, help="--peers: runs of each load, the median shown (default: 3; --quick 1)")
+    bench.add_argument("--duration", type=float, help="--peers: seconds of each GET load (default: 10; --quick 1)")
+    bench.add_argument("--connections", type=int, default=64, help="--peers: connections of each GET load")
+    bench.add_argument("--threads", type=int, default=2, help="--peers: wrk threads, or load generator processes")
+    bench.add_argument(
+        "--loader",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="--peers: wrk, our Python load generator, or auto: wrk when installed",
+    )
+    bench.add_argument("--photo", help="--peers: picture whose ~100 KB variant is served (default: one made here)")
+    bench.add_argument("--quick", action="store_true", help="--peers: 1 s loads, 20 uploads, 1 run: a smoke test")
     _add_client_flags(bench)
 
     cli_keys.add_parser(sub, _add_client_flags)
@@ -170,6 +197,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         port=args.port,
         geoip_db=args.geoip_db,
         start_timeout_s=args.start_timeout,
+        restart=not args.no_restart,
     )
     cluster = DevCluster(options)
 
@@ -239,11 +267,14 @@ def cmd_component(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     component = args.command
     setup_logging(settings.log, component)
-    {
-        "storage-node": runner.run_storage_node,
-        "query-service": runner.run_query_service,
-        "replicator": runner.run_replicator,
-    }[component](settings)
+    if component == "query-service":
+        runner.run_query_service(settings, args.config, args.worker, args.ready_fd)
+        return 0
+    if component == "storage-node":
+        lock_fds = tuple(int(fd) for fd in args.lock_fds.split(",") if fd)
+        runner.run_storage_node(settings, args.config, args.worker, args.ready_fd, lock_fds)
+        return 0
+    runner.run_replicator(settings)
     return 0
 
 
@@ -283,9 +314,11 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:
             render.emit_json({"figures": fig.values, "uploaded": len(fig.uploaded), "removed": fig.removed})
         return 0
+    if args.peers:
+        return await _bench_peers(args, cluster, shown)
     run = await run_bench(
         cluster,
-        uploads=args.uploads,
+        uploads=300 if args.uploads is None else args.uploads,
         concurrency=args.concurrency,
         lookups=args.lookups,
         gets=args.gets,
@@ -295,4 +328,28 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.json:
         render.emit_json(run.as_json(args.concurrency))
+    return 0
+
+
+async def _bench_peers(args: argparse.Namespace, cluster: ClusterRef, shown: Console) -> int:
+    from minicdn.bench.loadgen import pick
+    from minicdn.bench.peers import PeersOptions, run_peers_bench
+
+    try:
+        loader = pick(args.loader, args.duration or (1.0 if args.quick else 10.0), args.connections, args.threads)
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        return 2
+    opts = PeersOptions(
+        loader=loader,
+        runs=args.runs or (1 if args.quick else 3),
+        uploads=args.uploads or (20 if args.quick else 1000),
+        concurrency=args.concurrency,
+        photo=Path(args.photo) if args.photo else None,
+        state_dir=Path(args.state_dir),
+        keep=args.keep,
+    )
+    run = await run_peers_bench(cluster, opts, shown)
+    if args.json:
+        render.emit_json(run.as_json(loader.description, opts.runs))
     return 0

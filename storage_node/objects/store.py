@@ -11,6 +11,10 @@ them into place and only then (``drop_other_copy``) removes the old copy, so at 
 one tier holds the whole original. If a crash leaves both copies, ``prepare`` keeps the hot one.
 A file's mtime is its last-read marker (reads never write files, so nothing else changes it once
 committed): set at commit, then refreshed from the in-memory read times by ``flush_reads``.
+
+The sidecar is a copy of the record (the SHA-256, size and type Postgres holds since ingest), written with
+bytes known to hash to it: at ingest, by a verified replica copy, or restored from Postgres
+(``restore_meta``). It is never derived from the file's current bytes, which may be the damaged ones.
 """
 
 from __future__ import annotations
@@ -26,22 +30,24 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.ids import check_image_id, is_image_id, shard
-from storage_node.objects.formats import CONTENT_TYPES, sniff
+from storage_node.objects.formats import CONTENT_TYPES
+from storage_node.objects.verify import Stamp, stamp_of
 
 ORIGINAL = "original"
 META = "meta.json"
 # Present (empty, fsynced with the original) when the image is private: kept apart from the sidecar so a
-# rebuilt sidecar can never turn a private image public.
+# lost or restored sidecar can never turn a private image public.
 PRIVATE_MARKER = "private"
 NOT_VARIANTS = frozenset({ORIGINAL, META, PRIVATE_MARKER})
 HOT, COLD = "hot", "cold"
 BLOCK = 1024 * 1024
 MAX_COLD_READS = 1000  # read times kept per cold original (tiers.promote_reads is at most this)
+_SHA256_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -93,10 +99,16 @@ class _Entry:
     meta: ObjectMeta
     variants: set[str]
     tier: str = HOT
+    verified: Stamp | None = None  # the original's state when its bytes last hashed to the record
 
 
 class CopyMismatch(Exception):
     """The copy made for a tier move does not hash to the recorded SHA-256: nothing was switched."""
+
+
+class SidecarLost(Exception):
+    """The original is stored here but its sidecar is missing, torn or not a record: restore it from the
+    record in Postgres (``restore_meta``), never from the bytes."""
 
 
 class Store:
@@ -128,20 +140,36 @@ class Store:
         # Hot-path cache: image id -> its metadata, the variants known to be on disk, its original's tier.
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._meta_cache_size = meta_cache_size
+        # Originals here that failed a check against their record, with the stamp of the damaged file (None:
+        # unknown): never served until a verified copy replaces them (``commit_original`` here, or another
+        # process's, which ``replaced_since_corrupt`` notices) or they are removed. Postgres has them `corrupt`.
+        self._corrupt: dict[str, Stamp | None] = {}
+        # Set when the node runs several processes (``node.workers``): called, from any thread, with ``(image_id,
+        # "variants")`` when this process removed variants and ``(image_id, "corrupt")`` when it found an original
+        # damaged, so that the others forget what they remember of it (``storage_node.siblings``).
+        self.on_change: Callable[[str, str], None] | None = None
 
     @property
     def tiered(self) -> bool:
         return self.cold_root is not None
 
     # --- set-up -------------------------------------------------------------------------------------
-    def prepare(self) -> None:
-        """Create the layout, drop leftovers of interrupted uploads and moves, and count what is stored."""
+    def empty_tmp(self) -> None:
+        """Drop leftovers of interrupted uploads and builds: only while no other process of the node runs."""
+        for tmp in (self.tmp, self.cold_tmp):
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True, exist_ok=True)
+
+    def prepare(self, *, empty_tmp: bool = True) -> None:
+        """Create the layout, drop leftovers of interrupted uploads (``empty_tmp``; the primary of several processes
+        leaves that to their parent, as the others may be writing there) and moves, and count what is stored."""
         self.objects.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if empty_tmp:
+            self.empty_tmp()
         self.tmp.mkdir(parents=True, exist_ok=True)
         if self.cold_objects is not None and self.cold_tmp is not None:
             self.cold_objects.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(self.cold_tmp, ignore_errors=True)
             self.cold_tmp.mkdir(parents=True, exist_ok=True)
             for image_id, _folder in list(_image_dirs(self.cold_objects)):
                 if (self.image_dir(image_id) / ORIGINAL).exists():  # a move a crash interrupted: keep hot
@@ -212,6 +240,14 @@ class Store:
     def original_path(self, image_id: str) -> Path:
         return self.original_paths(image_id)[0]
 
+    def original_sha256(self, image_id: str) -> str | None:
+        """SHA-256 of the stored original's bytes as they are now (either tier); None when it is not here.
+        Blocking: one read of the file."""
+        for path in self.original_paths(image_id):
+            with contextlib.suppress(FileNotFoundError):
+                return _sha256_of(path)
+        return None
+
     def tier_of(self, image_id: str) -> str | None:
         """The tier holding the original (blocking), or None when it is not stored here."""
         for tier in (HOT, COLD) if self.tiered else (HOT,):
@@ -229,10 +265,12 @@ class Store:
         return self._commit_files(image_id, [(tmp_path, name, True)])
 
     def commit_original(self, tmp_path: Path, image_id: str, meta: ObjectMeta) -> Path:
-        """Move the original and its sidecar into place with one directory fsync.
+        """Move the original and its sidecar into place with one directory fsync. The caller has verified
+        that the bytes at ``tmp_path`` hash to ``meta.sha256`` (the record), so they count as verified.
 
-        The sidecar is not fsynced itself: it is derived data, rebuilt from the original by ``meta``
-        if a crash leaves it missing or torn. The original's presence marks a complete object.
+        The sidecar is not fsynced itself: it is a copy of the record, restored from Postgres
+        (``restore_meta``) if a crash leaves it missing or torn. The original's presence marks a complete
+        object.
         """
         meta_tmp = self.new_tmp_path()
         meta_tmp.write_text(_meta_json(meta))
@@ -242,19 +280,25 @@ class Store:
             marker.touch()
             files.insert(0, (marker, PRIVATE_MARKER, True))
         dest = self._commit_files(image_id, files)
-        self._remember(image_id, meta, HOT)
+        self._remember(image_id, meta, HOT, stamp_of(dest.stat()))
+        with self._lock:
+            self._corrupt.pop(image_id, None)
         return dest
 
     def link_copy(self, src_image_id: str, image_id: str, meta: ObjectMeta) -> Path | None:
         """Dedupe: store ``image_id``'s original as a hard link to ``src_image_id``'s identical bytes (the
         inode's link count is the reference count, so deleting either image keeps the other intact).
-        None when the source is gone, cold or does not match ``meta``; the caller then stores the bytes."""
+        None when the source is gone, cold or does not hash to ``meta``; the caller then stores the bytes.
+        The link is hashed before it is committed: a damaged source must not become a second bad copy."""
         src = self.path_for(src_image_id, ORIGINAL)
         tmp = self.new_tmp_path()
         try:
             if src.stat().st_size != meta.bytes:
                 return None
             os.link(src, tmp)
+            if _sha256_of(tmp) != meta.sha256:
+                self.discard_tmp(tmp)
+                return None
         except (FileNotFoundError, OSError):
             self.discard_tmp(tmp)
             return None
@@ -327,6 +371,29 @@ class Store:
                 self._dirty_variant_bytes.add(image_id)
             self._cache.pop(image_id, None)
             self._cold_reads.pop(image_id, None)
+            self._corrupt.pop(image_id, None)
+
+    def remove_variants(self, image_id: str) -> int:
+        """Remove every variant of an image on this node (they may have been made from bad bytes); returns
+        the bytes freed. The original, its sidecar and the private marker stay."""
+        freed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for file in os.scandir(self.image_dir(image_id)):
+                if file.name not in NOT_VARIANTS:
+                    with contextlib.suppress(FileNotFoundError):
+                        size = file.stat().st_size
+                        os.unlink(file.path)
+                        freed += size
+        with self._lock:
+            self._used[HOT] -= freed
+            if freed:
+                self._add_variant_bytes(image_id, -freed)
+            cached = self._cache.get(image_id)
+            if cached is not None:
+                cached.variants.clear()
+        if freed and self.on_change is not None:
+            self.on_change(image_id, "variants")
+        return freed
 
     def discard_tmp(self, tmp_path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -354,6 +421,8 @@ class Store:
                 return 0
             self._used[HOT] -= size
             self._add_variant_bytes(image_id, -size)
+        if self.on_change is not None:
+            self.on_change(image_id, "variants")
         return size
 
     def switch_tier(self, image_id: str, to: str, expected_sha256: str) -> int:
@@ -468,11 +537,14 @@ class Store:
 
     def flush_reads(self, keep_marks_s: float) -> int:
         """Write the read times gathered in memory as the files' mtimes (the marker that survives a restart),
-        and forget in-memory marks older than ``keep_marks_s``. Returns the files touched (blocking)."""
+        and forget in-memory marks older than ``keep_marks_s``. Returns the files touched (blocking). A
+        touched original is hashed again on its next serve (its ctime moved: see ``verify.Stamp``)."""
         with self._lock:
             reads, self._reads = self._reads, {}
         touched = 0
         for (image_id, name), when in reads.items():
+            if name == ORIGINAL and self.is_corrupt(image_id):
+                continue  # a damaged file stays untouched: a new stamp on it must mean a new file
             paths = self.original_paths(image_id) if name == ORIGINAL else [self.path_for(image_id, name)]
             for path in paths:
                 with contextlib.suppress(FileNotFoundError):
@@ -531,54 +603,132 @@ class Store:
                 cached.variants.add(name)
 
     def meta(self, image_id: str) -> ObjectMeta | None:
-        """The object's metadata if its original is stored here, in either tier (cached; the first read is
-        blocking)."""
+        """The record of an original stored here, in either tier, as its sidecar holds it (cached; the first
+        read is blocking); None when no original is stored here. Raises SidecarLost when the original is
+        here but its sidecar is not a readable record. Whether the bytes still match is for the checks
+        (``storage_node.objects.verify``) to say, never for this."""
         cached = self.cached_meta(image_id)
         if cached is not None:
             return cached
         folder = self.image_dir(image_id)
-        tier = HOT
-        size = None
+        tier = None
         for candidate in self.original_paths(image_id):
-            with contextlib.suppress(FileNotFoundError):
-                size = candidate.stat().st_size
+            if candidate.exists():
                 tier = HOT if candidate.parent == folder else COLD
                 break
-        if size is None:
+        if tier is None:
             return None
         try:
-            raw = json.loads((folder / META).read_text())
-            meta = ObjectMeta(raw["sha256"], raw["content_type"], int(raw["bytes"]))
-            if meta.bytes != size:
-                raise ValueError("sidecar does not match the original")
+            meta = _parse_meta((folder / META).read_text())
         except (OSError, ValueError, KeyError, TypeError):
-            meta = self._rebuild_meta(image_id)
+            raise SidecarLost(image_id) from None
         if (folder / PRIVATE_MARKER).exists():
             meta = dataclasses.replace(meta, private=True)
         self._remember(image_id, meta, tier)
         return meta
 
-    def _rebuild_meta(self, image_id: str) -> ObjectMeta:
-        """Recompute a lost or torn sidecar from the original (hash and magic bytes)."""
-        path = self.original_path(image_id)
-        digest = hashlib.sha256()
-        with path.open("rb") as fobj:
-            head = fobj.read(64)
-            digest.update(head)
-            for block in iter(lambda: fobj.read(BLOCK), b""):
-                digest.update(block)
-        meta = ObjectMeta(digest.hexdigest(), CONTENT_TYPES[sniff(head)], path.stat().st_size)
+    def restore_meta(self, image_id: str, record: ObjectMeta) -> ObjectMeta | None:
+        """Write the sidecar (and, for a private image, the private marker) from ``record``, read from
+        Postgres; then the same as ``meta``. Blocking."""
+        folder = self.image_dir(image_id)
+        if not folder.exists():
+            if self.tier_of(image_id) != COLD:
+                return None  # removed meanwhile (a delete, a repair): nothing to restore, nothing to leave
+            folder.mkdir(parents=True, exist_ok=True)  # a cold original whose hot folder was lost
         tmp = self.new_tmp_path()
-        tmp.write_text(_meta_json(meta))
-        self.image_dir(image_id).mkdir(parents=True, exist_ok=True)  # a cold original whose hot folder was lost
-        os.replace(tmp, self.path_for(image_id, META))
-        return meta
-
-    def _remember(self, image_id: str, meta: ObjectMeta, tier: str) -> None:
+        tmp.write_text(_meta_json(record))
+        os.replace(tmp, folder / META)
+        if record.private:
+            (folder / PRIVATE_MARKER).touch()
         with self._lock:
-            self._cache[image_id] = _Entry(meta, set(), tier)
+            self._cache.pop(image_id, None)
+        return self.meta(image_id)
+
+    def mark_corrupt(self, image_id: str, damaged: Stamp | None = None) -> bool:
+        """Memory only: the original (the file ``damaged`` describes, when known) failed a check against its
+        record. Its cached metadata is forgotten and it is not served until a verified copy replaces it.
+        False when it was known already."""
+        with self._lock:
+            self._cache.pop(image_id, None)
+            if image_id in self._corrupt:
+                return False
+            self._corrupt[image_id] = damaged
+        if self.on_change is not None:
+            self.on_change(image_id, "corrupt")
+        return True
+
+    def is_corrupt(self, image_id: str) -> bool:
+        """Memory only: safe to call on the event loop."""
+        with self._lock:
+            return image_id in self._corrupt
+
+    def corrupt_stamp(self, image_id: str) -> Stamp | None:
+        """Memory only: the stamp of the file found damaged (None: unknown, or not known damaged)."""
+        with self._lock:
+            return self._corrupt.get(image_id)
+
+    def clear_corrupt(self, image_id: str) -> None:
+        with self._lock:
+            self._corrupt.pop(image_id, None)
+
+    def original_stamp(self, image_id: str) -> Stamp | None:
+        """The stamp of the stored original (either tier); None when it is not here. Blocking: a stat."""
+        for path in self.original_paths(image_id):
+            with contextlib.suppress(FileNotFoundError):
+                return stamp_of(path.stat())
+        return None
+
+    def replaced_since_corrupt(self, image_id: str) -> bool:
+        """Whether another file now stands where a damaged original was (a stand-alone replicator, another
+        process, repaired it): the mark is then dropped and the new file is checked like any other on its
+        next serve. Blocking: a stat."""
+        damaged = self.corrupt_stamp(image_id)
+        now = self.original_stamp(image_id)
+        if damaged is None or now is None or now == damaged:
+            return False
+        self.clear_corrupt(image_id)
+        return True
+
+    def verified_stamp(self, image_id: str) -> Stamp | None:
+        """Memory only: the state of the original when its bytes last hashed to the record (None: unknown)."""
+        with self._lock:
+            cached = self._cache.get(image_id)
+            return cached.verified if cached is not None else None
+
+    def note_verified(self, image_id: str, stamp: Stamp) -> None:
+        with self._lock:
+            cached = self._cache.get(image_id)
+            if cached is not None:
+                cached.verified = stamp
+
+    def _remember(self, image_id: str, meta: ObjectMeta, tier: str, verified: Stamp | None = None) -> None:
+        with self._lock:
+            self._cache[image_id] = _Entry(meta, set(), tier, verified)
             if len(self._cache) > self._meta_cache_size:
                 self._cache.popitem(last=False)
+
+    # --- the node's other processes (``node.workers``: ``storage_node.siblings``) -----------------------
+    def forget(self, image_id: str) -> None:
+        """Memory only: drop what is remembered of an image (another process changed its files)."""
+        with self._lock:
+            self._cache.pop(image_id, None)
+
+    def add_usage(self, tier: str, used_bytes: int, originals: int) -> None:
+        """Count bytes and originals another process of the node stored (or, negative, removed)."""
+        with self._lock:
+            self._used[tier] += used_bytes
+            self._originals[tier] += originals
+
+    def recount_variant_bytes(self, image_id: str) -> None:
+        """Read an image's variant bytes from its directory (another process built or removed some). Blocking."""
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for file in os.scandir(self.image_dir(image_id)):
+                if file.name not in NOT_VARIANTS:
+                    with contextlib.suppress(FileNotFoundError):
+                        total += file.stat().st_size
+        with self._lock:
+            self._add_variant_bytes(image_id, total - self._variant_bytes.get(image_id, 0))
 
     def usage(self) -> Usage:
         """Capacity, use and room of the node (every tier together) and of each tier (blocking: statvfs)."""
@@ -657,6 +807,17 @@ def _sha256_of(path: Path) -> str:
 
 def _meta_json(meta: ObjectMeta) -> str:
     return json.dumps({"sha256": meta.sha256, "content_type": meta.content_type, "bytes": meta.bytes})
+
+
+def _parse_meta(text: str) -> ObjectMeta:
+    """A sidecar's record; ValueError when it is not one (torn, or not a hash, type and size)."""
+    raw = json.loads(text)
+    sha256, content_type, size = raw["sha256"], raw["content_type"], raw["bytes"]
+    if not (isinstance(sha256, str) and len(sha256) == 64 and set(sha256) <= _SHA256_HEX):
+        raise ValueError("sidecar holds no SHA-256")
+    if content_type not in CONTENT_TYPES.values() or not isinstance(size, int) or size < 0:
+        raise ValueError("sidecar holds no content type and size")
+    return ObjectMeta(sha256, content_type, size)
 
 
 def _fsync_file(path: Path) -> None:

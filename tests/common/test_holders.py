@@ -65,6 +65,14 @@ def test_healthy_means_serving_state_and_a_heartbeat_within_the_timeout(
     assert is_healthy(state, age, TIMEOUT_S) is healthy
 
 
+def test_a_node_that_announced_it_is_stopping_is_not_healthy_whatever_its_heartbeat() -> None:
+    assert is_healthy("active", 0.0, TIMEOUT_S, stopping=False)
+    assert not is_healthy("active", 0.0, TIMEOUT_S, stopping=True)
+    assert not is_healthy("draining", 0.0, TIMEOUT_S, stopping=True)  # the operator state does not matter
+    going = Holder("going", "eu-west", "http://going", REGIONS["eu-west"], "active", 0.1, "ok", stopping=True)
+    assert ranked_ids([going, *NODES], DUBLIN, region="eu-west") == ["euw", "use", "aps"]  # never the leaving one
+
+
 # --- rank_holders: health, verified copy, region, distance, ties ----------------------------------------------
 def test_same_region_wins_over_a_nearer_node_of_another_region() -> None:
     here = REGIONS["us-east"]

@@ -23,7 +23,7 @@ READY_TIMEOUT_S = 120
 
 def start_dev(state_dir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "minicdn.cli", "dev", "--state-dir", str(state_dir), "--port", "0"],
+        [sys.executable, "-P", "-m", "minicdn.cli", "dev", "--state-dir", str(state_dir), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "COLUMNS": "120"},

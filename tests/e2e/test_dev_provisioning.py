@@ -23,7 +23,7 @@ from tests.e2e.test_dev import stop_and_check_no_leftovers, wait_ready
 def _spawn(args: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> subprocess.Popen[bytes]:
     out = subprocess.DEVNULL if quiet else subprocess.PIPE
     return subprocess.Popen(
-        [sys.executable, "-m", "minicdn.cli", *args],
+        [sys.executable, "-P", "-m", "minicdn.cli", *args],
         stdout=out,
         stderr=subprocess.STDOUT,
         env={**os.environ, "COLUMNS": "120", **(env or {})},

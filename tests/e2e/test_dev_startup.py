@@ -24,7 +24,7 @@ Family = dict[psutil.Process, str]
 def run_dev(state: Path, port: int) -> tuple[subprocess.CompletedProcess[str], Family]:
     """Run `minicdn dev` to its exit, noting every descendant it had on the way (to check none outlives it)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "minicdn.cli", "dev", "--state-dir", str(state), "--port", str(port)],
+        [sys.executable, "-P", "-m", "minicdn.cli", "dev", "--state-dir", str(state), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -163,6 +163,7 @@ async def test_repair_finds_and_fixes_lost_replicas_and_cli_views(cluster: TestC
     env = {"MINICDN_QUERY_URL": cluster.query_url, "MINICDN_API_KEY": cluster.api_key, "COLUMNS": "160"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "minicdn.cli",
         "repair",
@@ -184,6 +185,7 @@ async def test_repair_finds_and_fixes_lost_replicas_and_cli_views(cluster: TestC
         assert cluster.disk_sha256("ap-southeast-1", up["image_id"]) == up["sha256"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "minicdn.cli",
         "status",

@@ -307,6 +307,7 @@ async def test_tiers_show_in_nodes_dashboard_metrics_and_status(tiered: TestClus
     env = {"MINICDN_QUERY_URL": tiered.query_url, "MINICDN_API_KEY": tiered.api_key, "COLUMNS": "160"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "minicdn.cli",
         "status",

@@ -30,6 +30,7 @@ class Cli:
         # on this test's event loop meanwhile.
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",
             "-m",
             "minicdn.cli",
             *argv,

@@ -301,7 +301,7 @@ def test_import_minicdn_is_cheap_and_exports_the_sdk() -> None:
         "import sys, minicdn; print('aiohttp' in sys.modules); "
         "from minicdn import Client; print('aiohttp' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
     for name in minicdn.__all__:
         assert getattr(minicdn, name).__name__ == name

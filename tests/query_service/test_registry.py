@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
+from common.events import NodeHeartbeat
 from common.geo import Point
-from query_service.registry import NodeInfo, NodeRegistry
+from query_service.registry import NodeInfo, NodeRegistry, is_stopping
 
 
 def _node(last_seen: float, state: str = "active") -> NodeInfo:
@@ -36,3 +38,19 @@ def test_first_sight_trusts_the_table_and_states_decide() -> None:
         reg2 = NodeRegistry(2.0, 0.0)
         assert reg2.healthy(_node(100.0, state), 100.5) is serving
     assert not NodeRegistry(2.0).healthy(_node(float("-inf")), 100.0)
+
+
+def _beat(stopping: bool = False) -> NodeHeartbeat:
+    return NodeHeartbeat("n1", "us-east", "set-1", 100, 0, 100, 0, 0, "t", 0.0, stopping=stopping)
+
+
+def test_a_stopping_announcement_takes_the_node_out_at_once_until_it_beats_again() -> None:
+    reg = NodeRegistry(heartbeat_timeout_s=10.0, recover_s=5.0)
+    reg.nodes["n1"] = _node(time.monotonic())
+    assert reg.healthy(reg.nodes["n1"])
+    reg.on_heartbeat(_beat(stopping=True))
+    node = reg.nodes["n1"]
+    assert is_stopping(node) and not reg.healthy(node)  # at once, long before its heartbeat is stale
+    reg.on_heartbeat(_beat())  # a restart: the new process beats
+    node = reg.nodes["n1"]
+    assert not is_stopping(node) and reg.healthy(node)  # back at once: its beats never lapsed, no hysteresis

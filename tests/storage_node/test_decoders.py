@@ -174,5 +174,5 @@ def test_corrupt_data_is_an_invalid_image(testdata: Path, tmp_path: Path) -> Non
 def test_the_node_process_never_loads_these_decoders() -> None:
     """Pillow and pillow-heif (C decoders of untrusted bytes) are imported by sandbox workers only."""
     code = "import sys, replicator.node_root; print(sorted({'PIL', 'pillow_heif'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
