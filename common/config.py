@@ -153,10 +153,20 @@ class NodeSettings:
         "background duties: heartbeats, replicator, processing, scrubber, tier manager. 0 means the number of cores.",
         default=0,
     )
+    fd_cache_size: int = _help(
+        "Open files each node process keeps for its most read originals and variants (a hit is sent with no "
+        "open or stat in a thread); 0 turns the cache off. Each takes a descriptor: stay under `ulimit -n`.",
+        default=1024,
+    )
     cors_origin: str = _help(
         "Origins allowed to PUT uploads from a browser (CORS): `*` (any: the signed URL is the "
         "credential), a comma-separated list of origins, or empty to turn CORS off.",
         default="*",
+    )
+    published_tree: bool = _help(
+        "Keep `published/` in `data_dir`: hard links to the variants anyone may be sent unsigned (ready, public, no "
+        "hotlink allowlist), for nginx in front of the node to serve from disk (`minicdn nginx-config`).",
+        default=False,
     )
 
 
@@ -735,6 +745,8 @@ def require_node(settings: Settings) -> None:
         raise ConfigError("node.heartbeat_interval_s: must be positive; node.stop_grace_s: not negative")
     if node.workers < 0 or node.render_threads < 0:
         raise ConfigError("node.workers, node.render_threads: 0 (cores) or more")
+    if node.fd_cache_size < 0:
+        raise ConfigError("node.fd_cache_size: 0 (off) or more")
 
 
 def require_query(settings: Settings) -> None:

@@ -65,8 +65,7 @@ def make_error_middleware(metrics: HttpMetrics) -> Middleware:
             logger.exception("%s %s failed", request.method, request.path)
             return web.json_response(error_body("internal_error", "internal error"), status=500)
         finally:
-            metrics.requests.labels(metrics.component, route, request.method, str(status)).inc()
-            metrics.duration.labels(metrics.component, route).observe(time.perf_counter() - started)
+            metrics.count_request(route, request.method, status, time.perf_counter() - started)
             if 400 <= status < 500 and code:
                 metrics.rejections.labels(metrics.component, code).inc()
 

@@ -62,6 +62,12 @@ def make_handler(settings: LogSettings, component: str, stream: Any = None) -> l
 
 
 def setup_logging(settings: LogSettings, component: str) -> None:
+    # Nothing we write shows the caller's file and line, thread or process: not gathered for every record (the
+    # logging HOWTO's "Optimization" section; an access line costs about half as much).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [make_handler(settings, component)]
     root.setLevel(settings.level.upper())

@@ -26,6 +26,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+MAX_CHILDREN = 4096  # cached label children of the request metrics (``HttpMetrics.count_request``)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 BUILD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
@@ -73,6 +74,23 @@ class HttpMetrics:
         self.requests_seen = 0
         self.bytes_sent = 0
         self._exposed = self.registry  # what /metrics shows
+        # (route, method, status) -> its children: ``labels`` takes a lock and builds a key on every call.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._bytes_children: dict[str, Any] = {}  # route -> its response_bytes child
+
+    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One request's count and duration, on the children of its labels, made once."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) >= MAX_CHILDREN:  # methods are the client's: stay bounded whatever they send
+                self._children.clear()
+            children = self._children[key] = (
+                self.requests.labels(self.component, route, method, str(status)),
+                self.duration.labels(self.component, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def expose_processes(self, path: str) -> None:
         """Show on /metrics what every process writing to ``path`` counted (prometheus_client's multiprocess mode,
@@ -91,7 +109,11 @@ class HttpMetrics:
         if request.method == "HEAD" or not size:
             return
         self.bytes_sent += size
-        self.response_bytes.labels(self.component, route_of(request)).inc(size)
+        route = route_of(request)
+        child = self._bytes_children.get(route)
+        if child is None:  # routes are the app's templates (and "unmatched"): a few
+            child = self._bytes_children[route] = self.response_bytes.labels(self.component, route)
+        child.inc(size)
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/metrics", self.handler)

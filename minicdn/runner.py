@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import tempfile
 from functools import partial
 from typing import Any
 
@@ -54,9 +53,13 @@ def _supervise_node(settings: Settings, config: str | None, count: int) -> int:
         check_port_free(node.host, node.port)
     except PortInUse as exc:
         raise SystemExit(f"minicdn storage-node: {exc}") from None
-    Store(node.data_dir, cold_dir=node.cold_dir).empty_tmp()  # the workers' primary leaves tmp/ alone
-    metrics_dir = tempfile.mkdtemp(prefix=f"minicdn-metrics-{node.node_id}-")
-    os.environ[METRICS_DIR_ENV] = metrics_dir  # inherited by every worker (prometheus_client multiprocess mode)
+    store = Store(node.data_dir, cold_dir=node.cold_dir)
+    store.empty_tmp()  # the workers' primary leaves tmp/ alone
+    # Inherited by every worker (prometheus_client's multiprocess mode). In tmp/: what a killed parent leaves there
+    # is emptied at the node's next start.
+    metrics_dir = store.tmp / "metrics"
+    metrics_dir.mkdir()
+    os.environ[METRICS_DIR_ENV] = str(metrics_dir)
     options = ["--config", config] if config else []
     fds = ",".join(str(fd) for fd in lock.fds)
 

@@ -49,6 +49,8 @@ from storage_node.worker_reports import Role
 # Set by the parent of a node's workers (``minicdn.runner``): prometheus_client's multiprocess mode, every process
 # writing its metrics there, so that /metrics on any of them shows the whole node.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# How often cached descriptors of files unlinked by another process (no news of it) are closed, freeing their space.
+OPEN_FILES_SWEEP_S = 10.0
 
 
 def create_app(settings: Settings, role: Role | None = None) -> web.Application:
@@ -75,7 +77,11 @@ def create_app(settings: Settings, role: Role | None = None) -> web.Application:
     app[keys.METRICS] = metrics
     app[keys.STATUS] = NodeStatus()
     app[keys.STORE] = Store(
-        node.data_dir, node.capacity_bytes, cold_dir=node.cold_dir, cold_capacity_bytes=node.cold_capacity_bytes
+        node.data_dir,
+        node.capacity_bytes,
+        cold_dir=node.cold_dir,
+        cold_capacity_bytes=node.cold_capacity_bytes,
+        open_files=node.fd_cache_size,
     )
     metrics.http.install(app)
     add_routes(app)
@@ -124,8 +130,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         callbacks = app[keys.CALLBACKS] = CallbackOutbox(settings, pool)
         stack.push_async_callback(callbacks.close)
         callbacks.start(sweep=role.primary)  # delivers what a stop left pending, first
-        gate = app[keys.GATE] = ServeGate(pool)
+        gate = app[keys.GATE] = ServeGate(pool, store)
         hotlink = app[keys.HOTLINK] = HotlinkGuard(pool, settings.http.hotlink_refresh_s)
+        if node.published_tree:  # an app that gains an allowlist: none of what is linked may be served by nginx now
+            hotlink.on_newly_restricted = store.published.clear
         await hotlink.reload()
         hotlink_task = asyncio.create_task(hotlink.run(), name="hotlink-reload")
         stack.push_async_callback(cancel_all, [hotlink_task])
@@ -149,6 +157,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         async def report_variant_bytes(changed: dict[str, int]) -> None:
             await db_replicas.record_variant_bytes(pool, node.node_id, changed)
 
+        stack.callback(store.open_files.clear)  # last: no response sends any more
+        sweep = asyncio.create_task(store.open_files.sweep_forever(OPEN_FILES_SWEEP_S), name="open-files-sweep")
+        stack.push_async_callback(cancel_all, [sweep])
         tiers = app[keys.TIERS] = TierManager(store, settings.tiers, app[keys.METRICS], report_variant_bytes)
         if role.primary:
             stack.push_async_callback(cancel_all, [asyncio.create_task(tiers.run_forever(), name="tiers")])

@@ -1,9 +1,15 @@
 """GET|HEAD /i/{image_id}/{variant}: originals and variants from disk via sendfile, with explicit headers.
 
 Private images and every original need a signed URL (scope `download`, bound to the image and the
-variant path). Responses carry a strong ETag from the content hash, a Content-Type from the detected
-format (never from the client), nosniff and a restrictive CSP; a single byte range gets 206, an
-unsatisfiable one 416, and several ranges get the whole file (no range amplification).
+variant path). Responses carry a strong ETag (an original's from its content hash; a variant's is nginx's
+formula, mtime and size, over a deterministic mtime: ``storage_node.objects.published``), a Content-Type from
+the detected format (never from the client), nosniff and a restrictive CSP; a single byte range gets 206, an
+unsatisfiable one 416, and several ranges get the whole file (no range amplification). Every file is sent from
+an open descriptor by ``storage_node.sendfile``; the most read ones stay open (``node.fd_cache_size``), so a hit
+is answered on the loop with no thread hop and no path walk (``storage_node.fastpath``).
+
+With ``node.published_tree``, a variant served unsigned to anyone (ready, public, no hotlink allowlist, not
+``auto``) is hard-linked into the published tree, for nginx in front to serve from then on.
 
 Integrity: an original is sent from a descriptor checked against its record first (its size always, its
 hash when its bytes changed since last verified: ``storage_node.objects.verify``), and a variant is built
@@ -14,78 +20,31 @@ only from verified bytes. A copy that fails is never answered with 200: it is re
 from __future__ import annotations
 
 import asyncio
+import io
 import os
-import re
-from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.helpers import ETag
 
 from common import signing
-from common.errors import NotFound, RangeNotSatisfiable, SignatureInvalid
+from common.errors import NotFound, SignatureInvalid
 from common.hardening import IMAGE_CSP
 from common.ids import check_image_id
 from common.variants import ORIGINAL_RENDITION, VariantSpec, check_size, parse_variant, resolve_format
-from storage_node import fallback, keys, misses
+from storage_node import fallback, fastpath, keys, misses
 from storage_node.objects.formats import INPUT_ONLY
+from storage_node.objects.published import etag_for_file, fix_mtime, variant_mtime
 from storage_node.objects.store import ORIGINAL, ObjectMeta, Store
 from storage_node.objects.verify import OriginalMismatch, check_open
-from storage_node.tierfile import FallbackFileResponse, OpenedFile, open_first
+from storage_node.tierfile import OpenedFile, open_first
 
 CACHE_PUBLIC = "public, max-age=31536000, immutable"
 CACHE_PRIVATE = "private, max-age=3600"
-RENDER_VERSION = "r2"  # bump when variant output changes, so ETags change with it
 SIGNATURE_PARAMS = ("exp", "kid", "sig")
-_SINGLE_RANGE_RE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.ASCII | re.IGNORECASE)
 
 
-class ImmutableFileResponse(FallbackFileResponse):
-    """FileResponse whose ETag is ours (content hash, equal on every replica), not mtime-size, and which
-    sends no Last-Modified (mtimes differ between replicas). Given several paths (an original's tiers),
-    it serves the first that exists."""
-
-    def __init__(
-        self, path: Path | Sequence[Path] | OpenedFile, etag: str, *, ignore_range: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__([path] if isinstance(path, Path) else path, **kwargs)
-        self._fixed_etag = etag
-        self._ignore_range = ignore_range
-        self.etag = etag
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self._ignore_range:  # answer with the whole file (200), as if no Range had been sent
-            headers = request.headers.copy()
-            headers.popall("Range", None)
-            request = request.clone(headers=headers)
-        return await super().prepare(request)
-
-    @property
-    def etag(self) -> ETag | None:
-        return super().etag
-
-    @etag.setter
-    def etag(self, value: ETag | str | None) -> None:
-        # Whatever FileResponse computes, the parent's setter stores ours.
-        parent_setter = web.StreamResponse.etag.fset  # type: ignore[attr-defined]  # mypy: overload, not property
-        parent_setter(self, self._fixed_etag)
-
-    @property
-    def last_modified(self) -> datetime | None:
-        return None
-
-    @last_modified.setter
-    def last_modified(self, value: float | datetime | str | None) -> None:
-        pass
-
-
-def _etag_for(meta: ObjectMeta, variant: str) -> str:
-    if variant == ORIGINAL:
-        return meta.sha256[:32]
-    return f"{meta.sha256[:24]}-{variant}-{RENDER_VERSION}"
+def _original_etag(meta: ObjectMeta) -> str:
+    return meta.sha256[:32]
 
 
 def _open_checked(store: Store, image_id: str, meta: ObjectMeta) -> OpenedFile:
@@ -101,10 +60,6 @@ def _open_checked(store: Store, image_id: str, meta: ObjectMeta) -> OpenedFile:
     return opened
 
 
-def _not_modified(request: web.Request, etag: str) -> bool:
-    return any(tag.value in (etag, "*") for tag in request.if_none_match or ())
-
-
 def _check_signature(request: web.Request, image_id: str, variant: str) -> bool:
     """True for a valid download signature, False when the URL carries none; 403 for a bad one."""
     if not any(p in request.query for p in SIGNATURE_PARAMS):
@@ -115,30 +70,6 @@ def _check_signature(request: web.Request, image_id: str, variant: str) -> bool:
         lambda exp: signing.Claims("download", image_id, "", exp, path=variant),
     )
     return True
-
-
-def _ignore_range(request: web.Request, size: int, etag: str) -> bool:
-    """Decide how to answer a Range header: False to let the file response serve the one range (206),
-    True to send the whole file (several ranges, a malformed header, a stale If-Range); 416 when the
-    range starts past the end."""
-    value = request.headers.get("Range")
-    if value is None:
-        return False
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and if_range.strip() != f'"{etag}"':
-        return True
-    m = _SINGLE_RANGE_RE.fullmatch(value.strip())
-    if m is None or not (m[1] or m[2]):
-        return True
-    if m[1]:
-        if int(m[1]) >= size:
-            raise RangeNotSatisfiable(
-                f"range starts past the end ({size} bytes)", headers={"Content-Range": f"bytes */{size}"}
-            )
-        return bool(m[2]) and int(m[2]) < int(m[1])
-    if int(m[2]) == 0:
-        raise RangeNotSatisfiable("empty suffix range", headers={"Content-Range": f"bytes */{size}"})
-    return False
 
 
 async def get_image(request: web.Request) -> web.StreamResponse:
@@ -183,9 +114,33 @@ async def _serve(request: web.Request) -> web.StreamResponse:
     if original and meta.content_type in INPUT_ONLY:  # TIFF, BMP, ICO are never handed out as themselves
         spec = ORIGINAL_RENDITION
         name = spec.name
-    etag = _etag_for(meta, name)
-    if spec is not None:
-        store.note_read(image_id, name)  # memory only: the variant LRU (a revalidation is a use too)
+    served = _from_open_file(request, image_id, name, meta, vary)
+    if served is not None:
+        # Held open here, maybe not published yet (the setting first: ``path_for`` costs a path check per hit).
+        if settings.node.published_tree and not (signed or vary or meta.private or original):
+            await _publish(request, image_id, name, store.path_for(image_id, name))
+        return served
+    try:
+        return await _answer(request, image_id, name, meta, spec, signed=signed, vary=vary)
+    except OriginalMismatch as exc:  # never a 200 from a damaged copy: reported, and a good holder answers
+        await app[keys.INTEGRITY].found(image_id, "serve" if spec is None else "variant", exc)
+        return await misses.redirect_to_holder(request, image_id, signed=signed, corrupt=True)
+
+
+async def _answer(
+    request: web.Request,
+    image_id: str,
+    name: str,
+    meta: ObjectMeta,
+    spec: VariantSpec | None,
+    *,
+    signed: bool,
+    vary: bool,
+) -> web.StreamResponse:
+    """A miss of the open-file cache: the file (a variant built first when needed), then 304 or its bytes. Raises
+    OriginalMismatch (nothing was sent) when the original, or the copy a variant is built from, is damaged."""
+    original = spec is None or spec == ORIGINAL_RENDITION  # the owner's: never cached publicly
+    path, etag = await _file_of(request.app, image_id, spec, meta)
     headers = {
         "Cache-Control": CACHE_PRIVATE if (meta.private or original) else CACHE_PUBLIC,
         "X-Content-Type-Options": "nosniff",
@@ -193,14 +148,48 @@ async def _serve(request: web.Request) -> web.StreamResponse:
     }
     if vary:
         headers["Vary"] = "Accept"
-    if _not_modified(request, etag):
+    if path is not None and not (signed or vary or meta.private or original):
+        await _publish(request, image_id, name, path)
+    if fastpath.not_modified(request, etag):
         headers["ETag"] = f'"{etag}"'
         return web.Response(status=304, headers=headers)
+    return await _send(request, image_id, meta, spec, path, etag, headers, signed)
+
+
+def _from_open_file(
+    request: web.Request, image_id: str, name: str, meta: ObjectMeta, vary: bool
+) -> web.StreamResponse | None:
+    """The answer from the open-file cache (``storage_node.fastpath``), on the loop: no thread, no path walk."""
+    store = request.app[keys.STORE]
+    held = fastpath.hit(store, image_id, name, meta)
+    if held is None:
+        return None
+    store.note_read(image_id, name)  # memory only: the variant LRU, promotion of a cold original
+    if name != ORIGINAL:
+        request.app[keys.METRICS].variant_cache.labels("hit").inc()
+    return fastpath.respond(request, held, vary)
+
+
+async def _file_of(
+    app: web.Application, image_id: str, spec: VariantSpec | None, meta: ObjectMeta
+) -> tuple[Path | None, str]:
+    """The ETag and, for a variant, its path (built first when needed)."""
+    if spec is None:
+        return None, _original_etag(meta)
+    app[keys.STORE].note_read(image_id, spec.name)  # memory only: the variant LRU (a revalidation is a use too)
+    return await _variant_file(app, image_id, spec, meta)
+
+
+async def _variant_file(app: web.Application, image_id: str, spec: VariantSpec, meta: ObjectMeta) -> tuple[Path, str]:
+    """The variant's path (built first when needed) and its ETag, nginx's for the same file."""
+    path = await app[keys.RENDERER].ensure(image_id, spec, meta.content_type, meta)
+    mtime = variant_mtime(meta.sha256, spec.name)
     try:
-        return await _send(request, image_id, meta, spec, etag, headers, signed)
-    except OriginalMismatch as exc:  # never a 200 from a damaged copy: reported, and a good holder answers
-        await app[keys.INTEGRITY].found(image_id, "serve" if spec is None else "variant", exc)
-        return await misses.redirect_to_holder(request, image_id, signed=signed, corrupt=True)
+        st = fix_mtime(path, mtime)  # a stat (once per old variant a utime): microseconds, not worth a thread hop
+    except FileNotFoundError:  # removed since (an eviction by another process): the next request rebuilds it
+        app[keys.STORE].forget(image_id)
+        raise NotFound("no such variant") from None
+    return path, etag_for_file(mtime, st.st_size)
 
 
 async def _send(
@@ -208,6 +197,7 @@ async def _send(
     image_id: str,
     meta: ObjectMeta,
     spec: VariantSpec | None,
+    path: Path | None,
     etag: str,
     headers: dict[str, str],
     signed: bool,
@@ -217,16 +207,48 @@ async def _send(
     store = request.app[keys.STORE]
     if spec is None:
         store.note_read(image_id, ORIGINAL)  # memory only: last read and promotion of a cold original
-        ignore_range = "Range" in request.headers and _ignore_range(request, meta.bytes, etag)
+        epoch = store.open_files.epoch  # read before opening: a change meanwhile keeps this file out of the cache
         try:
             opened = await asyncio.to_thread(_open_checked, store, image_id, meta)
         except FileNotFoundError:  # removed since its record was read (a delete, a repair under way): a miss
             return await misses.redirect_to_holder(request, image_id, signed=signed)
         headers["Content-Type"] = meta.content_type
-        return ImmutableFileResponse(opened, etag, ignore_range=ignore_range, headers=headers)
-    path = await request.app[keys.RENDERER].ensure(image_id, spec, meta.content_type, meta)
-    ignore_range = False
-    if "Range" in request.headers:
-        ignore_range = _ignore_range(request, (await asyncio.to_thread(os.stat, path)).st_size, etag)
-    headers["Content-Type"] = spec.content_type
-    return ImmutableFileResponse(path, etag, ignore_range=ignore_range, headers=headers)
+        fobj, size, key = opened.fobj, opened.st.st_size, (image_id, ORIGINAL)
+    else:
+        assert path is not None  # a variant's path comes with it
+        epoch = store.open_files.epoch
+        try:
+            fobj, size = await asyncio.to_thread(_open_variant, path)
+        except FileNotFoundError:  # evicted since (by another process): the next request rebuilds it
+            store.forget(image_id)
+            raise NotFound("no such variant") from None
+        headers["Content-Type"] = spec.content_type
+        key = (image_id, spec.name)
+    vary = headers.pop("Vary", None) is not None  # per request (format negotiation): not one of the file's headers
+    held = fastpath.keep(store.open_files, epoch, key, fobj, size, etag, headers)
+    return fastpath.respond(request, held, vary)
+
+
+def _open_variant(path: Path) -> tuple[io.BufferedReader, int]:
+    """The variant opened, with the size of that very descriptor. Blocking."""
+    fobj = path.open("rb")
+    try:
+        return fobj, os.fstat(fobj.fileno()).st_size
+    except BaseException:
+        fobj.close()
+        raise
+
+
+async def _publish(request: web.Request, image_id: str, name: str, path: Path) -> None:
+    """Link a variant anyone may be sent unsigned into the published tree (``node.published_tree``). Its image is
+    public and `ready` (checked above) and its app has no hotlink allowlist (checked here)."""
+    app = request.app
+    if not app[keys.SETTINGS].node.published_tree or not await app[keys.HOTLINK].unrestricted(image_id):
+        return
+    store, gate, hotlink = app[keys.STORE], app[keys.GATE], app[keys.HOTLINK]
+    # Synchronous (a mkdir and a link): nothing on this loop runs between the link and the checks below, and a
+    # delete or rejection this process hears of forgets the gate and unpublishes on this loop too (siblings).
+    if store.published.publish(path, image_id, name) and not (
+        gate.is_ready(image_id) and not store.is_corrupt(image_id) and hotlink.known_unrestricted(image_id)
+    ):
+        store.published.unpublish(image_id)

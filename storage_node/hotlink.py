@@ -8,8 +8,10 @@ image (an indexed query, then cached), like the serve gate's status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 from common import loops
 from common.db import api_keys as db_api_keys
@@ -27,9 +29,19 @@ class HotlinkGuard:
         self.max_images = max_images
         self.restricted: dict[str, App] = {}
         self._image_app: OrderedDict[str, str | None] = OrderedDict()
+        # Called when an app gains an allowlist: its images may be linked in the published tree (``Store.published``).
+        self.on_newly_restricted: Callable[[], None] | None = None
 
     async def reload(self) -> None:
-        self.restricted = {app.app_id: app for app in await db_api_keys.restricted_apps(self.pool)}
+        restricted = {app.app_id: app for app in await db_api_keys.restricted_apps(self.pool)}
+        newly = restricted.keys() - self.restricted.keys()
+        if newly and self.on_newly_restricted is not None:
+            # Before the allowlist applies here (nginx stops no later than the node), and once more after: a link
+            # made meanwhile goes too (one made after that is undone by its maker: ``known_unrestricted``).
+            await asyncio.to_thread(self.on_newly_restricted)
+            self.restricted = restricted
+            await asyncio.to_thread(self.on_newly_restricted)
+        self.restricted = restricted
 
     async def run(self) -> None:
         while True:
@@ -49,6 +61,18 @@ class HotlinkGuard:
         if len(self._image_app) > self.max_images:
             self._image_app.popitem(last=False)
         return app_id
+
+    async def unrestricted(self, image_id: str) -> bool:
+        """Whether anyone may be sent the image whatever their Referer (its app has no allowlist)."""
+        if not self.restricted:
+            return True
+        return await self._app_of(image_id) not in self.restricted
+
+    def known_unrestricted(self, image_id: str) -> bool:
+        """Memory only: ``unrestricted``'s answer when it is known without asking Postgres (False when not)."""
+        if not self.restricted:
+            return True
+        return image_id in self._image_app and self._image_app[image_id] not in self.restricted
 
     async def check(self, image_id: str, referer: str | None) -> None:
         """403 hotlink_forbidden when the image's app does not allow ``referer``."""

@@ -72,7 +72,7 @@ def _read_repair(app: web.Application, image_id: str, sha256: str, size: int, co
     """Copy the image here in the background through this node's replicator (when it runs in-process)."""
     repair = app.get(keys.READ_REPAIR)
     if repair is None:
-        return  # a separate replicator process: its sweep of pending/missing rows copies it
+        return  # a separate replicator process, or the node's primary (this is another worker): a sweep copies it
 
     async def copy() -> None:
         try:

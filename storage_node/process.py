@@ -156,6 +156,8 @@ class Processor:
         self._failures.pop(image_id, None)
         self.processed += 1
         logger.info("processed %s -> %s in %.3fs", image_id, status, time.perf_counter() - started)
+        if done is not None and done["status"] == "ready":  # servable by every process here, Postgres up or not
+            await asyncio.to_thread(self.store.mark_ready, image_id)
         if done is not None:  # the query services' lookups hand out URLs from this moment (core NATS)
             event = ImageProcessed(image_id, done["status"], done["width"], done["height"])
             await self.bus.announce(self.bus.subjects.image_event(ImageProcessed.name), event)

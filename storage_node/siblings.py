@@ -4,9 +4,9 @@ another one, or another component, changes an image.
 Every process of a node (one, or ``node.workers`` sharing its port) keeps its own serve gate and metadata cache.
 
 - **Deletes and rejections** (every process, even alone): the set's `deleted` and `rejected` events (JetStream
-  publishes, which a core subscription sees too) make it forget the image in its gate and cache. The status was
-  committed before the event, so its next request asks Postgres and answers 404 at once, before the replicator
-  has removed the files (and with ``replicator.enabled = false``, when a stand-alone replicator removes them).
+  publishes, which a core subscription sees too) mark the image gone in its serve gate and drop it from its
+  cache: it answers 404 at once, before the replicator has removed the files (or, with ``replicator.enabled =
+  false``, a stand-alone replicator), whatever they and the ready marker still say until then.
 
 With several processes (worker 0 is the primary; ``storage_node.worker_reports.Role``):
 
@@ -28,6 +28,7 @@ believing in a variant that is gone until it forgets the image (its variant requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -35,10 +36,10 @@ from collections.abc import Callable
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from common import loops
+from common import loops, reqlog
 from common.bus import Bus
 from common.config import Settings
-from common.events import FilesChanged, ImageDeleted, ImageRejected, ImageUploaded, WorkerReport
+from common.events import FilesChanged, ImageDeleted, ImageProcessed, ImageRejected, ImageUploaded, WorkerReport
 from common.loops import cancel_all
 from common.metrics import NodeMetrics
 from storage_node.gate import ServeGate
@@ -88,6 +89,8 @@ class Siblings:
         self._loop = asyncio.get_running_loop()
         for name in (ImageDeleted.name, ImageRejected.name):
             self._subs.append(await nc.subscribe(subjects.set_event(node.set_id, name), cb=self._on_gone))
+        if self.role.primary:  # notes `ready` on disk for the other processes (``ServeGate``)
+            self._subs.append(await nc.subscribe(subjects.image_event(ImageProcessed.name), cb=self._on_processed))
         if self.role.alone:
             return
         self.store.on_change = self._on_change
@@ -111,7 +114,8 @@ class Siblings:
             self._flush.cancel()
         await cancel_all([*self._tasks, *self._sends])
         for sub in self._subs:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):  # a connection already lost has no subscriptions left to end
+                await sub.unsubscribe()
         self._subs, self._tasks = [], []
 
     # --- every process ---------------------------------------------------------------------------------
@@ -122,8 +126,21 @@ class Siblings:
         except (ValueError, TypeError) as exc:
             logger.warning("bad %s event: %s", kind.name, exc)
             return
-        self.gate.forget(image_id)
+        self.store.published.unpublish(image_id)  # first, and on this loop: nginx in front stops before the node does
+        self.gate.gone(image_id)
         self.store.forget(image_id)
+
+    async def _on_processed(self, msg: Msg) -> None:
+        """An image became `ready` (on its origin, or approved): a copy held here is servable without asking
+        Postgres, which matters when it is down. Core NATS: a lost event leaves the gate to ask Postgres."""
+        try:
+            event = ImageProcessed.from_json(msg.data)
+            held = event.status == "ready" and await asyncio.to_thread(self.store.tier_of, event.image_id) is not None
+        except (ValueError, TypeError) as exc:  # (a malformed image id too)
+            logger.warning("bad %s event: %s", ImageProcessed.name, exc)
+            return
+        if held:
+            await self.gate.mark_ready(event.image_id)
 
     # --- several processes: files changed by one of them ---------------------------------------------
     def _on_change(self, image_id: str, kind: str) -> None:
@@ -177,6 +194,7 @@ class Siblings:
         except (ValueError, TypeError):
             return  # the replicator's consumer reports malformed set events
         if event.origin_node == self.node_id:
+            reqlog.adopt(msg.headers)  # the upload's request id, for the processing's log lines
             self.submit(event.image_id)  # once however often: the processor keeps one task per image
 
     async def _on_report(self, msg: Msg) -> None:

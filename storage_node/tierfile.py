@@ -1,7 +1,6 @@
-"""A file response over an original that may be switching tiers: it opens the first of its paths that
-exists, so a read racing a move (which commits the new copy before it removes the old one) gets the whole
-bytes from one tier or the other, never a 404. Or, given an ``OpenedFile`` (opened and checked by the
-handler, ``open_first``), it sends exactly that descriptor."""
+"""Opening an original that may be switching tiers: the first of its paths that exists, in rounds, so a read
+racing a move (which commits the new copy before it removes the old one) gets the whole bytes from one tier or
+the other, never a 404. The descriptor is then checked and sent as it is (``storage_node.sendfile``)."""
 
 from __future__ import annotations
 
@@ -10,10 +9,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
-from aiohttp.web_fileresponse import _FileResponseResult
 
 # A move and a move back could both land between two attempts only if both ran within the same
 # millisecond; a few rounds over the paths cover that without looping forever on a deleted image.
@@ -30,8 +25,7 @@ class OpenedFile:
 
 
 def open_first(paths: Sequence[Path]) -> OpenedFile:
-    """Open the first of ``paths`` that exists (in rounds, like the response below); FileNotFoundError when
-    none does. Blocking."""
+    """Open the first of ``paths`` that exists (in rounds); FileNotFoundError when none does. Blocking."""
     last: FileNotFoundError | None = None
     for _ in range(ROUNDS):
         for path in paths:
@@ -47,32 +41,3 @@ def open_first(paths: Sequence[Path]) -> OpenedFile:
                 raise
     assert last is not None
     raise last
-
-
-class FallbackFileResponse(web.FileResponse):
-    # ``_make_response`` is where aiohttp (3.10+) stats and opens the file, in an executor thread: retrying
-    # there is the only place that closes the gap between choosing a path and opening it.
-    def __init__(self, paths: Sequence[Path] | OpenedFile, **kwargs: Any) -> None:
-        self._opened = paths if isinstance(paths, OpenedFile) else None
-        paths = [paths.path] if isinstance(paths, OpenedFile) else list(paths)
-        super().__init__(paths[0], **kwargs)
-        self._paths = paths
-
-    def _make_response(
-        self, request: web.BaseRequest, accept_encoding: str
-    ) -> tuple[_FileResponseResult, io.BufferedReader | None, os.stat_result, str | None]:
-        if self._opened is not None:
-            # Sent as opened and checked. The handler answered If-None-Match (with the content ETag) and
-            # decided on Range; date preconditions are moot, as no Last-Modified is ever sent.
-            opened, self._opened = self._opened, None
-            return _FileResponseResult.SEND_FILE, opened.fobj, opened.st, None
-        last: FileNotFoundError | None = None
-        for _ in range(ROUNDS):
-            for path in self._paths:
-                self._path = path
-                try:
-                    return super()._make_response(request, accept_encoding)
-                except FileNotFoundError as exc:
-                    last = exc
-        assert last is not None
-        raise last

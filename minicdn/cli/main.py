@@ -19,6 +19,7 @@ from common.logs import setup_logging
 from minicdn.cli import control as cli_control
 from minicdn.cli import images as cli_images
 from minicdn.cli import keys as cli_keys
+from minicdn.cli import nginx_config as cli_nginx
 from minicdn.cli import render
 from minicdn.client import ClientError, ClusterRef, find_cluster, get_json
 
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_flags(bench)
 
     cli_keys.add_parser(sub, _add_client_flags)
+    cli_nginx.add_parser(sub)
     return parser
 
 
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return asyncio.run(cli_keys.cmd_keys(args))
+        if args.command == "nginx-config":
+            return cli_nginx.cmd_nginx_config(args)
         handler = {
             "upload": cli_images.cmd_upload,
             "delete": cli_images.cmd_delete,

@@ -70,8 +70,9 @@ def adopt(fds: tuple[int, ...], *directories: str | Path) -> DirLock:
     (one per directory, in ``acquire``'s order). Raises ``DirLocked`` unless each is that directory's lock file and
     holds its lock: a process started by hand cannot pass itself off as a worker of a running node."""
     wanted = [Path(d).absolute() for d in directories if str(d)]
-    if len(fds) != len(wanted):
-        raise DirLocked(wanted[0] if wanted else Path("."), None)
+    if len(fds) != len(wanted) or not wanted:
+        first = wanted[0] if wanted else Path(".").absolute()
+        raise DirLocked(first, _holder(first))
     for fd, directory in zip(fds, wanted, strict=True):
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(directory / LOCK_FILE))

@@ -9,8 +9,9 @@ Tiers: the sidecar, the private marker and every variant always live in the hot 
 moves. A move copies the bytes into the other tier, verifies them against the recorded SHA-256, renames
 them into place and only then (``drop_other_copy``) removes the old copy, so at every instant at least
 one tier holds the whole original. If a crash leaves both copies, ``prepare`` keeps the hot one.
-A file's mtime is its last-read marker (reads never write files, so nothing else changes it once
-committed): set at commit, then refreshed from the in-memory read times by ``flush_reads``.
+An original's mtime, and a variant's atime (its mtime is fixed: ``published.variant_mtime``), is its last-read
+marker (reads never write files, so nothing else changes it once committed): set at commit, then refreshed from
+the in-memory read times by ``flush_reads``.
 
 The sidecar is a copy of the record (the SHA-256, size and type Postgres holds since ingest), written with
 bytes known to hash to it: at ingest, by a verified replica copy, or restored from Postgres
@@ -36,6 +37,8 @@ from pathlib import Path
 
 from common.ids import check_image_id, is_image_id, shard
 from storage_node.objects.formats import CONTENT_TYPES
+from storage_node.objects.openfiles import OpenFiles
+from storage_node.objects.published import PublishedTree, variant_mtime
 from storage_node.objects.verify import Stamp, stamp_of
 
 ORIGINAL = "original"
@@ -43,7 +46,10 @@ META = "meta.json"
 # Present (empty, fsynced with the original) when the image is private: kept apart from the sidecar so a
 # lost or restored sidecar can never turn a private image public.
 PRIVATE_MARKER = "private"
-NOT_VARIANTS = frozenset({ORIGINAL, META, PRIVATE_MARKER})
+# Present (empty, not fsynced) once this node knows the image is `ready`, which lasts until a delete removes
+# the folder: lets a process that has not asked Postgres yet serve it while Postgres is down (``ServeGate``).
+READY_MARKER = "ready"
+NOT_VARIANTS = frozenset({ORIGINAL, META, PRIVATE_MARKER, READY_MARKER})
 HOT, COLD = "hot", "cold"
 BLOCK = 1024 * 1024
 MAX_COLD_READS = 1000  # read times kept per cold original (tiers.promote_reads is at most this)
@@ -120,10 +126,15 @@ class Store:
         *,
         cold_dir: str | Path = "",
         cold_capacity_bytes: int = 0,
+        open_files: int = 1024,
     ) -> None:
         self.root = Path(data_dir).absolute()
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
+        # Links a web server in front may send from (``published``); unlinked before any of an image's files go.
+        self.published = PublishedTree(self.root / "published")
+        # Descriptors of hot files for the read path; every change below to an image's files drops its entries.
+        self.open_files = OpenFiles(open_files)
         self.capacity_bytes = capacity_bytes
         self.cold_root = Path(cold_dir).absolute() if str(cold_dir) else None
         self.cold_objects = self.cold_root / "objects" if self.cold_root else None
@@ -261,7 +272,14 @@ class Store:
 
     # --- writes (blocking: call through asyncio.to_thread) ------------------------------------------
     def commit(self, tmp_path: Path, image_id: str, name: str) -> Path:
-        """fsync ``tmp_path``, rename it to ``name`` in the image's directory, fsync the directory."""
+        """fsync ``tmp_path``, rename it to ``name`` in the image's directory, fsync the directory. A variant gets its
+        deterministic mtime first (``published.variant_mtime``: equal ETags on every replica, and for nginx)."""
+        if name not in NOT_VARIANTS:
+            with contextlib.suppress(SidecarLost):
+                meta = self.meta(image_id)
+                if meta is not None:
+                    st = tmp_path.stat()
+                    os.utime(tmp_path, ns=(st.st_atime_ns, variant_mtime(meta.sha256, name) * 1_000_000_000))
         return self._commit_files(image_id, [(tmp_path, name, True)])
 
     def commit_original(self, tmp_path: Path, image_id: str, meta: ObjectMeta) -> Path:
@@ -328,6 +346,7 @@ class Store:
             if name not in NOT_VARIANTS:
                 variant_grown += st.st_size - (old_size or 0)
             new_objects += name == ORIGINAL and old_size is None
+            self.open_files.drop(image_id, name)  # a replaced file: its old descriptor is not it any more
         _fsync_dir(folder)
         for created in new_dirs:
             _fsync_dir(created.parent)
@@ -349,6 +368,7 @@ class Store:
 
     def remove_image(self, image_id: str) -> None:
         """Remove an image's directory in every tier (a rolled-back upload, later deletes)."""
+        self.published.unpublish(image_id)  # first: a published link would keep the bytes served (and counted)
         freed = {HOT: 0, COLD: 0}
         had = {HOT: 0, COLD: 0}
         folders = [(HOT, self.image_dir(image_id))]
@@ -363,6 +383,7 @@ class Store:
                     freed[tier] += st.st_size if st.st_nlink == 1 else 0  # other images still link shared bytes
                     had[tier] |= entry.name == ORIGINAL
             shutil.rmtree(folder, ignore_errors=True)
+        self.open_files.drop(image_id)  # after the removal: a descriptor opened meanwhile is not kept either
         with self._lock:
             for tier in (HOT, COLD):
                 self._used[tier] -= freed[tier]
@@ -372,10 +393,12 @@ class Store:
             self._cache.pop(image_id, None)
             self._cold_reads.pop(image_id, None)
             self._corrupt.pop(image_id, None)
+        self.published.unpublish(image_id)  # again: a link made meanwhile (before the files went) is undone
 
     def remove_variants(self, image_id: str) -> int:
         """Remove every variant of an image on this node (they may have been made from bad bytes); returns
         the bytes freed. The original, its sidecar and the private marker stay."""
+        self.published.unpublish(image_id)
         freed = 0
         with contextlib.suppress(FileNotFoundError):
             for file in os.scandir(self.image_dir(image_id)):
@@ -391,6 +414,7 @@ class Store:
             cached = self._cache.get(image_id)
             if cached is not None:
                 cached.variants.clear()
+        self.open_files.drop(image_id)
         if freed and self.on_change is not None:
             self.on_change(image_id, "variants")
         return freed
@@ -414,6 +438,7 @@ class Store:
             entry = self._cache.get(image_id)
             if entry is not None:
                 entry.variants.discard(name)  # from now on a request rebuilds it
+            self.published.unpublish_variant(image_id, name)
             try:
                 size = path.stat().st_size
                 path.unlink()
@@ -421,6 +446,7 @@ class Store:
                 return 0
             self._used[HOT] -= size
             self._add_variant_bytes(image_id, -size)
+        self.open_files.drop(image_id, name)
         if self.on_change is not None:
             self.on_change(image_id, "variants")
         return size
@@ -495,6 +521,7 @@ class Store:
             entry = self._cache.get(image_id)
             if entry is not None:
                 entry.tier = COLD if tier == HOT else HOT
+        self.open_files.drop(image_id, ORIGINAL)
 
     def scan(self, tier: str) -> Iterator[StoredFile]:
         """Every file of interest in a tier (variants and originals hot, originals cold), one directory at a
@@ -511,8 +538,11 @@ class Store:
                         st = entry.stat()
                         with self._lock:
                             mark = self._read_marks.get((image_id, entry.name), 0.0)
+                        # A variant's read marker is its atime (its mtime is fixed: ``published``); reads by a web
+                        # server in front move it too, where the file system records atimes (relatime: daily).
+                        on_disk = st.st_mtime if entry.name == ORIGINAL else st.st_atime
                         yield StoredFile(
-                            image_id, entry.name, Path(entry.path), st.st_size, max(mark, st.st_mtime), st.st_nlink
+                            image_id, entry.name, Path(entry.path), st.st_size, max(mark, on_disk), st.st_nlink
                         )
 
     # --- reads --------------------------------------------------------------------------------------
@@ -549,7 +579,11 @@ class Store:
             for path in paths:
                 with contextlib.suppress(FileNotFoundError):
                     st = path.stat()
-                    if when > st.st_mtime:
+                    if name != ORIGINAL:  # a variant's mtime is its ETag (``published``): its atime is the marker
+                        if when > st.st_atime:
+                            os.utime(path, ns=(int(when * 1e9), st.st_mtime_ns))
+                            touched += 1
+                    elif when > st.st_mtime:
                         os.utime(path, ns=(st.st_atime_ns, int(when * 1e9)))
                         touched += 1
         cutoff = time.time() - keep_marks_s
@@ -627,6 +661,18 @@ class Store:
         self._remember(image_id, meta, tier)
         return meta
 
+    def mark_ready(self, image_id: str) -> None:
+        """Note that the image is `ready` (blocking; nothing when its folder is gone: deleted meanwhile)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.image_dir(image_id) / READY_MARKER).touch()
+
+    def ready_marked_at(self, image_id: str) -> float | None:
+        """When the ready marker was written (its mtime), None without one (blocking)."""
+        try:
+            return (self.image_dir(image_id) / READY_MARKER).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def restore_meta(self, image_id: str, record: ObjectMeta) -> ObjectMeta | None:
         """Write the sidecar (and, for a private image, the private marker) from ``record``, read from
         Postgres; then the same as ``meta``. Blocking."""
@@ -642,12 +688,15 @@ class Store:
             (folder / PRIVATE_MARKER).touch()
         with self._lock:
             self._cache.pop(image_id, None)
+        self.open_files.drop(image_id)  # its headers (Cache-Control) follow the record
         return self.meta(image_id)
 
     def mark_corrupt(self, image_id: str, damaged: Stamp | None = None) -> bool:
         """Memory only: the original (the file ``damaged`` describes, when known) failed a check against its
         record. Its cached metadata is forgotten and it is not served until a verified copy replaces it.
         False when it was known already."""
+        self.published.unpublish(image_id)  # its variants may come from the bad bytes
+        self.open_files.drop(image_id)  # not one more byte of it (or of what was made from it) from a cached descriptor
         with self._lock:
             self._cache.pop(image_id, None)
             if image_id in self._corrupt:
@@ -712,6 +761,7 @@ class Store:
         """Memory only: drop what is remembered of an image (another process changed its files)."""
         with self._lock:
             self._cache.pop(image_id, None)
+        self.open_files.drop(image_id)
 
     def add_usage(self, tier: str, used_bytes: int, originals: int) -> None:
         """Count bytes and originals another process of the node stored (or, negative, removed)."""

@@ -49,7 +49,8 @@ def _start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def _node_process(dev: psutil.Process, node_id: str) -> psutil.Process:
-    found = [p for p in dev.children(recursive=True) if f"{node_id}.toml" in " ".join(p.cmdline())]
+    """The node `minicdn dev` started (its workers, ``node.workers``, are that process's children)."""
+    found = [p for p in dev.children() if f"{node_id}.toml" in " ".join(p.cmdline())]
     assert len(found) == 1, found
     return found[0]
 
@@ -76,8 +77,12 @@ async def test_sigkilled_node_fails_over_within_the_heartbeat_timeout(tmp_path: 
             assert (await nearest())["node_id"] == "eu-west-1"
             victim = _node_process(dev, "eu-west-1")
             family = dev.children(recursive=True)  # incl. the victim's sandbox workers: they must die with it
+            victims_own = victim.children(recursive=True)  # its serving workers (and their sandbox workers)
             assert len(family) >= 6  # postgres, nats-server, three nodes, the query service
-            victim.send_signal(signal.SIGKILL)
+            # Every process of the node at once (its workers first: their parent would start them again), so that
+            # it dies without a word, as on a crash of its machine.
+            for process in [*victims_own, victim]:
+                process.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             while (found := await nearest())["node_id"] == "eu-west-1":
                 assert time.monotonic() - killed < TIMEOUT_S + 5, "still sent to the killed node"
@@ -100,6 +105,8 @@ async def test_sigkilled_node_fails_over_within_the_heartbeat_timeout(tmp_path: 
             # With --no-restart `minicdn dev` reports the death but does not restart the node: bring it back by
             # hand, as an operator would, from the config `minicdn dev` wrote.
             assert not [p for p in dev.children() if "eu-west-1.toml" in " ".join(p.cmdline())]
+            _gone, alive = psutil.wait_procs(victims_own, timeout=20)  # the data directory's lock went with them
+            assert not alive, alive
             back = _start_node(state / "config" / "eu-west-1.toml", state / "logs" / "eu-west-1.log")
             family.append(psutil.Process(back.pid))
             restarted = time.monotonic()

@@ -55,8 +55,13 @@ def suite(tmp_path_factory: pytest.TempPathFactory, geoip_db: str) -> Iterator[S
             if load is not None:
                 load.stop()
             rig.stop()
-            if figures:
-                summary = table(figures)
+            if figures and load is not None:
+                ups, looks = load.uploads, load.lookups
+                summary = table(figures) + (
+                    f"\n\nload over the whole run: {len(ups)} uploads ({sum(u.acked and u.good for u in ups)} good "
+                    f"ones acknowledged, {sum(not u.good for u in ups)} of bytes to refuse), {len(looks)} lookups "
+                    f"({sum(x.probe for x in looks)} of them probes)"
+                )
                 path = tmp_path_factory.getbasetemp() / "faults-summary.txt"
                 path.write_text(summary + "\n")
                 print(f"\nFAULT SUITE FIGURES (also in {path}; cluster logs in {state / 'logs'}):\n{summary}")

@@ -49,6 +49,7 @@ class Figures:
     probed: int = 0  # probe reads from every region between detection and the fault's end (Load.probe)
     sweep_reads: int = 0  # reads of the readability check after convergence (every image, every region)
     sweep_retried: int = 0  # ... that failed once and were tried again a second later
+    sweep_why: str = ""  # why those failed
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -68,15 +69,16 @@ class Figures:
         return max(0.0, self.t_converged - self.t_end)
 
     def line(self) -> str:
+        detected = f"detected after {_s(self.detection_s)} ({self.detection_what}); " if self.detection_what else ""
         return (
             f"FAULT {self.fault}: {self.uploads_failed}/{self.uploads} uploads and "
-            f"{self.lookups_failed}/{self.lookups} lookups failed while it lasted ({_s(self.window_s)}); "
-            f"detected after {_s(self.detection_s)} ({self.detection_what}); "
+            f"{self.lookups_failed}/{self.lookups} lookups failed while it lasted ({_s(self.window_s)}); {detected}"
             f"converged {_s(self.convergence_s)} after it ended; "
             f"{self.url_failures_after_detection} URL(s) failed after detection ({self.probed} probe reads meanwhile); "
             f"{len(self.problems)} problem(s)"
             + (f"; failures: {self.why}" if self.why else "")
             + f"; readability check: {self.sweep_reads} reads, {self.sweep_retried} retried"
+            + (f" ({self.sweep_why})" if self.sweep_why else "")
         )
 
 
@@ -118,7 +120,9 @@ def table(rows: list[Figures]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [
-        f"- {f.fault}: detection = {f.detection_what}" + (f"; failures: {f.why}" if f.why else "")
+        f"- {f.fault}: detection = {f.detection_what}"
+        + (f"; failures: {f.why}" if f.why else "")
+        + (f"; reads retried: {f.sweep_why}" if f.sweep_why else "")
         for f in rows
         if f.detection_what
     ]
@@ -294,8 +298,11 @@ class Checker:
             return list(await asyncio.gather(*(one(u, r) for u, r in pairs)))
 
         looks = self.load.run(sweep([(u, r) for u in ups for r in REGIONS]), timeout_s=300)
-        again = [(by_id[x.image_id], x.region) for x in looks if x.outcome in ("lookup_failed", "url_failed")]
+        failed = [x for x in looks if x.outcome in ("lookup_failed", "url_failed")]
+        again = [(by_id[x.image_id], x.region) for x in failed]
         fig.sweep_reads, fig.sweep_retried = len(looks), len(again)
+        reasons = Counter(f"{x.outcome} {_reason(x.detail)} ({x.node_id or 'no node'})" for x in failed)
+        fig.sweep_why = ", ".join(f"{n}x {what}" for what, n in reasons.most_common(3))
         if again:
             time.sleep(1.0)
             looks = [x for x in looks if x.outcome not in ("lookup_failed", "url_failed")]

@@ -100,11 +100,16 @@ class Rig:
         """How many deaths the supervisor has reaped and reported so far."""
         return len(self.cluster.deaths())
 
-    def kill(self, name: str, sig: signal.Signals) -> int:
-        """Send ``sig`` to the process itself (not its group: what a crash or an OOM kill does); its pid."""
+    def kill(self, name: str, sig: signal.Signals, group: bool = False) -> int:
+        """Send ``sig`` to the process (a crash of Postgres's postmaster or of nats-server), or with ``group`` to
+        its whole process group: a node is a parent with its workers and sandbox workers, all in the group the
+        dev cluster started it in, and a node that crashes or hangs is all of them at once. The pid signalled."""
         pid = self.pid(name)
         assert pid is not None, f"{name} is not running, cannot send it {sig.name}"
-        os.kill(pid, sig)
+        if group:
+            os.killpg(os.getpgid(pid), sig)
+        else:
+            os.kill(pid, sig)
         return pid
 
     def wait_replaced(self, name: str, old_pid: int, bound_s: float) -> float | None:

@@ -252,8 +252,8 @@ def test_scrubbed_original(suite: Suite) -> None:
     )[0][0]
     pass_s = int(stored) / scrub.bytes_per_s if scrub.bytes_per_s else float("inf")
     bound = scrub.interval_s + pass_s + SLACK_S + 10  # the pause, one pass, slack (the node's other work)
-    fig = Figures(f"bit-flipped original, unread ({victim})", f"the scrubber: replica on {victim} not `ok`", 0.0)
-    fig.t_fault = time.monotonic()
+    what = f"the scrubber: replica on {victim} not `ok`"
+    fig = Figures(f"bit-flipped original, unread ({victim})", what, time.monotonic())
     fig.problems += check.quiet_problems(fig.t_fault)
     path = rig.original_path(victim, image_id)
     intact = path.read_bytes()
@@ -320,28 +320,30 @@ def placement_problems(suite: Suite, victim: str, fig: Figures, until: float) ->
 
 
 def test_hung_node(suite: Suite) -> None:
-    """SIGSTOP a node for three heartbeat timeouts, then SIGCONT: it is avoided, then used again."""
+    """SIGSTOP a node (its whole process group: the parent, its workers, their sandboxes) for three heartbeat
+    timeouts, then SIGCONT: it is out of URLs and placement within the timeout, then used again."""
     victim, region = "ap-southeast-1", "ap-southeast"
     up = converged_image(suite, victim)
     assert url_node(suite, up, region) == victim, f"a {region} client is not sent to {victim} before the fault"
     settle()
     fig = Figures(f"SIGSTOP node ({victim}, {HANG_S:g}s)", f"{victim} out of its region's URLs", time.monotonic())
     fig.problems += suite.check.quiet_problems(fig.t_fault)
-    suite.rig.kill(victim, signal.SIGSTOP)
+    suite.rig.kill(victim, signal.SIGSTOP, group=True)
     fig.t_fault = time.monotonic()
     try:
         node_out_of_urls(suite, victim, region, up, fig)
         with probing(suite, fig):
             time.sleep(max(0.0, fig.t_fault + HANG_S - time.monotonic()))
     finally:
-        suite.rig.kill(victim, signal.SIGCONT)
+        suite.rig.kill(victim, signal.SIGCONT, group=True)
     fig.t_end = time.monotonic()
     fig.problems += placement_problems(suite, victim, fig, fig.t_end)
     report(suite, suite.check.conclude(fig, CONVERGE_BOUND_S))
 
 
 def test_killed_node(suite: Suite) -> None:
-    """SIGKILL a node: avoided within the heartbeat timeout, restarted by the supervisor, caught up."""
+    """SIGKILL a node (its whole process group: a crash of the node, not of one of its workers): avoided within
+    the heartbeat timeout (or back before it), restarted by the supervisor, caught up."""
     victim, region = "eu-west-1", "eu-west"
     up = converged_image(suite, victim)
     assert poll(lambda: url_node(suite, up, region) == victim, 30, every_s=0.5), f"{region} client not on {victim}"
@@ -349,7 +351,7 @@ def test_killed_node(suite: Suite) -> None:
     fig = Figures(f"SIGKILL node ({victim})", f"{victim} out of its region's URLs", time.monotonic())
     fig.problems += suite.check.quiet_problems(fig.t_fault)
     rig = suite.rig
-    old = rig.kill(victim, signal.SIGKILL)
+    old = rig.kill(victim, signal.SIGKILL, group=True)
     fig.t_fault = time.monotonic()
 
     def back() -> bool:
@@ -389,10 +391,12 @@ def server_fault(suite: Suite, name: str, what: str) -> None:
 
 
 def test_killed_nats(suite: Suite) -> None:
+    """SIGKILL nats-server: uploads and lookups go on (Postgres holds what replication owes), it is restarted."""
     server_fault(suite, NATS, "nats-server")
 
 
 def test_killed_postgres(suite: Suite) -> None:
+    """SIGKILL Postgres's postmaster: the supervisor restarts it; URLs handed out meanwhile must still work."""
     server_fault(suite, PG, "Postgres")
 
 

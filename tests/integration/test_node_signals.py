@@ -6,6 +6,7 @@ directory (fails at once, naming the directory and the holder's pid, and touches
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 from common.procs import free_port
 from tests.cluster import REGION_IPS, MakeCluster, TestCluster, make_jpeg
@@ -60,9 +62,20 @@ def _node_process(cluster: TestCluster, log: Path, **node: Any) -> Iterator[subp
         yield proc
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGCONT)
+            _signal_node(proc, signal.SIGCONT)
             proc.kill()
         proc.wait(timeout=30)
+
+
+def _signal_node(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """``sig`` to every process of the node: the one started and its workers (``node.workers``), those still there."""
+    try:
+        children = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:
+        children = []
+    for pid in [proc.pid, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _tree(root: Path) -> list[Path]:
@@ -145,7 +158,7 @@ async def test_hung_node_is_avoided_within_the_timeout_and_a_second_start_on_its
         assert (await _url(cluster, image_id))["node_id"] == NODE  # the live node was not disturbed
 
         # Hung: out of the URL answers and of placement within the heartbeat timeout.
-        os.kill(proc.pid, signal.SIGSTOP)
+        _signal_node(proc, signal.SIGSTOP)
         hung_at = time.monotonic()
 
         async def avoided() -> bool:
@@ -157,7 +170,7 @@ async def test_hung_node_is_avoided_within_the_timeout_and_a_second_start_on_its
         detected_s = time.monotonic() - hung_at
         for _ in range(5):  # and it stays avoided
             assert await avoided()
-        os.kill(proc.pid, signal.SIGCONT)
+        _signal_node(proc, signal.SIGCONT)
         print(f"\nFIGURES hung node out of URLs and placement after {detected_s:.2f}s (timeout {timeout_s}s)")
 
 

@@ -72,9 +72,12 @@ def _node(cluster: TestCluster, log: Path, **node: Any) -> Iterator[subprocess.P
 
 def _workers(parent: int) -> dict[int, psutil.Process]:
     """Worker index -> process, from the command lines of the parent's children."""
-    found = {}
-    with_suppressed = psutil.Process(parent).children() if psutil.pid_exists(parent) else []
-    for child in with_suppressed:
+    found: dict[int, psutil.Process] = {}
+    try:
+        children = psutil.Process(parent).children()
+    except psutil.Error:  # gone already
+        return found
+    for child in children:
         try:
             args = child.cmdline()
         except psutil.Error:
@@ -154,6 +157,66 @@ async def _second_start(cluster: TestCluster, tmp_path: Path) -> subprocess.Comp
     )
 
 
+async def _uploads_on_each_worker(cluster: TestCluster, base: str, log: Path) -> None:
+    """An upload taken by each worker: both processed exactly once (by the primary), ready, replicated, counted in
+    the node's usage and shown by /metrics on either worker."""
+    async with _on_worker(base, 0) as session, session.get(f"{base}/stats") as resp:
+        before = await resp.json()
+    uploaded = []
+    for worker in range(WORKERS):
+        ticket = await cluster.request_upload(client_ip=EU_CLIENT)
+        assert ticket["node_id"] == NODE, ticket
+        async with _on_worker(base, worker) as session:
+            async with session.put(ticket["upload_url"], data=make_jpeg(480, 360, seed=20 + worker)) as resp:
+                assert resp.status == 201, await resp.text()
+        uploaded.append(ticket["image_id"])
+    for new in uploaded:
+        await cluster.wait_ready(new, timeout_s=30)
+    # /metrics on either worker: the whole node (prometheus_client's multiprocess mode). Processed twice, an upload
+    # would count twice here (a second finish of a `ready` image is still counted by the processor).
+    for worker in range(WORKERS):
+        async with _on_worker(base, worker) as session, session.get(f"{base}/metrics") as resp:
+            text = await resp.text()
+        assert _sample(text, "minicdn_processing_total", outcome="ready") == 2, text
+        assert _sample(text, "minicdn_processing_total", outcome="failed") == 0
+        assert _sample(text, "minicdn_uploads_total", outcome="ok") == 2  # one counted by each worker
+    for new in uploaded:
+        await cluster.wait_replicated(new, timeout_s=30)
+
+    # The node's usage counts both (the other worker reports what it stored): /stats from either worker, the
+    # primary's own count or, from the other, what the primary's heartbeat last recorded.
+    async def both_counted() -> bool:
+        for worker in range(WORKERS):
+            async with _on_worker(base, worker) as session, session.get(f"{base}/stats") as resp:
+                stats = await resp.json()
+            if stats["objects"] != before["objects"] + 2 or stats["used_bytes"] <= before["used_bytes"]:
+                return False
+        return True
+
+    await _until(both_counted, "both uploads in the node's usage", log, timeout_s=10)
+
+
+async def _delete_forgotten_at_once(cluster: TestCluster, base: str, url: str, image_id: str) -> float:
+    """Delete ``image_id``: both workers answer 404 at once, on connections opened before (each remembered the image
+    ready). Returns how long the slower took."""
+    async with _on_worker(base, 0) as first, _on_worker(base, 1) as other:
+        for session in (first, other):
+            async with session.get(url) as resp:
+                assert resp.status == 200
+        status, body = await cluster.api("DELETE", f"/v1/images/{image_id}")
+        assert status == 202 and body["status"] == "deleted", body
+        deleted_at = time.monotonic()
+        for worker, session in enumerate((first, other)):
+            while True:
+                async with session.get(url) as resp:
+                    if resp.status == 404:
+                        break
+                    assert resp.status == 200, (worker, resp.status)
+                assert time.monotonic() - deleted_at < 2.0, f"worker {worker} still serves the deleted image"
+                await asyncio.sleep(0.02)
+        return time.monotonic() - deleted_at
+
+
 async def test_two_workers_serve_process_once_forget_a_delete_at_once_and_stop_together(
     make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
@@ -177,50 +240,13 @@ async def test_two_workers_serve_process_once_forget_a_delete_at_once_and_stop_t
                 bodies.append(await resp.read())
         assert bodies[0] == bodies[1] and bodies[0][:2] == b"\xff\xd8"
 
-        # An upload taken by each worker: both processed exactly once, by the primary, and ready.
-        uploaded = []
-        for worker in range(WORKERS):
-            ticket = await cluster.request_upload(client_ip=EU_CLIENT)
-            assert ticket["node_id"] == NODE, ticket
-            async with _on_worker(base, worker) as session:
-                async with session.put(ticket["upload_url"], data=make_jpeg(480, 360, seed=20 + worker)) as resp:
-                    assert resp.status == 201, await resp.text()
-            uploaded.append(ticket["image_id"])
-        for new in uploaded:
-            await cluster.wait_ready(new, timeout_s=30)
-        # /metrics on either worker: the whole node (prometheus_client's multiprocess mode).
-        for worker in range(WORKERS):
-            async with _on_worker(base, worker) as session, session.get(f"{base}/metrics") as resp:
-                text = await resp.text()
-            assert _sample(text, "minicdn_processing_total", outcome="ready") == 2, text
-            assert _sample(text, "minicdn_processing_total", outcome="failed") == 0
-            assert _sample(text, "minicdn_uploads_total", outcome="ok") == 2  # one counted by each worker
-        # Replicated from this node to the others.
-        for new in uploaded:
-            await cluster.wait_replicated(new, timeout_s=30)
+        await _uploads_on_each_worker(cluster, base, log)
 
-        # A delete: both answer 404 at once, on connections opened before it (each remembered the image ready).
-        async with _on_worker(base, 0) as first, _on_worker(base, 1) as second:
-            for session in (first, second):
-                async with session.get(url) as resp:
-                    assert resp.status == 200
-            status, body = await cluster.api("DELETE", f"/v1/images/{image_id}")
-            assert status == 202 and body["status"] == "deleted", body
-            deleted_at = time.monotonic()
-            for worker, session in enumerate((first, second)):
-                while True:
-                    async with session.get(url) as resp:
-                        if resp.status == 404:
-                            break
-                        assert resp.status == 200, (worker, resp.status)
-                    assert time.monotonic() - deleted_at < 2.0, f"worker {worker} still serves the deleted image"
-                    await asyncio.sleep(0.02)
-            forgotten_s = time.monotonic() - deleted_at
+        forgotten_s = await _delete_forgotten_at_once(cluster, base, url, image_id)
         # The files are still there (no replicator here removes them): the processes' memory answered.
-        assert (data_dir / "objects").exists()
         assert any(p.name == image_id for p in (data_dir / "objects").glob("*/*/*"))
 
-        # A non-primary worker killed: started again (a new pid), and the node still serves both ways.
+        # A non-primary worker killed: started again (a new pid), and the node serves from both again.
         killed = workers[1]
         killed.kill()
         psutil.wait_procs([killed], timeout=10)
@@ -232,10 +258,14 @@ async def test_two_workers_serve_process_once_forget_a_delete_at_once_and_stop_t
         await _until(replaced, "worker 1 started again", log, timeout_s=30)
         assert parent.poll() is None
 
-        # A second start on the data directory fails at once, naming the holder, and touches nothing.
+        # A second start on the data directory fails at once, naming the holder, and touches nothing (an upload in
+        # flight keeps its file in tmp/, which a start would empty).
+        in_flight = data_dir / "tmp" / "an-upload-in-flight"
+        in_flight.write_bytes(b"half an upload")
         second = await _second_start(cluster, tmp_path)
         err = second.stderr.decode()
         assert second.returncode != 0 and str(data_dir) in err and f"pid {parent.pid}" in err, err
+        assert in_flight.read_bytes() == b"half an upload"
 
         # SIGTERM to the parent: every process stops, cleanly.
         workers = _workers(parent.pid)

@@ -22,7 +22,7 @@ from common import signing
 from common.config import TiersSettings
 from minicdn.embedded import EmbeddedNats
 from storage_node import keys as node_keys
-from storage_node.objects.store import COLD, HOT, ORIGINAL, Store
+from storage_node.objects.store import COLD, HOT, ORIGINAL, READY_MARKER, Store
 from storage_node.tiers import TierManager
 from tests.cluster import TestCluster, make_jpeg
 
@@ -107,12 +107,12 @@ async def test_variants_are_evicted_lru_first_and_rebuilt_originals_never(tiered
     assert status == 200 and etag == etags["w300.png"] and body.startswith(b"\x89PNG")
     assert store.path_for(image_id, "w300.png").exists()
 
-    # However hard the pressure, originals (and their sidecars) are never evicted: only variants go.
+    # However hard the pressure, originals (and their sidecar and markers) are never evicted: only variants go.
     store.capacity_bytes = store.usage().tiers[HOT].used_bytes
     result = await manager(tiered, NODE, hot_high_water=0.5, hot_low_water=0.01).run_pass()
     assert result.evicted == 2  # w600 and the rebuilt w300
     left = sorted(p.name for p in store.image_dir(image_id).iterdir())
-    assert left == ["meta.json", ORIGINAL]
+    assert left == ["meta.json", ORIGINAL, READY_MARKER]
     status, body, _ = await fetch(tiered, original_url(tiered, NODE, image_id))
     assert status == 200 and hashlib.sha256(body).hexdigest() == up["sha256"]
 

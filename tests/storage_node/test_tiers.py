@@ -1,5 +1,5 @@
 """Tiers of a node's store on real files (storage_node.objects.store), the tier policy (storage_node.tier_policy)
-and the file response that survives a tier switch between resolving a path and opening it (storage_node.tierfile)."""
+and the open that survives a tier switch between resolving a path and opening it (storage_node.tierfile)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from storage_node import tier_policy
+from storage_node.objects.openfiles import OpenFile
 from storage_node.objects.store import COLD, HOT, ORIGINAL, CopyMismatch, ObjectMeta, Store, StoredFile, TierUsage
-from storage_node.tierfile import FallbackFileResponse
+from storage_node.sendfile import SendFile
+from storage_node.tierfile import open_first
 
 A, B = "aaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbb"
 
@@ -129,7 +131,8 @@ async def test_a_read_that_resolved_the_old_tier_still_gets_the_bytes(tmp_path: 
         store.switch_tier(A, COLD, meta.sha256)  # ...then moved before the response opens a file
         store.drop_other_copy(A, COLD)
         assert not paths[0].exists()
-        return FallbackFileResponse(paths)
+        opened = open_first(paths)
+        return SendFile(OpenFile((A, ORIGINAL), opened.fobj, opened.st.st_size, "", {}))
 
     app = web.Application()
     app.router.add_get("/", handler)
