@@ -336,6 +336,8 @@ def decide(report: Report, cap: CapacitySettings, health: HealthSettings) -> Dec
     open_sets = [s for s in report.sets if s.state == "open" and s.name not in closing]
     if not report.sets:
         return out  # nothing registered yet: nothing to copy a region layout from
+    if any(n.live and n.heartbeat_age_s is None for n in report.nodes):
+        return out  # a node registered but not yet heard from: its free space is unknown, not zero
     headroom = sum(s.headroom_bytes for s in open_sets)
     wanted = cap.provision_headroom * report.set_capacity_bytes
     if not open_sets:

@@ -117,6 +117,12 @@ def test_provisioning_reasons() -> None:
     young = decide(_report(roomy, growth={"us-east-1": 700 / 3}, history_s=60), CAP, HEALTH)
     assert young.provision_reason is None  # a minute of history is shown, but not acted upon
     assert decide(_report([]), CAP, HEALTH).provision_reason is None  # an empty cluster: nothing to copy
+    # Registered, not heard from yet: its row says 0 B free, which is not known -- no provisioning on that.
+    unheard = [_row("us-east-1", "set-1", 0), {**_row("eu-west-1", "set-1", 0, age=None), "free_bytes": 0}]
+    assert decide(_report(unheard), CAP, HEALTH).provision_reason is None
+    assert "headroom" in (
+        decide(_report([*unheard[:1], {**unheard[1], "heartbeat_age_s": 1.0}]), CAP, HEALTH).provision_reason or ""
+    )
     assert DAY_S == 86400
 
 
