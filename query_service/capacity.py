@@ -334,10 +334,10 @@ def decide(report: Report, cap: CapacitySettings, health: HealthSettings) -> Dec
         elif s.state == "closed" and s.used_ratio < cap.high_water - REOPEN_MARGIN:
             out.set_states.append((s.name, "open", f"{s.used_ratio:.0%} used, below high water again"))
     open_sets = [s for s in report.sets if s.state == "open" and s.name not in closing]
-    if not report.sets:
-        return out  # nothing registered yet: nothing to copy a region layout from
-    if any(n.live and n.heartbeat_age_s is None for n in report.nodes):
-        return out  # a node registered but not yet heard from: its free space is unknown, not zero
+    # Nothing registered yet (no region layout to copy), or a node not yet heard from (its free space is
+    # unknown, not zero): no provisioning decision.
+    if not report.sets or any(n.live and n.heartbeat_age_s is None for n in report.nodes):
+        return out
     headroom = sum(s.headroom_bytes for s in open_sets)
     wanted = cap.provision_headroom * report.set_capacity_bytes
     if not open_sets:
