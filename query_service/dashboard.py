@@ -17,9 +17,10 @@ from typing import Any
 from query_service.capacity import pooled, replaced_nodes, usable_capacity
 from query_service.cluster_stats import ClusterStats
 from query_service.history import History
-from query_service.registry import NodeInfo
+from query_service.registry import NodeInfo, is_stopping
 
-HIDDEN_NODE_FIELDS = ("point", "last_seen")
+# Monotonic clock readings (meaningless outside this process, and -inf for "never") stay out of the JSON.
+HIDDEN_NODE_FIELDS = ("point", "last_seen", "stopped_at")
 
 
 def _ratio(used: float, capacity: float) -> float | None:
@@ -36,6 +37,7 @@ def node_entry(node: NodeInfo, healthy: bool, heartbeat_age_s: float | None, sta
         lat=node.point.lat,
         lon=node.point.lon,
         healthy=healthy,
+        stopping=is_stopping(node),
         heartbeat_age_s=None if heartbeat_age_s is None else round(heartbeat_age_s, 2),
         # What it can really hold: its configured capacity, or less when the disk has less room.
         capacity_bytes=usable_capacity(node.capacity_bytes, node.used_bytes, node.free_bytes),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 from common.events import NodeHeartbeat
@@ -75,7 +76,10 @@ def test_document_groups_nodes_and_sums_what_they_report() -> None:
     stats = ClusterStats()
     events = [{"kind": "new_set", "state": "planned"}]
     stats.backlog = Backlog({"eu-1": 4}, 12.5, 3, events, read_at=time.monotonic())
+    nodes[3] = dataclasses.replace(nodes[3], stopped_at=time.monotonic())
     doc = build_dashboard(nodes, lambda n: n.node_id != "eu-1", lambda n: 1.0, stats)
+    json.dumps(doc, allow_nan=False)  # strict JSON: a browser's JSON.parse refuses Infinity and NaN
+    assert [n["node_id"] for n in doc["nodes"] if n["stopping"]] == ["eu-2"]
     s = doc["summary"]
     assert (s["nodes"], s["healthy_nodes"], s["regions"], s["sets"]) == (4, 3, 2, 2)
     assert (s["used_bytes"], s["capacity_bytes"], s["used_ratio"]) == (1200, 4000, 0.3)
