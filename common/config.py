@@ -60,9 +60,16 @@ class DatabaseSettings:
     pool_min: int = _help("Minimum connections kept open in the pool.", default=1)
     pool_max: int = _help("Maximum connections in the pool.", default=10)
     acquire_timeout_s: float = _help(
-        "Seconds a request (or background task) waits for a pool connection; past it the request is answered "
-        "`503 database_unavailable` (Postgres down, or every connection busy) instead of hanging.",
+        "Seconds a request (or background task) waits for a pool connection once Postgres is known unreachable "
+        "(the pool's last connection attempt failed); past it the request is answered `503 "
+        "database_unavailable` instead of hanging.",
         default=0.5,
+    )
+    busy_timeout_s: float = _help(
+        "Seconds a request waits for a pool connection while Postgres answers but every connection is busy (a "
+        "burst); past it, `503 database_unavailable`. A wait is cut to `acquire_timeout_s` as soon as a "
+        "connection attempt fails.",
+        default=5.0,
     )
 
 
@@ -725,6 +732,8 @@ def require_common(settings: Settings) -> None:
         raise ConfigError("database.url: required (or MINICDN_DATABASE_URL)")
     if settings.database.acquire_timeout_s <= 0:
         raise ConfigError("database.acquire_timeout_s: must be positive")
+    if settings.database.busy_timeout_s < settings.database.acquire_timeout_s:
+        raise ConfigError("database.busy_timeout_s: must be at least database.acquire_timeout_s")
     if not settings.signing.active_kid:
         raise ConfigError("signing.active_kid: required, with its secret in signing.keys")
 

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from common import __version__, loops
@@ -49,6 +50,9 @@ class Heartbeats:
         self.bound_s = settings.health.heartbeat_timeout_s
         self.store, self.pool, self.bus, self.status, self.metrics = store, pool, bus, status, metrics
         self._tasks: list[asyncio.Task[None]] = []
+        # Its own thread for statvfs: in the shared default executor a beat would queue behind a burst of
+        # fsyncs and renders, and a busy node would look dead exactly when it is working hardest.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="heartbeat")
 
     def start(self) -> None:
         self._tasks = [
@@ -59,6 +63,7 @@ class Heartbeats:
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
         await loops.cancel_all(tasks)
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     async def announce_stopping(self) -> None:
         """Stop beating, then tell NATS and Postgres (concurrently) that this node is stopping, so that the query
@@ -114,7 +119,7 @@ class Heartbeats:
             await loops.sleep(self.node.heartbeat_interval_s)
 
     async def _usage(self) -> Usage:
-        usage = await asyncio.to_thread(self.store.usage)  # statvfs: cheap, but a system call on a disk
+        usage = await asyncio.get_running_loop().run_in_executor(self._thread, self.store.usage)  # statvfs
         self.metrics.set_usage(usage.capacity_bytes, usage.used_bytes, usage.free_bytes, usage.objects)
         return usage
 

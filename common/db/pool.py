@@ -2,8 +2,10 @@
 
 The pool is set up so that a Postgres outage costs requests a fast, clear failure and no recovery delay:
 
-- a connection is waited for ``database.acquire_timeout_s`` at most, then ``PoolTimeout`` (a psycopg
-  ``OperationalError``), which the error middleware (``common.httpkit``) answers `503 database_unavailable`;
+- a connection is waited for ``database.busy_timeout_s`` while Postgres answers (a burst queues rather than
+  failing), but only ``database.acquire_timeout_s`` once a connection attempt has failed (an outage answers at
+  once); then ``PoolTimeout`` (a psycopg ``OperationalError``), which the error middleware
+  (``common.httpkit``) answers `503 database_unavailable`;
 - every connection is checked (an empty query) when it is handed out, so one the server closed meanwhile is
   replaced instead of failing the request; the first broken one found also has every idle connection
   checked at once, so after a restart the stale ones go together rather than one request each;
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Self
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from common.config import DatabaseSettings
 from common.db.migrate import migrate
@@ -31,6 +34,40 @@ from common.db.rows import Pool
 logger = logging.getLogger(__name__)
 RECONNECT_TIMEOUT_S = 2.0  # background re-connects of a lost connection (attempts at 0 s and ~1 s), then on demand
 CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout: an unreachable host must not hold a pool worker for minutes
+
+
+class _Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
+    """A pool that tells a burst from an outage: ``timeout`` is the fail-fast bound, used once the last
+    connection attempt failed; while Postgres answers, a wait may last ``busy_timeout``."""
+
+    def __init__(self, conninfo: str, *, busy_timeout: float, **kwargs: Any) -> None:
+        self.busy_timeout = busy_timeout
+        self.reachable = True
+        pool = self
+
+        class Connection(AsyncConnection[DictRow]):
+            @classmethod
+            async def connect(cls, *args: Any, **kw: Any) -> Self:
+                try:
+                    conn = await super().connect(*args, **kw)
+                except Exception:
+                    pool.reachable = False
+                    raise
+                pool.reachable = True
+                return conn
+
+        super().__init__(conninfo, connection_class=Connection, **kwargs)
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[DictRow]:
+        if timeout is not None:
+            return await super().getconn(timeout)
+        deadline = time.monotonic() + self.busy_timeout
+        while True:  # in slices of the fail-fast bound, so a wait begun before an outage showed ends soon after
+            try:
+                return await super().getconn(max(0.001, min(self.timeout, deadline - time.monotonic())))
+            except PoolTimeout:
+                if not self.reachable or time.monotonic() >= deadline:
+                    raise
 
 
 @asynccontextmanager
@@ -54,11 +91,9 @@ async def open_pool(settings: DatabaseSettings, *, run_migrations: bool = True) 
                 task.add_done_callback(sweeping.discard)
             raise
 
-    pool = AsyncConnectionPool(
+    pool = _Pool(
         settings.url.reveal(),
-        # Parameterised only for the type checker (psycopg's documented way): the connections' rows are
-        # dicts because of the row_factory below; typed reads go through common.db.rows.
-        connection_class=AsyncConnection[DictRow],
+        busy_timeout=settings.busy_timeout_s,
         min_size=settings.pool_min,
         max_size=settings.pool_max,
         kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
