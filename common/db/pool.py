@@ -58,7 +58,7 @@ class _Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
 
         super().__init__(conninfo, connection_class=Connection, **kwargs)
 
-    async def getconn(self, timeout: float | None = None) -> AsyncConnection[DictRow]:
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[DictRow]:  # noqa: ASYNC109 (psycopg_pool's signature)
         if timeout is not None:
             return await super().getconn(timeout)
         deadline = time.monotonic() + self.busy_timeout
