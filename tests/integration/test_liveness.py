@@ -121,7 +121,9 @@ async def test_nats_outage_uploads_and_lookups_go_on_and_replication_catches_up(
     known = await _stored(cluster, seed=1)
     timeout_s = cluster.node_settings["us-east-1"].health.heartbeat_timeout_s
     uploaded: list[str] = []
-    nats_server.stop()
+    # Off the loop: the in-process nodes and query service keep beating however long nats-server takes to
+    # stop (a blocking call would freeze them all, and the heartbeats would lapse because of the test).
+    await asyncio.to_thread(nats_server.stop)
     try:
         ends = time.monotonic() + 2.5 * timeout_s  # long past the point where lapsed heartbeats would show
         seed = 2
@@ -141,7 +143,7 @@ async def test_nats_outage_uploads_and_lookups_go_on_and_replication_catches_up(
             assert cluster.healthy_count(3)
         assert len(uploaded) >= 2
     finally:
-        nats_server.start()
+        await asyncio.to_thread(nats_server.start)
     for image_id in uploaded:  # the pending-row sweep (and the stream, once back) copies them everywhere
         await cluster.wait_replicated(image_id)
         await cluster.wait_ready(image_id)
