@@ -106,7 +106,7 @@ class WorkerReport(Event):
     name: ClassVar[str] = "worker_report"
     worker: int
     pid: int
-    started_at: float  # wall clock: when it began counting (the primary's own count of the disk may include it)
+    started_at: float  # wall clock: when it began serving, 0.0 before (the primary's count of the disk may include it)
     used_bytes: dict[str, int]  # per tier: the bytes it stored minus those it removed
     originals: dict[str, int]  # per tier: the originals it stored minus those it removed
     variants_changed: list[str]  # images whose variants it built or removed since its previous report

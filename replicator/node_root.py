@@ -81,6 +81,7 @@ async def serve_node(
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.node.host, settings.node.port, reuse_port=not app[keys.ROLE].alone)
+        app[keys.SIBLINGS].reporter.serving()  # first: what it reports from now on may have been stored since
         await site.start()
         if on_ready is not None:
             on_ready()

@@ -6,9 +6,10 @@ A report carries totals since the process began counting (``WorkerReport``), nev
 made good by the next, and the primary applies the difference from the last one it applied of that process. A
 non-primary process never counts the disk (``Store.prepare`` runs in the primary only), so its store's figures are
 exactly what it stored minus what it removed. The primary counts the disk once, at its start: a process that began
-counting before that has its first report taken as the baseline (what it had stored is on the disk counted).
-What such a process stores while the primary counts may be missed or counted twice; that happens only when the
-primary alone restarts (a crash), and the next start of the node counts afresh.
+serving before that has its first report taken as the baseline (what it had stored is on the disk counted); one
+that began later, or that had not begun when it reported, is counted from zero however late its first report comes.
+What a process stores while the primary counts may be missed or counted twice; that happens only when the primary
+alone restarts (a crash), and the next start of the node counts afresh.
 
 Pure bookkeeping, no NATS (``storage_node.siblings`` sends and receives): testable with a real store alone.
 """
@@ -49,7 +50,13 @@ class Reporter:
 
     def __init__(self, worker: int, store: Store, metrics: NodeMetrics, status: NodeStatus) -> None:
         self.worker, self.store, self.metrics, self.status = worker, store, metrics, status
-        self.started_at = time.time()  # created with the store, before anything could be stored through it
+        # When it began accepting requests (``serving``): it stores nothing before, so what it reports is counted in
+        # full unless it served before the primary counted the disk. 0.0: not yet.
+        self.started_at = 0.0
+
+    def serving(self) -> None:
+        """Called as the process begins accepting requests."""
+        self.started_at = time.time()
 
     def report(self) -> WorkerReport:
         """Blocking (the usage's statvfs)."""
@@ -82,8 +89,8 @@ class ReportSum:
         (``Store.recount_variant_bytes``, blocking: the caller runs it off the event loop)."""
         now = time.monotonic() if now is None else now
         seen = self._last.get(report.pid)
-        if seen is None and report.started_at < self.counted_at:
-            base = report  # the disk the primary counted holds what it had stored
+        if seen is None and 0.0 < report.started_at < self.counted_at:
+            base = report  # it served before the primary counted: the disk counted holds what it had stored
         else:
             base = seen[0] if seen is not None else _zero(report)
         for tier in report.used_bytes.keys() | report.originals.keys():

@@ -117,7 +117,8 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str, log: Path, tim
     deadline = time.monotonic() + timeout_s
     while not await check():
         if time.monotonic() > deadline:
-            tail = (await asyncio.to_thread(log.read_text, errors="replace"))[-4000:]
+            text = await asyncio.to_thread(log.read_text, errors="replace")
+            tail = "\n".join(line for line in text.splitlines() if "minicdn.access" not in line)[-6000:]
             raise AssertionError(f"timed out waiting for {what}; log:\n{tail}")
         await asyncio.sleep(0.1)
 
@@ -185,15 +186,21 @@ async def _uploads_on_each_worker(cluster: TestCluster, base: str, log: Path) ->
 
     # The node's usage counts both (the other worker reports what it stored): /stats from either worker, the
     # primary's own count or, from the other, what the primary's heartbeat last recorded.
+    seen: dict[int, tuple[int, int]] = {}  # worker -> (objects, used bytes) it last answered
+
     async def both_counted() -> bool:
         for worker in range(WORKERS):
             async with _on_worker(base, worker) as session, session.get(f"{base}/stats") as resp:
                 stats = await resp.json()
+            seen[worker] = (stats["objects"], stats["used_bytes"])
             if stats["objects"] != before["objects"] + 2 or stats["used_bytes"] <= before["used_bytes"]:
                 return False
         return True
 
-    await _until(both_counted, "both uploads in the node's usage", log, timeout_s=10)
+    try:
+        await _until(both_counted, "both uploads in the node's usage", log, timeout_s=10)
+    except AssertionError as exc:
+        raise AssertionError(f"before: {before}; (objects, used bytes) per worker last: {seen}; {exc}") from None
 
 
 async def _delete_forgotten_at_once(cluster: TestCluster, base: str, url: str, image_id: str) -> float:

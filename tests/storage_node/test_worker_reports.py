@@ -36,19 +36,20 @@ def _store_variant(store: Store, image_id: str, name: str, size: int) -> None:
 class _Node:
     """The primary's store and sum, and one worker's store and reporter, on one directory."""
 
-    def __init__(self, root: Path, worker_first: bool = False) -> None:
+    def __init__(self, root: Path, served_first: bool = False) -> None:
         self.metrics, self.status = _metrics(), NodeStatus()
         self.worker_metrics, self.worker_status = _metrics(), NodeStatus()
         self.primary = Store(root)
-        if worker_first:  # the worker began counting before the primary counted the disk
-            self.worker = Store(root)
-            self.reporter = Reporter(1, self.worker, self.worker_metrics, self.worker_status)
-            time.sleep(0.01)
+        # The worker's process starts first either way (they start together); it may also serve first.
+        self.worker = Store(root)
+        self.reporter = Reporter(1, self.worker, self.worker_metrics, self.worker_status)
+        if served_first:
+            self.reporter.serving()
+        time.sleep(0.01)
         counted_at = time.time()
         self.primary.prepare()
-        if not worker_first:
-            self.worker = Store(root)
-            self.reporter = Reporter(1, self.worker, self.worker_metrics, self.worker_status)
+        if not served_first:
+            self.reporter.serving()
         self.sum = ReportSum(self.primary, self.metrics, self.status, counted_at)
 
     def deliver(self, report: WorkerReport, now: float | None = None) -> None:
@@ -102,8 +103,19 @@ def test_a_lost_report_is_made_good_by_the_next(tmp_path: Path) -> None:
     assert node.metrics.http.requests_seen == 9
 
 
-def test_a_worker_that_counted_before_the_primary_is_a_baseline_first(tmp_path: Path) -> None:
-    node = _Node(tmp_path, worker_first=True)
+def test_a_first_report_that_comes_late_is_counted_in_full(tmp_path: Path) -> None:
+    """The worker's early reports were lost (the primary was still counting, or not yet subscribed): what it stored
+    since it began serving, after the primary counted, is in its first report to arrive, and counted."""
+    node = _Node(tmp_path)
+    node.reporter.report()  # lost
+    _store_original(node.worker, b"d" * 2500)
+    node.worker_metrics.uploads_ok = 1
+    node.deliver(node.reporter.report())
+    assert node.primary.usage().objects == 1 and node.metrics.uploads_ok == 1
+
+
+def test_a_worker_that_served_before_the_primary_counted_is_a_baseline_first(tmp_path: Path) -> None:
+    node = _Node(tmp_path, served_first=True)
     counted = node.primary.usage()
     node.worker_metrics.http.requests_seen = 100  # served before this primary started: not this primary's to count
     node.deliver(node.reporter.report())
