@@ -160,6 +160,11 @@ class NodeSettings:
         "background duties: heartbeats, replicator, processing, scrubber, tier manager. 0 means the number of cores.",
         default=0,
     )
+    fast_lane: bool = _help(
+        "Answer unsigned GETs of cached variants of public, ready images before aiohttp's request machinery (the "
+        "same answer at a fraction of the cost); false sends every request through aiohttp.",
+        default=True,
+    )
     fd_cache_size: int = _help(
         "Open files each node process keeps for its most read originals and variants (a hit is sent with no "
         "open or stat in a thread); 0 turns the cache off. Each takes a descriptor: stay under `ulimit -n`.",

@@ -109,7 +109,9 @@ class HttpMetrics:
         if request.method == "HEAD" or not size:
             return
         self.bytes_sent += size
-        route = route_of(request)
+        self.count_bytes(route_of(request), size)
+
+    def count_bytes(self, route: str, size: int) -> None:
         child = self._bytes_children.get(route)
         if child is None:  # routes are the app's templates (and "unmatched"): a few
             child = self._bytes_children[route] = self.response_bytes.labels(self.component, route)

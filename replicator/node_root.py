@@ -18,12 +18,14 @@ import aiohttp
 from aiohttp import web
 
 from common.config import Settings
+from common.fastlane import FastLaneSite
 from common.loops import cancel_all
 from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext, Wanted, replicate
 from replicator.scrub import Scrubber
 from storage_node import inflight, keys
 from storage_node.app import create_app
+from storage_node.lane import node_lane
 from storage_node.objects import dirlock
 from storage_node.worker_reports import Role
 
@@ -80,7 +82,7 @@ async def serve_node(
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True, **server_kwargs)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.node.host, settings.node.port, reuse_port=not app[keys.ROLE].alone)
+        site = node_site(runner, app, settings.node.host, settings.node.port)
         app[keys.SIBLINGS].reporter.serving()  # first: what it reports from now on may have been stored since
         await site.start()
         if on_ready is not None:
@@ -93,6 +95,15 @@ async def serve_node(
         await inflight.wait_idle(app[keys.STATUS], SHUTDOWN_TIMEOUT_S)
     finally:
         await runner.cleanup()  # closes the connections (a response being sent is finished), then the app's
+
+
+def node_site(runner: web.AppRunner, app: web.Application, host: str, port: int) -> web.TCPSite:
+    """The node's listening site (after ``runner.setup()``): with ``node.fast_lane``, cached hits are answered
+    before aiohttp (``storage_node.lane``). Beside the node's other processes (SO_REUSEPORT) unless it is alone."""
+    reuse_port = not app[keys.ROLE].alone
+    if app[keys.SETTINGS].node.fast_lane:
+        return FastLaneSite(runner, host, port, node_lane(app), reuse_port=reuse_port)
+    return web.TCPSite(runner, host, port, reuse_port=reuse_port)
 
 
 async def _in_process_replicator(app: web.Application) -> AsyncIterator[None]:

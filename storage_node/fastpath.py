@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 
@@ -107,5 +107,12 @@ def keep(
     """An ``OpenFile`` for what a miss opened (after reading ``files.epoch``), its headers made once; cached unless
     the image's files changed meanwhile. Returned acquired for the caller."""
     held = OpenFile(key, fobj, size, etag, {**headers, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"})
+    held.block = header_block(held.headers.items())
+    held.block_304 = header_block((k, v) for k, v in held.headers.items() if k not in NOT_IN_304)
     files.put(held, epoch)
     return held
+
+
+def header_block(headers: Iterable[tuple[str, str]]) -> bytes:
+    """Header lines as sent (latin-1, CRLF after each)."""
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)

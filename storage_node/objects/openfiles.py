@@ -31,6 +31,8 @@ class OpenFile:
     etag: str  # without the quotes
     headers: Mapping[str, str]  # of a 200, ETag included
     refs: int = 1  # the opener's; the cache holds one more while the entry is in it
+    block: bytes = b""  # ``headers`` as header lines, for the fast lane (``storage_node.lane``)
+    block_304: bytes = b""  # those a 304 carries
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fstat(self) -> os.stat_result:

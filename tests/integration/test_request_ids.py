@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from aiohttp import web
 
 from common.reqlog import RequestIdFilter, access_logger_for
 from minicdn.embedded import EmbeddedNats
@@ -18,18 +18,9 @@ from tests.cluster import TestCluster, make_jpeg
 class LoggedCluster(TestCluster):
     """The test cluster with the production access logger on every app."""
 
-    async def _serve(self, name: str, app: web.Application, port: int) -> None:
+    def _runner_options(self, name: str) -> dict[str, Any]:
         component = "query-service" if name.startswith("query") else "storage-node"
-        runner = web.AppRunner(
-            app,
-            access_log=logging.getLogger("minicdn.access"),
-            access_log_class=access_logger_for(component),
-            handler_cancellation=True,
-        )
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        self.runners[name] = runner
-        self.apps[name] = app
+        return {"access_log": logging.getLogger("minicdn.access"), "access_log_class": access_logger_for(component)}
 
 
 async def test_request_id_travels_from_the_query_service_to_every_node(
