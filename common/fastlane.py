@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -294,8 +295,7 @@ class FastLaneProtocol(asyncio.Protocol):
             transport.write(block if bodyless else block + answer.body)
             self._done(head, answer, rid, started, close)
             return
-        transport.write(block)  # sent at once when nothing waits before it (the usual case)
-        sent = _send_now(transport, body) if transport.get_write_buffer_size() == 0 else 0
+        sent = _send_now(transport, block, body)
         if sent == body.count:
             body.release()
             self._done(head, answer, rid, started, close)
@@ -331,6 +331,7 @@ class FastLaneProtocol(asyncio.Protocol):
         if close:
             if self.transport is not None:
                 self.transport.close()
+            self.transport = None  # nothing more is read or answered on it
         elif h._keepalive_timeout:  # aiohttp's idle timer counts from this answer, not from its own last one
             h._next_keepalive_close_time = h._loop.time() + h._keepalive_timeout
 
@@ -351,12 +352,26 @@ def bodyless(raw: bytes) -> bool:
     return True
 
 
-def _send_now(transport: asyncio.Transport, body: FileBody) -> int:
-    """As much of ``body`` as the socket takes now, by ``os.sendfile`` (the transport's buffer is empty)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
+def _send_now(transport: asyncio.Transport, block: bytes, body: FileBody) -> int:
+    """The header block, then as much of ``body`` as the socket takes now (``os.sendfile``), when nothing waits in
+    the transport's buffer (the usual case); else the block is queued there and nothing of the body is sent. The
+    block goes with MSG_MORE: the kernel sends it in one segment with the first bytes of the file."""
+    # The transport's own socket (asyncio's selector transports keep it in ``_sock``; ``get_extra_info`` gives a
+    # wrapper without ``send``). Another transport: the block through it, the body by the slow path.
+    sock = getattr(transport, "_sock", None)
+    if not isinstance(sock, socket.socket) or transport.get_write_buffer_size():
+        transport.write(block)
         return 0
     fd, sent = sock.fileno(), 0
+    try:
+        written = sock.send(block, socket.MSG_MORE)
+    except (BlockingIOError, InterruptedError):
+        written = 0
+    except OSError:  # the client went away: the slow path sees it too
+        return 0
+    if written < len(block):
+        transport.write(block[written:])
+        return 0
     try:
         while sent < body.count:
             n = os.sendfile(fd, body.fd, body.offset + sent, body.count - sent)

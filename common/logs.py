@@ -3,9 +3,11 @@ wrapped in config.Secret and so print as asterisks."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -49,8 +51,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+FLUSH_S = 0.25  # how long an INFO line (an access line) may wait in the buffer
+
+
+class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Lines go to the stream's buffer at once and out with the next WARNING or above, or within ``FLUSH_S``
+    (nginx's buffered access log): one write per line, an access line per request, would be a syscall each."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        threading.Thread(target=self._flush_forever, name="log-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.flush()
+        except Exception:
+            self.handleError(record)
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_S)
+            self.flush()
+
+
 def make_handler(settings: LogSettings, component: str, stream: Any = None) -> logging.Handler:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """To ``stream``, or to stderr through a buffer of its own (stderr writes each line at once)."""
+    if stream is None:
+        stream = io.TextIOWrapper(sys.stderr.buffer, encoding="utf-8", errors="backslashreplace", write_through=False)
+    handler = LazyFlushHandler(stream)
     if settings.format == "json":
         handler.setFormatter(JsonFormatter(component))
     else:

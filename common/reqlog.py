@@ -13,6 +13,7 @@ route template, status, bytes and duration; never the query string (signed URLs 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -31,8 +32,13 @@ access_logger = logging.getLogger("minicdn.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_ID_PREFIX = secrets.token_hex(4)  # this process's: ids stay unique across processes without a syscall each
+_id_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return secrets.token_hex(8)
+    """16 hex digits: the process's random prefix, then a counter."""
+    return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFF:08x}"
 
 
 def clean_request_id(value: str | None) -> str | None:

@@ -17,12 +17,13 @@ from aiohttp import web
 from common.errors import MinicdnError
 from common.fastlane import Answer, FileBody, Head, Lane, Recorder
 from common.ids import is_image_id
-from common.variants import check_size, parse_variant, resolve_format
+from common.variants import VariantSpec, check_size, parse_variant, resolve_format
 from storage_node import fastpath, keys
 from storage_node.objects.store import ORIGINAL
 
 ROUTE = "/i/{image_id}/{variant}"  # the route template aiohttp's path logs and counts the same requests under
 VARY = b"Vary: Accept\r\n"
+MAX_NAMES = 4096
 
 
 def node_lane(app: web.Application) -> Lane:
@@ -32,6 +33,21 @@ def node_lane(app: web.Application) -> Lane:
     widths, max_side = settings.limits.widths, settings.limits.max_variant_side
     published_tree = bool(settings.node.published_tree)
     hits = metrics.variant_cache.labels("hit")
+    specs: dict[str, VariantSpec | None] = {}  # variant name -> its spec, None when unsigned requests may not have it
+
+    def spec_of(name: str) -> VariantSpec | None:
+        if name in specs:
+            return specs[name]
+        spec: VariantSpec | None = None
+        try:
+            parsed = parse_variant(name)
+            check_size(parsed, widths, max_side)
+            spec = parsed
+        except MinicdnError:  # aiohttp's path explains
+            pass
+        if len(specs) < MAX_NAMES:  # names are the clients': remembered up to a bound
+            specs[name] = spec
+        return spec
 
     def route(head: Head) -> Answer | None:
         headers = head.headers
@@ -40,10 +56,8 @@ def node_lane(app: web.Application) -> Lane:
         image_id, sep, name = head.path[3:].partition("/") if head.path.startswith("/i/") else ("", "", "")
         if not sep or name == ORIGINAL or not is_image_id(image_id):
             return None
-        try:
-            spec = parse_variant(name)
-            check_size(spec, widths, max_side)
-        except MinicdnError:  # aiohttp's path explains
+        spec = spec_of(name)
+        if spec is None:
             return None
         spec, vary = resolve_format(spec, headers.get("accept"))
         meta = store.cached_meta(image_id)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 from common.config import LogSettings
-from common.logs import make_handler
+from common.logs import FLUSH_S, make_handler
 from common.reqlog import REQUEST_ID, adopt, clean_request_id
 
 
@@ -52,3 +53,23 @@ def test_request_ids_from_outside_are_checked() -> None:
     assert adopt({"X-Request-Id": "from-msg"}) == "from-msg"
     assert len(adopt({"X-Request-Id": "bad id"})) == 16
     assert len(adopt(None)) == 16
+
+
+def test_lines_wait_in_a_buffer_briefly_and_a_warning_flushes_at_once() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", write_through=False)
+    logger = logging.getLogger("minicdn.test-logs-buffered")
+    logger.handlers[:] = [make_handler(LogSettings(), "storage-node", stream)]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("an access line")
+        deadline = time.monotonic() + 10 * FLUSH_S
+        while b"an access line" not in raw.getvalue():  # out within the flush interval, without another line
+            assert time.monotonic() < deadline, "an INFO line stayed in the buffer"
+            time.sleep(0.01)
+        logger.info("another")
+        logger.warning("a warning")
+        assert raw.getvalue().endswith(b"a warning\n") and b"another" in raw.getvalue()  # at once, in order
+    finally:
+        logger.handlers[:] = []
