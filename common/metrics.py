@@ -9,7 +9,7 @@ modules receive the metric objects they update, so they stay free of aiohttp.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,9 +77,20 @@ class HttpMetrics:
         # (route, method, status) -> its children: ``labels`` takes a lock and builds a key on every call.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._bytes_children: dict[str, Any] = {}  # route -> its response_bytes child
+        self.before_scrape: list[Callable[[], None]] = []  # counts kept back to be added in bulk: added first
 
-    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One request's count and duration, on the children of its labels, made once."""
+    def count_request(self, route: str, method: str, status: int, seconds: float, counted: bool = True) -> None:
+        """One request's duration and, unless the caller adds it later (``count_requests``), its count, on the
+        children of its labels, made once."""
+        children = self._children_of(route, method, status)
+        if counted:
+            children[0].inc()
+        children[1].observe(seconds)
+
+    def count_requests(self, route: str, method: str, status: int, n: int) -> None:
+        self._children_of(route, method, status)[0].inc(n)
+
+    def _children_of(self, route: str, method: str, status: int) -> tuple[Any, Any]:
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:
@@ -89,8 +100,7 @@ class HttpMetrics:
                 self.requests.labels(self.component, route, method, str(status)),
                 self.duration.labels(self.component, route),
             )
-        children[0].inc()
-        children[1].observe(seconds)
+        return children
 
     def expose_processes(self, path: str) -> None:
         """Show on /metrics what every process writing to ``path`` counted (prometheus_client's multiprocess mode,
@@ -100,6 +110,8 @@ class HttpMetrics:
         self._exposed = registry
 
     async def handler(self, request: web.Request) -> web.Response:
+        for flush in self.before_scrape:
+            flush()
         return web.Response(body=generate_latest(self._exposed), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
