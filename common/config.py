@@ -276,6 +276,11 @@ class QuerySettings:
         "(events keep them current in between; this repairs what a lost event missed).",
         default=10.0,
     )
+    fast_lane: bool = _help(
+        "Answer URL lookups of images and keys already in memory before aiohttp's request machinery (the same "
+        "answer at a fraction of the cost); false sends every request through aiohttp.",
+        default=True,
+    )
     workers: int = _help(
         "Query-service processes sharing the port (SO_REUSEPORT), each with its own in-memory state; one of them "
         "also runs the background singletons. 0 means the number of cores.",

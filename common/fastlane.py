@@ -48,6 +48,7 @@ class Head:
     path: str
     query: str
     headers: dict[str, str]
+    remote: str = ""  # the TCP peer's address
 
 
 @dataclass(slots=True)
@@ -86,7 +87,7 @@ class Lane:
     node); ``busy``: +1 / -1 around an answer still being sent after the request's turn on the loop."""
 
     route: Route
-    record: Callable[[Head, Answer, str, float, str], None]
+    record: Callable[[Head, Answer, str, float], None]
     closing: Callable[[], bool] = lambda: False
     busy: Callable[[int], None] = lambda delta: None
 
@@ -109,7 +110,7 @@ class Recorder:
         self._timer: asyncio.TimerHandle | None = None
         metrics.before_scrape.append(self.flush)
 
-    def __call__(self, head: Head, answer: Answer, rid: str, seconds: float, remote: str) -> None:
+    def __call__(self, head: Head, answer: Answer, rid: str, seconds: float) -> None:
         sent = 0 if head.method == "HEAD" or answer.status == 304 else answer.length
         metrics = self.metrics
         metrics.requests_seen += 1
@@ -142,7 +143,7 @@ class Recorder:
                     "status": answer.status,
                     "bytes": sent,
                     "duration_ms": duration_ms,
-                    "remote": remote,
+                    "remote": head.remote,
                 },
             )
 
@@ -176,7 +177,7 @@ class _Date:
 _date = _Date()
 
 
-def parse_head(raw: bytes) -> Head | None:
+def parse_head(raw: bytes, remote: str = "") -> Head | None:
     """The head (without its final blank line) if the lane may take it: GET or HEAD, HTTP/1.1, no body, no
     repeated header, ASCII target. None: aiohttp's request."""
     lines = raw.split(b"\r\n")
@@ -199,7 +200,7 @@ def parse_head(raw: bytes) -> Head | None:
             return None
         headers[key] = value.strip().decode("latin-1")
     path, _, query = target.partition("?")
-    return Head(parts[0].decode(), path, query, headers)
+    return Head(parts[0].decode(), path, query, headers, remote)
 
 
 class FastLaneProtocol(asyncio.Protocol):
@@ -282,7 +283,7 @@ class FastLaneProtocol(asyncio.Protocol):
             self.handler.data_received(chunk)
 
     def _route(self, raw: bytes) -> tuple[Head, Answer] | None:
-        head = parse_head(raw)
+        head = parse_head(raw, self.remote)
         if head is None:
             return None
         try:
@@ -356,7 +357,7 @@ class FastLaneProtocol(asyncio.Protocol):
         self._serve()
 
     def _done(self, head: Head, answer: Answer, rid: str, started: float, close: bool) -> None:
-        self.lane.record(head, answer, rid, time.perf_counter() - started, self.remote)
+        self.lane.record(head, answer, rid, time.perf_counter() - started)
         h = self.handler
         if close:
             if self.transport is not None:

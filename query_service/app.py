@@ -22,6 +22,7 @@ from common.callback_outbox import CallbackOutbox
 from common.clientaddr import TrustedProxies
 from common.config import Settings, require_query
 from common.db.pool import open_pool
+from common.fastlane import FastLaneSite
 from common.geo import GeoLocator, Point
 from common.hardening import handler_args, make_header_limit_middleware
 from common.httpkit import make_error_middleware
@@ -34,6 +35,7 @@ from query_service.cluster_stats import ClusterStats
 from query_service.dashboard import build_dashboard
 from query_service.handlers_dashboard import load_assets
 from query_service.history import History, sample_every
+from query_service.lane import query_lane
 from query_service.lifecycle import LifecycleSweeper
 from query_service.locations import location_cache
 from query_service.monitor import CapacityMonitor, load_report
@@ -106,12 +108,20 @@ async def serve(
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True, **server_kwargs)
     try:
         await runner.setup()
-        await web.TCPSite(runner, settings.query.host, settings.query.port, reuse_port=reuse_port).start()
+        await query_site(runner, app, settings.query.host, settings.query.port, reuse_port).start()
         if on_ready is not None:
             on_ready()
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def query_site(runner: web.AppRunner, app: web.Application, host: str, port: int, reuse_port: bool) -> web.TCPSite:
+    """The listening site (after ``runner.setup()``): with ``query.fast_lane``, URL lookups known in memory are
+    answered before aiohttp (``query_service.lane``)."""
+    if app[keys.SETTINGS].query.fast_lane:
+        return FastLaneSite(runner, host, port, query_lane(app), reuse_port=reuse_port)
+    return web.TCPSite(runner, host, port, reuse_port=reuse_port)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

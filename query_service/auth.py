@@ -54,20 +54,28 @@ class ApiKeyAuth:
         header = request.headers.get("Authorization")
         if header is None:
             return None
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
-            raise Unauthorized("expected `Authorization: Bearer <api key>`")
-        key = await self.keys.get(db_keys.hash_key(token))
+        key = await self.keys.get(_key_hash(header))
         if key is None:
             raise Unauthorized("unknown or revoked API key")
+        self.take(key)
+        return key
+
+    def known(self, header: str) -> ApiKey | None:
+        """The key of an Authorization header when it is in memory (not revoked), else None (a bad header too):
+        no Postgres, no rate taken."""
+        try:
+            return self.keys.known(_key_hash(header))
+        except Unauthorized:
+            return None
+
+    def take(self, key: ApiKey) -> None:
+        """One request of ``key``'s rate; 429 when it is over."""
         if self.limiter is not None:
             wait_s = self.limiter.take(key.key_id, key.rate_per_s)
             if wait_s > 0:
                 raise TooManyRequests(
                     "this API key is over its request rate", headers={"Retry-After": retry_after_header(wait_s)}
                 )
-        return key
 
     async def required(self, request: web.Request, scope: str = "app") -> ApiKey:
         key = await self.optional(request)
@@ -111,3 +119,12 @@ def may_see(key: ApiKey | None, visibility: str, owner_key_id: str | None, app_i
     if visibility == "public":
         return True
     return key is not None and (key.is_admin or owns(key, owner_key_id, app_id))
+
+
+def _key_hash(header: str) -> bytes:
+    """The hash of the key in an Authorization header; 401 when the header is not `Bearer <key>`."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
+        raise Unauthorized("expected `Authorization: Bearer <api key>`")
+    return db_keys.hash_key(token)

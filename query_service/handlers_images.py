@@ -113,23 +113,38 @@ async def find_servable(
     """The checks every URL answer makes (visibility, ownership of originals, hotlinking, status, health) and
     the ranking of the holders (from memory once the image and its app were seen)."""
     app = request.app
-    registry = app[keys.REGISTRY]
     loc = await app[keys.LOCATIONS].get(image_id)
+    check_visible(loc, key, public_only=public_only, original=original)
+    assert loc is not None  # (checked)
+    if public_only:  # /img is what pages embed: hold it to the owner app's Referer allowlist
+        check_referer(await app[keys.AUTH].app(loc.app_id), request.headers.get("Referer"))
+    return rank_servable(app, image_id, loc, key, client_ip, remote_address(request))
+
+
+def check_visible(loc: Location | None, key: ApiKey | None, *, public_only: bool, original: bool) -> None:
+    """404 for an image the caller may not know of; 403 for a private one through /img, or an original asked for
+    by another than its owner."""
     if loc is None or loc.status == "deleted" or not may_see(key, loc.visibility, loc.owner_key_id, loc.app_id):
         raise NotFound("no such image")
     if public_only and loc.visibility != "public":
         raise Forbidden("private images are not served through /img", code="forbidden")
     if original and not (key is not None and (key.is_admin or owns(key, loc.owner_key_id, loc.app_id))):
         raise Forbidden("the original is only for the image's owner", code="forbidden")
-    if public_only:  # /img is what pages embed: hold it to the owner app's Referer allowlist
-        check_referer(await app[keys.AUTH].app(loc.app_id), request.headers.get("Referer"))
+
+
+def rank_servable(
+    app: web.Application, image_id: str, loc: Location, key: ApiKey | None, client_ip: str | None, remote: str | None
+) -> Servable:
+    """409 unless `ready`, 503 without a healthy holder; else the holders nearest to the client (``client_ip``
+    when a key vouches for it, else the caller's address ``remote``) first. Memory only."""
     if loc.status not in SERVABLE:
         raise Conflict(f"image is {loc.status}", code="not_ready")
+    registry = app[keys.REGISTRY]
     nodes = [registry.nodes[n] for n in loc.ok_nodes if n in registry.nodes]
     healthy = [n for n in nodes if registry.healthy(n)]
     if not healthy:
         raise Unavailable("no healthy node holds this image right now", code="no_replica")
-    client_ip = client_ip if (client_ip and key is not None) else remote_address(request)
+    client_ip = client_ip if (client_ip and key is not None) else remote
     return Servable(image_id, loc, rank(healthy, app[keys.GEO].locate(client_ip)))
 
 
@@ -144,7 +159,6 @@ async def resolve_url(
     request: web.Request, image_id: str, q: UrlQuery, key: ApiKey | None, public_only: bool = False
 ) -> dict[str, Any]:
     """The nearest healthy `ok` replica's URL for the variant that fits the box (no Postgres when known)."""
-    settings = request.app[keys.SETTINGS]
     original = q.variant == "original"
     stand_in: str | None = None
     try:
@@ -154,7 +168,15 @@ async def resolve_url(
         if stand_in is None:
             raise
         found = await find_servable(request, stand_in, key, q.client_ip, public_only=public_only)
+    return url_answer(request.app[keys.SETTINGS], image_id, q, found, request.headers.get("Accept"), stand_in)
+
+
+def url_answer(
+    settings: Settings, image_id: str, q: UrlQuery, found: Servable, accept: str | None, stand_in: str | None = None
+) -> dict[str, Any]:
+    """The answer's document: the best holder's URL of the variant that fits the box, and the others'."""
     loc = found.location
+    original = q.variant == "original"
     if original:
         variant = "original"
     else:
@@ -165,7 +187,7 @@ async def resolve_url(
             dpr=q.dpr,
             fit=q.fit,
             fmt=q.fmt,
-            accept=request.headers.get("Accept"),
+            accept=accept,
             image_w=loc.width,
             image_h=loc.height,
         )

@@ -62,6 +62,15 @@ class MemTable(Generic[K, V]):
         hit = self._rows.get(key)
         return None if hit is None else hit[0]
 
+    def known(self, key: K) -> V | None:
+        """The row when it is in memory (a use, as ``get`` counts it), else None: never reads Postgres."""
+        hit = self._rows.get(key)
+        if hit is None:
+            return None
+        self._rows.move_to_end(key)
+        self.hits += 1
+        return hit[0]
+
     async def get(self, key: K) -> V | None:
         """The row (None when Postgres has none): from memory when known, else one read, shared by every
         concurrent caller. A failed read raises (psycopg's error: `503 database_unavailable` for a request)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -151,7 +152,11 @@ def _opt_number(query: Any, key: str, lo: float, hi: float) -> float | None:
 
 
 def parse_url_query(request: web.Request) -> UrlQuery:
-    q = request.query
+    return parse_url_params(request.query)
+
+
+def parse_url_params(q: Mapping[str, str]) -> UrlQuery:
+    """A URL lookup's query parameters (400 for a bad one)."""
     fit = q.get("fit", "inside")
     if fit not in ("inside", "cover"):
         raise InvalidRequest("fit must be `inside` or `cover`")

@@ -159,12 +159,15 @@ class TestCluster:
         except BaseException:
             await runner.cleanup()  # a failed start lets go of what it took (the data directory's lock too)
             raise
-        if node:  # as the node's process listens: its fast lane first
+        # As the processes listen: their fast lanes first.
+        if node:
             from replicator.node_root import node_site
 
             await node_site(runner, app, "127.0.0.1", port).start()
         else:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            from query_service.app import query_site
+
+            await query_site(runner, app, "127.0.0.1", port, reuse_port=False).start()
         self.runners[name] = runner
         self.apps[name] = app
 

@@ -7,6 +7,7 @@ lane's answers are logged and counted like aiohttp's."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 
@@ -148,3 +149,46 @@ async def test_a_stopping_node_closes_lane_connections_after_the_answer(cluster:
     finally:
         status.stopping = False
     assert data.count(b"HTTP/1.1 200") == 1 and b"Connection: close" in data and b"Server:" not in data
+
+
+async def test_a_known_lookup_takes_the_query_services_lane_with_aiohttps_document(cluster: TestCluster) -> None:
+    up = await cluster.upload(make_jpeg(seed=304), client_ip=CLIENT)
+    await cluster.wait_ready(up["image_id"])
+    await cluster.wait_replicated(up["image_id"])
+    port = int(cluster.query_url.rsplit(":", 1)[1])
+    token = cluster.auth["Authorization"]
+    path = f"/v1/images/{up['image_id']}/url?w=300&client_ip={CLIENT}"
+    auth = f"Authorization: {token}"
+
+    # The first lookup reads Postgres (aiohttp's path); then the lane answers, with the same document as aiohttp's
+    # path gives for a request it does not take (a repeated parameter: aiohttp's path reads the first).
+    (first,) = await _raw(port, _get(path, auth), 1)
+    assert first[0] == 200 and "server" in first[1], first
+    lane, via_aiohttp = await _raw(port, _get(path, auth) + _get(path + "&w=300", auth), 2)
+    assert lane[0] == via_aiohttp[0] == 200
+    assert "server" not in lane[1] and "server" in via_aiohttp[1]
+    assert _fixed(lane[1]) == _fixed(via_aiohttp[1])
+    assert json.loads(lane[2]) == json.loads(via_aiohttp[2]) == json.loads(first[2])
+    assert json.loads(lane[2])["node_id"] == NODE  # the client's region first
+
+    # Not the lane's: a wrong key (401), an unknown image (404). A public image without a key is the lane's too.
+    # (One connection each: a request behind one aiohttp is still answering goes to aiohttp.)
+    (wrong,) = await _raw(port, _get(path, "Authorization: Bearer mk_nope_nope"), 1)
+    (unknown,) = await _raw(port, _get(f"/v1/images/{'a' * 22}/url", auth), 1)
+    (anonymous,) = await _raw(port, _get(f"/v1/images/{up['image_id']}/url?w=300"), 1)
+    assert wrong[0] == 401 and "server" in wrong[1]
+    assert unknown[0] == 404 and "server" in unknown[1]
+    assert anonymous[0] == 200 and "server" not in anonymous[1]
+
+    # A revoked key is refused at once, by aiohttp's path (the lane no longer knows it).
+    status, created = await cluster.api("POST", "/v1/keys", json={"name": "lane-test"})
+    assert status == 201, created
+    other = f"Authorization: Bearer {created['api_key']}"
+    for _ in range(2):
+        (ok,) = await _raw(port, _get(path, other), 1)
+        assert ok[0] == 200
+    assert "server" not in ok[1]
+    status, _ = await cluster.api("DELETE", f"/v1/keys/{created['key_id']}")
+    assert status in (200, 204)
+    (revoked,) = await _raw(port, _get(path, other), 1)
+    assert revoked[0] == 401 and "server" in revoked[1]
