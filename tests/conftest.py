@@ -4,6 +4,10 @@ database built with mmdb-writer, and a factory for in-process three-region clust
 from __future__ import annotations
 
 import secrets
+
+# Up front: pytest reports an object that failed in __del__ through a hook that imports tracemalloc lazily; a garbage
+# collection during that very import found the module half made and failed the test that happened to be running.
+import tracemalloc  # noqa: F401
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from common.ids import check_image_id
@@ -49,9 +50,38 @@ def fix_mtime(path: Path, mtime: int) -> os.stat_result:
     return st
 
 
+KNOWN_IMAGES = 100_000  # images whose links this process remembers (the fast lane's "already published")
+
+
 class PublishedTree:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # What this process linked or found linked, per image (insertion order: the oldest forgotten first).
+        # Memory only, for the fast lane (``storage_node.lane``), which serves a variant itself only once it is
+        # published: serving never depends on it, only whether a hit still goes through the path that links.
+        self._known: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def is_known(self, image_id: str, name: str) -> bool:
+        with self._lock:
+            names = self._known.get(image_id)
+            return names is not None and name in names
+
+    def _remember(self, image_id: str, name: str) -> None:
+        with self._lock:
+            names = self._known.get(image_id)
+            if names is None:
+                if len(self._known) >= KNOWN_IMAGES:
+                    del self._known[next(iter(self._known))]
+                names = self._known[image_id] = set()
+            names.add(name)
+
+    def _forget(self, image_id: str, name: str | None = None) -> None:
+        with self._lock:
+            if name is None:
+                self._known.pop(image_id, None)
+            elif image_id in self._known:
+                self._known[image_id].discard(name)
 
     def image_dir(self, image_id: str) -> Path:
         check_image_id(image_id)  # the alphabet has no separators: the path stays under root
@@ -66,22 +96,28 @@ class PublishedTree:
         try:
             os.link(source, folder / name)
         except FileExistsError:
+            self._remember(image_id, name)
             return False
         except FileNotFoundError:  # gone since it was served (evicted, deleted): nothing to publish
             return False
+        self._remember(image_id, name)
         return True
 
     def unpublish(self, image_id: str) -> None:
         """Remove every link of the image (blocking, microseconds: a few unlinks)."""
+        self._forget(image_id)
         shutil.rmtree(self.image_dir(image_id), ignore_errors=True)
 
     def unpublish_variant(self, image_id: str, name: str) -> None:
+        self._forget(image_id, name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.image_dir(image_id) / name)
 
     def clear(self) -> None:
         """Remove every link (an app gained a hotlink allowlist: which of its images are linked is not known here).
         The tree fills again as the node serves."""
+        with self._lock:
+            self._known.clear()
         if not self.root.exists():
             return
         for entry in os.scandir(self.root):
