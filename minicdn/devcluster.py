@@ -303,6 +303,9 @@ class DevCluster:
                     "capacity_bytes": self.opt.node_capacity_bytes,
                     "heartbeat_interval_s": 0.5,
                     # No "workers": node.workers' default, one serving process per core, as a deployment runs.
+                    # Ready for nginx in front (`minicdn nginx-config`), as a production node is: `minicdn bench
+                    # --peers` measures it so.
+                    "published_tree": True,
                 },
                 # Re-hash continuously: a pass over a small dev node takes seconds, so damage is found within
                 # about 10 s plus one pass (at the default 8 MiB/s, 20 MB of originals take 2.5 s).

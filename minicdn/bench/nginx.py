@@ -84,10 +84,10 @@ async def nginx_serving(
         await asyncio.to_thread(_stop, proc)
 
 
-def _spawn(exe: str, root: Path) -> subprocess.Popen[bytes]:
+def _spawn(exe: str, root: Path, *options: str) -> subprocess.Popen[bytes]:
     with (root / "stderr.log").open("wb") as out:
         return subprocess.Popen(
-            [exe, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log")],
+            [exe, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log"), *options],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its worker too is stopped with the group
@@ -126,3 +126,46 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def nginx_in_front(
+    root: Path, node_config: Path, path: str, session: aiohttp.ClientSession
+) -> AsyncIterator[Nginx | str]:
+    """nginx (one worker) in front of the node whose config file is ``node_config``, configured by ``minicdn
+    nginx-config``, once it sends ``path`` (a public variant) from the node's published tree; else why not."""
+    from common.config import load_settings
+    from minicdn.cli.nginx_config import render
+
+    exe = nginx_binary()
+    if exe is None:
+        yield "nginx is not installed"
+        return
+    settings = load_settings(str(node_config))
+    if not settings.node.published_tree:
+        yield f"{settings.node.node_id} keeps no published tree (node.published_tree = false)"
+        return
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (root / "tmp" / kind).mkdir(parents=True)
+    port = free_port()
+    (root / "nginx.conf").write_text(render(settings, listen=f"127.0.0.1:{port}", workers="1", run_dir=root))
+    proc = _spawn(exe, root, "-g", "daemon off;")  # in the foreground, as ours (the config is a production one)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await _wait_serving(session, f"{url}{path}", proc, root)  # through the node, which links it
+        await _wait_from_disk(session, f"{url}{path}", root)
+        yield Nginx(url, proc.pid)
+    finally:
+        await asyncio.to_thread(_stop, proc)
+
+
+async def _wait_from_disk(session: aiohttp.ClientSession, url: str, root: Path) -> None:
+    """Until nginx answers ``url`` itself: a node's answer carries its X-Request-Id, nginx's own does not."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        async with session.get(url) as resp:
+            await resp.read()
+            if resp.status == 200 and "X-Request-Id" not in resp.headers:
+                return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"nginx in front never sent {url} from the published tree (see {root / 'error.log'})")

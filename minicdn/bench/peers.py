@@ -7,13 +7,16 @@ and stops them at the end. Rows:
 
 1. GET a stored ~100 KB variant from a node, against a SeaweedFS volume GET of the same bytes and nginx
    (one worker) serving the same file;
-2. the URL lookup ``GET /v1/images/{id}/url`` (with the API key), against the SeaweedFS master's
+2. the same GET through nginx (one worker) in front of the node, configured by ``minicdn nginx-config`` and
+   sending the node's published tree, against that plain nginx (when the node keeps a published tree, as
+   ``minicdn dev``'s do);
+3. the URL lookup ``GET /v1/images/{id}/url`` (with the API key), against the SeaweedFS master's
    ``/dir/lookup?volumeId=``;
-3. uploads: a ticket + PUT per file (`uploads.upload_one`) at ``concurrency``, against SeaweedFS's assign +
+4. uploads: a ticket + PUT per file (`uploads.upload_one`) at ``concurrency``, against SeaweedFS's assign +
    PUT with replication 100, of the same files; minicdn's CPU is counted until every upload is `ready`
    on every replica (the work after the 201 is part of what an upload costs).
 
-Rows 1-2 run through `loadgen` (wrk, else our Python load generator); row 3 through this process, the
+Rows 1-3 run through `loadgen` (wrk, else our Python load generator); row 4 through this process, the
 same client code for both. CPU seconds are read from every process of each server (`cpu`): the node and
 the query service found by their ports, and for uploads every node, and Postgres and NATS when the state
 dir holds `minicdn dev`'s configs.
@@ -45,7 +48,7 @@ from rich.console import Console
 
 from minicdn.bench.cpu import CpuWindow, Server
 from minicdn.bench.loadgen import Loader, LoadResult
-from minicdn.bench.nginx import Nginx, nginx_serving
+from minicdn.bench.nginx import Nginx, nginx_in_front, nginx_serving
 from minicdn.bench.peers_report import Contender, Detail, Row, Sample, Target, as_json, print_table
 from minicdn.bench.pipeline import make_photos, wait_ready
 from minicdn.bench.seaweed import SeaweedFS, seaweedfs
@@ -54,6 +57,7 @@ from minicdn.client import ClusterRef, get_json, remove_images
 
 VARIANT_BYTES = 100 * 1024  # the variant row serves the variant nearest this size
 CANDIDATES = [(600, "jpeg"), (600, "webp"), (1200, "jpeg"), (1200, "webp")]  # (w, fmt) looked up and built
+RAW_NGINX = "nginx (1 worker)"
 DISTINCT_BASES = 64  # upload bodies are this many noise JPEGs, each made unique per file by a comment
 
 
@@ -137,6 +141,16 @@ def _server(name: str, url: str) -> Server:
     return Server.on_ports(name, [parts.port] if local and parts.port else [])
 
 
+def node_config(state_dir: Path, node_url: str) -> Path | None:
+    """The config file ``minicdn dev`` wrote for the node serving ``node_url`` (by its port), if any."""
+    port = urlsplit(node_url).port
+    for path in sorted((state_dir / "config").glob("*.toml")):
+        with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
+            if tomllib.loads(path.read_text()).get("node", {}).get("port") == port:
+                return path
+    return None
+
+
 def dev_infra(state_dir: Path) -> list[Server]:
     """Postgres and NATS of a `minicdn dev` cluster, from the configs it wrote in its state dir."""
     try:
@@ -178,13 +192,28 @@ def _get_row(
     if ng is None:
         row.notes.append("nginx is not installed (Debian: apt-get install nginx-light): no nginx figures")
     else:
-        peer = Contender("nginx (1 worker)")
+        peer = Contender(RAW_NGINX)
         row.peers.append(peer)
-        # The target is for minicdn's files served by nginx in front of the node, a contender still to come.
-        row.targets[peer.name] = Target(0.9, "issue 11", judged=False, note="when nginx serves minicdn's files")
         nginx_url = f"{ng.base_url}/{node_url.rsplit('/', 1)[1]}"
         loads.append(Load(peer, [Server("nginx", frozenset({ng.pid}))], lambda _r: loader.get(nginx_url)))
     return row, loads
+
+
+def _front_row(
+    loader: Loader, node_url: str, body: bytes, front: Nginx | str, raw: Contender | None
+) -> tuple[Row, list[Load]]:
+    """nginx in front of the node (``minicdn nginx-config``) sending the same variant, against nginx sending the
+    file from a directory of its own (the contender of the GET row, measured there)."""
+    title = f"GET the {len(body) / 1024:.0f} KB variant through nginx in front of the node"
+    row = Row("nginx_front_get", title, "req/s", Contender("nginx in front of the node (1 worker)"))
+    if isinstance(front, str):
+        row.notes.append(f"not measured: {front}")
+        return row, []
+    if raw is not None:
+        row.peers.append(raw)
+        row.targets[raw.name] = Target(0.9, "issue 11")
+    url = f"{front.base_url}{urlsplit(node_url).path}"
+    return row, [Load(row.minicdn, [Server("nginx in front", frozenset({front.pid}))], lambda _r: loader.get(url))]
 
 
 def _lookup_row(
@@ -239,13 +268,21 @@ async def _run(
         console.print("starting SeaweedFS (master + 2 volume servers, 2 data centres) and nginx...")
         sw = await stack.enter_async_context(seaweedfs(work / "seaweedfs", session))
         ng = await stack.enter_async_context(nginx_serving(work / "nginx", name, body, session))
+        config = node_config(opts.state_dir, node_url)
+        front = (
+            await stack.enter_async_context(nginx_in_front(work / "front", config, urlsplit(node_url).path, session))
+            if config is not None
+            else f"no config of the node at {node_url} in {opts.state_dir}"
+        )
         sw_url = await sw.write(session, body) if sw else ""
         get_row, get_loads = _get_row(opts.loader, node_url, body, sw, sw_url, ng)
+        raw = next((p for p in get_row.peers if p.name == RAW_NGINX), None)
+        front_row, front_loads = _front_row(opts.loader, node_url, body, front, raw)
         lookup_row, lookup_loads = _lookup_row(opts.loader, cluster, lookup_url, sw, sw_url)
         uploads = UploadRow(session, cluster, opts, bases, sw, everything, run.uploaded)
-        run.rows += [get_row, lookup_row, uploads.row]
+        run.rows += [get_row, front_row, lookup_row, uploads.row]
         for r in range(opts.runs):
-            for loads in (get_loads, lookup_loads, uploads.loads()):
+            for loads in (get_loads, front_loads, lookup_loads, uploads.loads()):
                 for load in loads if r % 2 == 0 else loads[::-1]:
                     sample = await _measure(load, r)
                     console.print(
@@ -267,7 +304,7 @@ async def _measure(load: Load, r: int) -> Sample:
 
 
 class UploadRow:
-    """Row 3: the same files through minicdn and SeaweedFS, one batch per run."""
+    """Row 4: the same files through minicdn and SeaweedFS, one batch per run."""
 
     def __init__(
         self,
