@@ -135,7 +135,7 @@ async def nginx_in_front(
     """nginx (one worker) in front of the node whose config file is ``node_config``, configured by ``minicdn
     nginx-config``, once it sends ``path`` (a public variant) from the node's published tree; else why not."""
     from common.config import load_settings
-    from minicdn.cli.nginx_config import render
+    from minicdn.nginx_config import render
 
     exe = nginx_binary()
     if exe is None:

@@ -11,7 +11,7 @@ and stops them at the end. Rows:
    sending the node's published tree, against that plain nginx (when the node keeps a published tree, as
    ``minicdn dev``'s do);
 3. the URL lookup ``GET /v1/images/{id}/url`` (with the API key), against the SeaweedFS master's
-   ``/dir/lookup?volumeId=``;
+   ``/dir/lookup?volumeId=`` and the query service's own near-empty ``/healthz``;
 4. uploads: a ticket + PUT per file (`uploads.upload_one`) at ``concurrency``, against SeaweedFS's assign +
    PUT with replication 100, of the same files; minicdn's CPU is counted until every upload is `ready`
    on every replica (the work after the 201 is part of what an upload costs).
@@ -200,15 +200,12 @@ def _get_row(
 
 
 def _front_row(
-    loader: Loader, node_url: str, body: bytes, front: Nginx | str, raw: Contender | None
+    loader: Loader, node_url: str, body: bytes, front: Nginx, raw: Contender | None
 ) -> tuple[Row, list[Load]]:
     """nginx in front of the node (``minicdn nginx-config``) sending the same variant, against nginx sending the
     file from a directory of its own (the contender of the GET row, measured there)."""
     title = f"GET the {len(body) / 1024:.0f} KB variant through nginx in front of the node"
     row = Row("nginx_front_get", title, "req/s", Contender("nginx in front of the node (1 worker)"))
-    if isinstance(front, str):
-        row.notes.append(f"not measured: {front}")
-        return row, []
     if raw is not None:
         row.peers.append(raw)
         row.targets[raw.name] = Target(0.9, "issue 11")
@@ -228,6 +225,11 @@ def _lookup_row(
         row.targets[peer.name] = Target(0.3, "issue 11")
         master = Server("master", frozenset({sw.pids["master"]}))
         loads.append(Load(peer, [master], lambda _r: loader.get(sw.lookup_url(sw_url))))
+    # The query service's own ceiling: its near-empty /healthz through aiohttp, on the same processes.
+    own = Contender("query service /healthz")
+    row.peers.append(own)
+    row.targets[own.name] = Target(0.8, "issue 11")
+    loads.append(Load(own, [query], lambda _r: loader.get(f"{cluster.query_url}/healthz")))
     return row, loads
 
 
@@ -277,10 +279,16 @@ async def _run(
         sw_url = await sw.write(session, body) if sw else ""
         get_row, get_loads = _get_row(opts.loader, node_url, body, sw, sw_url, ng)
         raw = next((p for p in get_row.peers if p.name == RAW_NGINX), None)
-        front_row, front_loads = _front_row(opts.loader, node_url, body, front, raw)
+        front_rows: list[Row] = []
+        front_loads: list[Load] = []
+        if isinstance(front, str):
+            get_row.notes.append(f"nginx in front of the node not measured: {front}")
+        else:
+            front_row, front_loads = _front_row(opts.loader, node_url, body, front, raw)
+            front_rows.append(front_row)
         lookup_row, lookup_loads = _lookup_row(opts.loader, cluster, lookup_url, sw, sw_url)
         uploads = UploadRow(session, cluster, opts, bases, sw, everything, run.uploaded)
-        run.rows += [get_row, front_row, lookup_row, uploads.row]
+        run.rows += [get_row, *front_rows, lookup_row, uploads.row]
         for r in range(opts.runs):
             for loads in (get_loads, front_loads, lookup_loads, uploads.loads()):
                 for load in loads if r % 2 == 0 else loads[::-1]:

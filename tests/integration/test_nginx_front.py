@@ -25,7 +25,7 @@ from common.db.api_keys import create_key
 from common.db.pool import open_pool
 from common.procs import free_port
 from minicdn.bench.nginx import nginx_binary
-from minicdn.cli.nginx_config import render
+from minicdn.nginx_config import render
 from query_service.handlers_images import signed_query
 from tests.cluster import MakeCluster, TestCluster, make_jpeg
 
