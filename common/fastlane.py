@@ -1,15 +1,16 @@
 """A fast lane in front of aiohttp for the requests a process answers most and can answer from memory (a node's
-hits of its open-file cache): an asyncio protocol that reads request heads itself and answers on the spot those
-its ``route`` takes, with a pre-built header block and ``sendfile``; the first request the route does not take
-(anything else: a body, a query it does not handle, a miss, an error to explain) hands the connection to aiohttp
-for good, the bytes already read replayed, so aiohttp answers it exactly as without the lane.
+hits of its open-file cache, the query service's known URL lookups): an asyncio protocol in front of aiohttp's
+own on every connection, which reads request heads itself and answers on the spot those its ``route`` takes,
+with a pre-built header block and ``sendfile``. Every other request goes to aiohttp on the same connection,
+whole and in order, and aiohttp answers it exactly as without the lane.
 
 Why: aiohttp's per-request machinery (request and response objects, middlewares, signals, the access logger)
 costs several times what a cached hit itself does; a hit through the lane costs one parse, a few dict lookups,
 two writes and the record (the same access-log line and metrics as aiohttp's path: ``Recorder``).
 
 Only GET and HEAD in HTTP/1.1 without a body take the lane; a head longer than ``MAX_HEAD`` or malformed is
-aiohttp's to refuse. Requests on a connection are answered in order (pipelined ones wait for the answer before).
+aiohttp's to refuse. aiohttp's protocol keeps its own state private: the lane reads what it needs of it
+(``_HANDLER_STATE``) and the site checks it is there, else serves through aiohttp alone.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 MAX_HEAD = 8190  # aiohttp's own default line limit: a longer head is its to refuse
 _BODY_HEADERS = frozenset({"content-length", "transfer-encoding", "expect", "upgrade"})
 _REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified"}
-_REQUEST_START = re.compile(rb"[A-Z]{0,16}(?: [\x21-\x7e]*)?\Z")  # what the start of a request line may be
+_REQUEST_START = re.compile(rb"[A-Z]{1,16} |[A-Z]{0,16}\Z")  # a method and its space, or the start of one
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,19 @@ def test_compose_file_is_valid_and_complete() -> None:
     for service in nodes + queries:  # every minicdn env var is a real setting with a valid value
         settings = load_settings(env={k: str(v) for k, v in service["environment"].items()})
         (require_node if service in nodes else require_query)(settings)
+    # nginx in front of us-east-1: its server written from the node's very settings, the node's URLs on nginx's
+    # port, the node's volume (its published tree) read-only.
+    node = load_settings(env={k: str(v) for k, v in services["node-us-east"]["environment"].items()}).node
+    writer = services["nginx-config-us-east"]
+    assert writer["command"][0] == "nginx-config" and writer["environment"] == services["node-us-east"]["environment"]
+    assert node.published_tree and node.base_url == "http://localhost:8181" and node.port == 8081
+    nginx = services["nginx-us-east"]
+    assert nginx["network_mode"] == "service:edge" and "nginx-config-us-east" in nginx["depends_on"]
+    # (compose v2 prints long volume syntax, docker-compose 1.29 the short one)
+    assert any(
+        v.endswith(":/srv/minicdn:ro") if isinstance(v, str) else v["target"] == "/srv/minicdn" and v.get("read_only")
+        for v in nginx["volumes"]
+    )
 
 
 def test_prometheus_config_and_rules() -> None:
