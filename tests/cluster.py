@@ -112,7 +112,7 @@ class TestCluster:
         )
         from query_service.app import create_app
 
-        await self._serve("query", create_app(query_settings), port)
+        await self._serve("query", create_app(query_settings), port, lane="query")
         async with open_pool(query_settings.database) as pool:
             _key, self.api_key = await create_key(pool, "tests", ("app", "admin"), rate_per_s=0)
         self.session = aiohttp.ClientSession()
@@ -126,7 +126,7 @@ class TestCluster:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         settings = self.settings(query={"port": port, "public_url": url, "node_refresh_s": 0.3, **query})
-        await self._serve(name, create_app(settings, worker=worker), port)
+        await self._serve(name, create_app(settings, worker=worker), port, lane="query")
         return url
 
     async def supervise(self, spool: Path) -> None:
@@ -152,22 +152,24 @@ class TestCluster:
         """aiohttp runner arguments for process ``name`` (no access log)."""
         return {"access_log": None}
 
-    async def _serve(self, name: str, app: web.Application, port: int, node: bool = False) -> None:
+    async def _serve(self, name: str, app: web.Application, port: int, lane: str = "") -> None:
+        """Serve ``app`` on ``port``; ``lane`` "node" or "query": as that process listens, its fast lane first."""
         runner = web.AppRunner(app, handler_cancellation=True, **self._runner_options(name))
         try:
             await runner.setup()
         except BaseException:
             await runner.cleanup()  # a failed start lets go of what it took (the data directory's lock too)
             raise
-        # As the processes listen: their fast lanes first.
-        if node:
+        if lane == "node":
             from replicator.node_root import node_site
 
             await node_site(runner, app, "127.0.0.1", port).start()
-        else:
+        elif lane == "query":
             from query_service.app import query_site
 
             await query_site(runner, app, "127.0.0.1", port, reuse_port=False).start()
+        else:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
         self.runners[name] = runner
         self.apps[name] = app
 
@@ -175,7 +177,7 @@ class TestCluster:
         from replicator.node_root import create_node_app
 
         settings = self.node_settings[node_id]
-        await self._serve(node_id, create_node_app(settings), settings.node.port, node=True)
+        await self._serve(node_id, create_node_app(settings), settings.node.port, lane="node")
 
     async def stop_node(self, node_id: str) -> None:
         runner = self.runners.pop(node_id)

@@ -274,7 +274,7 @@ async def _restart_query(cluster: TestCluster, **changes: Any) -> None:
     settings = dataclasses.replace(cluster.apps["query"][keys.SETTINGS], signing=cluster.settings().signing, **changes)
     await cluster.runners.pop("query").cleanup()
     cluster.apps.pop("query")
-    await cluster._serve("query", create_app(settings), settings.query.port)
+    await cluster._serve("query", create_app(settings), settings.query.port, lane="query")
     await cluster.wait_for(lambda: cluster.healthy_count(3), "three healthy nodes")
 
 
