@@ -49,8 +49,8 @@ def query_lane(app: web.Application) -> Lane:
             return None
         pairs = parse_qsl(head.query, keep_blank_values=True)
         params = dict(pairs)
-        if len(params) != len(pairs):  # a repeated parameter: aiohttp's path reads the first
-            return None
+        if len(params) != len(pairs) or "rid" in params:  # a repeated parameter (aiohttp's path reads the first),
+            return None  # a request id to adopt (``common.reqlog``)
         try:
             q = parse_url_params(params)
             check_visible(loc, key, public_only=False, original=q.variant == "original")

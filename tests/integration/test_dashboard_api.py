@@ -104,7 +104,12 @@ async def test_dashboard_history_charts_recent_activity(cluster: TestCluster) ->
             and any(v is not None for v in series["replication_lag_max_s"])
         )
 
-    await cluster.wait_for(charted, "the uploads and their copies in the dashboard's history", timeout_s=30)
+    try:
+        await cluster.wait_for(charted, "the uploads and their copies in the dashboard's history", timeout_s=30)
+    except AssertionError as exc:
+        series = seen.get("history", {}).get("series", {})
+        last = {name: values[-10:] for name, values in series.items()}
+        raise AssertionError(f"{exc}; used before {used_before}; the series' last 10 points: {last}") from None
     history = seen["history"]
     assert history["window_s"] == 3600 and history["step_s"] == 1
     assert len(history["t"]) <= history["window_s"] / history["step_s"]
