@@ -32,6 +32,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from common import reqlog
 from common.metrics import HttpMetrics
+from common.reqlog import access_line
 
 logger = logging.getLogger(__name__)
 
@@ -127,26 +128,10 @@ class Recorder:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
         if self.log.isEnabledFor(logging.INFO):
-            duration_ms = round(seconds * 1000, 2)
-            self.log.info(
-                "%s %s %d %dB %.1fms",
-                head.method,
-                head.path,
-                answer.status,
-                sent,
-                duration_ms,
-                extra={
-                    "request_id": rid,
-                    "component": self.component,
-                    "method": head.method,
-                    "path": head.path,
-                    "route": answer.route,
-                    "status": answer.status,
-                    "bytes": sent,
-                    "duration_ms": duration_ms,
-                    "remote": head.remote,
-                },
-            )
+            access_line(
+                self.log, self.component, head.method, head.path, answer.route, answer.status, sent, seconds, rid,
+                head.remote,
+            )  # fmt: skip
 
     def flush(self) -> None:
         """Add what is held to the counters."""
