@@ -71,6 +71,11 @@ class DatabaseSettings:
         "connection attempt fails.",
         default=5.0,
     )
+    startup_wait_s: float = _help(
+        "Seconds a starting process waits for Postgres (down, or restarting during the start-up) before it gives "
+        "up and exits: its start-up is begun again every second meanwhile.",
+        default=30.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -742,6 +747,8 @@ def require_common(settings: Settings) -> None:
         raise ConfigError("database.url: required (or MINICDN_DATABASE_URL)")
     if settings.database.acquire_timeout_s <= 0:
         raise ConfigError("database.acquire_timeout_s: must be positive")
+    if settings.database.startup_wait_s < 0:
+        raise ConfigError("database.startup_wait_s: must not be negative")
     if settings.database.busy_timeout_s < settings.database.acquire_timeout_s:
         raise ConfigError("database.busy_timeout_s: must be at least database.acquire_timeout_s")
     if not settings.signing.active_kid:

@@ -5,8 +5,11 @@ what `minicdn query-service` runs when ``query.workers`` is more than one, and `
 - The parent checks that the port is free (without SO_REUSEPORT, so it cannot join another instance's
   group of sockets), then starts each worker with the command it is given, passing the write end of a
   pipe. A worker binds with SO_REUSEPORT once its resources are open and writes one line to that pipe.
+- Worker 0 (the primary) starts first, the others once it is ready: what it does before it serves (a node
+  counts its disk, a query service applies migrations) is done before any other serves, so a node's usage
+  counts what another process stores exactly once (``storage_node.worker_reports``).
 - Start-up is all or nothing: a worker that exits before it is ready stops the others and the parent exits
-  with its code (a bad config or an unreachable Postgres fails as a single process would).
+  with its code (a bad config fails as a single process would).
 - After start-up a worker that dies is started again with the same index (worker 0, the primary, stays the
   primary) after a delay that doubles from ``FIRST_DELAY_S`` to ``MAX_DELAY_S`` while it keeps dying.
 - SIGTERM or SIGINT to the parent: SIGTERM to every worker, which stop listening and finish their requests;
@@ -77,12 +80,14 @@ def run_workers(count: int, command: Command, *, stop_timeout_s: float = 15.0, p
     restarts: dict[int, tuple[float, float]] = {}  # index -> (start again at, the delay that was waited)
     started_up = False
     try:
-        for index in range(count):
-            workers[index] = _launch(index, command, pass_fds)
+        workers[0] = _launch(0, command, pass_fds)
         while not stopping:
-            for worker in workers.values():
+            for worker in list(workers.values()):
                 _read_ready(worker)
-            if not started_up and all(w.ready for w in workers.values()):
+            if len(workers) == 1 < count and not started_up and workers[0].ready:
+                for index in range(1, count):
+                    workers[index] = _launch(index, command, pass_fds)
+            if not started_up and len(workers) == count and all(w.ready for w in workers.values()):
                 started_up = True
                 logger.info("%d workers ready", count)
             now = time.monotonic()

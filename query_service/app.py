@@ -29,6 +29,7 @@ from common.httpkit import make_error_middleware
 from common.loops import cancel_all
 from common.metrics import ClusterCollector, NodeView, QueryMetrics
 from common.reqlog import request_id_middleware
+from common.startup import set_up
 from query_service import keys
 from query_service.auth import ApiKeyAuth
 from query_service.cluster_stats import ClusterStats
@@ -104,11 +105,16 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app = create_app(settings, worker=worker)
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True, **server_kwargs)
+
+    def make_runner() -> web.AppRunner:
+        app = create_app(settings, worker=worker)
+        return web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True, **server_kwargs)
+
+    runner = await set_up(make_runner, settings.database.startup_wait_s, stop)
+    if runner is None:
+        return
     try:
-        await runner.setup()
-        await query_site(runner, app, settings.query.host, settings.query.port, reuse_port).start()
+        await query_site(runner, runner.app, settings.query.host, settings.query.port, reuse_port).start()
         if on_ready is not None:
             on_ready()
         await stop.wait()

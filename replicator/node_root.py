@@ -20,6 +20,7 @@ from aiohttp import web
 from common.config import Settings
 from common.fastlane import FastLaneSite
 from common.loops import cancel_all
+from common.startup import set_up
 from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext, Wanted, replicate
 from replicator.scrub import Scrubber
@@ -50,10 +51,12 @@ async def _own_data_dirs(app: web.Application) -> AsyncIterator[None]:
     """One node per data directory: raises ``dirlock.DirLocked`` when another one holds it (or, for one of several
     processes, when the inherited descriptors do not hold it: only their parent's workers share the directory)."""
     node = app[keys.SETTINGS].node
-    if app[keys.ROLE].alone:
-        lock = dirlock.acquire(node.data_dir, node.cold_dir)
-    else:
-        lock = dirlock.adopt(app[LOCK_FDS], node.data_dir, node.cold_dir)
+    if not app[keys.ROLE].alone:
+        # Kept open, not released: an app set up again (``common.startup``) adopts the same descriptors.
+        dirlock.adopt(app[LOCK_FDS], node.data_dir, node.cold_dir)
+        yield
+        return
+    lock = dirlock.acquire(node.data_dir, node.cold_dir)
     try:
         yield
     finally:
@@ -78,10 +81,16 @@ async def serve_node(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app = create_node_app(settings, role, lock_fds)
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True, **server_kwargs)
+
+    def make_runner() -> web.AppRunner:
+        app = create_node_app(settings, role, lock_fds)
+        return web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True, **server_kwargs)
+
+    runner = await set_up(make_runner, settings.database.startup_wait_s, stop)
+    if runner is None:
+        return
+    app = runner.app
     try:
-        await runner.setup()
         site = node_site(runner, app, settings.node.host, settings.node.port)
         app[keys.SIBLINGS].reporter.serving()  # first: what it reports from now on may have been stored since
         await site.start()

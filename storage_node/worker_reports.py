@@ -5,11 +5,11 @@ the whole node, not the one process.
 A report carries totals since the process began counting (``WorkerReport``), never increments: a lost report is
 made good by the next, and the primary applies the difference from the last one it applied of that process. A
 non-primary process never counts the disk (``Store.prepare`` runs in the primary only), so its store's figures are
-exactly what it stored minus what it removed. The primary counts the disk once, at its start: a process that began
-serving before that has its first report taken as the baseline (what it had stored is on the disk counted); one
-that began later, or that had not begun when it reported, is counted from zero however late its first report comes.
-What a process stores while the primary counts may be missed or counted twice; that happens only when the primary
-alone restarts (a crash), and the next start of the node counts afresh.
+exactly what it stored minus what it removed. The primary counts the disk once, at its start, and the other
+processes start only once it serves (``minicdn.workers``), so each is counted from zero however late its first
+report comes. Only a primary restarted alone (a crash) counts while others serve: a process that began serving
+before that has its first report taken as the baseline (what it had stored is on the disk counted), and what it
+stores while the primary counts may be missed or counted twice until the next start of the node counts afresh.
 
 Pure bookkeeping, no NATS (``storage_node.siblings`` sends and receives): testable with a real store alone.
 """

@@ -33,6 +33,7 @@ from common.db.rows import Pool
 
 logger = logging.getLogger(__name__)
 RECONNECT_TIMEOUT_S = 2.0  # background re-connects of a lost connection (attempts at 0 s and ~1 s), then on demand
+OPEN_TIMEOUT_S = 5.0  # a pool that cannot open raises after this; a service's start-up tries again (common.startup)
 CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout: an unreachable host must not hold a pool worker for minutes
 
 
@@ -103,7 +104,7 @@ async def open_pool(settings: DatabaseSettings, *, run_migrations: bool = True) 
         reconnect_timeout=RECONNECT_TIMEOUT_S,
         check=check,
     )
-    await pool.open(wait=True, timeout=30)
+    await pool.open(wait=True, timeout=OPEN_TIMEOUT_S)
     try:
         if run_migrations:
             await migrate(pool)

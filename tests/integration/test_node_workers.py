@@ -3,7 +3,8 @@ one of its nodes): both processes serve on the one port; an upload taken by eith
 the primary) and becomes ready; /metrics on either shows the whole node; a delete makes both answer 404 at once,
 while the files are still on disk (the node's replicator is off: only their memory can have changed); a killed
 worker is started again; a second start on the data directory fails while any process of the node lives (its
-parent holds the lock, its workers inherit it, so a killed parent does not free it early); SIGTERM stops all."""
+parent holds the lock, its workers inherit it, so a killed parent does not free it early); SIGTERM stops all;
+started while Postgres is down, the node waits for it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import aiohttp
 import psutil
 
 from common.procs import free_port
+from minicdn.embedded import EmbeddedPostgres
 from tests.cluster import REGION_IPS, MakeCluster, TestCluster, make_jpeg
 
 EU_CLIENT = REGION_IPS["eu-west"][1]
@@ -30,10 +32,12 @@ NODE = "eu-west-1"
 WORKERS = 2
 
 
-def _env(cluster: TestCluster, **node: Any) -> dict[str, str]:
-    """The node's in-process settings (``node`` overrides some) as MINICDN_<SECTION>_<KEY> variables, with two
-    workers and no in-process replicator."""
+def _env(cluster: TestCluster, database_url: str = "", **node: Any) -> dict[str, str]:
+    """The node's in-process settings (``node`` overrides some; ``database_url`` another Postgres) as
+    MINICDN_<SECTION>_<KEY> variables, with two workers and no in-process replicator."""
     sections = {k: dict(v) for k, v in cluster.common.items()}
+    if database_url:
+        sections["database"]["url"] = database_url
     sections["node"] = {**dataclasses.asdict(cluster.node_settings[NODE].node), "workers": WORKERS, **node}
     sections.setdefault("replicator", {})["enabled"] = False
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINICDN_")}
@@ -52,11 +56,11 @@ def _env(cluster: TestCluster, **node: Any) -> dict[str, str]:
 
 
 @contextmanager
-def _node(cluster: TestCluster, log: Path, **node: Any) -> Iterator[subprocess.Popen[bytes]]:
+def _node(cluster: TestCluster, log: Path, database_url: str = "", **node: Any) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "minicdn.cli", "storage-node"],
-            env=_env(cluster, **node),
+            env=_env(cluster, database_url, **node),
             cwd=log.parent,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -311,3 +315,38 @@ async def test_a_killed_parent_keeps_the_directory_locked_until_its_last_worker_
         await _until(lambda: _every_worker_up(base), "the node started again", tmp_path / "again.log")
         again.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(again.wait, 30) == 0
+
+
+async def test_a_node_started_while_postgres_is_down_waits_for_it(make_cluster: MakeCluster, tmp_path: Path) -> None:
+    """Its primary sets up again every second until Postgres answers (the data-directory lock it adopted stays
+    held: a set-up begun again adopts it again), then the other worker starts; both serve."""
+    cluster = await make_cluster()
+    pg = await asyncio.to_thread(EmbeddedPostgres(tmp_path / "pg").start)
+    await asyncio.to_thread(pg.stop)  # its data directory made and its port known: now down
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "node.log"
+    cold = str(tmp_path / "cold") if cluster.node_settings[NODE].node.cold_dir else ""
+    try:
+        with _node(
+            cluster,
+            log,
+            pg.url,
+            node_id="eu-west-9",
+            port=port,
+            base_url=base,
+            data_dir=str(tmp_path / "data"),
+            cold_dir=cold,
+        ) as parent:
+            await _until(lambda: _logged_twice(log, "Postgres did not answer during start-up"), "two waits logged", log)
+            assert parent.poll() is None and sorted(_workers(parent.pid)) == [0]
+            await asyncio.to_thread(pg.start)
+            await _until(lambda: _every_worker_up(base), "both workers serving", log, timeout_s=30)
+            parent.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(parent.wait, 30) == 0
+    finally:
+        await asyncio.to_thread(pg.stop)
+
+
+async def _logged_twice(log: Path, text: str) -> bool:
+    return (await asyncio.to_thread(log.read_text, errors="replace")).count(text) >= 2

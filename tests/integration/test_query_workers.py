@@ -1,6 +1,7 @@
 """`minicdn query-service` with `query.workers = 2`, started for real: two processes answer on one port, each with
 its own memory; a key revoked through one is refused at once by both (pushed over NATS: the reconcile is made
-too rare to be the reason); the workers stop with their parent, and die with it when it is killed."""
+too rare to be the reason); the workers stop with their parent, and die with it when it is killed; started while
+Postgres is down, worker 0 waits for it (the other starts once worker 0 serves), up to `database.startup_wait_s`."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from common.config import DatabaseSettings, Secret
 from common.db.api_keys import create_key
 from common.db.pool import open_pool
 from common.procs import free_port, python_module
-from minicdn.embedded import EmbeddedNats
+from minicdn.embedded import EmbeddedNats, EmbeddedPostgres
 
 WORKERS = 2
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,9 +73,7 @@ async def test_workers_share_the_port_and_a_revoked_key_is_refused_by_every_one_
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            await _until(lambda: _answers(session, f"{base}/healthz"), "the service up", log)
-            workers = psutil.Process(parent.pid).children()
-            assert len(workers) == WORKERS
+            workers = await _all_up(session, parent, base, log)
 
             # Each worker learns the key (an unknown image: the key is valid, the image is not found).
             lookup = f"{base}/v1/images/{'x' * 22}/url"
@@ -112,9 +111,7 @@ async def test_workers_die_with_their_parent(
     parent = _start(config, log)
     try:
         async with aiohttp.ClientSession() as session:
-            await _until(lambda: _answers(session, f"http://127.0.0.1:{port}/healthz"), "the service up", log)
-        workers = psutil.Process(parent.pid).children()
-        assert len(workers) == WORKERS
+            workers = await _all_up(session, parent, f"http://127.0.0.1:{port}", log)
         parent.kill()  # SIGKILL: no chance to stop them itself
         parent.wait()
         gone, alive = psutil.wait_procs(workers, timeout=20)
@@ -123,6 +120,74 @@ async def test_workers_die_with_their_parent(
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+async def test_a_worker_started_while_postgres_is_down_waits_for_it(
+    tmp_path: Path, nats_server: EmbeddedNats, geoip_db: str
+) -> None:
+    pg = await asyncio.to_thread(EmbeddedPostgres(tmp_path / "pg").start)
+    await asyncio.to_thread(pg.stop)  # its data directory made and its port known: now down
+    port = free_port()
+    config = tmp_path / "query.toml"
+    _config(config, pg.url, nats_server, port, geoip_db)
+    log = tmp_path / "query.log"
+    parent = _start(config, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _until(lambda: _logged(log, "Postgres did not answer during start-up"), "the wait logged", log)
+            # Waiting: worker 0 alone (the other starts once it serves), not serving, not exited.
+            assert parent.poll() is None and len(psutil.Process(parent.pid).children()) == 1
+            assert not await _answers(session, f"{base}/healthz")
+            await asyncio.to_thread(pg.start)
+            workers = await _all_up(session, parent, base, log, timeout_s=30)
+            async with session.get(f"{base}/v1/images/{'x' * 22}/url") as resp:
+                assert resp.status == 404, await resp.text()  # read from the database: not found (not a 503)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(30) == 0
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        await asyncio.to_thread(pg.stop)
+
+
+async def test_postgres_down_past_the_start_up_wait_fails_the_start(
+    tmp_path: Path, nats_server: EmbeddedNats, geoip_db: str
+) -> None:
+    config = tmp_path / "query.toml"
+    _config(config, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", nats_server, free_port(), geoip_db)
+    config.write_text(config.read_text().replace("[database]\n", "[database]\nstartup_wait_s = 8\n"))
+    log = tmp_path / "query.log"
+    started = time.monotonic()
+    parent = _start(config, log)
+    try:
+        code = await asyncio.to_thread(parent.wait, 60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    took_s = time.monotonic() - started
+    assert code != 0 and took_s >= 8, (code, took_s)
+    text = log.read_text()
+    assert "Postgres did not answer during start-up" in text and "worker 0 exited with code" in text, text
+
+
+async def _all_up(
+    session: aiohttp.ClientSession, parent: subprocess.Popen[bytes], base: str, log: Path, timeout_s: float = 60
+) -> list[psutil.Process]:
+    """Every worker started and the service answering; the workers' processes."""
+
+    async def up() -> bool:
+        return len(psutil.Process(parent.pid).children()) == WORKERS and await _answers(session, f"{base}/healthz")
+
+    await _until(up, "every worker up", log, timeout_s)
+    return psutil.Process(parent.pid).children()
+
+
+async def _logged(log: Path, text: str) -> bool:
+    return text in await asyncio.to_thread(log.read_text)
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
