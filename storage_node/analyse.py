@@ -22,8 +22,8 @@ from common.variants import parse_stored_variant
 from storage_node.decoders import LIBVIPS_ANIMATED, PILLOW_PROBED, open_source, probe_foreign
 from storage_node.objects.formats import sniff
 from storage_node.objects.verify import verified_copy
-from storage_node.render import MULTI_PAGE_TYPES, RenderOptions, build_variant
-from storage_node.validate import decode_check, dhash, dhash_image, exif_facts
+from storage_node.render import MULTI_PAGE_TYPES, RenderOptions, build_variant, build_variants
+from storage_node.validate import checked_dhash, decode_check, dhash, dhash_image, exif_facts
 
 
 @contextlib.contextmanager
@@ -53,9 +53,14 @@ def _analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
         fmt = sniff(fobj.read(64))
     info = probe_foreign(path, fmt, max_pixels, max_frames)
     source = open_source(path, max_pixels, max_frames)  # decodes HEIC, BMP, ICO and animated PNG fully
+    phash: int | None = None
     if source.decoded is None:
         # Every frame of an animation; a TIFF's first page only (its other pages are never shown).
-        decode_check(path, info.pages if fmt in LIBVIPS_ANIMATED or fmt == "avif" else 1)
+        pages = info.pages if fmt in LIBVIPS_ANIMATED or fmt == "avif" else 1
+        if pages == 1:
+            phash = checked_dhash(path)  # the decode check and the fingerprint in one pass
+        else:
+            decode_check(path, pages)
     # Metadata from libvips's header where it reads one (EXIF of a HEIC too), else from the decoded pixels.
     if source.decoded is not None and fmt in PILLOW_PROBED:
         header = source.decoded
@@ -64,8 +69,8 @@ def _analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
     pixels = source.decoded if source.decoded is not None else header
     animated = info.pages > 1 and info.content_type in MULTI_PAGE_TYPES
     opts = RenderOptions(**job.get("render", {}))
-    for name, dest in job.get("eager", []):
-        build_variant(path, parse_stored_variant(name), Path(dest), opts, animated, source.decoded)
+    eager = [(parse_stored_variant(name), Path(dest)) for name, dest in job.get("eager", [])]
+    build_variants(path, eager, opts, animated, source.decoded)
     return {
         "format": fmt,
         "content_type": info.content_type,
@@ -77,7 +82,7 @@ def _analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
         "icc_profile": bool(pixels.get_typeof("icc-profile-data")),
         "has_alpha": bool(pixels.hasalpha()),
         "exif": exif_facts(header, bool(job.get("keep_gps"))),
-        "phash": dhash(path) if source.decoded is None else dhash_image(source.decoded),
+        "phash": phash if phash is not None else dhash(path) if source.decoded is None else dhash_image(source.decoded),
     }
 
 

@@ -1,11 +1,12 @@
 """Variant builds with libvips: every kind and format, and the node's bounded, single-flight build pool.
 
-``build_variant`` is the one place pixels are made (in sandboxed worker processes, for eager and lazy
-variants alike). It uses ``thumbnail`` (shrink-on-load, so memory follows the
-output size rather than the source's; a source decoded outside libvips, see ``storage_node.decoders``, is
-in memory already and shrunk with ``thumbnail_image``), auto-orients from EXIF, never upscales, converts to sRGB through
-the embedded ICC profile (CMYK with or without one), strips every metadata field from the output, keeps alpha
-for png/webp/avif and flattens it on white for jpg, and keeps animations animated for webp/avif.
+``build_variant`` (``build_variants`` for several: those that differ by format share one decode and crop) is
+the one place pixels are made (in sandboxed worker processes, for eager and lazy variants alike). It uses
+``thumbnail`` (shrink-on-load, so memory follows the output size rather than the source's; a source decoded
+outside libvips, see ``storage_node.decoders``, is in memory already and shrunk with ``thumbnail_image``),
+auto-orients from EXIF, never upscales, converts to sRGB through the embedded ICC profile (CMYK with or
+without one), strips every metadata field from the output, keeps alpha for png/webp/avif and flattens it on
+white for jpg, and keeps animations animated for webp/avif.
 """
 
 from __future__ import annotations
@@ -154,25 +155,53 @@ def build_variant(
     decoded: pyvips.Image | None = None,
 ) -> None:
     """Blocking: write the variant ``spec`` of the image at ``src`` (or of its ``decoded`` pixels) to ``dest``."""
-    keep_frames = animated and spec.fmt in ANIMATED_FORMATS
+    build_variants(src, [(spec, dest)], opts, animated, decoded)
+
+
+def build_variants(
+    src: Path,
+    wanted: list[tuple[VariantSpec, Path]],
+    opts: RenderOptions,
+    animated: bool = False,
+    decoded: pyvips.Image | None = None,
+) -> None:
+    """Blocking: ``build_variant`` of each (spec, dest), the pixels of variants that differ by format only (an
+    upload's eager ``thumb.jpg`` and ``thumb.webp``) made once: one decode and one crop, encoded in each format."""
+    groups: dict[tuple[str, int, int, bool], list[tuple[VariantSpec, Path]]] = {}
+    for spec, dest in wanted:
+        keep_frames = animated and spec.fmt in ANIMATED_FORMATS
+        groups.setdefault((spec.kind, spec.width, spec.height, keep_frames), []).append((spec, dest))
+    for (_kind, _w, _h, keep_frames), members in groups.items():
+        image = _pixels(src, members[0][0], opts, keep_frames, decoded)
+        if len(members) > 1:
+            image = image.copy_memory()  # else each encode would run the whole pipeline (decode included) again
+        for spec, dest in members:
+            _encode(image, spec.fmt, dest, opts)
+
+
+def _pixels(
+    src: Path, spec: VariantSpec, opts: RenderOptions, keep_frames: bool, decoded: pyvips.Image | None
+) -> pyvips.Image:
     if decoded is not None:
         image = _to_srgb(_shrink_decoded(decoded, spec, opts, keep_frames))
     else:
         image = _to_srgb(_load(src, spec, opts, keep_frames))
-    if not keep_frames:
-        image = first_frame(image)
-    if spec.fmt == "jpg":
+    return image if keep_frames else first_frame(image)
+
+
+def _encode(image: pyvips.Image, fmt: str, dest: Path, opts: RenderOptions) -> None:
+    if fmt == "jpg":
         if image.hasalpha():
             image = image.flatten(background=[255, 255, 255])
         image.jpegsave(str(dest), Q=opts.jpeg_quality, keep="none", optimize_coding=True, interlace=True)
-    elif spec.fmt == "webp":
+    elif fmt == "webp":
         image.webpsave(str(dest), Q=opts.webp_quality, keep="none", effort=4)
-    elif spec.fmt == "avif":
+    elif fmt == "avif":
         image.heifsave(str(dest), Q=opts.avif_quality, compression="av1", effort=opts.avif_effort, keep="none")
-    elif spec.fmt == "png":
+    elif fmt == "png":
         image.pngsave(str(dest), compression=opts.png_compression, keep="none")
     else:
-        raise ValueError(f"no encoder for {spec.fmt!r}")
+        raise ValueError(f"no encoder for {fmt!r}")
 
 
 def configure_process() -> None:

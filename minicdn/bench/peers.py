@@ -58,6 +58,7 @@ from minicdn.client import ClusterRef, get_json, remove_images
 VARIANT_BYTES = 100 * 1024  # the variant row serves the variant nearest this size
 CANDIDATES = [(600, "jpeg"), (600, "webp"), (1200, "jpeg"), (1200, "webp")]  # (w, fmt) looked up and built
 RAW_NGINX = "nginx (1 worker)"
+ROWS = frozenset({"gets", "front", "lookups", "uploads"})
 DISTINCT_BASES = 64  # upload bodies are this many noise JPEGs, each made unique per file by a comment
 
 
@@ -70,6 +71,7 @@ class PeersOptions:
     photo: Path | None  # the picture of the variant row (default: a photo-like JPEG made here)
     state_dir: Path  # `minicdn dev`'s, to find its Postgres and NATS
     keep: bool = False
+    rows: frozenset[str] = ROWS  # which rows to measure
 
 
 @dataclass
@@ -288,9 +290,20 @@ async def _run(
             front_rows.append(front_row)
         lookup_row, lookup_loads = _lookup_row(opts.loader, cluster, lookup_url, sw, sw_url)
         uploads = UploadRow(session, cluster, opts, bases, sw, everything, run.uploaded)
-        run.rows += [get_row, *front_rows, lookup_row, uploads.row]
+        chosen = [
+            (name, row, loads)
+            for name, rows, loads in (
+                ("gets", [get_row], get_loads),
+                ("front", front_rows, front_loads),
+                ("lookups", [lookup_row], lookup_loads),
+                ("uploads", [uploads.row], uploads.loads()),
+            )
+            for row in rows
+            if name in opts.rows
+        ]
+        run.rows += [row for _name, row, _loads in chosen]
         for r in range(opts.runs):
-            for loads in (get_loads, front_loads, lookup_loads, uploads.loads()):
+            for _name, _row, loads in chosen:
                 for load in loads if r % 2 == 0 else loads[::-1]:
                     sample = await _measure(load, r)
                     console.print(
@@ -298,7 +311,8 @@ async def _run(
                         f"p99 {sample.p99_ms:.1f} ms",
                         highlight=False,
                     )
-        uploads.summarise()
+        if "uploads" in opts.rows:
+            uploads.summarise()
 
 
 async def _measure(load: Load, r: int) -> Sample:

@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--photo", help="--peers: picture whose ~100 KB variant is served (default: one made here)")
     bench.add_argument("--quick", action="store_true", help="--peers: 1 s loads, 20 uploads, 1 run: a smoke test")
+    bench.add_argument(
+        "--rows",
+        default="gets,front,lookups,uploads",
+        help="--peers: the rows to measure, comma-separated (default: all: gets,front,lookups,uploads)",
+    )
     _add_client_flags(bench)
 
     cli_keys.add_parser(sub, _add_client_flags)
@@ -337,7 +342,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
 
 async def _bench_peers(args: argparse.Namespace, cluster: ClusterRef, shown: Console) -> int:
     from minicdn.bench.loadgen import pick
-    from minicdn.bench.peers import PeersOptions, run_peers_bench
+    from minicdn.bench.peers import ROWS, PeersOptions, run_peers_bench
 
     try:
         loader = pick(args.loader, args.duration or (1.0 if args.quick else 10.0), args.connections, args.threads)
@@ -352,7 +357,11 @@ async def _bench_peers(args: argparse.Namespace, cluster: ClusterRef, shown: Con
         photo=Path(args.photo) if args.photo else None,
         state_dir=Path(args.state_dir),
         keep=args.keep,
+        rows=frozenset(r.strip() for r in args.rows.split(",") if r.strip()),
     )
+    if unknown := opts.rows - ROWS:
+        err_console.print(f"[red]--rows: unknown {', '.join(sorted(unknown))} (rows: {', '.join(sorted(ROWS))})[/red]")
+        return 2
     run = await run_peers_bench(cluster, opts, shown)
     if args.json:
         render.emit_json(run.as_json(loader.description, opts.runs))
