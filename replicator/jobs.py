@@ -112,9 +112,10 @@ async def _copy_here(ctx: ReplicatorContext, want: Wanted, state: str) -> tuple[
 
 async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) -> bool:
     started = time.perf_counter()
-    state = await db_replicas.replica_state(ctx.pool, want.image_id, ctx.node_id)
-    if state is None:
+    plan = await db_replicas.copy_plan(ctx.pool, want.image_id, ctx.node_id, want.sha256)
+    if plan is None:
         return False  # no longer wanted here: deleted meanwhile, or this node left the set
+    state = plan["state"]
     have, good = await _copy_here(ctx, want, state)
     if good:
         if state != "ok":
@@ -124,13 +125,11 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
         return False
     if have is not None:  # a corrupt or stale copy: drop it (variants too) before fetching a good one
         await asyncio.to_thread(ctx.store.remove_image, want.image_id)
-    if await db_pipeline.status_of(ctx.pool, want.image_id) in db_pipeline.GONE:
+    if plan["status"] in db_pipeline.GONE:
         return False  # rejected (or deleted) while queued: nothing to copy
     # A linked copy takes its privacy from the image row (a fetched one from the peer's answer).
-    meta = ObjectMeta(
-        want.sha256, want.content_type, want.bytes, private=await db_images.is_private(ctx.pool, want.image_id)
-    )
-    same = await db_pipeline.local_copy(ctx.pool, want.sha256, ctx.node_id, want.image_id)
+    meta = ObjectMeta(want.sha256, want.content_type, want.bytes, private=plan["private"])
+    same = plan["same"]
     linked = None if same is None else await asyncio.to_thread(ctx.store.link_copy, same, want.image_id, meta)
     if linked is not None:
         await ctx.mark_ok(want.image_id, want.bytes)  # dedupe: no bytes copied

@@ -15,7 +15,6 @@ from common import signing
 from common.db import audit
 from common.db import images as db_images
 from common.db import lifecycle as db_lifecycle
-from common.db import pipeline as db_pipeline
 from common.errors import Conflict, InvalidImage, MinicdnError, NotFound, PayloadTooLarge, UnsupportedImage
 from common.events import ImageUploaded
 from common.hardening import timed_chunks
@@ -102,37 +101,36 @@ async def _commit(request: web.Request, image_id: str, got: Ingested, info: Imag
     moved = False
     try:
         async with pool.connection() as conn, conn.transaction():
-            row = await db_images.lock_for_upload(conn, image_id, node_id)
+            row = await db_images.lock_for_upload(conn, image_id, node_id, got.sha256)
             meta = ObjectMeta(got.sha256, info.content_type, got.size, private=row["visibility"] == "private")
             # Dedupe: the same bytes already on this node are hard-linked, not stored a second time.
-            same = await db_pipeline.local_copy(conn, got.sha256, node_id, image_id)
+            same = row["same"]
             linked = None if same is None else await asyncio.to_thread(store.link_copy, same, image_id, meta)
             if linked is None:  # no identical copy here, or it vanished: store the uploaded bytes
                 await asyncio.to_thread(store.commit_original, got.path, image_id, meta)
             moved = True
-            await db_images.mark_uploaded(
-                conn,
-                image_id,
-                node_id,
-                row["set_id"],
-                sha256=got.sha256,
-                size=got.size,
-                content_type=info.content_type,
-                fmt=info.fmt,
-                width=info.width,
-                height=info.height,
-            )
-            canonical = await db_pipeline.exact_duplicate(conn, got.sha256, row["owner_key_id"], image_id)
-            if canonical is not None:
-                await db_pipeline.set_duplicate_of(conn, image_id, canonical)
-            await audit.record(
-                conn,
-                "upload.complete",
-                image_id=image_id,
-                node_id=node_id,
-                client_ip=request.remote,
-                detail={"bytes": got.size, "sha256": got.sha256},
-            )
+            async with conn.pipeline():  # the three statements in one round trip
+                await db_images.mark_uploaded(
+                    conn,
+                    image_id,
+                    node_id,
+                    row["set_id"],
+                    sha256=got.sha256,
+                    size=got.size,
+                    content_type=info.content_type,
+                    fmt=info.fmt,
+                    width=info.width,
+                    height=info.height,
+                    duplicate_of=row["canonical"],
+                )
+                await audit.record(
+                    conn,
+                    "upload.complete",
+                    image_id=image_id,
+                    node_id=node_id,
+                    client_ip=request.remote,
+                    detail={"bytes": got.size, "sha256": got.sha256},
+                )
     except BaseException:
         if moved:
             await asyncio.to_thread(store.remove_image, image_id)

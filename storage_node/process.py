@@ -151,7 +151,13 @@ class Processor:
             if verdict.flagged:
                 status, reason = "quarantined", verdict.reason
         done = await db_pipeline.finish(
-            self.pool, image_id, result, status=status, reason=reason, duplicate_of=duplicate_of
+            self.pool,
+            image_id,
+            result,
+            status=status,
+            reason=reason,
+            duplicate_of=duplicate_of,
+            callback=bool(row["callback_url"]),
         )
         self._failures.pop(image_id, None)
         self.processed += 1

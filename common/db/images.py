@@ -9,6 +9,7 @@ from typing import Any, TypedDict
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from common.db.pipeline import GONE
 from common.db.rows import Pool, fetch_all, fetch_one
 from common.errors import Conflict, NotFound
 
@@ -72,16 +73,29 @@ class UploadLockRow(TypedDict):
     origin_node: str
     owner_key_id: str | None
     visibility: str
+    same: str | None  # another live image with these exact bytes held `ok` on this node, to hard-link
+    canonical: str | None  # the first image of the same owner with these exact bytes: this one duplicates it
 
 
-async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: str) -> UploadLockRow:
+async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: str, sha256: str) -> UploadLockRow:
     """Inside a transaction: lock the image row; only a `requested` image placed on this node may be uploaded
-    (or one the lifecycle sweep expired while a PUT that began in time was streaming: the signature said so)."""
+    (or one the lifecycle sweep expired while a PUT that began in time was streaming: the signature said so).
+    With it, in the same round trip, what the upload's bytes (``sha256``) match: an identical copy held here
+    and the owner's earlier upload of them (duplicates are reported within an owner only, so an app never
+    learns what another app uploaded)."""
     row = await fetch_one(
         conn,
         UploadLockRow,
-        "SELECT status, set_id, origin_node, owner_key_id, visibility FROM images WHERE image_id = %s FOR UPDATE",
-        (image_id,),
+        "SELECT i.status, i.set_id, i.origin_node, i.owner_key_id, i.visibility,"
+        " (SELECT o.image_id FROM images o JOIN replicas r ON r.image_id = o.image_id AND r.node_id = %(node)s"
+        "   WHERE o.sha256 = %(sha)s AND o.image_id <> i.image_id AND r.state = 'ok' AND o.status <> ALL(%(gone)s)"
+        "   ORDER BY o.uploaded_at LIMIT 1) AS same,"
+        " (SELECT coalesce(o.duplicate_of, o.image_id) FROM images o"
+        "   WHERE o.sha256 = %(sha)s AND o.image_id <> i.image_id AND o.owner_key_id IS NOT DISTINCT FROM"
+        "   i.owner_key_id AND o.status <> ALL(%(gone)s) AND o.status <> 'requested'"
+        "   ORDER BY o.uploaded_at LIMIT 1) AS canonical"
+        " FROM images i WHERE i.image_id = %(id)s FOR UPDATE OF i",
+        {"node": node_id, "sha": sha256, "gone": list(GONE), "id": image_id},
     )
     if row is None or row["origin_node"] != node_id:
         raise NotFound("no upload is expected for this image on this node")
@@ -102,12 +116,16 @@ async def mark_uploaded(
     fmt: str,
     width: int,
     height: int,
+    duplicate_of: str | None,
 ) -> None:
-    """Inside the upload transaction: replica `ok` here, `pending` on every other member, image `uploaded`."""
+    """Inside the upload transaction: replica `ok` here, `pending` on every other member, image `uploaded`
+    (``duplicate_of`` the owner's earlier upload of the same bytes). Both statements are sent in one
+    round trip when ``conn`` is in pipeline mode."""
     await conn.execute(
         "UPDATE images SET status = 'uploaded', sha256 = %s, bytes = %s, content_type = %s, format = %s,"
-        " width = %s, height = %s, uploaded_at = now() WHERE image_id = %s",
-        (sha256, size, content_type, fmt, width, height, image_id),
+        " width = %s, height = %s, uploaded_at = now(), duplicate_of = coalesce(%s, duplicate_of)"
+        " WHERE image_id = %s",
+        (sha256, size, content_type, fmt, width, height, duplicate_of, image_id),
     )
     await conn.execute(
         "INSERT INTO replicas (image_id, node_id, state, bytes, verified_at)"

@@ -1,13 +1,13 @@
 """SQL of the image pipeline: claiming uploads for processing, recording results, rejecting, quarantine
-decisions, and the two dedupe lookups (exact by SHA-256, near by perceptual hash through four indexed
-16-bit chunks)."""
+decisions, and the near-duplicate lookup (by perceptual hash through four indexed 16-bit chunks; the exact
+one, by SHA-256, is part of the upload's row lock: ``common.db.images.lock_for_upload``)."""
 
 from __future__ import annotations
 
+import contextlib
 from itertools import combinations
 from typing import Any, TypedDict
 
-from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from common.db import callbacks as db_callbacks
@@ -36,10 +36,6 @@ class ImageIdRow(TypedDict):
 
 class StatusRow(TypedDict):
     status: str
-
-
-class CanonicalRow(TypedDict):
-    canonical: str
 
 
 class NearRow(TypedDict):
@@ -102,12 +98,14 @@ async def finish(
     status: str,
     reason: str | None,
     duplicate_of: str | None,
+    callback: bool = True,
 ) -> EventRow | None:
     """Record what processing found and move the image to `ready` or `quarantined` (one transaction with the
-    `ready` callback's outbox row)."""
+    `ready` callback's outbox row). ``callback``: whether the image has a callback URL (its claim said; set with
+    the ticket, never changed): without one the update is a single statement, no transaction around it."""
     phash = int(result["phash"])
     exif = dict(result["exif"])
-    async with pool.connection() as conn, conn.transaction():
+    async with pool.connection() as conn, conn.transaction() if callback else contextlib.nullcontext():
         row = await fetch_one(
             conn,
             EventRow,
@@ -190,40 +188,6 @@ async def drop_rejected_replica(pool: Pool, image_id: str, node_id: str) -> None
 async def status_of(pool: Pool, image_id: str) -> str | None:
     row = await fetch_one(pool, StatusRow, "SELECT status FROM images WHERE image_id = %s", (image_id,))
     return row["status"] if row else None
-
-
-async def local_copy(db: AsyncConnection[Any] | Pool, sha256: str, node_id: str, image_id: str) -> str | None:
-    """Another image with these exact bytes that this node holds (`ok`), to hard-link instead of storing twice.
-    ``db`` is a connection inside the upload's transaction, or the pool (the replicator)."""
-    row = await fetch_one(
-        db,
-        ImageIdRow,
-        "SELECT i.image_id FROM images i JOIN replicas r ON r.image_id = i.image_id AND r.node_id = %s"
-        " WHERE i.sha256 = %s AND i.image_id <> %s AND r.state = 'ok' AND i.status <> ALL(%s)"
-        " ORDER BY i.uploaded_at LIMIT 1",
-        (node_id, sha256, image_id, list(GONE)),
-    )
-    return row["image_id"] if row else None
-
-
-async def exact_duplicate(
-    conn: AsyncConnection[Any], sha256: str, owner_key_id: str | None, image_id: str
-) -> str | None:
-    """The first image of the same owner with these exact bytes (duplicates are reported within an owner
-    only, so an app never learns what another app uploaded)."""
-    row = await fetch_one(
-        conn,
-        CanonicalRow,
-        "SELECT coalesce(duplicate_of, image_id) AS canonical FROM images WHERE sha256 = %s AND image_id <> %s"
-        " AND owner_key_id IS NOT DISTINCT FROM %s AND status <> ALL(%s) AND status <> 'requested'"
-        " ORDER BY uploaded_at LIMIT 1",
-        (sha256, image_id, owner_key_id, list(GONE)),
-    )
-    return row["canonical"] if row else None
-
-
-async def set_duplicate_of(conn: AsyncConnection[Any], image_id: str, canonical: str) -> None:
-    await conn.execute("UPDATE images SET duplicate_of = %s WHERE image_id = %s", (canonical, image_id))
 
 
 NEAR_SQL = (

@@ -6,9 +6,10 @@ The pool is set up so that a Postgres outage costs requests a fast, clear failur
   failing), but only ``database.acquire_timeout_s`` once a connection attempt has failed (an outage answers at
   once); then ``PoolTimeout`` (a psycopg ``OperationalError``), which the error middleware
   (``common.httpkit``) answers `503 database_unavailable`;
-- every connection is checked (an empty query) when it is handed out, so one the server closed meanwhile is
-  replaced instead of failing the request; the first broken one found also has every idle connection
-  checked at once, so after a restart the stale ones go together rather than one request each;
+- every connection is checked when it is handed out, so one the server closed meanwhile is replaced instead
+  of failing the request: by its socket (readable: the server closed it or spoke unasked), then, only if
+  so, by an empty query; the first broken one found also has every idle connection checked at once, so
+  after a restart the stale ones go together rather than one request each;
 - a lost connection is re-made for ``RECONNECT_TIMEOUT_S`` only (psycopg_pool's own backoff, from 1 s, would
   otherwise wait up to minutes between attempts after a long outage); after that the pool makes a new
   connection when a request asks for one, at once: Postgres back means service back, within a second.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,6 +73,19 @@ class _Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
                     raise
 
 
+def _maybe_closed(conn: AsyncConnection[Any]) -> bool:
+    """Whether a connection handed out needs the empty query that proves it alive. An idle connection's socket
+    has nothing to read: a server that closed it (a restart, a crash: the kernel closes its sockets) or said
+    anything unasked made it readable. So a live one costs no round trip per checkout (one per transaction)."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 @asynccontextmanager
 async def open_pool(settings: DatabaseSettings, *, run_migrations: bool = True) -> AsyncIterator[Pool]:
     """Open a pool (rows as dicts), apply pending migrations, and close the pool on exit."""
@@ -83,6 +98,8 @@ async def open_pool(settings: DatabaseSettings, *, run_migrations: bool = True) 
             logger.debug("checking the idle connections failed: %r", exc)
 
     async def check(conn: AsyncConnection[Any]) -> None:
+        if not _maybe_closed(conn):
+            return
         try:
             await AsyncConnectionPool.check_connection(conn)
         except Exception:

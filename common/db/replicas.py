@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from common.db.pipeline import GONE
 from common.db.rows import Pool, fetch_all, fetch_one
 from common.geo import Point
 from common.holders import Holder
@@ -60,15 +61,27 @@ async def holders(pool: Pool, image_id: str, me: str) -> list[HolderRow]:
     )
 
 
-class ReplicaStateRow(TypedDict):
-    state: str
+class CopyPlanRow(TypedDict):
+    state: str  # this node's replica
+    status: str  # the image's
+    private: bool  # a copy must be kept private (anything but `public`)
+    same: str | None  # another live image with these exact bytes held `ok` here, to hard-link
 
 
-async def replica_state(pool: Pool, image_id: str, node_id: str) -> str | None:
-    row = await fetch_one(
-        pool, ReplicaStateRow, "SELECT state FROM replicas WHERE image_id = %s AND node_id = %s", (image_id, node_id)
+async def copy_plan(pool: Pool, image_id: str, node_id: str, sha256: str) -> CopyPlanRow | None:
+    """What a replication job needs to know of the image and of this node's replica, in one round trip; None
+    when the replica is no longer wanted here (deleted, or this node left the set)."""
+    return await fetch_one(
+        pool,
+        CopyPlanRow,
+        "SELECT r.state, i.status, i.visibility <> 'public' AS private,"
+        " (SELECT o.image_id FROM images o JOIN replicas h ON h.image_id = o.image_id AND h.node_id = r.node_id"
+        "   WHERE o.sha256 = %s AND o.image_id <> i.image_id AND h.state = 'ok' AND o.status <> ALL(%s)"
+        "   ORDER BY o.uploaded_at LIMIT 1) AS same"
+        " FROM replicas r JOIN images i ON i.image_id = r.image_id"
+        " WHERE r.image_id = %s AND r.node_id = %s",
+        (sha256, list(GONE), image_id, node_id),
     )
-    return row["state"] if row else None
 
 
 class ImageGone(Exception):
