@@ -195,6 +195,11 @@ class PipelineSettings:
     job_timeout_s: float = _help("Wall-clock limit of one processing job; a worker over it is killed.", default=60.0)
     worker_memory_mb: int = _help("Address-space limit of each worker process (RLIMIT_AS), MB.", default=1536)
     worker_max_jobs: int = _help("Jobs a worker runs before it is replaced (bounds leaks).", default=500)
+    nice: int = _help(
+        "CPU priority of the processing workers below the node's (a nice increment, 0-19): under a burst, "
+        "acknowledging uploads, replicating and serving go first and processing drains after.",
+        default=10,
+    )
     eager_variants: tuple[str, ...] = _help(
         "Variants made at upload, before the image is `ready`.", default=("thumb.jpg", "thumb.webp")
     )
@@ -247,7 +252,9 @@ class ReplicatorSettings:
     enabled: bool = _help("Run this node's replicator inside the storage-node process.", default=True)
     sweep_interval_s: float = _help("Seconds between sweeps of this node's pending replica rows.", default=5.0)
     sweep_age_s: float = _help("A pending row older than this is copied by the sweep.", default=5.0)
-    concurrency: int = _help("Images copied at once.", default=8)
+    concurrency: int = _help(
+        "Images copied at once (a copy mostly waits: on the peer, the disk, Postgres).", default=32
+    )
     fetch_timeout_s: float = _help("Timeout of one copy from a peer.", default=60.0)
     max_bytes_per_s: int = _help(
         "Cap on the bytes/s this node's replicator copies from peers (backfill, repair, replication); 0 no cap.",
@@ -718,6 +725,8 @@ def _validate_pipeline(settings: Settings) -> None:
         raise ConfigError("pipeline.avif_effort: must be within 0..9")
     if not 0 <= pipe.png_compression <= 9:
         raise ConfigError("pipeline.png_compression: must be within 0..9")
+    if not 0 <= pipe.nice <= 19:
+        raise ConfigError("pipeline.nice: must be within 0..19")
     if not 16 <= pipe.thumb_size <= 1024:
         raise ConfigError("pipeline.thumb_size: must be within 16..1024")
     if pipe.near_duplicate_distance > 16:

@@ -8,10 +8,12 @@ modules receive the metric objects they update, so they stay free of aiohttp.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -26,6 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+T = TypeVar("T")
 MAX_CHILDREN = 4096  # cached label children of the request metrics (``HttpMetrics.count_request``)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 BUILD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -157,6 +160,58 @@ class RecentLags:
 
 
 @dataclass
+class StageMetrics:
+    """Where an upload's work goes, stage by stage (``minicdn bench --peers`` prints them per upload): how many
+    times a stage ran, its wall seconds, and the CPU seconds of the stages that run on one thread (that
+    thread's own clock, user + system: a file's write and fsyncs) or in a sandbox worker (the job's own CPU).
+    Stages awaited on the event loop (a transaction, a fetch) have wall time only: their CPU is spread over the
+    process, and Postgres's over its own. Names are fixed in code, ``<where>:<what>``."""
+
+    registry: CollectorRegistry
+    runs: Counter = field(init=False)
+    wall: Counter = field(init=False)
+    cpu: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        reg = self.registry
+        self.runs = Counter("minicdn_stage_runs_total", "Times a stage of the upload path ran", ["stage"], registry=reg)
+        self.wall = Counter("minicdn_stage_seconds_total", "Wall seconds spent in a stage", ["stage"], registry=reg)
+        self.cpu = Counter(
+            "minicdn_stage_cpu_seconds_total",
+            "CPU seconds of a stage that runs on one thread or in a sandbox worker",
+            ["stage"],
+            registry=reg,
+        )
+
+    def add(self, stage: str, wall_s: float, cpu_s: float | None = None) -> None:
+        self.runs.labels(stage).inc()
+        self.wall.labels(stage).inc(wall_s)
+        if cpu_s is not None:
+            self.cpu.labels(stage).inc(cpu_s)
+
+    def timed(self, stage: str, fn: Callable[[], T]) -> Callable[[], T]:
+        """``fn`` (to run on a worker thread), counted as ``stage`` with that thread's CPU time."""
+
+        def run() -> T:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return fn()
+            finally:
+                self.add(stage, time.perf_counter() - wall, time.thread_time() - cpu)
+
+        return run
+
+    @contextlib.asynccontextmanager
+    async def awaited(self, stage: str) -> AsyncIterator[None]:
+        """An awaited stage: wall time only."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - started)
+
+
+@dataclass
 class ReplicationMetrics:
     """Updated by the replicator, wherever it runs (inside the node process or on its own)."""
 
@@ -259,6 +314,7 @@ class NodeMetrics:
     processing_duration: Histogram = field(init=False)
     tiers: TierMetrics = field(init=False)
     replication: ReplicationMetrics = field(init=False)
+    stages: StageMetrics = field(init=False)
     uploads_ok: int = 0
 
     def __post_init__(self) -> None:
@@ -332,6 +388,7 @@ class NodeMetrics:
         self.uploads.labels("ok")
         self.tiers = TierMetrics(reg, (self.node_id, self.region, self.set_id))
         self.replication = ReplicationMetrics(reg, self.node_id)
+        self.stages = StageMetrics(reg)
 
     def observe_processing(self, outcome: str, seconds: float) -> None:
         self.processing.labels(outcome).inc()

@@ -51,8 +51,8 @@ async def create_upload(request: web.Request) -> web.Response:
     image_id = new_image_id()
     now = int(time.time())
     exp = now + settings.signing.upload_ttl_s
-    # The image row and its `upload.request` audit row commit (or roll back) together.
-    async with app[keys.POOL].connection() as conn, conn.transaction():
+    # The image row and its `upload.request` audit row commit (or roll back) together, sent in one round trip.
+    async with app[keys.POOL].connection() as conn, conn.transaction(), conn.pipeline():
         await db_images.create_requested(
             conn,
             db_images.NewImage(

@@ -85,30 +85,44 @@ class Replicator:
 
     # --- JetStream path -----------------------------------------------------------------------------
     async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
-        while not self._stopping.is_set():
-            raise_if_cancelling()
-            try:
-                msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
-            except nats.errors.TimeoutError:
+        """Keep ``replicator.concurrency`` messages in hand: each is handled on its own and a new one fetched as
+        soon as one is done, so one slow copy never holds back the copies fetched with it."""
+        limit = self.ctx.settings.replicator.concurrency
+        handling: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
                 raise_if_cancelling()
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # reconnecting, stream briefly unavailable...: the loop must live on
-                raise_if_cancelling()
-                if self._stopping.is_set():
-                    return
-                logger.warning("consumer fetch failed: %r", exc)
-                await loops.sleep(1)
-                continue
-            await asyncio.gather(*(self._handle(msg) for msg in msgs))
+                room = limit - len(handling)
+                if room <= 0:
+                    await asyncio.wait(handling, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await sub.fetch(min(room, FETCH_BATCH), timeout=1.0)
+                except nats.errors.TimeoutError:
+                    raise_if_cancelling()
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # reconnecting, stream briefly unavailable...: the loop must live on
+                    raise_if_cancelling()
+                    if self._stopping.is_set():
+                        return
+                    logger.warning("consumer fetch failed: %r", exc)
+                    await loops.sleep(1)
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg), name="replicate-message")
+                    handling.add(task)
+                    task.add_done_callback(handling.discard)
+        finally:
+            await loops.cancel_all(list(handling))  # unacked: redelivered (a copy is idempotent)
 
     async def _handle(self, msg: Msg) -> None:
         reqlog.adopt(msg.headers)  # the id of the upload that published this event (own task: no leak)
         async with self._sem:
             try:
                 await self._dispatch(msg)
-                await msg.ack_sync()
+                await msg.ack()  # not ack_sync: a lost ack only redelivers the message, and a copy is idempotent
             except Retry as exc:
                 logger.warning("%s (retry in %.1fs)", exc, exc.defer_s)
                 await msg.nak(delay=exc.defer_s)

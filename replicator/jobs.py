@@ -10,8 +10,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 
 from common.bus import Bus
 from common.config import Settings
@@ -21,7 +23,7 @@ from common.db import replicas as db_replicas
 from common.db.rows import Pool
 from common.events import ReplicaOk
 from common.geo import Point
-from common.metrics import ReplicationMetrics
+from common.metrics import ReplicationMetrics, StageMetrics
 from replicator.fetch import ChecksumMismatch, fetch_original
 from replicator.outcomes import Retry, backoff_s
 from replicator.peers import sources
@@ -40,6 +42,7 @@ class ReplicatorContext:
     copied: int = 0
     metrics: ReplicationMetrics | None = None
     bus: Bus | None = None  # announces each replica made `ok` to the query services' lookups
+    stages: StageMetrics = field(default_factory=lambda: StageMetrics(CollectorRegistry()))  # the node's, when set
 
     def count(self, outcome: str) -> None:
         if self.metrics is not None:
@@ -112,7 +115,9 @@ async def _copy_here(ctx: ReplicatorContext, want: Wanted, state: str) -> tuple[
 
 async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) -> bool:
     started = time.perf_counter()
-    plan = await db_replicas.copy_plan(ctx.pool, want.image_id, ctx.node_id, want.sha256)
+    stages = ctx.stages
+    async with stages.awaited("replica:plan"):
+        plan = await db_replicas.copy_plan(ctx.pool, want.image_id, ctx.node_id, want.sha256)
     if plan is None:
         return False  # no longer wanted here: deleted meanwhile, or this node left the set
     state = plan["state"]
@@ -137,21 +142,16 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
         _repaired(ctx, want, state, f"identical image {same}")
         return True
     node = ctx.settings.node
-    peers = await sources(
-        ctx.pool,
-        want.image_id,
-        ctx.node_id,
-        Point(node.lat, node.lon),
-        node.region,
-        ctx.settings.health.heartbeat_timeout_s,
-    )
+    peers = sources(plan["holders"], Point(node.lat, node.lon), node.region, ctx.settings.health.heartbeat_timeout_s)
     errors = []
     for peer in peers:
         tmp = ctx.store.new_tmp_path()
         try:
-            got = await fetch_original(ctx.session, ctx.settings, peer, want.image_id, want.sha256, want.bytes, tmp)
+            async with stages.awaited("replica:fetch"):  # (hashed as it arrives)
+                got = await fetch_original(ctx.session, ctx.settings, peer, want.image_id, want.sha256, want.bytes, tmp)
             meta = ObjectMeta(want.sha256, want.content_type, want.bytes, private=got.private)
-            await asyncio.to_thread(ctx.store.commit_original, tmp, want.image_id, meta)
+            store_it = partial(ctx.store.commit_original, tmp, want.image_id, meta)
+            await asyncio.to_thread(stages.timed("replica:store", store_it))
         except ChecksumMismatch as exc:
             logger.error("replicate %s: bad checksum from %s, not stored: %s", want.image_id, peer.node_id, exc)
             errors.append(f"{peer.node_id}: checksum mismatch")
@@ -162,7 +162,8 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
             continue
         finally:
             await asyncio.to_thread(ctx.store.discard_tmp, tmp)
-        done = await ctx.mark_ok(want.image_id, want.bytes)
+        async with stages.awaited("replica:mark_ok"):
+            done = await ctx.mark_ok(want.image_id, want.bytes)
         ctx.copied += 1
         ctx.count("copied")
         if ctx.metrics is not None:

@@ -126,6 +126,7 @@ async def _in_process_replicator(app: web.Application) -> AsyncIterator[None]:
             session,
             metrics=app[keys.METRICS].replication,
             bus=app[keys.BUS],
+            stages=app[keys.METRICS].stages,
         )
         replicator = app[REPLICATOR] = Replicator(ctx, app[keys.BUS])
         await replicator.start()

@@ -15,7 +15,7 @@ from common import reqlog
 from common.bus import open_bus
 from common.config import Settings, require_node
 from common.db.pool import open_pool
-from common.metrics import HttpMetrics, ReplicationMetrics
+from common.metrics import HttpMetrics, ReplicationMetrics, StageMetrics
 from replicator.consumer import Replicator
 from replicator.jobs import ReplicatorContext
 from storage_node.objects.store import Store
@@ -53,6 +53,7 @@ async def _replicator_main(settings: Settings) -> None:
             session,
             metrics=ReplicationMetrics(metrics.registry, settings.node.node_id),
             bus=bus,
+            stages=StageMetrics(metrics.registry),
         )
         replicator = Replicator(ctx, bus)
         await replicator.start()

@@ -11,6 +11,7 @@ a damaged original raises OriginalMismatch before any decoder sees it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -43,11 +44,16 @@ def analyse(job: dict[str, Any]) -> dict[str, Any]:
     Raises UnsupportedImage/InvalidImage (the image is rejected), OriginalMismatch (the stored bytes are
     not the recorded ones); anything else is a processing failure.
     """
+    started = time.process_time()
     with _source(job) as path:
-        return _analyse(path, job)
+        result = _analyse(path, job)
+    result["cpu_s"]["job"] = time.process_time() - started  # the whole job, the record's check of the copy too
+    return result
 
 
 def _analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """The result carries ``cpu_s``: this process's CPU seconds by step, for the node's stage budget."""
+    cpu_s: dict[str, float] = {}
     max_pixels, max_frames = int(job["max_pixels"]), int(job["max_frames"])
     with path.open("rb") as fobj:
         fmt = sniff(fobj.read(64))
@@ -55,12 +61,14 @@ def _analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
     source = open_source(path, max_pixels, max_frames)  # decodes HEIC, BMP, ICO and animated PNG fully
     phash: int | None = None
     if source.decoded is None:
+        started = time.process_time()
         # Every frame of an animation; a TIFF's first page only (its other pages are never shown).
         pages = info.pages if fmt in LIBVIPS_ANIMATED or fmt == "avif" else 1
         if pages == 1:
             phash = checked_dhash(path)  # the decode check and the fingerprint in one pass
         else:
             decode_check(path, pages)
+        cpu_s["decode check"] = time.process_time() - started
     # Metadata from libvips's header where it reads one (EXIF of a HEIC too), else from the decoded pixels.
     if source.decoded is not None and fmt in PILLOW_PROBED:
         header = source.decoded
@@ -70,7 +78,7 @@ def _analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
     animated = info.pages > 1 and info.content_type in MULTI_PAGE_TYPES
     opts = RenderOptions(**job.get("render", {}))
     eager = [(parse_stored_variant(name), Path(dest)) for name, dest in job.get("eager", [])]
-    build_variants(path, eager, opts, animated, source.decoded)
+    build_variants(path, eager, opts, animated, source.decoded, cpu_s)
     return {
         "format": fmt,
         "content_type": info.content_type,
@@ -83,6 +91,7 @@ def _analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
         "has_alpha": bool(pixels.hasalpha()),
         "exif": exif_facts(header, bool(job.get("keep_gps"))),
         "phash": phash if phash is not None else dhash(path) if source.decoded is None else dhash_image(source.decoded),
+        "cpu_s": cpu_s,
     }
 
 

@@ -139,6 +139,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(cancel_all, [hotlink_task])
         processor = app[keys.PROCESSOR] = Processor(settings, pool, store, bus, callbacks)
         processor.metrics = app[keys.METRICS]
+        processor.stages = app[keys.METRICS].stages
         processor.integrity = integrity
         stack.push_async_callback(processor.close)
         heartbeats = app[keys.HEARTBEATS] = Heartbeats(settings, store, pool, bus, app[keys.STATUS], app[keys.METRICS])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from aiohttp import web
 
@@ -59,17 +60,26 @@ async def put_upload(request: web.Request) -> web.Response:
         verified = True
         if request.content_length is not None and request.content_length > max_bytes:
             raise PayloadTooLarge(f"upload is larger than {max_bytes} bytes")
-        state = await db_images.upload_state(pool, image_id)
+        stages = metrics.stages
+        async with stages.awaited("put:check_ticket"):
+            state = await db_images.upload_state(pool, image_id)
         if state is None or state["origin_node"] != settings.node.node_id:
             raise NotFound("no upload is expected for this image on this node")
         if state["status"] not in db_images.UPLOADABLE:
             raise Conflict("this upload URL has already been used", code="already_uploaded")
-        got = await ingest(timed_chunks(request.content, settings.http.body_read_timeout_s), tmp, max_bytes)
-        info = await probe_upload(
-            app[keys.PROCESSOR].sandbox, tmp, sniff(got.head), settings.limits.max_pixels, settings.limits.max_frames
-        )
+        async with stages.awaited("put:receive"):  # the body streamed to disk and hashed
+            got = await ingest(timed_chunks(request.content, settings.http.body_read_timeout_s), tmp, max_bytes)
+        async with stages.awaited("put:probe"):
+            info = await probe_upload(
+                app[keys.PROCESSOR].sandbox,
+                tmp,
+                sniff(got.head),
+                settings.limits.max_pixels,
+                settings.limits.max_frames,
+            )
         # Shielded: a client hanging up mid-commit must not split the file move from the transaction.
-        event = await asyncio.shield(asyncio.ensure_future(_commit(request, image_id, got, info)))
+        async with stages.awaited("put:transaction"):
+            event = await asyncio.shield(asyncio.ensure_future(_commit(request, image_id, got, info)))
         outcome = "ok"
         metrics.uploads_ok += 1
         metrics.upload_bytes.inc(got.size)
@@ -107,7 +117,8 @@ async def _commit(request: web.Request, image_id: str, got: Ingested, info: Imag
             same = row["same"]
             linked = None if same is None else await asyncio.to_thread(store.link_copy, same, image_id, meta)
             if linked is None:  # no identical copy here, or it vanished: store the uploaded bytes
-                await asyncio.to_thread(store.commit_original, got.path, image_id, meta)
+                store_it = partial(store.commit_original, got.path, image_id, meta)  # moved and fsync'd, with its dir
+                await asyncio.to_thread(app[keys.METRICS].stages.timed("put:store", store_it))
             moved = True
             async with conn.pipeline():  # the three statements in one round trip
                 await db_images.mark_uploaded(

@@ -19,7 +19,10 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
 
 from common import loops
 from common.bus import Bus
@@ -30,6 +33,7 @@ from common.db.rows import Pool
 from common.errors import InvalidImage, UnsupportedImage
 from common.events import ImageProcessed, ImageRejected
 from common.loops import cancel_all
+from common.metrics import StageMetrics
 from storage_node.integrity import Integrity
 from storage_node.moderation import Moderation
 from storage_node.objects.store import Store
@@ -52,7 +56,9 @@ class Processor:
         self.bus = bus
         self.callbacks = callbacks
         pipe = settings.pipeline
-        self.sandbox = SandboxPool(pipe.workers, pipe.worker_memory_mb, pipe.job_timeout_s, pipe.worker_max_jobs)
+        self.sandbox = SandboxPool(
+            pipe.workers, pipe.worker_memory_mb, pipe.job_timeout_s, pipe.worker_max_jobs, nice=pipe.nice
+        )
         self.moderation = Moderation(settings.moderation)
         self.render = RenderOptions.from_settings(pipe)
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -60,6 +66,7 @@ class Processor:
         self._sweeper: asyncio.Task[None] | None = None
         self.processed = 0
         self.metrics: NodeMetrics | None = None  # set by the app: outcomes and durations for /metrics
+        self.stages = StageMetrics(CollectorRegistry())  # the app's (``NodeMetrics.stages``) once set
         self.integrity: Integrity | None = None  # set by the app: what a damaged original is reported to
 
     @property
@@ -95,7 +102,9 @@ class Processor:
     async def process(self, image_id: str) -> str | None:
         """Run the state machine for one upload; returns the final status (None when not ours to process)."""
         started = time.perf_counter()
-        row = await db_pipeline.claim(self.pool, image_id, self.node_id)
+        stages = self.stages
+        async with stages.awaited("process:claim"):
+            row = await db_pipeline.claim(self.pool, image_id, self.node_id)
         if row is None:
             return None
         sha256, size = row["sha256"], row["bytes"]
@@ -119,9 +128,14 @@ class Processor:
             "eager": [[name, str(path)] for name, path in eager],
         }
         try:
-            result = await self.sandbox.run(job)
+            async with stages.awaited("process:sandbox"):
+                result = await self.sandbox.run(job)
+            for step, cpu_s in result.get("cpu_s", {}).items():  # the worker's own clock
+                stages.add(f"sandbox:{step}", 0.0, float(cpu_s))
             for name, path in eager:
-                await asyncio.to_thread(self.store.commit, path, image_id, name)
+                await asyncio.to_thread(
+                    stages.timed("process:store_variant", partial(self.store.commit, path, image_id, name))
+                )
                 self.store.note_variant(image_id, name)
         except (InvalidImage, UnsupportedImage) as exc:
             await self.reject(image_id, exc.message)
@@ -138,27 +152,30 @@ class Processor:
         return await self._finish(image_id, row, result, started)
 
     async def _finish(self, image_id: str, row: db_pipeline.ClaimRow, result: dict[str, Any], started: float) -> str:
-        duplicate_of = row["duplicate_of"] or await db_pipeline.near_duplicate(
-            self.pool,
-            int(result["phash"]),
-            self.settings.pipeline.near_duplicate_distance,
-            row["owner_key_id"],
-            image_id,
-        )
+        stages = self.stages
+        async with stages.awaited("process:near_duplicate"):
+            duplicate_of = row["duplicate_of"] or await db_pipeline.near_duplicate(
+                self.pool,
+                int(result["phash"]),
+                self.settings.pipeline.near_duplicate_distance,
+                row["owner_key_id"],
+                image_id,
+            )
         status, reason = "ready", None
         if self.moderation.enabled:
             verdict = await self.moderation.check(image_id, self.store.original_path(image_id), result["content_type"])
             if verdict.flagged:
                 status, reason = "quarantined", verdict.reason
-        done = await db_pipeline.finish(
-            self.pool,
-            image_id,
-            result,
-            status=status,
-            reason=reason,
-            duplicate_of=duplicate_of,
-            callback=bool(row["callback_url"]),
-        )
+        async with stages.awaited("process:finish"):
+            done = await db_pipeline.finish(
+                self.pool,
+                image_id,
+                result,
+                status=status,
+                reason=reason,
+                duplicate_of=duplicate_of,
+                callback=bool(row["callback_url"]),
+            )
         self._failures.pop(image_id, None)
         self.processed += 1
         logger.info("processed %s -> %s in %.3fs", image_id, status, time.perf_counter() - started)

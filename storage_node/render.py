@@ -85,11 +85,17 @@ def _load(src: Path, spec: VariantSpec, opts: RenderOptions, animated: bool) -> 
     name = f"{src}[n=-1]" if animated else str(src)
     # size="down": never upscale. A cover crop of a small image keeps the box's aspect ratio instead.
     if crop:
-        width, height = _shrink_box(
-            width, height, *displayed_size(pyvips.Image.new_from_file(str(src), access="sequential"))
-        )
-        return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down", fail_on="error")
+        shown = displayed_size(pyvips.Image.new_from_file(str(src), access="sequential"))
+        width, height = _shrink_box(width, height, *shown)
+        if not _fits_exactly(shown, width, height):  # (else the crop cuts nothing: no attention search to pay)
+            return pyvips.Image.thumbnail(name, width, height=height, crop="attention", size="down", fail_on="error")
     return pyvips.Image.thumbnail(name, width, height=height, size="down", fail_on="error")
+
+
+def _fits_exactly(size: tuple[int, int], width: int, height: int) -> bool:
+    """Whether an image of ``size`` shrunk to fit the box is the whole box (same aspect ratio, to the pixel)."""
+    scale = min(width / size[0], height / size[1])
+    return (round(size[0] * scale), round(size[1] * scale)) == (width, height)
 
 
 def _shrink_decoded(image: pyvips.Image, spec: VariantSpec, opts: RenderOptions, animated: bool) -> pyvips.Image:
@@ -164,19 +170,31 @@ def build_variants(
     opts: RenderOptions,
     animated: bool = False,
     decoded: pyvips.Image | None = None,
+    cpu_s: dict[str, float] | None = None,
 ) -> None:
     """Blocking: ``build_variant`` of each (spec, dest), the pixels of variants that differ by format only (an
-    upload's eager ``thumb.jpg`` and ``thumb.webp``) made once: one decode and one crop, encoded in each format."""
+    upload's eager ``thumb.jpg`` and ``thumb.webp``) made once: one decode and one crop, encoded in each format.
+    ``cpu_s``: where to add this process's CPU seconds per step (``pixels <kind>``, ``encode <fmt>``)."""
     groups: dict[tuple[str, int, int, bool], list[tuple[VariantSpec, Path]]] = {}
     for spec, dest in wanted:
         keep_frames = animated and spec.fmt in ANIMATED_FORMATS
         groups.setdefault((spec.kind, spec.width, spec.height, keep_frames), []).append((spec, dest))
-    for (_kind, _w, _h, keep_frames), members in groups.items():
+    clock = time.process_time
+    for (kind, _w, _h, keep_frames), members in groups.items():
+        started = clock()
         image = _pixels(src, members[0][0], opts, keep_frames, decoded)
         if len(members) > 1:
             image = image.copy_memory()  # else each encode would run the whole pipeline (decode included) again
+        _add(cpu_s, f"pixels {kind}", clock() - started)
         for spec, dest in members:
-            _encode(image, spec.fmt, dest, opts)
+            started = clock()
+            _encode(image, spec.fmt, dest, opts)  # (a single member's decode happens here, lazily)
+            _add(cpu_s, f"encode {spec.fmt}", clock() - started)
+
+
+def _add(into: dict[str, float] | None, key: str, seconds: float) -> None:
+    if into is not None:
+        into[key] = into.get(key, 0.0) + seconds
 
 
 def _pixels(

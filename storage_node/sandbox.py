@@ -37,8 +37,12 @@ class _Worker:
 
 
 class SandboxPool:
-    def __init__(self, size: int, memory_mb: int, timeout_s: float, max_jobs: int = 500, vips_threads: int = 1) -> None:
+    def __init__(
+        self, size: int, memory_mb: int, timeout_s: float, max_jobs: int = 500, vips_threads: int = 1, nice: int = 0
+    ) -> None:
+        """``nice``: the workers' CPU priority below the node's (an increment; 0: the same)."""
         self.size = size or os.cpu_count() or 2
+        self.nice = nice
         self.memory_bytes = memory_mb * 1024 * 1024
         self.timeout_s = timeout_s
         self.max_jobs = max_jobs
@@ -53,6 +57,8 @@ class SandboxPool:
         die_with_parent()
         resource.setrlimit(resource.RLIMIT_AS, (self.memory_bytes, self.memory_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if self.nice > 0:
+            os.nice(self.nice)
 
     async def _spawn(self) -> _Worker:
         env = {**os.environ, "VIPS_CONCURRENCY": str(self.vips_threads), "MALLOC_ARENA_MAX": "2", "VIPS_WARNING": "0"}

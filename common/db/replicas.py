@@ -50,22 +50,12 @@ def as_holders(rows: list[HolderRow]) -> list[Holder]:
     ]
 
 
-async def holders(pool: Pool, image_id: str, me: str) -> list[HolderRow]:
-    """The nodes other than ``me`` holding an `ok` replica of the image, healthy or not."""
-    return await fetch_all(
-        pool,
-        HolderRow,
-        "SELECT " + HOLDER_COLUMNS + " FROM replicas r JOIN nodes n USING (node_id)"
-        " WHERE r.image_id = %s AND r.state = 'ok' AND n.node_id <> %s",
-        (image_id, me),
-    )
-
-
 class CopyPlanRow(TypedDict):
     state: str  # this node's replica
     status: str  # the image's
     private: bool  # a copy must be kept private (anything but `public`)
     same: str | None  # another live image with these exact bytes held `ok` here, to hard-link
+    holders: list[HolderRow]  # the other nodes holding an `ok` replica, healthy or not (through json_agg)
 
 
 async def copy_plan(pool: Pool, image_id: str, node_id: str, sha256: str) -> CopyPlanRow | None:
@@ -77,10 +67,12 @@ async def copy_plan(pool: Pool, image_id: str, node_id: str, sha256: str) -> Cop
         "SELECT r.state, i.status, i.visibility <> 'public' AS private,"
         " (SELECT o.image_id FROM images o JOIN replicas h ON h.image_id = o.image_id AND h.node_id = r.node_id"
         "   WHERE o.sha256 = %s AND o.image_id <> i.image_id AND h.state = 'ok' AND o.status <> ALL(%s)"
-        "   ORDER BY o.uploaded_at LIMIT 1) AS same"
+        "   ORDER BY o.uploaded_at LIMIT 1) AS same,"
+        " (SELECT coalesce(json_agg(h), '[]') FROM (SELECT " + HOLDER_COLUMNS + " FROM replicas r JOIN nodes n"
+        "   USING (node_id) WHERE r.image_id = %s AND r.state = 'ok' AND n.node_id <> %s) h) AS holders"
         " FROM replicas r JOIN images i ON i.image_id = r.image_id"
         " WHERE r.image_id = %s AND r.node_id = %s",
-        (sha256, list(GONE), image_id, node_id),
+        (sha256, list(GONE), image_id, node_id, image_id, node_id),
     )
 
 

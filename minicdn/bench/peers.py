@@ -46,6 +46,7 @@ import aiohttp
 import psutil
 from rich.console import Console
 
+from minicdn.bench.budget import Counters, StageFigure, budget_json, floor_of, median_figures, per_upload, read_stages
 from minicdn.bench.cpu import CpuWindow, Server
 from minicdn.bench.loadgen import Loader, LoadResult
 from minicdn.bench.nginx import Nginx, nginx_in_front, nginx_serving
@@ -312,7 +313,7 @@ async def _run(
                         highlight=False,
                     )
         if "uploads" in opts.rows:
-            uploads.summarise()
+            await uploads.summarise()
 
 
 async def _measure(load: Load, r: int) -> Sample:
@@ -356,6 +357,8 @@ class UploadRow:
         self.replicated_ms: list[float] = []
         self.drain_s: list[float] = []
         self.client_cpu: list[float] = []  # this process's CPU per 1,000 files, both contenders
+        self.stage_runs: list[list[StageFigure]] = []  # each run's stage budget (``minicdn.bench.budget``)
+        self.node_urls: list[str] | None = None  # every node's, for their stage counters (None: not read yet)
 
     def loads(self) -> list[Load]:
         return self._loads
@@ -377,8 +380,20 @@ class UploadRow:
         files, sw = self._files(r), self.sw
         return await self._timed(lambda i: sw.write(self.session, files[i]), len(files))
 
+    async def _stages(self) -> Counters | None:
+        """Every node's stage counters (None when the nodes are not listed to this key, or do not answer)."""
+        try:
+            if self.node_urls is None:
+                nodes = (await get_json(self.session, self.cluster, "/v1/nodes"))["nodes"]
+                self.node_urls = [str(n["base_url"]) for n in nodes if n.get("base_url")]
+            return await read_stages(self.session, self.node_urls)
+        except (aiohttp.ClientError, KeyError, ValueError, RuntimeError):
+            self.node_urls = []
+            return None
+
     async def _minicdn(self, r: int) -> LoadResult:
         files, tag = self._files(r), f"minicdn-bench-{self.token}-{r}"
+        before = await self._stages()
         result = await self._timed(
             lambda i: upload_one(self.session, self.cluster, files[i], self.uploaded, tags=[tag]), len(files)
         )
@@ -391,10 +406,13 @@ class UploadRow:
             self.ready_ms.append((datetime.fromisoformat(image["ready_at"]) - uploaded_at).total_seconds() * 1000)
             last = max(datetime.fromisoformat(rep["verified_at"]) for rep in image["replicas"])
             self.replicated_ms.append((last - uploaded_at).total_seconds() * 1000)
+        after = await self._stages()
+        if before is not None and after is not None:
+            self.stage_runs.append(per_upload(before, after, len(files)))
         return result
 
-    def summarise(self) -> None:
-        """The figures behind minicdn's upload rate, in the row's details (issue 16's stage budget goes here)."""
+    async def summarise(self) -> None:
+        """The figures behind minicdn's upload rate, in the row's details, and its budget."""
         bodies = next(iter(self.bodies.values()), [])
         add = self.row.details.append
         add(Detail("files_per_run", "files a run", self.opts.uploads))
@@ -408,10 +426,19 @@ class UploadRow:
                 ordered = sorted(values)
                 add(Detail(f"{key}_p50_ms", f"{label} p50", ordered[len(ordered) // 2], "ms"))
                 add(Detail(f"{key}_p99_ms", "p99", ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "ms"))
+                add(Detail(f"{key}_max_ms", "max", ordered[-1], "ms"))
         if self.drain_s:
             add(Detail("drain_s", "last 201 -> all ready everywhere", statistics.median(self.drain_s), "s"))
         if self.client_cpu:
             add(Detail("client_cpu_s_per_1k", "upload client CPU s / 1k files", statistics.median(self.client_cpu)))
+        if self.stage_runs or bodies:
+            floor = await floor_of(bodies) if bodies else {}
+            # CPU s per 1,000 files is CPU ms per file.
+            mine = self.row.minicdn
+            stages = median_figures(self.stage_runs) if self.stage_runs else []
+            self.row.budget = budget_json(stages, mine.cpu_by_server(), mine.median("rate"), floor)
+            if not self.stage_runs:
+                self.row.notes.append("stage budget not measured: the nodes' /metrics could not be read")
 
 
 async def drained(

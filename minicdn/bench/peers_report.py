@@ -3,7 +3,8 @@ each peer, every one measured ``runs`` times; the table (and ``--json``) gives t
 the ratio of minicdn's median to each peer's, and the issue's target beside it.
 
 A row's ``details`` is the place for figures that explain one contender (the upload row carries the
-replication and processing times, and the per-stage budget of uploads belongs there too).
+replication and processing times); the upload row's ``budget`` is where an upload's CPU and time go
+(``minicdn.bench.budget``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from minicdn.bench.budget import print_budget
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Row:
     targets: dict[str, Target] = field(default_factory=dict)  # peer name -> target
     notes: list[str] = field(default_factory=list)
     details: list[Detail] = field(default_factory=list)
+    budget: dict[str, Any] = field(default_factory=dict)  # the upload row's (``budget.budget_json``)
 
     def ratio(self, peer: Contender) -> float | None:
         mine, theirs = self.minicdn.median("rate"), peer.median("rate")
@@ -164,6 +168,8 @@ def print_table(rows: list[Row], loader: str, runs: int, console: Console) -> No
             lines.append("; ".join(d.text() for d in row.details))
         for line in lines:
             console.print(f"{row.title}: {line}", highlight=False, soft_wrap=True)
+        if row.budget:
+            print_budget(row.budget, console)
 
 
 def as_json(rows: list[Row], loader: str, runs: int) -> dict[str, Any]:
@@ -214,6 +220,7 @@ def as_json(rows: list[Row], loader: str, runs: int) -> dict[str, Any]:
                 ],
                 "notes": row.notes,
                 "details": {d.key: r(d.value) for d in row.details},
+                **({"budget": row.budget} if row.budget else {}),
             }
             for row in rows
         ],

@@ -25,14 +25,23 @@ class Ingested:
 async def ingest(chunks: AsyncIterator[bytes], dest: Path, max_bytes: int) -> Ingested:
     """Write ``chunks`` to ``dest``; raise PayloadTooLarge as soon as more than ``max_bytes`` arrive.
 
-    The caller removes ``dest`` on any error.
+    The file is opened by the first batch's write and closed by the last's: a body under one batch (most
+    photos) costs one thread hop. The caller removes ``dest`` on any error.
     """
     digest = hashlib.sha256()
     size = 0
     head = b""
     pending: list[bytes] = []
     pending_size = 0
-    fobj: io.BufferedWriter = await asyncio.to_thread(open, dest, "wb")
+    out: list[io.BufferedWriter] = []  # the open file, once a batch was written
+
+    def write(batch: list[bytes], last: bool) -> None:
+        if not out:
+            out.append(open(dest, "wb"))  # closed by the last batch, or below on an error
+        out[0].writelines(batch)
+        if last:
+            out.pop().close()
+
     try:
         async for chunk in chunks:
             size += len(chunk)
@@ -44,11 +53,10 @@ async def ingest(chunks: AsyncIterator[bytes], dest: Path, max_bytes: int) -> In
             pending.append(chunk)
             pending_size += len(chunk)
             if pending_size >= WRITE_BATCH_BYTES:
-                await asyncio.to_thread(fobj.writelines, pending)
+                await asyncio.to_thread(write, pending, False)
                 pending, pending_size = [], 0
-        if pending:
-            await asyncio.to_thread(fobj.writelines, pending)
-        await asyncio.to_thread(fobj.flush)
+        await asyncio.to_thread(write, pending, True)
     finally:
-        await asyncio.to_thread(fobj.close)
+        if out:
+            await asyncio.to_thread(out.pop().close)
     return Ingested(dest, size, digest.hexdigest(), head)

@@ -25,6 +25,7 @@ from common.config import DatabaseSettings, NodeSettings, Secret
 from common.db import nodes as db_nodes
 from common.db import replicas as db_replicas
 from common.db.pool import open_pool
+from common.db.rows import Pool
 from common.geo import REGIONS
 from common.holders import rank_holders
 from minicdn.embedded import EmbeddedNats, EmbeddedPostgres
@@ -201,7 +202,7 @@ async def test_a_node_announcing_its_stop_is_out_at_once_and_back_after_a_restar
     assert (await cluster.request_upload(client_ip=EU_CLIENT))["node_id"] != "eu-west-1"
     # The nodes' miss path and the replicators rank the holders from Postgres: not the stopping node either.
     pool = cluster.apps["query"][query_keys.POOL]
-    rows = await db_replicas.holders(pool, image_id, "ap-southeast-1")
+    rows = await _holders(pool, image_id, "ap-southeast-1")
     here = REGIONS["eu-west"]
     assert {h.node_id for h in db_replicas.as_holders(rows)} == {"us-east-1", "eu-west-1"}
     assert [r.node.node_id for r in rank_holders(db_replicas.as_holders(rows), here, 30.0)] == ["us-east-1"]
@@ -213,8 +214,15 @@ async def test_a_node_announcing_its_stop_is_out_at_once_and_back_after_a_restar
         return str((await _url(cluster, image_id))["node_id"]) == "eu-west-1"
 
     await cluster.wait_for(back, "eu-west-1 handed out again", timeout_s=5.0)
-    rows = await db_replicas.holders(pool, image_id, "ap-southeast-1")
+    rows = await _holders(pool, image_id, "ap-southeast-1")
     assert [r.node.node_id for r in rank_holders(db_replicas.as_holders(rows), here, 30.0)][0] == "eu-west-1"
+
+
+async def _holders(pool: Pool, image_id: str, me: str) -> list[db_replicas.HolderRow]:
+    """The holders a replication job on ``me`` ranks (its copy plan's)."""
+    plan = await db_replicas.copy_plan(pool, image_id, me, sha256="")
+    assert plan is not None
+    return plan["holders"]
 
 
 # --- one process per data directory ------------------------------------------------------------------------

@@ -4,10 +4,13 @@ tests/integration/test_replication.py; here the jobs are stand-ins, so the rare 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
 
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
@@ -32,7 +35,7 @@ class FakeMsg:
     metadata: Any = None
     answers: list[tuple[str, float | None]] = field(default_factory=list)
 
-    async def ack_sync(self) -> None:
+    async def ack(self) -> None:
         self.answers.append(("ack", None))
 
     async def nak(self, delay: float | None = None) -> None:
@@ -144,3 +147,47 @@ def test_decode_refuses_a_payload_that_is_not_an_event_object(payload: bytes) ->
     # Terminated as malformed, never an AttributeError that would redeliver the message forever.
     with pytest.raises(Permanent, match="malformed event"):
         consumer._decode(ImageUploaded, payload)
+
+
+async def test_a_slow_copy_holds_back_no_other(ctx: ReplicatorContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``replicator.concurrency`` (2 here) messages in hand, each answered as soon as its own job is done: while
+    the first hangs, the others fetched with it and after it are copied and acked."""
+    replicator = Replicator(ctx, cast(Any, None))
+    release = asyncio.Event()
+    msgs = [cast(FakeMsg, message(uploaded("us-east-1"))) for _ in range(4)]
+    queue = list(msgs)
+    fetched: list[int] = []  # the batch sizes asked for
+
+    class FakeSub:
+        async def fetch(self, batch: int, timeout: float) -> list[Msg]:  # noqa: ASYNC109 (nats-py's signature)
+            fetched.append(batch)
+            if not queue:
+                await asyncio.sleep(timeout)
+                raise nats.errors.TimeoutError
+            taken, queue[:] = queue[:batch], queue[batch:]
+            return [cast(Msg, m) for m in taken]
+
+    async def dispatch(msg: Msg) -> None:
+        if msg is msgs[0]:
+            await release.wait()
+
+    monkeypatch.setattr(replicator, "_dispatch", dispatch)
+    consuming = asyncio.create_task(replicator._consume(cast(Any, FakeSub())))
+    try:
+        for _ in range(100):
+            if all(m.answers for m in msgs[1:]):
+                break
+            await asyncio.sleep(0.01)
+        assert [m.answers for m in msgs] == [[], [("ack", None)], [("ack", None)], [("ack", None)]]
+        assert max(fetched) <= 2  # never more in hand than the concurrency
+        release.set()
+        for _ in range(100):
+            if msgs[0].answers:
+                break
+            await asyncio.sleep(0.01)
+        assert msgs[0].answers == [("ack", None)]
+    finally:
+        replicator._stopping.set()
+        consuming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consuming

@@ -9,7 +9,7 @@ import pytest
 import pyvips
 
 from common.variants import parse_variant
-from storage_node.render import RenderOptions, build_variant
+from storage_node.render import RenderOptions, build_variant, build_variants
 
 OPTS = RenderOptions()
 MAGIC = {"jpg": b"\xff\xd8\xff", "png": b"\x89PNG", "webp": b"RIFF", "avif": b"ftypavif"}
@@ -128,3 +128,26 @@ def test_embedded_icc_profile_is_honoured(tmp_path: Path) -> None:
     image, data = render(src, "w150.png", tmp_path)
     assert "icc-profile-data" not in image.get_fields()
     assert all(abs(a - b) <= 4 for a, b in zip(image.getpoint(5, 5), (30, 120, 220), strict=True))
+
+
+def test_variants_differing_by_format_share_their_pixels_and_a_square_thumb_is_the_whole_image(
+    tmp_path: Path,
+) -> None:
+    """``build_variants``: thumb.jpg and thumb.webp from one decode and crop are the same picture (as built one by
+    one); a square source's thumb keeps every pixel (no crop to search for), a wide one is cropped to a square."""
+    square = tmp_path / "square.png"
+    # Left half black, right half white: a crop of a square would move the edge off the centre.
+    white = (pyvips.Image.black(200, 400) + 255).cast("uchar")
+    pyvips.Image.black(400, 400).insert(white, 200, 0).copy(interpretation="b-w").pngsave(str(square))
+    wanted = [(parse_variant("thumb.jpg"), tmp_path / "t.jpg"), (parse_variant("thumb.webp"), tmp_path / "t.webp")]
+    build_variants(square, wanted, OPTS)
+    jpg, webp = (pyvips.Image.new_from_file(str(p)) for _s, p in wanted)
+    assert (jpg.width, jpg.height) == (webp.width, webp.height) == (150, 150)
+    assert abs(jpg.crop(0, 0, 70, 150).avg()) < 8 and jpg.crop(80, 0, 70, 150).avg() > 247  # the edge stays central
+    assert abs(jpg.avg() - webp.avg()) < 2  # one picture, two encodings
+    alone, _ = render(square, "thumb.webp", tmp_path)
+    assert abs(alone.avg() - webp.avg()) < 0.5
+    wide = tmp_path / "wide.png"
+    pyvips.Image.black(600, 300).pngsave(str(wide))
+    image, _ = render(wide, "thumb.jpg", tmp_path)
+    assert (image.width, image.height) == (150, 150)
