@@ -195,6 +195,11 @@ class PipelineSettings:
     job_timeout_s: float = _help("Wall-clock limit of one processing job; a worker over it is killed.", default=60.0)
     worker_memory_mb: int = _help("Address-space limit of each worker process (RLIMIT_AS), MB.", default=1536)
     worker_max_jobs: int = _help("Jobs a worker runs before it is replaced (bounds leaks).", default=500)
+    max_backlog: int = _help(
+        "Uploads taken and not yet processed past which the node asks for no new uploads (the query services "
+        "place them on other nodes, or answer `503 processing_backlog` with Retry-After); 0: no bound.",
+        default=2000,
+    )
     nice: int = _help(
         "CPU priority of the processing workers below the node's (a nice increment, 0-19): under a burst, "
         "acknowledging uploads, replicating and serving go first and processing drains after.",
@@ -725,6 +730,8 @@ def _validate_pipeline(settings: Settings) -> None:
         raise ConfigError("pipeline.avif_effort: must be within 0..9")
     if not 0 <= pipe.png_compression <= 9:
         raise ConfigError("pipeline.png_compression: must be within 0..9")
+    if pipe.max_backlog < 0:
+        raise ConfigError("pipeline.max_backlog: 0 (no bound) or more")
     if not 0 <= pipe.nice <= 19:
         raise ConfigError("pipeline.nice: must be within 0..19")
     if not 16 <= pipe.thumb_size <= 1024:

@@ -74,6 +74,11 @@ class NodeHeartbeat(Event):
     # The node's last word: its graceful stop began (SIGTERM), so no reader or upload should be sent to it. On the
     # heartbeat subject, so it cannot overtake the node's earlier beats.
     stopping: bool = False
+    # Uploads taken and not yet processed, the oldest one's age, and the bound past which the node wants no
+    # new uploads (``pipeline.max_backlog``; 0: none): the query services place new uploads elsewhere.
+    processing_backlog: int = 0
+    processing_oldest_s: float = 0.0
+    max_backlog: int = 0
 
 
 @dataclass(frozen=True)

@@ -312,6 +312,8 @@ class NodeMetrics:
     corruptions: Counter = field(init=False)
     processing: Counter = field(init=False)
     processing_duration: Histogram = field(init=False)
+    processing_backlog: Gauge = field(init=False)
+    processing_backlog_age: Gauge = field(init=False)
     tiers: TierMetrics = field(init=False)
     replication: ReplicationMetrics = field(init=False)
     stages: StageMetrics = field(init=False)
@@ -380,6 +382,15 @@ class NodeMetrics:
             "Validation, metadata, fingerprints and eager thumbnails of one upload",
             registry=reg,
             buckets=BUILD_BUCKETS,
+        )
+        self.processing_backlog = Gauge(
+            "minicdn_processing_backlog", "Uploads taken and not yet processed", registry=reg, **ONE_WRITER
+        )
+        self.processing_backlog_age = Gauge(
+            "minicdn_processing_backlog_age_seconds",
+            "Age of the oldest upload not yet processed (0 when none)",
+            registry=reg,
+            **ONE_WRITER,
         )
         for outcome in PROCESSING_OUTCOMES:
             self.processing.labels(outcome)

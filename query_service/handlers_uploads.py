@@ -21,6 +21,8 @@ from query_service.placement import place
 from query_service.requests import parse_upload_request, remote_address
 from query_service.status_links import status_query
 
+BACKLOG_RETRY_S = 5  # a node's backlog is seen at its heartbeats: a few of them apart
+
 
 def public_base(request: web.Request) -> str:
     configured = request.app[keys.SETTINGS].query.public_url
@@ -46,6 +48,12 @@ async def create_upload(request: web.Request) -> web.Response:
     need = body.size if body.size is not None else min(settings.limits.unsized_upload_bytes, max_bytes)
     chosen = place(registry.nodes.values(), uploader, need, registry.healthy)
     if chosen is None:
+        if place(registry.nodes.values(), uploader, need, registry.healthy, backlog=False) is not None:
+            raise Unavailable(
+                "every node that could take this upload is behind on processing uploads; retry shortly",
+                code="processing_backlog",
+                headers={"Retry-After": str(BACKLOG_RETRY_S)},
+            )
         raise Unavailable("no healthy node with room can take this upload", code="no_capacity")
     node = chosen.node
     image_id = new_image_id()

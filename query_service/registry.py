@@ -47,6 +47,14 @@ class NodeInfo:
     variant_bytes: int = 0
     filesystems: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
     stopped_at: float = float("-inf")  # time.monotonic() of its latest announcement that it is stopping
+    # From its NATS heartbeats only (the table has neither): uploads it has not processed yet, and its bound.
+    processing_backlog: int = 0
+    max_backlog: int = 0
+
+
+def over_backlog(node: NodeInfo) -> bool:
+    """It asks for no new uploads until processing catches up (``pipeline.max_backlog``)."""
+    return 0 < node.max_backlog <= node.processing_backlog
 
 
 def is_stopping(node: NodeInfo) -> bool:
@@ -131,6 +139,8 @@ class NodeRegistry:
                 r["variant_bytes"],
                 r["filesystems"],
                 stopped,
+                old.processing_backlog if old is not None else 0,
+                old.max_backlog if old is not None else 0,
             )
         self.nodes = fresh
 
@@ -154,6 +164,8 @@ class NodeRegistry:
             tiers=event.tiers if event.tiers is not None else node.tiers,
             variant_bytes=event.variant_bytes,
             filesystems=event.filesystems if event.filesystems is not None else node.filesystems,
+            processing_backlog=event.processing_backlog,
+            max_backlog=event.max_backlog,
         )
 
     async def run(self, pool: Pool, bus: Bus, refresh_s: float) -> None:

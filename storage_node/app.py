@@ -143,6 +143,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         processor.integrity = integrity
         stack.push_async_callback(processor.close)
         heartbeats = app[keys.HEARTBEATS] = Heartbeats(settings, store, pool, bus, app[keys.STATUS], app[keys.METRICS])
+        heartbeats.backlog = processor.backlog
         siblings = app[keys.SIBLINGS] = Siblings(
             settings, role, store, gate, bus, app[keys.METRICS], app[keys.STATUS], processor.submit
         )

@@ -48,6 +48,9 @@ class Heartbeats:
     ) -> None:
         self.node = settings.node
         self.bound_s = settings.health.heartbeat_timeout_s
+        self.max_backlog = settings.pipeline.max_backlog
+        # The processor's (set by the app): uploads waiting to be processed, the oldest one's age.
+        self.backlog: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
         self.store, self.pool, self.bus, self.status, self.metrics = store, pool, bus, status, metrics
         self._tasks: list[asyncio.Task[None]] = []
         # Its own thread for statvfs: in the shared default executor a beat would queue behind a burst of
@@ -154,6 +157,9 @@ class Heartbeats:
     def _event(self, usage: Usage) -> NodeHeartbeat:
         metrics = self.metrics
         lag_p50, lag_max = metrics.replication.recent.summary()
+        backlog, oldest_s = self.backlog()
+        metrics.processing_backlog.set(backlog)
+        metrics.processing_backlog_age.set(oldest_s)
         return NodeHeartbeat(
             node_id=self.node.node_id,
             region=self.node.region,
@@ -176,6 +182,9 @@ class Heartbeats:
             variant_bytes=usage.variant_bytes,
             filesystems=usage.filesystems,
             backfilled_total=metrics.replication.backfilled,
+            processing_backlog=backlog,
+            processing_oldest_s=round(oldest_s, 3),
+            max_backlog=self.max_backlog,
         )
 
 

@@ -62,6 +62,7 @@ class Processor:
         self.moderation = Moderation(settings.moderation)
         self.render = RenderOptions.from_settings(pipe)
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._since: dict[str, float] = {}  # image -> time.monotonic() it was submitted, while in ``_inflight``
         self._failures: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.processed = 0
@@ -82,8 +83,18 @@ class Processor:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._run(image_id), name=f"process-{image_id}")
             self._inflight[image_id] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(image_id, None))
+            self._since[image_id] = time.monotonic()
+            task.add_done_callback(lambda _t: self._done(image_id))
         return task
+
+    def _done(self, image_id: str) -> None:
+        self._inflight.pop(image_id, None)
+        self._since.pop(image_id, None)
+
+    def backlog(self) -> tuple[int, float]:
+        """Uploads submitted and not yet processed, and the oldest one's age in seconds (0 when none)."""
+        oldest = next(iter(self._since.values()), None)  # (insertion order: the first is the oldest)
+        return len(self._since), 0.0 if oldest is None else time.monotonic() - oldest
 
     async def _run(self, image_id: str) -> None:
         started = time.perf_counter()

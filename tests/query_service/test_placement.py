@@ -35,3 +35,20 @@ def test_placement_skips_closed_unhealthy_full_and_readonly_nodes() -> None:
     chosen = place(nodes, tokyo_ish, 1000, healthy=lambda n: n.last_seen >= 0)
     assert chosen is not None and chosen.node.node_id == "euw"
     assert place(nodes[:4], tokyo_ish, 1000, healthy=lambda n: n.last_seen >= 0) is None
+
+
+def test_a_node_past_its_processing_backlog_gets_no_uploads() -> None:
+    from dataclasses import replace
+
+    here = REGIONS["eu-west"]
+    near, far = node("euw", "eu-west"), node("use", "us-east")
+    behind = replace(near, processing_backlog=50, max_backlog=50)
+    chosen = place([behind, far], here, 1000, healthy=lambda n: True)
+    assert chosen is not None and chosen.node.node_id == "use"
+    assert place([behind], here, 1000, healthy=lambda n: True) is None
+    ignoring = place([behind], here, 1000, healthy=lambda n: True, backlog=False)  # what tells 503 apart
+    assert ignoring is not None and ignoring.node.node_id == "euw"
+    unbounded = replace(near, processing_backlog=10**6, max_backlog=0)
+    assert place([unbounded], here, 1000, healthy=lambda n: True) is not None
+    under = replace(near, processing_backlog=49, max_backlog=50)
+    assert place([under], here, 1000, healthy=lambda n: True) is not None
