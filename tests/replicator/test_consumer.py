@@ -168,7 +168,7 @@ async def test_a_slow_copy_holds_back_no_other(ctx: ReplicatorContext, monkeypat
             return [cast(Msg, m) for m in taken]
 
     async def dispatch(msg: Msg) -> None:
-        if msg is msgs[0]:
+        if cast(object, msg) is msgs[0]:
             await release.wait()
 
     monkeypatch.setattr(replicator, "_dispatch", dispatch)
