@@ -171,6 +171,7 @@ class StageMetrics:
     runs: Counter = field(init=False)
     wall: Counter = field(init=False)
     cpu: Counter = field(init=False)
+    _children: dict[str, tuple[Counter, Counter, Counter]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         reg = self.registry
@@ -184,10 +185,18 @@ class StageMetrics:
         )
 
     def add(self, stage: str, wall_s: float, cpu_s: float | None = None) -> None:
-        self.runs.labels(stage).inc()
-        self.wall.labels(stage).inc(wall_s)
+        children = self._children.get(stage)
+        if children is None:  # (a fixed set of names: the label lookups are made once each)
+            children = self._children[stage] = (
+                self.runs.labels(stage),
+                self.wall.labels(stage),
+                self.cpu.labels(stage),
+            )
+        runs, wall, cpu = children
+        runs.inc()
+        wall.inc(wall_s)
         if cpu_s is not None:
-            self.cpu.labels(stage).inc(cpu_s)
+            cpu.inc(cpu_s)
 
     def timed(self, stage: str, fn: Callable[[], T]) -> Callable[[], T]:
         """``fn`` (to run on a worker thread), counted as ``stage`` with that thread's CPU time."""

@@ -26,7 +26,7 @@ from common.geo import Point
 from common.metrics import ReplicationMetrics, StageMetrics
 from replicator.fetch import ChecksumMismatch, fetch_original
 from replicator.outcomes import Retry, backoff_s
-from replicator.peers import sources
+from replicator.peers import Peer, sources
 from storage_node.objects.store import ObjectMeta, SidecarLost, Store
 
 logger = logging.getLogger(__name__)
@@ -143,25 +143,10 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
         return True
     node = ctx.settings.node
     peers = sources(plan["holders"], Point(node.lat, node.lon), node.region, ctx.settings.health.heartbeat_timeout_s)
-    errors = []
+    errors: list[str] = []
     for peer in peers:
-        tmp = ctx.store.new_tmp_path()
-        try:
-            async with stages.awaited("replica:fetch"):  # (hashed as it arrives)
-                got = await fetch_original(ctx.session, ctx.settings, peer, want.image_id, want.sha256, want.bytes, tmp)
-            meta = ObjectMeta(want.sha256, want.content_type, want.bytes, private=got.private)
-            store_it = partial(ctx.store.commit_original, tmp, want.image_id, meta)
-            await asyncio.to_thread(stages.timed("replica:store", store_it))
-        except ChecksumMismatch as exc:
-            logger.error("replicate %s: bad checksum from %s, not stored: %s", want.image_id, peer.node_id, exc)
-            errors.append(f"{peer.node_id}: checksum mismatch")
-            ctx.count("checksum_mismatch")
+        if not await _store_from(ctx, want, peer, errors):
             continue
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            errors.append(f"{peer.node_id}: {exc!r}")
-            continue
-        finally:
-            await asyncio.to_thread(ctx.store.discard_tmp, tmp)
         async with stages.awaited("replica:mark_ok"):
             done = await ctx.mark_ok(want.image_id, want.bytes)
         ctx.copied += 1
@@ -183,6 +168,29 @@ async def _replicate_locked(ctx: ReplicatorContext, want: Wanted, attempt: int) 
     reason = "; ".join(errors) or "no healthy peer holds it yet"
     ctx.count("retry")
     raise Retry(f"replicate {want.image_id}: {reason}", backoff_s(attempt))
+
+
+async def _store_from(ctx: ReplicatorContext, want: Wanted, peer: Peer, errors: list[str]) -> bool:
+    """Fetch the original from ``peer`` (hashed as it arrives) and store it here; False, with the reason added to
+    ``errors``, when that peer could not supply the recorded bytes."""
+    tmp = ctx.store.new_tmp_path()
+    try:
+        async with ctx.stages.awaited("replica:fetch"):
+            got = await fetch_original(ctx.session, ctx.settings, peer, want.image_id, want.sha256, want.bytes, tmp)
+        meta = ObjectMeta(want.sha256, want.content_type, want.bytes, private=got.private)
+        store_it = partial(ctx.store.commit_original, tmp, want.image_id, meta)
+        await asyncio.to_thread(ctx.stages.timed("replica:store", store_it))
+        return True
+    except ChecksumMismatch as exc:
+        logger.error("replicate %s: bad checksum from %s, not stored: %s", want.image_id, peer.node_id, exc)
+        errors.append(f"{peer.node_id}: checksum mismatch")
+        ctx.count("checksum_mismatch")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        errors.append(f"{peer.node_id}: {exc!r}")
+    finally:
+        if tmp.exists():  # (moved into place once stored)
+            await asyncio.to_thread(ctx.store.discard_tmp, tmp)
+    return False
 
 
 def _repaired(ctx: ReplicatorContext, want: Wanted, was: str, source: str) -> None:

@@ -90,7 +90,8 @@ async def put_upload(request: web.Request) -> web.Response:
         raise
     finally:
         metrics.uploads.labels(outcome).inc()
-        await asyncio.to_thread(store.discard_tmp, tmp)
+        if tmp.exists():  # (moved into place by a commit: no thread hop for nothing)
+            await asyncio.to_thread(store.discard_tmp, tmp)
     # In the background: the 201 waits for durability only, never for NATS (the sweep covers a lost event).
     app[keys.PUBLISHER].publish(event.set_id, event, image_id)
     if app[keys.ROLE].primary:  # off the request path: the 201 does not wait for it

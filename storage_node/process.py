@@ -159,7 +159,8 @@ class Processor:
             return None
         finally:
             for _name, path in eager:
-                await asyncio.to_thread(self.store.discard_tmp, path)
+                if path.exists():  # (committed ones were moved into place)
+                    await asyncio.to_thread(self.store.discard_tmp, path)
         return await self._finish(image_id, row, result, started)
 
     async def _finish(self, image_id: str, row: db_pipeline.ClaimRow, result: dict[str, Any], started: float) -> str:

@@ -14,7 +14,10 @@ and stops them at the end. Rows:
    ``/dir/lookup?volumeId=`` and the query service's own near-empty ``/healthz``;
 4. uploads: a ticket + PUT per file (`uploads.upload_one`) at ``concurrency``, against SeaweedFS's assign +
    PUT with replication 100, of the same files; minicdn's CPU is counted until every upload is `ready`
-   on every replica (the work after the 201 is part of what an upload costs).
+   on every replica (the work after the 201 is part of what an upload costs), and its budget (where that CPU
+   and time go, stage by stage, and the libvips floor: ``minicdn.bench.budget``) follows the table.
+
+``PeersOptions.rows`` (``--rows``) picks the rows.
 
 Rows 1-3 run through `loadgen` (wrk, else our Python load generator); row 4 through this process, the
 same client code for both. CPU seconds are read from every process of each server (`cpu`): the node and
