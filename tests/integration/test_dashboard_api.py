@@ -85,6 +85,7 @@ async def _lag_reported(cluster: TestCluster) -> bool:
 async def test_dashboard_history_charts_recent_activity(cluster: TestCluster) -> None:
     """The JSON carries the history the charts draw: after uploads, the upload and copy rates rise above
     zero, used bytes grow and replication lag is charted; the series stay aligned and bounded."""
+
     async def baseline() -> bool:  # rates are differences of the nodes' running totals: read them once first
         _s, doc = await cluster.api("GET", "/v1/dashboard")
         return len(doc["history"]["t"]) >= 1
