@@ -79,6 +79,10 @@ async def test_bench_peers_quick_runs_seaweedfs_and_nginx_and_stops_them(
     assert set(sw_upload["cpu_s_per_1k_by_process"]) == {"master", "volume-dc1", "volume-dc2"}
     assert rows["uploads"]["details"]["files_per_run"] == 20
     assert rows["uploads"]["details"]["replicated_p99_ms"] > 0
+    budget = rows["uploads"]["budget"]  # read from the nodes' own stage counters
+    assert budget["stages"]["put:transaction"]["runs_per_upload"] == 1
+    assert budget["stages"]["replica:store"]["runs_per_upload"] == 2 and budget["stages"]["replica:store"]["cpu_ms"] > 0
+    assert budget["stages"]["sandbox:job"]["cpu_ms"] > 0 and budget["libvips_floor_cpu_ms"]["job"] > 0
 
     # The table went to stderr (stdout carries the JSON only): every row, every server, a ratio each.
     for text in ("GET a stored", "URL lookup", "uploads, 32 in flight", "SeaweedFS volume", "SeaweedFS master"):
