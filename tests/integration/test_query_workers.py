@@ -90,13 +90,9 @@ async def test_workers_share_the_port_and_a_revoked_key_is_refused_by_every_one_
             assert set(answers.values()) == {401}
             assert time.monotonic() - revoked_at < 15  # the reconcile (600 s) played no part
 
-        parent.send_signal(signal.SIGTERM)
-        assert parent.wait(30) == 0
-        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        _stops_on_sigterm(parent, workers)
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+        _kill(parent)
 
 
 async def test_workers_die_with_their_parent(
@@ -117,9 +113,7 @@ async def test_workers_die_with_their_parent(
         gone, alive = psutil.wait_procs(workers, timeout=20)
         assert not alive, f"workers outlived their parent: {alive}"
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+        _kill(parent)
 
 
 async def test_a_worker_started_while_postgres_is_down_waits_for_it(
@@ -143,13 +137,9 @@ async def test_a_worker_started_while_postgres_is_down_waits_for_it(
             workers = await _all_up(session, parent, base, log, timeout_s=30)
             async with session.get(f"{base}/v1/images/{'x' * 22}/url") as resp:
                 assert resp.status == 404, await resp.text()  # read from the database: not found (not a 503)
-        parent.send_signal(signal.SIGTERM)
-        assert parent.wait(30) == 0
-        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        _stops_on_sigterm(parent, workers)
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+        _kill(parent)
         await asyncio.to_thread(pg.stop)
 
 
@@ -165,9 +155,7 @@ async def test_postgres_down_past_the_start_up_wait_fails_the_start(
     try:
         code = await asyncio.to_thread(parent.wait, 60)
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+        _kill(parent)
     took_s = time.monotonic() - started
     assert code != 0 and took_s >= 8, (code, took_s)
     text = log.read_text()
@@ -188,6 +176,18 @@ async def _all_up(
 
 async def _logged(log: Path, text: str) -> bool:
     return text in await asyncio.to_thread(log.read_text)
+
+
+def _stops_on_sigterm(parent: subprocess.Popen[bytes], workers: list[psutil.Process]) -> None:
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def _kill(parent: subprocess.Popen[bytes]) -> None:
+    if parent.poll() is None:
+        parent.kill()
+        parent.wait()
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
