@@ -22,7 +22,7 @@ from common.errors import SignatureExpired, SignatureInvalid
 if TYPE_CHECKING:
     from common.config import SigningSettings
 
-SCOPES = ("upload", "peer", "download", "status")
+SCOPES = ("upload", "peer", "peer-batch", "download", "status")
 
 
 @dataclass(frozen=True)

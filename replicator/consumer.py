@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TypeVar
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -22,6 +24,7 @@ from common.bus import Bus
 from common.db import replicas as db_replicas
 from common.events import ImageDeleted, ImageRejected, ImageUploaded
 from common.loops import raise_if_cancelling
+from replicator.batch import copy_batch
 from replicator.deletes import delete_local, sweep_deletions
 from replicator.jobs import ReplicatorContext, Wanted, drop_rejected, replicate
 from replicator.outcomes import Permanent, Retry
@@ -85,14 +88,21 @@ class Replicator:
 
     # --- JetStream path -----------------------------------------------------------------------------
     async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
-        """Keep ``replicator.concurrency`` messages in hand: each is handled on its own and a new one fetched as
-        soon as one is done, so one slow copy never holds back the copies fetched with it."""
+        """Keep ``replicator.concurrency`` messages in hand: a new one is fetched as soon as one is done, so one
+        slow copy never holds back the copies fetched with it. The uploads of one fetch are copied as a batch
+        (``replicator.batch``); every other message is handled on its own."""
         limit = self.ctx.settings.replicator.concurrency
-        handling: set[asyncio.Task[None]] = set()
+        handling: dict[asyncio.Task[None], int] = {}  # each task, and the messages it holds
+
+        def start(job: Coroutine[Any, Any, None], held: int) -> None:
+            task = asyncio.create_task(job, name="replicate")
+            handling[task] = held
+            task.add_done_callback(handling.pop)
+
         try:
             while not self._stopping.is_set():
                 raise_if_cancelling()
-                room = limit - len(handling)
+                room = limit - sum(handling.values())
                 if room <= 0:
                     await asyncio.wait(handling, return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -110,10 +120,13 @@ class Replicator:
                     logger.warning("consumer fetch failed: %r", exc)
                     await loops.sleep(1)
                     continue
+                uploads = [(msg, event) for msg in msgs if (event := self._foreign_upload(msg)) is not None]
+                if len(uploads) > 1:  # a burst: their copies share round trips
+                    batched = {id(msg) for msg, _ in uploads}
+                    msgs = [msg for msg in msgs if id(msg) not in batched]
+                    start(self._handle_uploads(uploads, start), len(uploads))
                 for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg), name="replicate-message")
-                    handling.add(task)
-                    task.add_done_callback(handling.discard)
+                    start(self._handle(msg), 1)
         finally:
             await loops.cancel_all(list(handling))  # unacked: redelivered (a copy is idempotent)
 
@@ -132,6 +145,41 @@ class Replicator:
             except Exception:
                 logger.exception("replication of %s failed", msg.subject)
                 await msg.nak(delay=5)
+
+    def _foreign_upload(self, msg: Msg) -> ImageUploaded | None:
+        """The upload ``msg`` announces, when it is another node's and can be decoded (else None)."""
+        if msg.subject.rsplit(".", 1)[-1] != ImageUploaded.name:
+            return None
+        try:
+            event = ImageUploaded.from_json(msg.data)
+        except (ValueError, TypeError):
+            return None  # terminated by the single path
+        return None if event.origin_node == self.ctx.node_id else event
+
+    async def _handle_uploads(
+        self, uploads: list[tuple[Msg, ImageUploaded]], start: Callable[[Coroutine[Any, Any, None], int], None]
+    ) -> None:
+        """Several uploads at once: what the batch copied (or needs nothing more) is acked; every other message
+        is handed to the single path (``start``: its own task, holding only that message), with its own
+        outcome (a retry, a repair, a checksum mismatch...)."""
+        reqlog.adopt(None)
+        for _, event in uploads:
+            await self.rate.take(event.bytes)
+        wants = [Wanted(e.image_id, e.sha256, e.bytes, e.content_type) for _, e in uploads]
+        try:
+            async with self._sem:
+                done = await copy_batch(self.ctx, wants)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # e.g. Postgres away: every message takes the single path, with its retries
+            logger.exception("batched replication of %d uploads failed", len(uploads))
+            done = set()
+        for msg, event in uploads:
+            if event.image_id in done:
+                await msg.ack()
+            else:
+                self.rate.refund(event.bytes, time.monotonic())  # the single path books its own copy
+                start(self._handle(msg), 1)
 
     async def _dispatch(self, msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]

@@ -40,6 +40,7 @@ class ReplicatorContext:
     session: aiohttp.ClientSession
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     copied: int = 0
+    batched: int = 0  # of ``copied``: made by ``replicator.batch``
     metrics: ReplicationMetrics | None = None
     bus: Bus | None = None  # announces each replica made `ok` to the query services' lookups
     stages: StageMetrics = field(default_factory=lambda: StageMetrics(CollectorRegistry()))  # the node's, when set

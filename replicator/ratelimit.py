@@ -21,6 +21,12 @@ class ByteRate:
         self._next_free = start + n / self.bytes_per_s
         return start - now
 
+    def refund(self, n: int, now: float) -> None:
+        """Give back ``n`` booked bytes that will not be moved under this booking (they are booked again by
+        the work that moves them), never freeing time already past."""
+        if self.bytes_per_s > 0:
+            self._next_free = max(now, self._next_free - n / self.bytes_per_s)
+
     async def take(self, n: int) -> None:
         delay = self.delay_for(n, time.monotonic())
         if delay > 0:

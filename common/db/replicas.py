@@ -76,6 +76,30 @@ async def copy_plan(pool: Pool, image_id: str, node_id: str, sha256: str) -> Cop
     )
 
 
+class BatchPlanRow(CopyPlanRow):
+    image_id: str
+
+
+async def copy_plans(pool: Pool, node_id: str, wanted: dict[str, str]) -> dict[str, BatchPlanRow]:
+    """``copy_plan`` for several images at once (``wanted``: image id -> recorded sha256), in one round trip;
+    an image whose replica is no longer wanted here is left out."""
+    ids = sorted(wanted)
+    rows = await fetch_all(
+        pool,
+        BatchPlanRow,
+        "SELECT w.image_id, r.state, i.status, i.visibility <> 'public' AS private,"
+        " (SELECT o.image_id FROM images o JOIN replicas h ON h.image_id = o.image_id AND h.node_id = r.node_id"
+        "   WHERE o.sha256 = w.sha256 AND o.image_id <> i.image_id AND h.state = 'ok' AND o.status <> ALL(%s)"
+        "   ORDER BY o.uploaded_at LIMIT 1) AS same,"
+        " (SELECT coalesce(json_agg(h), '[]') FROM (SELECT " + HOLDER_COLUMNS + " FROM replicas r JOIN nodes n"
+        "   USING (node_id) WHERE r.image_id = w.image_id AND r.state = 'ok' AND n.node_id <> %s) h) AS holders"
+        " FROM unnest(%s::text[], %s::text[]) AS w(image_id, sha256)"
+        " JOIN replicas r ON r.image_id = w.image_id AND r.node_id = %s JOIN images i ON i.image_id = w.image_id",
+        (list(GONE), node_id, ids, [wanted[i] for i in ids], node_id),
+    )
+    return {r["image_id"]: r for r in rows}
+
+
 class ImageGone(Exception):
     """The image was deleted while this node copied it: nothing was recorded."""
 
@@ -107,6 +131,32 @@ async def mark_ok(pool: Pool, image_id: str, node_id: str, size: int) -> LagRow:
     if row is None:
         raise ImageGone(image_id)
     return row
+
+
+class BatchLagRow(LagRow):
+    image_id: str
+
+
+async def mark_ok_many(pool: Pool, node_id: str, sizes: dict[str, int]) -> dict[str, BatchLagRow]:
+    """``mark_ok`` for several replicas of this node in one statement (``sizes``: image id -> bytes); an image
+    deleted meanwhile is left out of the result, and nothing is recorded for it."""
+    ids = sorted(sizes)  # one order for every writer of these rows: no deadlock between two batches
+    rows = await fetch_all(
+        pool,
+        BatchLagRow,
+        "INSERT INTO replicas (image_id, node_id, state, bytes, verified_at)"
+        " SELECT w.image_id, %s, 'ok', w.bytes, now() FROM unnest(%s::text[], %s::bigint[]) AS w(image_id, bytes)"
+        " JOIN images i ON i.image_id = w.image_id AND i.status <> 'deleted' ORDER BY w.image_id"
+        " ON CONFLICT (image_id, node_id) DO UPDATE SET state = 'ok', bytes = EXCLUDED.bytes,"
+        " verified_at = now(), updated_at = now()"
+        " RETURNING replicas.image_id,"
+        " (SELECT extract(epoch FROM clock_timestamp() - i.uploaded_at)::float8 FROM images i"
+        "  WHERE i.image_id = replicas.image_id) AS lag_s,"
+        " coalesce((SELECT i.uploaded_at < n.registered_at FROM images i, nodes n"
+        "  WHERE i.image_id = replicas.image_id AND n.node_id = replicas.node_id), false) AS backfill",
+        (node_id, ids, [sizes[i] for i in ids]),
+    )
+    return {r["image_id"]: r for r in rows}
 
 
 class CopyRow(TypedDict):

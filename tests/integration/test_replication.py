@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 from storage_node import keys as node_keys
 from tests.cluster import NODE_REGIONS, TestCluster, make_jpeg
@@ -103,3 +104,88 @@ async def test_bad_checksum_from_a_peer_is_never_stored(cluster: TestCluster) ->
         raise AssertionError("a mismatching copy must not succeed")
     assert cluster.disk_sha256(target, up["image_id"]) is None
     assert cluster.files_under(target, "tmp") == []
+
+
+async def test_a_burst_is_copied_in_one_batch(cluster: TestCluster) -> None:
+    """``replicator.batch``: the fresh uploads of a burst share one plan, one request per peer, one store and one
+    record; an image deleted meanwhile is done with nothing stored, one whose bytes do not hash to the record
+    is neither stored nor done (the single-image job takes it)."""
+    import aiohttp
+
+    from common.db.pool import open_pool
+    from replicator.batch import copy_batch
+    from replicator.jobs import ReplicatorContext, Wanted
+
+    target = "eu-west-1"
+    await cluster.stop_node(target)  # nothing else copies to it meanwhile
+    ups = [await cluster.upload(make_jpeg(320, 240, seed=40 + i), client_ip="3.0.1.10") for i in range(5)]
+    for up in ups:
+        await cluster.wait_ready(up["image_id"])
+    deleted, damaged, good = ups[0], ups[1], ups[2:]
+    status, _ = await cluster.api("DELETE", f"/v1/images/{deleted['image_id']}")
+    assert status == 202
+    intact: dict[str, bytes] = {}
+    for holder in ("us-east-1", "ap-southeast-1"):  # whichever peer it asks sends bytes that are not the record's
+        path = cluster.store(holder).original_path(damaged["image_id"])
+        data = intact[holder] = path.read_bytes()
+        path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    settings = cluster.node_settings[target]
+    store = cluster.store(target)
+    try:
+        async with open_pool(settings.database) as pool, aiohttp.ClientSession() as session:
+            ctx = ReplicatorContext(settings, pool, store, session)
+            wants = [Wanted(u["image_id"], u["sha256"], u["bytes"], "image/jpeg") for u in ups]
+            done = await copy_batch(ctx, wants)
+    finally:
+        for holder, data in intact.items():
+            cluster.store(holder).original_path(damaged["image_id"]).write_bytes(data)
+    assert done == {deleted["image_id"], *(u["image_id"] for u in good)}
+    assert ctx.batched == ctx.copied == len(good)
+    for up in good:
+        assert cluster.disk_sha256(target, up["image_id"]) == up["sha256"]
+        assert (await cluster.replicas(up["image_id"]))[target] == "ok"
+        assert store.meta(up["image_id"]) is not None
+    assert cluster.disk_sha256(target, deleted["image_id"]) is None
+    assert cluster.disk_sha256(target, damaged["image_id"]) is None
+    assert (await cluster.replicas(damaged["image_id"]))[target] == "pending"
+    assert cluster.files_under(target, "tmp") == []
+    await cluster.start_node(target)
+    await cluster.wait_replicated(damaged["image_id"])  # then the single-image job copies it, good bytes now
+    assert cluster.disk_sha256(target, damaged["image_id"]) == damaged["sha256"]
+
+
+async def test_the_batch_endpoint_is_signed_and_offers_only_what_it_holds(cluster: TestCluster) -> None:
+    import time
+
+    from storage_node.objects.peer import batch_params, peer_params
+
+    up = await cluster.upload(make_jpeg(seed=50), client_ip="3.0.1.10")
+    await cluster.wait_replicated(up["image_id"])
+    settings = cluster.node_settings["us-east-1"]
+    key, kid, exp = settings.signing_key("k1"), "k1", int(time.time()) + 60
+    assert key is not None
+    unknown = "a" * 22
+    url = f"{settings.node.base_url}/peer/objects"
+    assert cluster.session is not None
+    params = batch_params(key, kid, [unknown, up["image_id"]], "eu-west-1", exp)
+    async with cluster.session.get(url, params=params) as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    first, rest = body.split(b"\n", 1)
+    assert json.loads(first) == {"image_id": unknown, "found": False}
+    head, data = rest.split(b"\n", 1)
+    assert json.loads(head) == {
+        "image_id": up["image_id"],
+        "bytes": up["bytes"],
+        "sha256": up["sha256"],
+        "private": False,
+    }
+    assert hashlib.sha256(data).hexdigest() == up["sha256"]
+    tampered = {**params, "ids": up["image_id"]}  # another id list than the signed one
+    single = {"ids": up["image_id"], **peer_params(key, kid, up["image_id"], "eu-west-1", exp)}  # another scope
+    for bad in (tampered, single):
+        async with cluster.session.get(url, params=bad) as resp:
+            assert resp.status == 403, bad
+    async with cluster.session.get(url, params={**params, "ids": "x,y"}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "invalid_request"

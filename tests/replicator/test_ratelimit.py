@@ -24,6 +24,16 @@ def test_a_burst_is_queued_at_the_rate_and_time_pays_it_off() -> None:
     assert rate.delay_for(100, now=7.0) == 0.0
 
 
+def test_a_refund_frees_booked_time_but_never_time_already_past() -> None:
+    rate = ByteRate(1000)
+    assert rate.delay_for(1000, now=0.0) == 0.0
+    assert rate.delay_for(1000, now=0.0) == 1.0  # booked until 2.0
+    rate.refund(1000, now=0.0)  # the second 1000 B went elsewhere
+    assert rate.delay_for(100, now=0.5) == pytest.approx(0.5)
+    rate.refund(10_000, now=1.2)
+    assert rate.delay_for(100, now=1.2) == 0.0
+
+
 async def test_take_sleeps_out_the_delay() -> None:
     rate = ByteRate(10_000)
     started = time.monotonic()
