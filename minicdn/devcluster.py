@@ -399,19 +399,27 @@ class DevCluster:
                 raise ProcessFailed(name, describe_exit(proc.returncode), log, tail(log))
 
     def _wait_healthy(self, query_url: str, node_count: int) -> None:
-        """Until every child answers /healthz and the query service sees every node healthy (heartbeats
-        arrive); a process exiting meanwhile, or the timeout, fails the start-up."""
+        """Until every child answers /healthz and every query-service worker sees every node healthy
+        (heartbeats arrive; each worker hears them itself, and a client may reach any of them); a process
+        exiting meanwhile, or the timeout, fails the start-up."""
+        from common.config import load_settings
+        from minicdn.runner import query_workers
+
+        workers = query_workers(load_settings(self.state / "config" / "query.toml", env={}))
         timeout_s = self.opt.start_timeout_s
         deadline = time.monotonic() + timeout_s
         pending = list(self.http)
         seen = 0
+        ready: set[int] = set()  # the query workers that saw every node healthy
         while True:
             self._check_alive()
             pending = [name for name in pending if _healthz(self.http[name]) is None]
             if not pending:
-                health = _healthz(query_url) or {}
+                health = _healthz(query_url) or {}  # a new connection each time: any of the workers answers
                 seen = int(health.get("healthy_nodes", 0))
                 if seen >= node_count:
+                    ready.add(int(health.get("worker", 0)))
+                if len(ready) >= workers:
                     self._check_alive()
                     return
             if time.monotonic() > deadline:
@@ -419,7 +427,8 @@ class DevCluster:
                 what = (
                     f"did not answer /healthz within {timeout_s:g} s"
                     if pending
-                    else f"saw {seen} of {node_count} nodes healthy after {timeout_s:g} s"
+                    else f"saw {seen} of {node_count} nodes healthy ({len(ready)} of {workers} workers saw them all)"
+                    f" after {timeout_s:g} s"
                 )
                 raise ProcessFailed(name, what, self._log(name), tail(self._log(name)))
             time.sleep(0.2)

@@ -170,6 +170,12 @@ async def test_tickets_without_a_size_fit_a_small_node(make_cluster: MakeCluster
     got, body = await cluster.put(ticket["upload_url"], make_jpeg(seed=21))
     assert got == 201, body
     await cluster.wait_ready(ticket["image_id"])
+    await cluster.wait_replicated(ticket["image_id"])
+    # Placement goes by the query service's view of each node's free room, which heartbeats update.
+    registry = cluster.apps["query"][keys.REGISTRY]
+    await cluster.wait_for(
+        lambda: all(n.free_bytes < capacity for n in registry.nodes.values()), "every node's usage reported", 5
+    )
     # A stated size still needs that much room: more than any node has free is refused.
     status, body = await cluster.api("POST", "/v1/uploads", json={"size": capacity})
     assert status == 503 and body["error"]["code"] == "no_capacity"
