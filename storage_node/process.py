@@ -61,6 +61,11 @@ class Processor:
         )
         self.moderation = Moderation(settings.moderation)
         self.render = RenderOptions.from_settings(pipe)
+        # Uploads past these wait here, unclaimed, rather than in the sandbox's queue: an upload's probe (a BMP's,
+        # an ICO's) then waits behind a few jobs at most, never behind the whole backlog, and a burst's claims
+        # are made as processing drains, not during the burst beside its 201s. Twice the workers: while some
+        # jobs finish (variants stored, the row written), the next ones keep every worker busy.
+        self._slots = asyncio.Semaphore(2 * self.sandbox.size)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._since: dict[str, float] = {}  # image -> time.monotonic() it was submitted, while in ``_inflight``
         self._failures: dict[str, int] = {}
@@ -99,7 +104,8 @@ class Processor:
     async def _run(self, image_id: str) -> None:
         started = time.perf_counter()
         try:
-            status = await self.process(image_id)
+            async with self._slots:
+                status = await self.process(image_id)
         except Exception:  # (cancellation is a BaseException: it passes through)
             status = "failed"
             failures = self._failures[image_id] = self._failures.get(image_id, 0) + 1

@@ -6,9 +6,11 @@ nothing is created. Let go, processing drains the queue and tickets are issued a
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any, TypedDict
 
 import pytest
+from PIL import Image
 
 from common.db.rows import fetch_one
 from query_service import keys as query_keys
@@ -94,3 +96,42 @@ async def test_uploads_are_acknowledged_while_processing_lags_and_tickets_wait_p
         return all([await _backlog(cluster, node_id) == 0 for node_id in cluster.node_settings])
 
     await cluster.wait_for(drained, "every node's backlog back to 0", timeout_s=10)
+
+
+async def _not_ready(cluster: TestCluster, image_ids: list[str]) -> int:
+    row = await fetch_one(
+        cluster.apps["query"][query_keys.POOL],
+        CountRow,
+        "SELECT count(*) AS n FROM images WHERE image_id = ANY(%s) AND status <> 'ready'",
+        (image_ids,),
+    )
+    assert row is not None
+    return row["n"]
+
+
+async def test_a_probe_in_the_sandbox_never_waits_behind_the_processing_backlog(make_cluster: MakeCluster) -> None:
+    """A BMP is probed in the node's sandbox before its 201; a backlog of long processing jobs on that sandbox
+    (one worker) must not hold that acknowledgement until the backlog has drained."""
+    backlog = 10
+    # Made before the cluster starts, whose processes share this event loop.
+    bodies = [make_jpeg(2500, 2500, seed=i) for i in range(backlog)]  # a long job each: a full decode of 6 MP
+    cluster = await make_cluster(pipeline={"workers": 1})
+    ip = REGION_IPS["us-east"][1]
+    tickets = [await cluster.request_upload(client_ip=ip) for _ in range(backlog)]
+    puts = (cluster.put(t["upload_url"], io.BytesIO(b)) for t, b in zip(tickets, bodies, strict=True))
+    answers = await asyncio.gather(*puts)
+    assert all(status == 201 for status, _ in answers), answers
+    ids = [t["image_id"] for t in tickets]
+    bmp = io.BytesIO()
+    Image.effect_noise((300, 200), 40).convert("RGB").save(bmp, "BMP")
+    ticket = await cluster.request_upload(client_ip=ip)
+    assert ticket["upload_url"].startswith(tickets[0]["upload_url"].split("/upload/")[0])  # the same node
+    status, body = await cluster.put(ticket["upload_url"], bmp.getvalue())
+    waiting = await _not_ready(cluster, ids)
+    assert status == 201, body
+    # Before, the probe queued behind every processing job (one FIFO queue): none was left by its 201.
+    assert waiting >= backlog // 2, (
+        f"the BMP was acknowledged only once {backlog - waiting} of {backlog} were processed"
+    )
+    for image_id in [*ids, ticket["image_id"]]:
+        await cluster.wait_ready(image_id, timeout_s=60)
