@@ -137,8 +137,9 @@ class Replicator:
     async def _rest_of_burst(
         self, sub: nats.js.JetStreamContext.PullSubscription, msgs: list[Msg], want: int
     ) -> list[Msg]:
-        """More messages, when ``msgs`` holds uploads but fewer than ``want``: what arrives within the linger."""
-        if len(msgs) >= want or not any(self._foreign_upload(msg) for msg in msgs):
+        """More messages, when ``msgs`` holds uploads but fewer than ``want``: what arrives within the linger.
+        (Only the subjects are read: the events are decoded once, by the caller.)"""
+        if len(msgs) >= want or not any(_kind(msg) == ImageUploaded.name for msg in msgs):
             return []
         await asyncio.sleep(BATCH_LINGER_S)
         try:
@@ -166,7 +167,7 @@ class Replicator:
 
     def _foreign_upload(self, msg: Msg) -> ImageUploaded | None:
         """The upload ``msg`` announces, when it is another node's and can be decoded (else None)."""
-        if msg.subject.rsplit(".", 1)[-1] != ImageUploaded.name:
+        if _kind(msg) != ImageUploaded.name:
             return None
         try:
             event = ImageUploaded.from_json(msg.data)
@@ -200,7 +201,7 @@ class Replicator:
                 start(self._handle(msg), 1)
 
     async def _dispatch(self, msg: Msg) -> None:
-        kind = msg.subject.rsplit(".", 1)[-1]
+        kind = _kind(msg)
         if kind == ImageDeleted.name:
             await delete_local(self.ctx, _decode(ImageDeleted, msg.data).image_id)
             return
@@ -284,3 +285,8 @@ def _decode(cls: type[E], data: bytes) -> E:
         return cls.from_json(data)
     except (ValueError, TypeError) as exc:
         raise Permanent(f"malformed event: {exc}") from None
+
+
+def _kind(msg: Msg) -> str:
+    """The event a message carries: its subject's last token."""
+    return msg.subject.rsplit(".", 1)[-1]
