@@ -31,6 +31,7 @@ from common.metrics import HttpMetrics, NodeMetrics
 from common.reqlog import request_id_middleware
 from storage_node import cors, keys
 from storage_node.codecs import codec_versions
+from storage_node.commits import UploadCommits
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import Heartbeats, NodeStatus
 from storage_node.hotlink import HotlinkGuard
@@ -112,6 +113,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         pool = app[keys.POOL] = await stack.enter_async_context(open_pool(settings.database))
         if role.primary:
             await db_nodes.register_node(pool, settings.node, __version__)
+        app[keys.COMMITS] = UploadCommits(node.node_id, pool, store, app[keys.METRICS].stages)
         integrity = app[keys.INTEGRITY] = Integrity(store, pool, node.node_id, app[keys.METRICS])
         await integrity.load_known()  # copies already `corrupt` here stay unserved across a restart
         bus = app[keys.BUS] = await stack.enter_async_context(open_bus(settings.nats, settings.node.node_id))

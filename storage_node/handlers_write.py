@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 
 from aiohttp import web
 
 from common import signing
-from common.db import audit
 from common.db import images as db_images
 from common.db import lifecycle as db_lifecycle
 from common.errors import Conflict, InvalidImage, MinicdnError, NotFound, PayloadTooLarge, UnsupportedImage
-from common.events import ImageUploaded
 from common.hardening import timed_chunks
 from common.ids import check_image_id
 from storage_node import keys
+from storage_node.commits import Upload
 from storage_node.objects.formats import sniff
-from storage_node.objects.ingest import Ingested, ingest
-from storage_node.objects.store import ObjectMeta
-from storage_node.validate import ImageInfo, probe_upload
+from storage_node.objects.ingest import ingest
+from storage_node.validate import probe_upload
 
 logger = logging.getLogger(__name__)
 # Refusals for the content itself: the ticket is used up and the image `rejected` (not for a stalled or cut
@@ -77,9 +74,10 @@ async def put_upload(request: web.Request) -> web.Response:
                 settings.limits.max_pixels,
                 settings.limits.max_frames,
             )
-        # Shielded: a client hanging up mid-commit must not split the file move from the transaction.
+        # With the PUTs that queue meanwhile (storage_node.commits). Shielded: a client hanging up mid-commit must
+        # not split the file move from the transaction.
         async with stages.awaited("put:transaction"):
-            event = await asyncio.shield(asyncio.ensure_future(_commit(request, image_id, got, info)))
+            event = await asyncio.shield(app[keys.COMMITS].commit(Upload(image_id, got, info, request.remote)))
         outcome = "ok"
         metrics.uploads_ok += 1
         metrics.upload_bytes.inc(got.size)
@@ -99,61 +97,6 @@ async def put_upload(request: web.Request) -> web.Response:
     # (Another of the node's processes leaves it to the primary, which hears the event above: storage_node.siblings.)
     return web.json_response(
         {"image_id": image_id, "sha256": got.sha256, "bytes": got.size, "status": "uploaded"}, status=201
-    )
-
-
-async def _commit(request: web.Request, image_id: str, got: Ingested, info: ImageInfo) -> ImageUploaded:
-    """One transaction: lock the row (409 for a used URL, even when two PUTs race), move the file into
-    place, record this replica `ok` and the other members `pending`, image `uploaded`. If the
-    transaction does not commit, the file is removed again."""
-    app = request.app
-    settings, pool, store = app[keys.SETTINGS], app[keys.POOL], app[keys.STORE]
-    node_id = settings.node.node_id
-    moved = False
-    try:
-        async with pool.connection() as conn, conn.transaction():
-            row = await db_images.lock_for_upload(conn, image_id, node_id, got.sha256)
-            meta = ObjectMeta(got.sha256, info.content_type, got.size, private=row["visibility"] == "private")
-            # Dedupe: the same bytes already on this node are hard-linked, not stored a second time.
-            same = row["same"]
-            linked = None if same is None else await asyncio.to_thread(store.link_copy, same, image_id, meta)
-            if linked is None:  # no identical copy here, or it vanished: store the uploaded bytes
-                store_it = partial(store.commit_original, got.path, image_id, meta)  # moved and fsync'd, with its dir
-                await asyncio.to_thread(app[keys.METRICS].stages.timed("put:store", store_it))
-            moved = True
-            async with conn.pipeline():  # the three statements in one round trip
-                await db_images.mark_uploaded(
-                    conn,
-                    image_id,
-                    node_id,
-                    row["set_id"],
-                    sha256=got.sha256,
-                    size=got.size,
-                    content_type=info.content_type,
-                    fmt=info.fmt,
-                    width=info.width,
-                    height=info.height,
-                    duplicate_of=row["canonical"],
-                )
-                await audit.record(
-                    conn,
-                    "upload.complete",
-                    image_id=image_id,
-                    node_id=node_id,
-                    client_ip=request.remote,
-                    detail={"bytes": got.size, "sha256": got.sha256},
-                )
-    except BaseException:
-        if moved:
-            await asyncio.to_thread(store.remove_image, image_id)
-        raise
-    return ImageUploaded(
-        image_id=image_id,
-        set_id=row["set_id"],
-        origin_node=node_id,
-        sha256=got.sha256,
-        bytes=got.size,
-        content_type=info.content_type,
     )
 
 

@@ -11,6 +11,7 @@ from common.callback_outbox import CallbackOutbox
 from common.config import Settings
 from common.db.rows import Pool
 from common.metrics import NodeMetrics
+from storage_node.commits import UploadCommits
 from storage_node.gate import ServeGate
 from storage_node.heartbeat import Heartbeats, NodeStatus
 from storage_node.hotlink import HotlinkGuard
@@ -35,6 +36,7 @@ METRICS = web.AppKey("metrics", NodeMetrics)
 STATUS = web.AppKey("status", NodeStatus)
 HEARTBEATS = web.AppKey("heartbeats", Heartbeats)
 PUBLISHER = web.AppKey("publisher", Publisher)
+COMMITS = web.AppKey("commits", UploadCommits)
 HOTLINK = web.AppKey("hotlink", HotlinkGuard)
 TIERS = web.AppKey("tiers", TierManager)
 INTEGRITY = web.AppKey("integrity", Integrity)

@@ -68,6 +68,7 @@ async def upload_state(pool: Pool, image_id: str) -> UploadStateRow | None:
 
 
 class UploadLockRow(TypedDict):
+    image_id: str
     status: str
     set_id: str
     origin_node: str
@@ -77,26 +78,33 @@ class UploadLockRow(TypedDict):
     canonical: str | None  # the first image of the same owner with these exact bytes: this one duplicates it
 
 
-async def lock_for_upload(conn: AsyncConnection[Any], image_id: str, node_id: str, sha256: str) -> UploadLockRow:
-    """Inside a transaction: lock the image row; only a `requested` image placed on this node may be uploaded
-    (or one the lifecycle sweep expired while a PUT that began in time was streaming: the signature said so).
-    With it, in the same round trip, what the upload's bytes (``sha256``) match: an identical copy held here
-    and the owner's earlier upload of them (duplicates are reported within an owner only, so an app never
-    learns what another app uploaded)."""
-    row = await fetch_one(
+async def lock_for_uploads(conn: AsyncConnection[Any], node_id: str, shas: dict[str, str]) -> dict[str, UploadLockRow]:
+    """Inside a transaction: lock the rows of the images ``shas`` names (image id -> the SHA-256 of its uploaded
+    bytes), in id order (two transactions never wait on each other in a circle). With each, in the same round
+    trip, what its bytes match: an identical copy held here and the owner's earlier upload of them (duplicates
+    are reported within an owner only, so an app never learns what another app uploaded). An image without a
+    row is absent from the answer; the caller checks each row with ``check_uploadable``."""
+    rows = await fetch_all(
         conn,
         UploadLockRow,
-        "SELECT i.status, i.set_id, i.origin_node, i.owner_key_id, i.visibility,"
+        "SELECT i.image_id, i.status, i.set_id, i.origin_node, i.owner_key_id, i.visibility,"
         " (SELECT o.image_id FROM images o JOIN replicas r ON r.image_id = o.image_id AND r.node_id = %(node)s"
-        "   WHERE o.sha256 = %(sha)s AND o.image_id <> i.image_id AND r.state = 'ok' AND o.status <> ALL(%(gone)s)"
+        "   WHERE o.sha256 = u.sha AND o.image_id <> i.image_id AND r.state = 'ok' AND o.status <> ALL(%(gone)s)"
         "   ORDER BY o.uploaded_at LIMIT 1) AS same,"
         " (SELECT coalesce(o.duplicate_of, o.image_id) FROM images o"
-        "   WHERE o.sha256 = %(sha)s AND o.image_id <> i.image_id AND o.owner_key_id IS NOT DISTINCT FROM"
+        "   WHERE o.sha256 = u.sha AND o.image_id <> i.image_id AND o.owner_key_id IS NOT DISTINCT FROM"
         "   i.owner_key_id AND o.status <> ALL(%(gone)s) AND o.status <> 'requested'"
         "   ORDER BY o.uploaded_at LIMIT 1) AS canonical"
-        " FROM images i WHERE i.image_id = %(id)s FOR UPDATE OF i",
-        {"node": node_id, "sha": sha256, "gone": list(GONE), "id": image_id},
+        " FROM unnest(%(ids)s::text[], %(shas)s::text[]) AS u(image_id, sha)"
+        " JOIN images i ON i.image_id = u.image_id ORDER BY i.image_id FOR UPDATE OF i",
+        {"node": node_id, "gone": list(GONE), "ids": list(shas), "shas": list(shas.values())},
     )
+    return {row["image_id"]: row for row in rows}
+
+
+def check_uploadable(row: UploadLockRow | None, node_id: str) -> UploadLockRow:
+    """Only a `requested` image placed on this node may be uploaded (or one the lifecycle sweep expired while a
+    PUT that began in time was streaming: the signature said so)."""
     if row is None or row["origin_node"] != node_id:
         raise NotFound("no upload is expected for this image on this node")
     if row["status"] not in UPLOADABLE:

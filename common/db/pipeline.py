@@ -1,6 +1,6 @@
 """SQL of the image pipeline: claiming uploads for processing, recording results, rejecting, quarantine
 decisions, and the near-duplicate lookup (by perceptual hash through four indexed 16-bit chunks; the exact
-one, by SHA-256, is part of the upload's row lock: ``common.db.images.lock_for_upload``)."""
+one, by SHA-256, is part of the upload's row lock: ``common.db.images.lock_for_uploads``)."""
 
 from __future__ import annotations
 

@@ -204,6 +204,32 @@ async def test_racing_puts_to_one_url_store_exactly_one(cluster: TestCluster) ->
     assert cluster.files_under(ticket["node_id"], "tmp") == []
 
 
+async def test_a_burst_of_puts_shares_transactions_and_each_is_judged_on_its_own(cluster: TestCluster) -> None:
+    """Group commit (storage_node.commits): PUTs that queue while earlier ones commit share a transaction, yet
+    each gets its own answer, its own file and rows; the losers of a race for one URL get 409, the rest 201."""
+    from storage_node import keys
+
+    tickets = [await cluster.request_upload(client_ip="198.51.100.7") for _ in range(12)]
+    raced = await cluster.request_upload(client_ip="198.51.100.7")
+    node = tickets[0]["node_id"]
+    assert {t["node_id"] for t in [*tickets, raced]} == {node}
+    group = cluster.apps[node][keys.COMMITS].group
+    groups, items = group.groups, group.items
+    puts = [cluster.put(t["upload_url"], make_jpeg(seed=100 + n)) for n, t in enumerate(tickets)]
+    puts += [cluster.put(raced["upload_url"], make_jpeg(seed=200 + n)) for n in range(3)]
+    results = await asyncio.gather(*puts)
+    assert [s for s, _ in results[:12]] == [201] * 12, results
+    assert sorted(s for s, _ in results[12:]) == [201, 409, 409], results[12:]
+    assert group.items - items > group.groups - groups, "no two PUTs shared a transaction"
+    for ticket, (_, body) in zip([*tickets, raced], [*results[:12], next(r for r in results[12:] if r[0] == 201)]):
+        assert cluster.disk_sha256(node, ticket["image_id"]) == body["sha256"]
+        status, image = await cluster.api("GET", f"/v1/images/{ticket['image_id']}")
+        assert status == 200 and image["status"] in ("uploaded", "processing", "ready"), image
+        assert image["sha256"] == body["sha256"]
+        assert {r["node_id"] for r in image["replicas"]} == set(cluster.node_settings), image["replicas"]
+    assert cluster.files_under(node, "tmp") == []
+
+
 async def test_upload_request_validation(cluster: TestCluster) -> None:
     status, body = await cluster.api("POST", "/v1/uploads", data=b"{not json", headers={})
     assert status == 400 and body["error"]["code"] == "invalid_request"
