@@ -1,5 +1,6 @@
-"""Upload commits in groups: the PUTs whose bytes are received, hashed and probed while earlier ones are being
-committed share one transaction (``common.groupcommit``).
+"""A PUT's two trips to Postgres, in groups (``common.grouped``): its first read of the image row, before any
+byte is read (the PUTs that arrive while earlier reads run share one query), and its commit (the PUTs whose
+bytes are received, hashed and probed while earlier ones are being committed share one transaction).
 
 A group's transaction locks its images' rows in one statement, moves every accepted file into place (each
 fsync'd, with its directory) in one thread hop, and records each image `uploaded`, its replica rows and its audit
@@ -21,9 +22,9 @@ from psycopg import AsyncConnection
 from common.db import audit
 from common.db import images as db_images
 from common.db.rows import Pool
-from common.errors import Conflict, MinicdnError
+from common.errors import Conflict, MinicdnError, NotFound
 from common.events import ImageUploaded
-from common.groupcommit import GroupCommit
+from common.grouped import Grouped
 from common.metrics import StageMetrics
 from storage_node.objects.ingest import Ingested
 from storage_node.objects.store import ObjectMeta, Store
@@ -50,11 +51,30 @@ class _Accepted:
 class UploadCommits:
     def __init__(self, node_id: str, pool: Pool, store: Store, stages: StageMetrics) -> None:
         self.node_id, self.pool, self.store, self.stages = node_id, pool, store, stages
-        self.group: GroupCommit[Upload, ImageUploaded] = GroupCommit(self._write)
+        self.checks: Grouped[str, None] = Grouped(self._check)
+        self.group: Grouped[Upload, ImageUploaded] = Grouped(self._write)
+
+    async def check(self, image_id: str) -> None:
+        """A used (`409`) or unknown (`404`) upload URL fails here, before the body is read; the commit checks
+        again under the row lock (two PUTs racing)."""
+        await self.checks.submit(image_id)
 
     async def commit(self, upload: Upload) -> ImageUploaded:
         """Once ``upload`` is committed: the event to publish. Raises what refused it."""
         return await self.group.submit(upload)
+
+    async def _check(self, image_ids: list[str]) -> list[None | Exception]:
+        rows = await db_images.upload_states(self.pool, list(set(image_ids)))
+        outcomes: list[None | Exception] = []
+        for image_id in image_ids:
+            row = rows.get(image_id)
+            if row is None or row["origin_node"] != self.node_id:
+                outcomes.append(NotFound("no upload is expected for this image on this node"))
+            elif row["status"] not in db_images.UPLOADABLE:
+                outcomes.append(Conflict("this upload URL has already been used", code="already_uploaded"))
+            else:
+                outcomes.append(None)
+        return outcomes
 
     async def _write(self, uploads: list[Upload]) -> list[ImageUploaded | Exception]:
         outcomes: dict[int, ImageUploaded | Exception] = {}

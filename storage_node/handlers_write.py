@@ -12,9 +12,8 @@ import logging
 from aiohttp import web
 
 from common import signing
-from common.db import images as db_images
 from common.db import lifecycle as db_lifecycle
-from common.errors import Conflict, InvalidImage, MinicdnError, NotFound, PayloadTooLarge, UnsupportedImage
+from common.errors import InvalidImage, MinicdnError, PayloadTooLarge, UnsupportedImage
 from common.hardening import timed_chunks
 from common.ids import check_image_id
 from storage_node import keys
@@ -47,7 +46,7 @@ def _verify_upload_url(request: web.Request, image_id: str) -> int:
 
 async def put_upload(request: web.Request) -> web.Response:
     app = request.app
-    settings, pool, store, metrics = app[keys.SETTINGS], app[keys.POOL], app[keys.STORE], app[keys.METRICS]
+    settings, store, metrics = app[keys.SETTINGS], app[keys.STORE], app[keys.METRICS]
     image_id = check_image_id(request.match_info["image_id"])
     outcome = "error"
     tmp = store.new_tmp_path()
@@ -58,12 +57,8 @@ async def put_upload(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > max_bytes:
             raise PayloadTooLarge(f"upload is larger than {max_bytes} bytes")
         stages = metrics.stages
-        async with stages.awaited("put:check_ticket"):
-            state = await db_images.upload_state(pool, image_id)
-        if state is None or state["origin_node"] != settings.node.node_id:
-            raise NotFound("no upload is expected for this image on this node")
-        if state["status"] not in db_images.UPLOADABLE:
-            raise Conflict("this upload URL has already been used", code="already_uploaded")
+        async with stages.awaited("put:check_ticket"):  # with the PUTs that arrive meanwhile (one query)
+            await app[keys.COMMITS].check(image_id)
         async with stages.awaited("put:receive"):  # the body streamed to disk and hashed
             got = await ingest(timed_chunks(request.content, settings.http.body_read_timeout_s), tmp, max_bytes)
         async with stages.awaited("put:probe"):

@@ -56,15 +56,21 @@ async def create_requested(conn: AsyncConnection[Any], img: NewImage) -> None:
 
 
 class UploadStateRow(TypedDict):
+    image_id: str
     status: str
     origin_node: str
     set_id: str
 
 
-async def upload_state(pool: Pool, image_id: str) -> UploadStateRow | None:
-    return await fetch_one(
-        pool, UploadStateRow, "SELECT status, origin_node, set_id FROM images WHERE image_id = %s", (image_id,)
+async def upload_states(pool: Pool, image_ids: list[str]) -> dict[str, UploadStateRow]:
+    """Each image's row as a PUT first reads it (an image without a row is absent)."""
+    rows = await fetch_all(
+        pool,
+        UploadStateRow,
+        "SELECT image_id, status, origin_node, set_id FROM images WHERE image_id = ANY(%s)",
+        (image_ids,),
     )
+    return {row["image_id"]: row for row in rows}
 
 
 class UploadLockRow(TypedDict):

@@ -53,6 +53,7 @@ NOT_VARIANTS = frozenset({ORIGINAL, META, PRIVATE_MARKER, READY_MARKER})
 HOT, COLD = "hot", "cold"
 BLOCK = 1024 * 1024
 MAX_COLD_READS = 1000  # read times kept per cold original (tiers.promote_reads is at most this)
+DIR_CACHE_SIZE = 65536  # image ids whose directory path is remembered (a few MB)
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -151,6 +152,7 @@ class Store:
         # Hot-path cache: image id -> its metadata, the variants known to be on disk, its original's tier.
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._meta_cache_size = meta_cache_size
+        self._dirs: dict[str, Path] = {}  # image id -> its hot directory (``image_dir``: checked once, then reused)
         # Originals here that failed a check against their record, with the stamp of the damaged file (None:
         # unknown): never served until a verified copy replaces them (``commit_original`` here, or another
         # process's, which ``replaced_since_corrupt`` notices) or they are removed. Postgres has them `corrupt`.
@@ -213,11 +215,16 @@ class Store:
 
     # --- paths --------------------------------------------------------------------------------------
     def image_dir(self, image_id: str) -> Path:
-        check_image_id(image_id)
-        aa, bb = shard(image_id)
-        path = self.objects / aa / bb / image_id
-        if os.path.commonpath([self.objects, path]) != str(self.objects):
-            raise ValueError("path escapes the data directory")
+        path = self._dirs.get(image_id)
+        if path is None:  # an upload's directory is asked for a dozen times: the checks and the joins run once
+            check_image_id(image_id)
+            aa, bb = shard(image_id)
+            path = self.objects / aa / bb / image_id
+            if os.path.commonpath([self.objects, path]) != str(self.objects):
+                raise ValueError("path escapes the data directory")
+            if len(self._dirs) >= DIR_CACHE_SIZE:  # (bounded: a plain reset, the next ones are computed again)
+                self._dirs.clear()
+            self._dirs[image_id] = path
         return path
 
     def cold_dir_of(self, image_id: str) -> Path:

@@ -221,7 +221,8 @@ async def test_a_burst_of_puts_shares_transactions_and_each_is_judged_on_its_own
     assert [s for s, _ in results[:12]] == [201] * 12, results
     assert sorted(s for s, _ in results[12:]) == [201, 409, 409], results[12:]
     assert group.items - items > group.groups - groups, "no two PUTs shared a transaction"
-    for ticket, (_, body) in zip([*tickets, raced], [*results[:12], next(r for r in results[12:] if r[0] == 201)]):
+    winners = [*results[:12], next(r for r in results[12:] if r[0] == 201)]
+    for ticket, (_, body) in zip([*tickets, raced], winners, strict=True):
         assert cluster.disk_sha256(node, ticket["image_id"]) == body["sha256"]
         status, image = await cluster.api("GET", f"/v1/images/{ticket['image_id']}")
         assert status == 200 and image["status"] in ("uploaded", "processing", "ready"), image
