@@ -95,7 +95,6 @@ class StoredFile:
 
     image_id: str
     name: str
-    path: Path
     bytes: int
     last_read: float  # wall-clock seconds: the newer of the in-memory read time and the file's mtime
     links: int
@@ -548,9 +547,7 @@ class Store:
                         # A variant's read marker is its atime (its mtime is fixed: ``published``); reads by a web
                         # server in front move it too, where the file system records atimes (relatime: daily).
                         on_disk = st.st_mtime if entry.name == ORIGINAL else st.st_atime
-                        yield StoredFile(
-                            image_id, entry.name, Path(entry.path), st.st_size, max(mark, on_disk), st.st_nlink
-                        )
+                        yield StoredFile(image_id, entry.name, st.st_size, max(mark, on_disk), st.st_nlink)
 
     # --- reads --------------------------------------------------------------------------------------
     def note_read(self, image_id: str, name: str, now: float | None = None) -> None:

@@ -101,7 +101,7 @@ def test_eviction_takes_only_variants_and_spares_fresh_reads(tmp_path: Path) -> 
 
 
 def stored(name: str, last_read: float, size: int = 100, links: int = 1) -> StoredFile:
-    return StoredFile("i" + name, name, Path(name), size, last_read, links)
+    return StoredFile("i" + name, name, size, last_read, links)
 
 
 def test_policy_lru_pressure_cold_and_promotion() -> None:
