@@ -22,7 +22,7 @@ from psycopg import AsyncConnection
 from common.db import audit
 from common.db import images as db_images
 from common.db.rows import Pool
-from common.errors import Conflict, MinicdnError, NotFound
+from common.errors import Conflict, MinicdnError
 from common.events import ImageUploaded
 from common.grouped import Grouped
 from common.metrics import StageMetrics
@@ -67,13 +67,11 @@ class UploadCommits:
         rows = await db_images.upload_states(self.pool, list(set(image_ids)))
         outcomes: list[None | Exception] = []
         for image_id in image_ids:
-            row = rows.get(image_id)
-            if row is None or row["origin_node"] != self.node_id:
-                outcomes.append(NotFound("no upload is expected for this image on this node"))
-            elif row["status"] not in db_images.UPLOADABLE:
-                outcomes.append(Conflict("this upload URL has already been used", code="already_uploaded"))
-            else:
+            try:
+                db_images.check_uploadable(rows.get(image_id), self.node_id)
                 outcomes.append(None)
+            except MinicdnError as exc:
+                outcomes.append(exc)
         return outcomes
 
     async def _write(self, uploads: list[Upload]) -> list[ImageUploaded | Exception]:

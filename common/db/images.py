@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
@@ -108,7 +108,10 @@ async def lock_for_uploads(conn: AsyncConnection[Any], node_id: str, shas: dict[
     return {row["image_id"]: row for row in rows}
 
 
-def check_uploadable(row: UploadLockRow | None, node_id: str) -> UploadLockRow:
+UploadRow = TypeVar("UploadRow", UploadStateRow, UploadLockRow)
+
+
+def check_uploadable(row: UploadRow | None, node_id: str) -> UploadRow:
     """Only a `requested` image placed on this node may be uploaded (or one the lifecycle sweep expired while a
     PUT that began in time was streaming: the signature said so)."""
     if row is None or row["origin_node"] != node_id:
