@@ -113,6 +113,9 @@ async def _copy_from(
         return set()
     for image_id in sizes.keys() - rows.keys():  # deleted while we copied: leave nothing behind
         await asyncio.to_thread(ctx.store.remove_image, image_id)
+    ready = [image_id for image_id, row in rows.items() if row["ready"]]
+    if ready:  # before lookups hand these copies out: servable here while Postgres is down (``ReplicatorContext``)
+        await asyncio.to_thread(ctx.store.mark_ready_all, ready)
     for image_id, row in rows.items():
         ctx.copied += 1
         ctx.batched += 1

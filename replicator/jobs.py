@@ -52,6 +52,8 @@ class ReplicatorContext:
     async def mark_ok(self, image_id: str, size: int) -> db_replicas.LagRow:
         """Record this node's replica `ok`, then say so on NATS: lookups hand it out from that moment on."""
         done = await db_replicas.mark_ok(self.pool, image_id, self.node_id, size)
+        if done["ready"]:  # before lookups hand this copy out: servable here while Postgres is down
+            await asyncio.to_thread(self.store.mark_ready, image_id)
         if self.bus is not None:
             await self.bus.announce(self.bus.subjects.image_event(ReplicaOk.name), ReplicaOk(image_id, self.node_id))
         return done

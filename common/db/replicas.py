@@ -109,6 +109,9 @@ class LagRow(TypedDict):
     # The image was uploaded before this node joined (a new or replacement member catching up): its age is
     # not replication lag.
     backfill: bool
+    # The image was `ready` already: its `processed` event may have come before the copy, so the copy's node
+    # notes it ready on disk itself (``Store.mark_ready``) for serving while Postgres is down.
+    ready: bool
 
 
 async def mark_ok(pool: Pool, image_id: str, node_id: str, size: int) -> LagRow:
@@ -125,7 +128,8 @@ async def mark_ok(pool: Pool, image_id: str, node_id: str, size: int) -> LagRow:
         " RETURNING (SELECT extract(epoch FROM clock_timestamp() - i.uploaded_at)::float8 FROM images i"
         "  WHERE i.image_id = replicas.image_id) AS lag_s,"
         " coalesce((SELECT i.uploaded_at < n.registered_at FROM images i, nodes n"
-        "  WHERE i.image_id = replicas.image_id AND n.node_id = replicas.node_id), false) AS backfill",
+        "  WHERE i.image_id = replicas.image_id AND n.node_id = replicas.node_id), false) AS backfill,"
+        " coalesce((SELECT i.status = 'ready' FROM images i WHERE i.image_id = replicas.image_id), false) AS ready",
         (image_id, node_id, size, image_id),
     )
     if row is None:
@@ -153,7 +157,8 @@ async def mark_ok_many(pool: Pool, node_id: str, sizes: dict[str, int]) -> dict[
         " (SELECT extract(epoch FROM clock_timestamp() - i.uploaded_at)::float8 FROM images i"
         "  WHERE i.image_id = replicas.image_id) AS lag_s,"
         " coalesce((SELECT i.uploaded_at < n.registered_at FROM images i, nodes n"
-        "  WHERE i.image_id = replicas.image_id AND n.node_id = replicas.node_id), false) AS backfill",
+        "  WHERE i.image_id = replicas.image_id AND n.node_id = replicas.node_id), false) AS backfill,"
+        " coalesce((SELECT i.status = 'ready' FROM images i WHERE i.image_id = replicas.image_id), false) AS ready",
         (node_id, ids, [sizes[i] for i in ids]),
     )
     return {r["image_id"]: r for r in rows}

@@ -670,6 +670,10 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             (self.image_dir(image_id) / READY_MARKER).touch()
 
+    def mark_ready_all(self, image_ids: list[str]) -> None:
+        for image_id in image_ids:
+            self.mark_ready(image_id)
+
     def ready_marked_at(self, image_id: str) -> float | None:
         """When the ready marker was written (its mtime), None without one (blocking)."""
         try:

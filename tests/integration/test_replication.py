@@ -45,6 +45,21 @@ async def test_stopped_node_catches_up_after_restart_without_duplicates(cluster:
     assert cluster.files_under(down, "tmp") == []
 
 
+async def test_a_copy_made_after_the_image_is_ready_is_noted_ready_on_disk(cluster: TestCluster) -> None:
+    """The node's `processed` event came before its copy (the node was down): the copy itself notes `ready` on
+    disk, so every process of the node serves it without asking Postgres (storage_node.gate)."""
+    late = "ap-southeast-1"
+    await cluster.stop_node(late)
+    ids = [(await cluster.upload(make_jpeg(320, 240, seed=60 + i), client_ip="3.0.1.10"))["image_id"] for i in range(3)]
+    for image_id in ids:
+        await cluster.wait_ready(image_id)
+        assert cluster.store(late).ready_marked_at(image_id) is None
+    await cluster.start_node(late)
+    for image_id in ids:
+        await cluster.wait_replicated(image_id)
+        assert cluster.store(late).ready_marked_at(image_id) is not None, image_id
+
+
 async def test_event_lost_by_jetstream_is_still_replicated_by_the_sweep(cluster: TestCluster) -> None:
     origin = "us-east-1"
     bus = cluster.apps[origin][node_keys.BUS]
