@@ -40,6 +40,7 @@ from storage_node.integrity import Integrity
 from storage_node.objects.store import Store
 from storage_node.process import Processor
 from storage_node.publisher import Publisher
+from storage_node.ready_marks import check_ready_marks
 from storage_node.render import Renderer, RenderOptions, configure_process
 from storage_node.routes import add_routes
 from storage_node.siblings import Siblings
@@ -154,6 +155,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await siblings.start()
         stack.push_async_callback(siblings.stop)
         if role.primary:  # elsewhere the processor only probes uploads (its sandbox), and never beats
+            marks = asyncio.create_task(check_ready_marks(pool, store, node.node_id), name="ready-marks")
+            stack.push_async_callback(cancel_all, [marks])
             processor.start()
             heartbeats.start()
             stack.push_async_callback(heartbeats.stop)

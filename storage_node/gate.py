@@ -6,9 +6,10 @@ operator approves is served within that time. The hot path (a cached `ready` ima
 A deleted or rejected image is refused from its set's event on (``gone``), before its files are removed.
 
 `ready` is also noted on disk (``Store.mark_ready``), so that a process of this node that has not asked
-yet -- another serving worker -- serves the image while Postgres is down. Only a marker written since this
-process started is trusted: a node that was down may have missed a delete, which the delete sweep applies
-after start-up, so what it knew before is asked again.
+yet -- another serving worker -- serves the image while Postgres is down. A marker written since this
+process started is trusted; an older one only once the node has checked every marker against Postgres since
+this process started (``ReadyMarks``, at start-up): a node that was down may have missed a delete or a
+rejection.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class ServeGate:
     def __init__(self, pool: Pool, store: Store, recheck_s: float = 1.0, max_entries: int = 100_000) -> None:
         self.pool = pool
         self.store = store
-        self.started_at = time.time()  # ready markers older than this are not trusted (see above)
+        self.started_at = time.time()  # ready markers older than this are not trusted (see above)...
+        self._marks_trusted = False  # ...until the node has checked them all since then
         self.recheck_s = recheck_s
         self.max_entries = max_entries
         self._ready: OrderedDict[str, None] = OrderedDict()
@@ -47,7 +49,7 @@ class ServeGate:
         if time.monotonic() - checked > self.recheck_s:
             # Another process of this node may have noted it ready (then Postgres need not be up).
             marked_at = await asyncio.to_thread(self.store.ready_marked_at, image_id)
-            if marked_at is not None and marked_at >= self.started_at:
+            if marked_at is not None and (marked_at >= self.started_at or await self._marks_checked()):
                 self._remember_ready(image_id)
                 return
             status = await db_pipeline.status_of(self.pool, image_id)
@@ -60,6 +62,12 @@ class ServeGate:
         if status in NOT_YET:
             raise Conflict(f"image is {status}", code="not_ready")
         raise NotFound("no such image")
+
+    async def _marks_checked(self) -> bool:
+        if not self._marks_trusted:
+            checked_at = await asyncio.to_thread(self.store.ready_marks_checked_at)
+            self._marks_trusted = checked_at is not None and checked_at >= self.started_at
+        return self._marks_trusted
 
     async def mark_ready(self, image_id: str) -> None:
         """The image is `ready` (Postgres said so, or this node just made it so): in memory and on disk."""

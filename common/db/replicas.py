@@ -255,3 +255,19 @@ async def record_variant_bytes(pool: Pool, node_id: str, variant_bytes: dict[str
             " WHERE r.image_id = v.image_id AND r.node_id = %s AND r.variant_bytes <> v.bytes",
             (ids, [variant_bytes[i] for i in ids], node_id),
         )
+
+
+class IdRow(TypedDict):
+    image_id: str
+
+
+async def ready_held(pool: Pool, node_id: str, after: str, limit: int = 10_000) -> list[str]:
+    """Image ids above ``after``, in order, that are `ready` with a replica row on this node (a page of them)."""
+    rows = await fetch_all(
+        pool,
+        IdRow,
+        "SELECT r.image_id FROM replicas r JOIN images i USING (image_id)"
+        " WHERE r.node_id = %s AND i.status = 'ready' AND r.image_id > %s ORDER BY r.image_id LIMIT %s",
+        (node_id, after, limit),
+    )
+    return [row["image_id"] for row in rows]

@@ -49,6 +49,7 @@ PRIVATE_MARKER = "private"
 # Present (empty, not fsynced) once this node knows the image is `ready`, which lasts until a delete removes
 # the folder: lets a process that has not asked Postgres yet serve it while Postgres is down (``ServeGate``).
 READY_MARKER = "ready"
+READY_MARKS_CHECKED = "ready-marks-checked"  # in the data directory: every ready marker agreed with Postgres then
 NOT_VARIANTS = frozenset({ORIGINAL, META, PRIVATE_MARKER, READY_MARKER})
 HOT, COLD = "hot", "cold"
 BLOCK = 1024 * 1024
@@ -669,6 +670,29 @@ class Store:
         """Note that the image is `ready` (blocking; nothing when its folder is gone: deleted meanwhile)."""
         with contextlib.suppress(FileNotFoundError):
             (self.image_dir(image_id) / READY_MARKER).touch()
+
+    def keep_ready_marks(self, ready: set[str], since: float) -> int:
+        """At start-up, with Postgres's list of the `ready` images held here (read from ``since`` on): remove every
+        other ready marker written before ``since`` (the image was deleted, rejected or quarantined while this
+        node was down), then stamp the markers checked (``ready_marks_checked_at``). Blocking; returns the
+        markers removed."""
+        removed = 0
+        for image_id, folder in _image_dirs(self.objects):
+            if image_id not in ready:
+                marker = os.path.join(folder, READY_MARKER)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(marker).st_mtime < since:  # (a newer one was written by this run: right)
+                        os.unlink(marker)
+                        removed += 1
+        (self.root / READY_MARKS_CHECKED).touch()
+        return removed
+
+    def ready_marks_checked_at(self) -> float | None:
+        """When the ready markers were last checked against Postgres (the stamp's mtime), None if never."""
+        try:
+            return (self.root / READY_MARKS_CHECKED).stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def mark_ready_all(self, image_ids: list[str]) -> None:
         for image_id in image_ids:

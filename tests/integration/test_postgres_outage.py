@@ -104,6 +104,17 @@ async def _outage(cluster: TestCluster, pg: EmbeddedPostgres) -> None:
         variant_url = variant_url or body["url"]
     async with cluster.session.get(variant_url) as resp:  # the node builds the variant now, not in the outage
         assert resp.status == 200
+    # That node restarts before the outage: its new process serves what it held from the ready markers on its
+    # disk, once they are checked against Postgres (storage_node.ready_marks), without asking Postgres.
+    node_id = next(n for n, st in cluster.node_settings.items() if variant_url.startswith(st.node.base_url))
+    await cluster.stop_node(node_id)
+    restarted = time.time()
+    await cluster.start_node(node_id)
+
+    def marks_checked() -> bool:
+        return (cluster.store(node_id).ready_marks_checked_at() or 0.0) >= restarted
+
+    await cluster.wait_for(marks_checked, "the ready markers checked", 10)
 
     await asyncio.to_thread(pg.stop)
     outage_started = time.monotonic()
