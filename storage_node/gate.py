@@ -8,7 +8,7 @@ A deleted or rejected image is refused from its set's event on (``gone``), befor
 `ready` is also noted on disk (``Store.mark_ready``), so that a process of this node that has not asked
 yet -- another serving worker -- serves the image while Postgres is down. A marker written since this
 process started is trusted; an older one only once the node has checked every marker against Postgres since
-this process started (``ReadyMarks``, at start-up): a node that was down may have missed a delete or a
+the node started (``storage_node.ready_marks``): a node that was down may have missed a delete or a
 rejection.
 """
 
@@ -31,7 +31,7 @@ class ServeGate:
         self.pool = pool
         self.store = store
         self.started_at = time.time()  # ready markers older than this are not trusted (see above)...
-        self._marks_trusted = False  # ...until the node has checked them all since then
+        self._marks_trusted = False  # ...until the node has checked them all since it started
         self.recheck_s = recheck_s
         self.max_entries = max_entries
         self._ready: OrderedDict[str, None] = OrderedDict()
@@ -65,8 +65,7 @@ class ServeGate:
 
     async def _marks_checked(self) -> bool:
         if not self._marks_trusted:
-            checked_at = await asyncio.to_thread(self.store.ready_marks_checked_at)
-            self._marks_trusted = checked_at is not None and checked_at >= self.started_at
+            self._marks_trusted = await asyncio.to_thread(self.store.ready_marks_checked)
         return self._marks_trusted
 
     async def mark_ready(self, image_id: str) -> None:

@@ -49,7 +49,9 @@ PRIVATE_MARKER = "private"
 # Present (empty, not fsynced) once this node knows the image is `ready`, which lasts until a delete removes
 # the folder: lets a process that has not asked Postgres yet serve it while Postgres is down (``ServeGate``).
 READY_MARKER = "ready"
-READY_MARKS_CHECKED = "ready-marks-checked"  # in the data directory: every ready marker agreed with Postgres then
+# In the data directory, removed at each start of the node (``empty_tmp``): every ready marker agreed with Postgres
+# during this run of the node.
+READY_MARKS_CHECKED = "ready-marks-checked"
 NOT_VARIANTS = frozenset({ORIGINAL, META, PRIVATE_MARKER, READY_MARKER})
 HOT, COLD = "hot", "cold"
 BLOCK = 1024 * 1024
@@ -168,7 +170,9 @@ class Store:
 
     # --- set-up -------------------------------------------------------------------------------------
     def empty_tmp(self) -> None:
-        """Drop leftovers of interrupted uploads and builds: only while no other process of the node runs."""
+        """Drop leftovers of interrupted uploads and builds, and the last run's ready-marks stamp: only at the
+        node's start, while no other process of the node runs."""
+        (self.root / READY_MARKS_CHECKED).unlink(missing_ok=True)
         for tmp in (self.tmp, self.cold_tmp):
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -674,7 +678,7 @@ class Store:
     def keep_ready_marks(self, ready: set[str], since: float) -> int:
         """At start-up, with Postgres's list of the `ready` images held here (read from ``since`` on): remove every
         other ready marker written before ``since`` (the image was deleted, rejected or quarantined while this
-        node was down), then stamp the markers checked (``ready_marks_checked_at``). Blocking; returns the
+        node was down), then stamp the markers checked (``ready_marks_checked``). Blocking; returns the
         markers removed."""
         removed = 0
         for image_id, folder in _image_dirs(self.objects):
@@ -687,12 +691,9 @@ class Store:
         (self.root / READY_MARKS_CHECKED).touch()
         return removed
 
-    def ready_marks_checked_at(self) -> float | None:
-        """When the ready markers were last checked against Postgres (the stamp's mtime), None if never."""
-        try:
-            return (self.root / READY_MARKS_CHECKED).stat().st_mtime
-        except FileNotFoundError:
-            return None
+    def ready_marks_checked(self) -> bool:
+        """Whether the ready markers were checked against Postgres since the node started (blocking)."""
+        return (self.root / READY_MARKS_CHECKED).exists()
 
     def mark_ready_all(self, image_ids: list[str]) -> None:
         for image_id in image_ids:
