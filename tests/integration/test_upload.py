@@ -190,6 +190,7 @@ async def test_second_put_to_a_used_url_is_409(cluster: TestCluster) -> None:
     status, body = await cluster.put(ticket["upload_url"], make_jpeg(seed=2))
     assert status == 409 and body["error"]["code"] == "already_uploaded"
     assert cluster.files_under(ticket["node_id"], "objects") == before
+    await cluster.wait_ready(ticket["image_id"])  # eager variants are rendered through tmp/
     assert cluster.files_under(ticket["node_id"], "tmp") == []
 
 
@@ -201,6 +202,7 @@ async def test_racing_puts_to_one_url_store_exactly_one(cluster: TestCluster) ->
     assert statuses == [201, 409, 409, 409], results
     winner = next(b for s, b in results if s == 201)
     assert cluster.disk_sha256(ticket["node_id"], ticket["image_id"]) == winner["sha256"]
+    await cluster.wait_ready(ticket["image_id"])  # eager variants are rendered through tmp/
     assert cluster.files_under(ticket["node_id"], "tmp") == []
 
 
@@ -228,6 +230,8 @@ async def test_a_burst_of_puts_shares_transactions_and_each_is_judged_on_its_own
         assert status == 200 and image["status"] in ("uploaded", "processing", "ready"), image
         assert image["sha256"] == body["sha256"]
         assert {r["node_id"] for r in image["replicas"]} == set(cluster.node_settings), image["replicas"]
+    # Processing renders eager variants through tmp/, so nothing may be left there once every image settled.
+    await asyncio.gather(*(cluster.wait_ready(t["image_id"], timeout_s=60) for t in [*tickets, raced]))
     assert cluster.files_under(node, "tmp") == []
 
 
