@@ -2,7 +2,8 @@
 
 A row is read once, on its first sight (concurrent first sights of one key share that read), and from then
 on answered from memory: the hot path is a dict lookup. Events change known rows in place (``apply``,
-``drop``); ``refresh`` re-reads known rows in batches in the background (the reconcile), repairing what a
+``drop``; a first sight in flight when its row changed reads again, one whose row is gone stores nothing);
+``refresh`` re-reads known rows in batches in the background (the reconcile), repairing what a
 lost event left stale. A change applied while a refresh's read is in flight wins over that read: every
 change stamps its row with a sequence number, and a refresh only overwrites rows stamped before it read.
 
@@ -47,6 +48,7 @@ class MemTable(Generic[K, V]):
         self._loading: dict[K, asyncio.Task[V | None]] = {}
         # Changes that arrived during a first-sight read (None: the row was dropped meanwhile).
         self._pending: dict[K, list[Callable[[V], V] | None]] = {}
+        self._stale: set[K] = set()  # first sights whose read may predate a change: they read again
         self._seq = 0
         self.hits = 0
         self.loads = 0  # first-sight reads of Postgres (a refresh is not counted)
@@ -97,6 +99,10 @@ class MemTable(Generic[K, V]):
         try:
             self.loads += 1
             row = (await self._load([key])).get(key)
+            while key in self._stale:  # changed while we read: what we read may predate the change
+                self._stale.discard(key)
+                self._pending[key] = []  # the next read includes them
+                row = (await self._load([key])).get(key)
             changes = self._pending.get(key, [])
             if None in changes:
                 return None  # dropped while we read (deleted, revoked): what we read is already stale
@@ -112,6 +118,7 @@ class MemTable(Generic[K, V]):
         finally:
             self._loading.pop(key, None)
             self._pending.pop(key, None)
+            self._stale.discard(key)
 
     def put(self, key: K, row: V) -> None:
         """What this process knows first-hand (it just wrote it)."""
@@ -131,12 +138,16 @@ class MemTable(Generic[K, V]):
             self._absent.pop(key, None)  # something happened to it: it may exist now
 
     def drop(self, key: K, *, absent: bool = False) -> None:
-        """Forget a row (``absent``: and answer None for it until ``absent_ttl_s`` passed, without reading)."""
+        """Forget a row: it changed, its next use reads it again (a first sight in flight reads again); or,
+        ``absent``, it is gone: answer None for it until ``absent_ttl_s`` passed, without reading (a first
+        sight in flight stores nothing)."""
         self._rows.pop(key, None)
         if absent:
             self._remember_absent(key)
-        if key in self._pending:  # a first sight in flight would store what it read: make it store nothing
-            self._pending[key].append(None)
+            if key in self._pending:
+                self._pending[key].append(None)
+        elif key in self._pending:
+            self._stale.add(key)
 
     def drop_where(self, match: Callable[[V], bool], *, absent: bool = False) -> int:
         """Forget every row ``match`` selects (a scan: for rare events such as a revocation)."""

@@ -22,12 +22,13 @@ class FakeDb:
 
     async def load(self, keys: list[str]) -> dict[str, int]:
         self.reads.append(list(keys))
+        found = {k: self.rows[k] for k in keys if k in self.rows}  # what the read's snapshot sees
         self.reading.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
-        return {k: self.rows[k] for k in keys if k in self.rows}
+        return found
 
 
 def table(db: FakeDb, max_entries: int = 100, absent_ttl_s: float = 60.0) -> MemTable[str, int]:
@@ -105,6 +106,21 @@ async def test_a_drop_during_a_first_sight_read_stores_nothing() -> None:
     assert await reading is None
     assert t.peek("a") is None
     assert await t.get("a") is None and len(db.reads) == 1  # remembered absent, not read again
+
+
+async def test_a_change_during_a_first_sight_read_makes_it_read_again() -> None:
+    """An app's row changed (committed) while a first sight was reading it: the answer is the new row, not the
+    read that began before the change, and not None either (the row still exists)."""
+    db = FakeDb({"a": 1})
+    t = table(db)
+    db.gate = asyncio.Event()
+    reading = asyncio.create_task(t.get("a"))
+    await db.reading.wait()
+    db.rows["a"] = 2
+    t.drop("a")
+    db.gate.set()
+    assert await reading == 2
+    assert t.peek("a") == 2 and len(db.reads) == 2
 
 
 async def test_events_on_rows_not_held_are_ignored() -> None:
