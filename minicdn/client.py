@@ -17,6 +17,15 @@ import aiohttp
 from minicdn.sdk.errors import MinicdnError, error_for
 
 CHUNK_BYTES = 256 * 1024
+# Below the servers' idle keep-alive (`http.header_timeout_s`, 10 s by default): a pooled connection is
+# dropped here before the server closes it, never reused just as the server's close arrives (which fails
+# that request with "Server disconnected", as it did between the bench's rows).
+IDLE_KEEPALIVE_S = 5.0
+
+
+def connector(limit: int) -> aiohttp.TCPConnector:
+    """A connection pool for the bench's long sessions (``limit`` connections at most)."""
+    return aiohttp.TCPConnector(limit=limit, keepalive_timeout=IDLE_KEEPALIVE_S)
 
 
 # One error hierarchy for the CLI and the SDK: `except ClientError` catches every typed SDK error too.

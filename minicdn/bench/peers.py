@@ -58,7 +58,7 @@ from minicdn.bench.peers_report import Contender, Detail, Row, Sample, Target, a
 from minicdn.bench.pipeline import make_photos, wait_ready
 from minicdn.bench.seaweed import SeaweedFS, seaweedfs
 from minicdn.bench.uploads import make_jpegs, run_load, upload_one
-from minicdn.client import ClusterRef, get_json, remove_images
+from minicdn.client import ClusterRef, connector, get_json, remove_images
 
 VARIANT_BYTES = 100 * 1024  # the variant row serves the variant nearest this size
 CANDIDATES = [(600, "jpeg"), (600, "webp"), (1200, "jpeg"), (1200, "webp")]  # (w, fmt) looked up and built
@@ -245,8 +245,7 @@ async def run_peers_bench(cluster: ClusterRef, opts: PeersOptions, console: Cons
     run = PeersRun()
     work = Path(tempfile.mkdtemp(prefix="minicdn-bench-peers-"))
     try:
-        connector = aiohttp.TCPConnector(limit=max(64, opts.concurrency * 2))
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with aiohttp.ClientSession(connector=connector(max(64, opts.concurrency * 2))) as session:
             try:
                 await _run(session, cluster, opts, console, work, run)
             finally:

@@ -37,7 +37,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from minicdn.client import ClusterRef, get_json, put_bytes, remove_images, request_upload
+from minicdn.client import ClusterRef, connector, get_json, put_bytes, remove_images, request_upload
 
 WEBP_QUALITY = 80  # the node's default (pipeline.webp_quality), used by every peer too
 
@@ -258,7 +258,7 @@ async def run_pipeline_bench(
     fig = PipelineFigures()
     work = Path(tempfile.mkdtemp(prefix="minicdn-bench-"))
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        async with aiohttp.ClientSession(connector=connector(64)) as session:
             try:
                 await _run(session, cluster, fig, work, images, stored_gets, console, photo_size)
                 if with_100mp:

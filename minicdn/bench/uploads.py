@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from minicdn.client import ClusterRef, get_json, put_bytes, remove_images, request_upload
+from minicdn.client import ClusterRef, connector, get_json, put_bytes, remove_images, request_upload
 
 TARGET_JPEG_BYTES = 100 * 1024
 
@@ -162,9 +162,8 @@ async def run_bench(
     idle_uploads: int = 20,
     keep: bool = False,
 ) -> BenchRun:
-    connector = aiohttp.TCPConnector(limit=concurrency * 2)
     run = BenchRun()
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector(concurrency * 2)) as session:
         try:
             await _load(session, cluster, run, uploads, concurrency, lookups, gets, console, idle_uploads)
         finally:
