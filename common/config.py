@@ -390,11 +390,6 @@ class ScrubSettings:
         "original bytes / `scrub.bytes_per_s`) plus this.",
         default=60.0,
     )
-    nice: int = _help(
-        "CPU priority of the scrubber's thread below the node's (a nice increment, 0-19): under load, serving, "
-        "uploads, replication and processing go first; on an idle node it runs at `scrub.bytes_per_s`.",
-        default=19,
-    )
 
 
 @dataclass(frozen=True)
@@ -673,8 +668,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("capacity.high_water: need 0 < high_water <= critical <= 1")
     if settings.provisioner.kind not in ("none", "local", "command", "webhook"):
         raise ConfigError("provisioner.kind: must be none, local, command or webhook")
-    if settings.scrub.bytes_per_s < 0 or not 0 <= settings.scrub.nice <= 19:
-        raise ConfigError("scrub.bytes_per_s: must be 0 or positive; scrub.nice: within 0..19")
+    if settings.scrub.bytes_per_s < 0:
+        raise ConfigError("scrub.bytes_per_s: must be 0 or positive")
     _validate_tiers(settings)
     _validate_lifecycle(settings)
     for kid, secret in settings.signing.keys.items():

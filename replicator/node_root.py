@@ -139,8 +139,7 @@ async def _in_process_replicator(app: web.Application) -> AsyncIterator[None]:
         scrub = settings.scrub
         if scrub.bytes_per_s > 0:
             scrubber = app[SCRUBBER] = Scrubber(
-                ctx, scrub.bytes_per_s, scrub.interval_s, app[keys.METRICS], app[keys.INTEGRITY], scrub.nice
+                ctx, scrub.bytes_per_s, scrub.interval_s, app[keys.METRICS], app[keys.INTEGRITY]
             )
-            stack.callback(scrubber.close)
             stack.push_async_callback(cancel_all, [asyncio.create_task(scrubber.run_forever(), name="scrubber")])
         yield

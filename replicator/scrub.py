@@ -1,12 +1,8 @@
 """Scrubbing: re-hash every stored original at a bounded rate (``scrub.bytes_per_s``), one pass after
 another with ``scrub.interval_s`` between them, so a damaged original is found within one pass plus the
-pause. The disk work (listing, sidecars, hashing) runs on a thread of its own at a lower CPU priority
-(``scrub.nice``): the rate is a ceiling an idle node reaches, and under a burst the scrubber yields the CPU
-to serving, uploads, replication and processing instead of taking a steady share of it.
-
-What it compares against is the record: the sidecar, which only ever holds a copy of the SHA-256 recorded
-in Postgres at upload (a lost one is restored from Postgres first), and Postgres itself before anything is
-called corrupt. A copy whose bytes no longer match is reported (``storage_node.integrity``:
+pause. What it compares against is the record: the sidecar, which only ever holds a copy of the SHA-256
+recorded in Postgres at upload (a lost one is restored from Postgres first), and Postgres itself before
+anything is called corrupt. A copy whose bytes no longer match is reported (``storage_node.integrity``:
 not served, variants removed, counted, logged, `corrupt`) and replaced from a member whose copy hashes to
 the recorded SHA-256 (the fetch verifies against that hash, so a peer with bad bytes is skipped, never
 trusted because it answered first).
@@ -19,11 +15,9 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from common import loops
 from common.db import replicas as db_replicas
@@ -37,7 +31,6 @@ from storage_node.objects.store import ORIGINAL, ObjectMeta, SidecarLost, Store
 from storage_node.objects.verify import OriginalMismatch
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 BLOCK = 1024 * 1024
 # Originals checked per round (two thread hops: their sidecars, then their bytes): a thread hop and an awaited
 # rate check per image cost more CPU than hashing a ~100 KB photo.
@@ -89,7 +82,6 @@ class Scrubber:
         interval_s: float,
         metrics: NodeMetrics | None = None,
         integrity: Integrity | None = None,
-        nice: int = 0,
     ) -> None:
         self.ctx = ctx
         self.rate = ByteRate(bytes_per_s)
@@ -97,15 +89,6 @@ class Scrubber:
         self.metrics = metrics
         self.integrity = integrity  # the node's: how a finding is reported (None: logged only)
         self.passes = 0
-        # Linux applies a nice to the calling thread only, so this one thread runs below the node's others.
-        self._disk = ThreadPoolExecutor(1, thread_name_prefix="scrub", initializer=os.nice, initargs=(nice,))
-
-    async def _on_disk(self, work: Callable[..., T], *args: object) -> T:
-        """Run blocking disk work on the scrubber's own (lower priority) thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._disk, work, *args)
-
-    def close(self) -> None:
-        self._disk.shutdown(wait=False, cancel_futures=True)
 
     async def run_forever(self) -> None:
         while True:
@@ -132,14 +115,14 @@ class Scrubber:
         store = self.ctx.store
         # Originals in every tier (a cold original is scrubbed where it lies).
         roots = [store.objects] + ([store.cold_objects] if store.cold_objects is not None else [])
-        ids = await self._on_disk(lambda: sorted({i for root in roots for i in iter_image_ids(root)}))
+        ids = await asyncio.to_thread(lambda: sorted({i for root in roots for i in iter_image_ids(root)}))
         for first in range(0, len(ids), CHUNK):
             if self.metrics is not None:
                 self.metrics.scrub_progress.set(first / len(ids))
             # Known bad ones are skipped: their repair is owed (the sweep retries `corrupt` rows).
             metas = await self._metas([i for i in ids[first : first + CHUNK] if not store.is_corrupt(i)])
             await self.rate.take(sum(meta.bytes for meta in metas.values()))
-            hashes = await self._on_disk(_hash_all, store, list(metas))
+            hashes = await asyncio.to_thread(_hash_all, store, list(metas))
             for image_id, meta in metas.items():
                 actual = hashes[image_id]
                 if actual is None:
@@ -174,7 +157,7 @@ class Scrubber:
                     found[image_id] = meta
             return found, lost
 
-        found, lost = await self._on_disk(read)
+        found, lost = await asyncio.to_thread(read)
         for image_id in lost:
             if (meta := await self._meta(image_id)) is not None:
                 found[image_id] = meta
@@ -188,7 +171,7 @@ class Scrubber:
             except Unavailable:
                 return None  # Postgres unreachable: this one waits for the next pass
         try:
-            return await self._on_disk(self.ctx.store.meta, image_id)
+            return await asyncio.to_thread(self.ctx.store.meta, image_id)
         except SidecarLost:
             return None
 

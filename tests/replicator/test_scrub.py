@@ -3,9 +3,7 @@ Repair from a peer (database and HTTP) is covered end to end in tests/integratio
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -71,27 +69,3 @@ async def test_a_pass_checks_every_original_and_hands_mismatches_to_repair(
     assert (result.checked, result.bytes, result.corrupt, result.repaired) == (2, 23, 1, 1)
     assert repairs == [(flipped, hashlib.sha256(b"BYTES TO FLIP").hexdigest())]
     assert scrubber.passes == 1
-
-
-async def test_the_disk_work_runs_on_a_thread_of_lower_priority_than_the_node(
-    ctx: ReplicatorContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``scrub.nice``: hashing happens on the scrubber's own thread, niced, while the node's threads keep theirs."""
-    put(ctx.store, b"some bytes")
-    node_nice = os.getpriority(os.PRIO_PROCESS, 0)
-    seen: list[int] = []
-    real_sha256_file = sha256_file
-
-    def hashing(path: Path) -> str | None:
-        seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # this thread's (Linux: a nice is per thread)
-        return real_sha256_file(path)
-
-    monkeypatch.setattr("replicator.scrub.sha256_file", hashing)
-    scrubber = Scrubber(ctx, bytes_per_s=0, interval_s=60, nice=5)
-    try:
-        assert (await scrubber.run_pass()).checked == 1
-    finally:
-        scrubber.close()
-    assert seen == [min(node_nice + 5, 19)]
-    assert os.getpriority(os.PRIO_PROCESS, 0) == node_nice
-    assert await asyncio.to_thread(os.getpriority, os.PRIO_PROCESS, 0) == node_nice  # the node's other threads
