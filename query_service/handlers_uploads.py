@@ -59,8 +59,10 @@ async def create_upload(request: web.Request) -> web.Response:
     image_id = new_image_id()
     now = int(time.time())
     exp = now + settings.signing.upload_ttl_s
-    # The image row and its `upload.request` audit row commit (or roll back) together, sent in one round trip.
-    async with app[keys.POOL].connection() as conn, conn.transaction(), conn.pipeline():
+    # The image row and its `upload.request` audit row commit (or roll back) together in one round trip: in
+    # autocommit, the statements of a pipeline up to its Sync are one implicit transaction (no BEGIN and
+    # COMMIT round trips of their own).
+    async with app[keys.POOL].connection() as conn, conn.pipeline():
         await db_images.create_requested(
             conn,
             db_images.NewImage(

@@ -9,12 +9,14 @@ import time
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
+from typing import Any, TypedDict
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
 
 from common import signing
+from common.db.rows import fetch_one
 from tests.cluster import TestCluster, make_jpeg
 
 
@@ -233,6 +235,36 @@ async def test_a_burst_of_puts_shares_transactions_and_each_is_judged_on_its_own
     # Processing renders eager variants through tmp/, so nothing may be left there once every image settled.
     await asyncio.gather(*(cluster.wait_ready(t["image_id"], timeout_s=60) for t in [*tickets, raced]))
     assert cluster.files_under(node, "tmp") == []
+
+
+class CountRow(TypedDict):
+    n: int
+
+
+async def test_a_ticket_whose_audit_row_fails_leaves_no_image_row(
+    cluster: TestCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ticket's image row and its audit row are one transaction (one pipelined round trip, no explicit
+    BEGIN): the audit statement failing rolls the image row back."""
+    from common.db import audit
+    from query_service import keys as query_keys
+
+    pool = cluster.apps["query"][query_keys.POOL]
+    count = "SELECT count(*) AS n FROM images"
+    before = await fetch_one(pool, CountRow, count)
+
+    async def failing_record(conn: Any, *_args: Any, **_kw: Any) -> None:
+        await conn.execute("SELECT 1 / 0")
+
+    monkeypatch.setattr(audit, "record", failing_record)
+    status, body = await cluster.api("POST", "/v1/uploads", json={})
+    assert status == 500, body
+    assert await fetch_one(pool, CountRow, count) == before
+    monkeypatch.undo()
+    status, _ = await cluster.api("POST", "/v1/uploads", json={})
+    assert status == 201
+    row = await fetch_one(pool, CountRow, count)
+    assert row is not None and before is not None and row["n"] == before["n"] + 1
 
 
 async def test_upload_request_validation(cluster: TestCluster) -> None:
