@@ -99,7 +99,8 @@ class MemTable(Generic[K, V]):
         try:
             self.loads += 1
             row = (await self._load([key])).get(key)
-            while key in self._stale:  # changed while we read: what we read may predate the change
+            # Changed while we read (and not gone since): what we read may predate the change.
+            while key in self._stale and None not in self._pending[key]:
                 self._stale.discard(key)
                 self._pending[key] = []  # the next read includes them
                 row = (await self._load([key])).get(key)
