@@ -13,7 +13,8 @@ and stops them at the end. Rows:
 3. the URL lookup ``GET /v1/images/{id}/url`` (with the API key), against the SeaweedFS master's
    ``/dir/lookup?volumeId=`` and the query service's own near-empty ``/healthz``;
 4. uploads: a ticket + PUT per file (`uploads.upload_one`) at ``concurrency``, against SeaweedFS's assign +
-   PUT with replication 100, of the same files; minicdn's CPU is counted until every upload is `ready`
+   PUT with replication 100, of the same files, and against the stack floor (``minicdn.bench.stack_floor``:
+   minicdn's own parts with its durability and nothing else); minicdn's CPU is counted until every upload is `ready`
    on every replica (the work after the 201 is part of what an upload costs), and its budget (where that CPU
    and time go, stage by stage, and the libvips floor: ``minicdn.bench.budget``) follows the table.
 
@@ -57,6 +58,7 @@ from minicdn.bench.nginx import Nginx, nginx_in_front, nginx_serving
 from minicdn.bench.peers_report import Contender, Detail, Row, Sample, Target, as_json, print_table
 from minicdn.bench.pipeline import make_photos, wait_ready
 from minicdn.bench.seaweed import SeaweedFS, seaweedfs
+from minicdn.bench.stack_floor import StackFloor, stack_floor
 from minicdn.bench.uploads import make_jpegs, run_load, upload_one
 from minicdn.client import ClusterRef, connector, get_json, remove_images
 
@@ -293,7 +295,11 @@ async def _run(
             front_row, front_loads = _front_row(opts.loader, node_url, body, front, raw)
             front_rows.append(front_row)
         lookup_row, lookup_loads = _lookup_row(opts.loader, cluster, lookup_url, sw, sw_url)
-        uploads = UploadRow(session, cluster, opts, bases, sw, everything, run.uploaded)
+        floor = None
+        if "uploads" in opts.rows:
+            console.print("starting the stack floor (its own Postgres, nats-server and four processes)...")
+            floor = await stack.enter_async_context(stack_floor(work / "floor"))
+        uploads = UploadRow(session, cluster, opts, bases, sw, floor, everything, run.uploaded)
         chosen = [
             (name, row, loads)
             for name, rows, loads in (
@@ -339,10 +345,12 @@ class UploadRow:
         opts: PeersOptions,
         bases: list[bytes],
         sw: SeaweedFS | None,
+        floor: StackFloor | None,
         servers: list[Server],
         uploaded: list[str],
     ) -> None:
         self.session, self.cluster, self.opts, self.bases, self.sw = session, cluster, opts, bases, sw
+        self.floor = floor
         self.uploaded = uploaded
         self.token = secrets.token_hex(4)
         self.bodies: dict[int, list[bytes]] = {}
@@ -350,9 +358,11 @@ class UploadRow:
             "uploads", f"uploads, {opts.concurrency} in flight", "files/s", Contender("minicdn (ticket + PUT)")
         )
         self._loads = [Load(self.row.minicdn, servers, self._minicdn)]
+        self.seaweed: Contender | None = None
+        self.floor_contender: Contender | None = None
         if sw is not None:
             servers = [Server(k, frozenset({pid})) for k, pid in sw.pids.items()]
-            peer = Contender("SeaweedFS (assign + PUT, replication 100)")
+            peer = self.seaweed = Contender("SeaweedFS (assign + PUT, replication 100)")
             self.row.peers.append(peer)
             self.row.targets[peer.name] = Target(0.25, "issue 16")
             self._loads.append(Load(peer, servers, partial(self._seaweed, fsync=False)))
@@ -360,6 +370,12 @@ class UploadRow:
             durable = Contender("SeaweedFS (the same, fsync=true)")
             self.row.peers.append(durable)
             self._loads.append(Load(durable, servers, partial(self._seaweed, fsync=True)))
+        if floor is not None:
+            # No target: the same parts as minicdn with only its durability (``minicdn.bench.stack_floor``).
+            self.floor_contender = Contender("stack floor (same parts, durability only)")
+            self.row.peers.append(self.floor_contender)
+            servers = [Server(f"floor {k}", pids) for k, pids in floor.pids.items()]
+            self._loads.append(Load(self.floor_contender, servers, self._floor))
         self.ready_ms: list[float] = []
         self.replicated_ms: list[float] = []
         self.drain_s: list[float] = []
@@ -386,6 +402,13 @@ class UploadRow:
         assert self.sw is not None
         files, sw = self._files(r), self.sw
         return await self._timed(lambda i: sw.write(self.session, files[i], fsync=fsync), len(files))
+
+    async def _floor(self, r: int) -> LoadResult:
+        assert self.floor is not None
+        files, floor = self._files(r), self.floor
+        result = await self._timed(lambda i: floor.write(self.session, files[i], f"{r}-{i}.jpg"), len(files))
+        await floor.replicated()  # the CPU window (around this call) ends when both copies are committed
+        return result
 
     async def _stages(self) -> Counters | None:
         """Every node's stage counters (None when the nodes are not listed to this key, or do not answer)."""
@@ -436,6 +459,9 @@ class UploadRow:
                 add(Detail(f"{key}_max_ms", "max", ordered[-1], "ms"))
         if self.drain_s:
             add(Detail("drain_s", "last 201 -> all ready everywhere", statistics.median(self.drain_s), "s"))
+        if self.seaweed and self.floor_contender and (sw_rate := self.seaweed.median("rate")):
+            floor_rate = self.floor_contender.median("rate") or 0.0
+            add(Detail("floor_vs_seaweedfs", "stack floor / SeaweedFS", floor_rate / sw_rate, "x"))
         if self.client_cpu:
             add(Detail("client_cpu_s_per_1k", "upload client CPU s / 1k files", statistics.median(self.client_cpu)))
         if self.stage_runs or bodies:

@@ -270,6 +270,6 @@ def _print(r: dict[str, Figures], concurrency: int, mean_bytes: float, console: 
             f"{f.rate:.0f}/s",
             ms(f.pct(50)),
             ms(f.pct(99)),
-            f"{f.rate / p.rate:.2f}x of /healthz ({p.rate:.0f}/s)",
+            f"{f.rate / p.rate:.2f}x of /healthz ({p.rate:.0f}/s)" if p.rate else "",
         )
     console.print(table)

@@ -22,13 +22,15 @@ from minicdn.bench.uploads import make_jpegs
 from tests.cluster import TestCluster
 from tests.minicdn.test_cli_output import Cli
 
+FLOOR = "stack floor (same parts, durability only)"
+
 
 def bench_processes() -> list[str]:
     """Command lines of running processes that belong to a peers bench (its temp dir is in their arguments)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         line = " ".join(proc.info["cmdline"] or [])
-        if "minicdn-bench-peers-" in line:
+        if "minicdn-bench-peers-" in line or "minicdn.bench.stack_floor" in line:
             found.append(line)
     return found
 
@@ -64,11 +66,13 @@ async def test_bench_peers_quick_runs_seaweedfs_and_nginx_and_stops_them(
                 peer["ratio"], row["minicdn"]["rate_per_s"] / peer["rate_per_s"], rel_tol=0.01, abs_tol=1e-3
             )
             # Every peer has its target, but plain nginx in the GET row (the yardstick of nginx in front of the
-            # node: its own row, when the node keeps a published tree; the test cluster's nodes do not) and
-            # SeaweedFS with fsync in the upload row (what the peer's rate is with minicdn's durability).
+            # node: its own row, when the node keeps a published tree; the test cluster's nodes do not),
+            # SeaweedFS with fsync in the upload row (what the peer's rate is with minicdn's durability) and the
+            # stack floor (minicdn's own parts with that durability only).
             yardstick = (row["work"], peer["name"]) in {
                 ("node_get", "nginx (1 worker)"),
                 ("uploads", "SeaweedFS (the same, fsync=true)"),
+                ("uploads", FLOOR),
             }
             assert peer["target"] is None if yardstick else peer["target"].startswith("≥ "), peer
             # Servers the bench started are on this machine: their CPU is read (a second of GETs takes more
@@ -80,9 +84,21 @@ async def test_bench_peers_quick_runs_seaweedfs_and_nginx_and_stops_them(
     assert lookup_peers == ["SeaweedFS master /dir/lookup", "query service /healthz"]
     assert "nginx in front of the node not measured" in " ".join(rows["node_get"]["notes"])
     upload_peers = [p["name"] for p in rows["uploads"]["peers"]]
-    assert upload_peers == ["SeaweedFS (assign + PUT, replication 100)", "SeaweedFS (the same, fsync=true)"]
-    for sw_upload in rows["uploads"]["peers"]:
+    assert upload_peers == ["SeaweedFS (assign + PUT, replication 100)", "SeaweedFS (the same, fsync=true)", FLOOR]
+    for sw_upload in rows["uploads"]["peers"][:2]:
         assert set(sw_upload["cpu_s_per_1k_by_process"]) == {"master", "volume-dc1", "volume-dc2"}
+    # The floor's every process is counted, and its rate (which waited for both copies of each file) is over
+    # SeaweedFS's in the details.
+    floor = rows["uploads"]["peers"][2]
+    assert set(floor["cpu_s_per_1k_by_process"]) == {
+        f"floor {p}" for p in ("ticket", "origin", "replica-1", "replica-2", "postgres", "nats")
+    }
+    assert math.isclose(
+        rows["uploads"]["details"]["floor_vs_seaweedfs"],
+        floor["rate_per_s"] / rows["uploads"]["peers"][0]["rate_per_s"],
+        rel_tol=0.01,
+        abs_tol=1e-3,
+    )
     assert rows["uploads"]["details"]["files_per_run"] == 20
     assert rows["uploads"]["details"]["replicated_p99_ms"] > 0
     budget = rows["uploads"]["budget"]  # read from the nodes' own stage counters
