@@ -205,6 +205,16 @@ class PipelineSettings:
         "acknowledging uploads, replicating and serving go first and processing drains after.",
         default=10,
     )
+    burst_rate: int = _help(
+        "Uploads arriving at a node within one second that make a burst: while one lasts, processing starts "
+        "nothing new (the CPU goes to the 201s and the replicas' copies) and drains after it; 0: never waits.",
+        default=50,
+    )
+    burst_max_wait_s: float = _help(
+        "Longest an upload's processing waits for a burst to pass (the bound on the queue's age it adds); 0: "
+        "never waits.",
+        default=10.0,
+    )
     eager_variants: tuple[str, ...] = _help(
         "Variants made at upload, before the image is `ready`.", default=("thumb.jpg", "thumb.webp")
     )
@@ -723,19 +733,16 @@ def _validate_pipeline(settings: Settings) -> None:
     from common.variants import parse_variant  # variants imports errors only; no cycle at import time
 
     pipe = settings.pipeline
-    for key in ("jpeg_quality", "webp_quality", "avif_quality"):
-        if not 1 <= getattr(pipe, key) <= 100:
-            raise ConfigError(f"pipeline.{key}: must be within 1..100")
-    if not 0 <= pipe.avif_effort <= 9:
-        raise ConfigError("pipeline.avif_effort: must be within 0..9")
-    if not 0 <= pipe.png_compression <= 9:
-        raise ConfigError("pipeline.png_compression: must be within 0..9")
-    if pipe.max_backlog < 0:
-        raise ConfigError("pipeline.max_backlog: 0 (no bound) or more")
-    if not 0 <= pipe.nice <= 19:
-        raise ConfigError("pipeline.nice: must be within 0..19")
-    if not 16 <= pipe.thumb_size <= 1024:
-        raise ConfigError("pipeline.thumb_size: must be within 16..1024")
+    ranges = {
+        **dict.fromkeys(("jpeg_quality", "webp_quality", "avif_quality"), (1, 100)),
+        **{"avif_effort": (0, 9), "png_compression": (0, 9), "nice": (0, 19), "thumb_size": (16, 1024)},
+    }
+    for key, (low, high) in ranges.items():
+        if not low <= getattr(pipe, key) <= high:
+            raise ConfigError(f"pipeline.{key}: must be within {low}..{high}")
+    for key in ("max_backlog", "burst_rate", "burst_max_wait_s"):
+        if getattr(pipe, key) < 0:
+            raise ConfigError(f"pipeline.{key}: 0 (off) or more")
     if pipe.near_duplicate_distance > 16:
         raise ConfigError("pipeline.near_duplicate_distance: at most 16 (-1 turns it off)")
     for name in pipe.eager_variants:

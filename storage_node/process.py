@@ -34,6 +34,7 @@ from common.errors import InvalidImage, UnsupportedImage
 from common.events import ImageProcessed, ImageRejected
 from common.loops import cancel_all
 from common.metrics import StageMetrics
+from storage_node.burst import BurstGate
 from storage_node.integrity import Integrity
 from storage_node.moderation import Moderation
 from storage_node.objects.store import Store
@@ -66,6 +67,7 @@ class Processor:
         # are made as processing drains, not during the burst beside its 201s. Twice the workers: while some
         # jobs finish (variants stored, the row written), the next ones keep every worker busy.
         self._slots = asyncio.Semaphore(2 * self.sandbox.size)
+        self.burst = BurstGate(pipe.burst_rate, pipe.burst_max_wait_s)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._since: dict[str, float] = {}  # image -> time.monotonic() it was submitted, while in ``_inflight``
         self._failures: dict[str, int] = {}
@@ -82,10 +84,13 @@ class Processor:
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="process-sweep")
 
-    def submit(self, image_id: str) -> asyncio.Task[None]:
-        """Process ``image_id`` in the background (once, however often it is submitted)."""
+    def submit(self, image_id: str, *, arrival: bool = True) -> asyncio.Task[None]:
+        """Process ``image_id`` in the background (once, however often it is submitted). ``arrival``: a new
+        upload (it counts towards a burst), not one a sweep found."""
         task = self._inflight.get(image_id)
         if task is None:
+            if arrival:
+                self.burst.arrived()
             task = asyncio.get_running_loop().create_task(self._run(image_id), name=f"process-{image_id}")
             self._inflight[image_id] = task
             self._since[image_id] = time.monotonic()
@@ -103,6 +108,8 @@ class Processor:
 
     async def _run(self, image_id: str) -> None:
         started = time.perf_counter()
+        async with self.stages.awaited("process:burst_wait"):
+            await self.burst.wait(self._since[image_id])
         try:
             async with self._slots:
                 status = await self.process(image_id)
@@ -223,7 +230,7 @@ class Processor:
         """Claim this node's uploads that are not being processed here (after a crash or a lost task)."""
         ids = [i for i in await db_pipeline.unprocessed(self.pool, self.node_id) if i not in self._inflight]
         for image_id in ids:
-            self.submit(image_id)
+            self.submit(image_id, arrival=False)
         return len(ids)
 
     async def _sweep_forever(self) -> None:
@@ -241,6 +248,7 @@ class Processor:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
 
     async def close(self) -> None:
+        self.burst.stop()
         await cancel_all([self._sweeper, *self._inflight.values()])
         await self.sandbox.close()
         await self.moderation.close()
