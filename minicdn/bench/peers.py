@@ -14,8 +14,8 @@ and stops them at the end. Rows:
    ``/dir/lookup?volumeId=`` and the query service's own near-empty ``/healthz``;
 4. uploads: a ticket + PUT per file (`uploads.upload_one`) at ``concurrency``, against SeaweedFS's assign +
    PUT with replication 100, of the same files, and against the stack floor (``minicdn.bench.stack_floor``:
-   minicdn's own parts with its durability and nothing else); minicdn's CPU is counted until every upload is `ready`
-   on every replica (the work after the 201 is part of what an upload costs), and its budget (where that CPU
+   minicdn's own parts with its durability and nothing else); minicdn's CPU is counted until every upload
+   is `ready` on every replica (the work after the 201 is part of what an upload costs), and its budget (where that CPU
    and time go, stage by stage, and the libvips floor: ``minicdn.bench.budget``) follows the table.
 
 ``PeersOptions.rows`` (``--rows``) picks the rows.
@@ -297,7 +297,9 @@ async def _run(
         lookup_row, lookup_loads = _lookup_row(opts.loader, cluster, lookup_url, sw, sw_url)
         floor = None
         if "uploads" in opts.rows:
-            console.print("starting the stack floor (its own Postgres, nats-server and four processes)...")
+            console.print(
+                "starting the stack floor (its own Postgres and nats-server, ticket, origin and replica processes)..."
+            )
             floor = await stack.enter_async_context(stack_floor(work / "floor"))
         uploads = UploadRow(session, cluster, opts, bases, sw, floor, everything, run.uploaded)
         chosen = [
