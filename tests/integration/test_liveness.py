@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -159,12 +159,15 @@ def _hung(pg: EmbeddedPostgres) -> Iterator[None]:
     root = psutil.Process(pg.proc.pid)
     procs = [root, *root.children(recursive=True)]
     for proc in procs:
-        proc.send_signal(signal.SIGSTOP)
+        with suppress(psutil.NoSuchProcess):  # a backend already on its way out
+            proc.send_signal(signal.SIGSTOP)
     try:
         yield
     finally:
+        # A child that was a zombie when listed is reaped as soon as the postmaster runs again.
         for proc in procs:
-            proc.send_signal(signal.SIGCONT)
+            with suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGCONT)
 
 
 async def test_a_hung_postgres_does_not_hold_back_the_nats_heartbeats(
